@@ -1,0 +1,69 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while finding, reading or batching data.
+///
+/// Each variant names the offending path (and line, for labels files) so that
+/// a message printed at the top of a run is enough to fix the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The data folder (or a file it must contain) does not exist.
+    #[error("data folder not found: {}", .0.display())]
+    NotFound(PathBuf),
+
+    /// A path that must be a directory is something else.
+    #[error("not a directory: {}", .0.display())]
+    NotADirectory(PathBuf),
+
+    /// The folder holds no class sub-directories or no images at all.
+    #[error("empty data folder: {} (no class sub-directories with image files)", .0.display())]
+    EmptyFolder(PathBuf),
+
+    /// A class folder holds no image file; torchvision refuses this too,
+    /// because silently dropping a class would shift every later label.
+    #[error("class folder holds no image files: {}", .0.display())]
+    EmptyClass(PathBuf),
+
+    /// A line of a flat-layout labels file is malformed or names a missing file.
+    #[error("{}:{line}: {message}", file.display())]
+    Labels {
+        /// The labels file.
+        file: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with the line.
+        message: String,
+    },
+
+    /// Reading a file or listing a directory failed.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The path being read.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// A file could not be decoded as an image.
+    #[error("cannot decode image {}: {source}", path.display())]
+    Decode {
+        /// The image file.
+        path: PathBuf,
+        /// The decoder's error.
+        source: image::ImageError,
+    },
+
+    /// An argument is out of its valid range (batch size 0, limit 0, bad transform).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

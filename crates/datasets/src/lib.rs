@@ -1,0 +1,71 @@
+//! Evaluation data for mixq: image folders, the embedded digits set, and
+//! timm-exact preprocessing.
+//!
+//! Measuring what quantisation costs means comparing a quantised model with
+//! its float original on the *same* inputs the float model was validated on.
+//! This crate therefore reproduces timm's evaluation pipeline (torchvision
+//! resize and centre crop with Pillow's bicubic filter, bit for bit) and
+//! torchvision's `ImageFolder` ordering, and hands out batches as plain `f32`
+//! buffers so that it stays independent of any tensor library.
+//!
+//! Two sources of batches:
+//!
+//! - [`ImageFolder`] + [`Loader`]: ImageNet-style folders (or a flat folder
+//!   with a labels file), decoded and preprocessed in parallel;
+//! - [`Digits`]: the 8x8 handwritten digits set, embedded in the crate, with a
+//!   seeded stratified train/test split, for quick end-to-end runs.
+//!
+//! Both yield [`Batch`]es laid out `[B, C, H, W]`.
+//!
+//! # Examples
+//!
+//! The digits set needs no files:
+//!
+//! ```rust
+//! use mixq_datasets::Digits;
+//!
+//! let digits = Digits::load();
+//! let (train, test) = digits.split(42);
+//! assert_eq!((train.len(), test.len()), (1437, 360));
+//! for batch in test.batches(64, 0.5, 0.5)? {
+//!     assert_eq!(batch.shape[1..], [1, 8, 8]);
+//!     assert_eq!(batch.images.len(), batch.len() * 64);
+//! }
+//! # Ok::<(), mixq_datasets::DataError>(())
+//! ```
+//!
+//! An ImageNet validation folder, preprocessed like timm's
+//! `vit_base_patch16_224.augreg_in21k_ft_in1k` (crop 0.9, mean/std 0.5):
+//!
+//! ```rust,no_run
+//! use mixq_datasets::{EvalTransform, ImageFolder, Loader};
+//!
+//! let folder = ImageFolder::new("/data/imagenet/val")?.subset(5000, 0);
+//! let transform = EvalTransform {
+//!     img_size: 224,
+//!     crop_pct: 0.9,
+//!     mean: [0.5; 3],
+//!     std: [0.5; 3],
+//!     channels: 3,
+//! };
+//! let mut loader = Loader::new(folder, transform, 64, None)?;
+//! for batch in &mut loader {
+//!     let [b, c, h, w] = batch.shape;
+//!     assert_eq!(batch.images.len(), b * c * h * w);
+//!     // feed batch.images / batch.labels to the model
+//! }
+//! println!("skipped {} unreadable files", loader.skipped());
+//! # Ok::<(), mixq_datasets::DataError>(())
+//! ```
+
+mod batch;
+pub mod digits;
+mod error;
+pub mod image_folder;
+pub mod preprocess;
+
+pub use batch::Batch;
+pub use digits::{Digits, DigitsBatches, Split};
+pub use error::DataError;
+pub use image_folder::{ImageFolder, Loader};
+pub use preprocess::{EvalTransform, eval_transform_image, load_image};

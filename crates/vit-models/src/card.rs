@@ -1,0 +1,147 @@
+//! Model cards: one TOML per architecture (models/ in the repository), holding the timm name,
+//! aliases, architecture, preprocessing and where weights are looked for. The cards of the
+//! supported models are compiled in, so `--model deit-s` works from any folder; a path to a
+//! `.toml` file selects a user's own card.
+
+use std::path::{Path, PathBuf};
+
+use mixq_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::model::ArchConfig;
+
+/// Evaluation preprocessing of a model (timm's `pretrained_cfg`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    pub img_size: usize,
+    pub crop_pct: f64,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+/// One model card.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCard {
+    /// timm's model name (`deit_small_patch16_224`).
+    pub name: String,
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+    /// Hugging Face repo id for `--hf-cache` lookups.
+    #[serde(default)]
+    pub hf_repo: Option<String>,
+    /// File names tried, in order, in a `--weights` folder.
+    #[serde(default)]
+    pub weight_files: Vec<String>,
+    /// A checkpoint the project ships in models/ (digits models); used when no weights are given.
+    #[serde(default)]
+    pub shipped: Option<String>,
+    /// The data set the shipped checkpoint was trained on (`digits`).
+    #[serde(default)]
+    pub dataset: Option<String>,
+    pub arch: ArchConfig,
+    pub preprocess: Preprocess,
+}
+
+/// The cards compiled into the library, by file name.
+const BUILTIN: &[(&str, &str)] = &[
+    ("deit-t.toml", include_str!("../../../models/deit-t.toml")),
+    ("deit-s.toml", include_str!("../../../models/deit-s.toml")),
+    ("deit-b.toml", include_str!("../../../models/deit-b.toml")),
+    ("deit-s-distilled.toml", include_str!("../../../models/deit-s-distilled.toml")),
+    ("vit-s.toml", include_str!("../../../models/vit-s.toml")),
+    ("vit-b.toml", include_str!("../../../models/vit-b.toml")),
+    ("swin-t.toml", include_str!("../../../models/swin-t.toml")),
+    ("swin-s.toml", include_str!("../../../models/swin-s.toml")),
+    ("swin-b.toml", include_str!("../../../models/swin-b.toml")),
+    ("digits-deit.toml", include_str!("../../../models/digits-deit.toml")),
+    ("digits-swin.toml", include_str!("../../../models/digits-swin.toml")),
+];
+
+impl ModelCard {
+    /// Parses a card; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
+        let card: ModelCard = toml::from_str(text).map_err(|e| Error::parse(origin.as_ref(), e.message()))?;
+        card.arch.validate()?;
+        let channels = card.arch.in_chans();
+        if card.preprocess.mean.len() != channels || card.preprocess.std.len() != channels {
+            return Err(Error::parse(
+                origin.as_ref(),
+                format!("preprocess mean/std need {channels} values (one per input channel)"),
+            ));
+        }
+        Ok(card)
+    }
+
+    /// Every built-in card.
+    pub fn builtin() -> Vec<ModelCard> {
+        BUILTIN
+            .iter()
+            .map(|(file, text)| ModelCard::from_toml(text, file).expect("built-in model cards are valid"))
+            .collect()
+    }
+
+    /// The primary alias of each built-in card (what `--model` accepts first).
+    pub fn known_names() -> Vec<String> {
+        Self::builtin().into_iter().map(|c| c.aliases[0].clone()).collect()
+    }
+
+    /// Finds a card by alias or timm name, or reads a `.toml` path.
+    pub fn find(name: &str) -> Result<Self> {
+        if name.ends_with(".toml") {
+            let text = std::fs::read_to_string(name).map_err(|e| Error::io(name, e))?;
+            return Self::from_toml(&text, name);
+        }
+        let wanted = name.to_ascii_lowercase();
+        Self::builtin()
+            .into_iter()
+            .find(|c| c.name == wanted || c.aliases.iter().any(|a| *a == wanted))
+            .ok_or_else(|| Error::UnknownModel {
+                name: name.into(),
+                known: Self::known_names(),
+            })
+    }
+
+    /// Where a shipped checkpoint lives: `models/<file>` at the repository root.
+    pub fn shipped_path(&self) -> Option<PathBuf> {
+        self.shipped.as_ref().map(|f| models_dir().join(f))
+    }
+
+    /// A weights file inside a folder, trying `weight_files` in order.
+    pub fn weights_in_folder(&self, dir: &Path) -> Option<PathBuf> {
+        self.weight_files.iter().map(|f| dir.join(f)).find(|p| p.is_file())
+    }
+}
+
+/// The repository's models/ folder (overridable with `MIXQ_MODELS_DIR`).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("MIXQ_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_cards_parse_and_resolve_aliases() {
+        assert_eq!(ModelCard::builtin().len(), BUILTIN.len());
+        assert_eq!(ModelCard::find("deit-s").unwrap().name, "deit_small_patch16_224");
+        assert_eq!(ModelCard::find("swin_tiny_patch4_window7_224").unwrap().aliases[0], "swin-t");
+    }
+
+    #[test]
+    fn unknown_model_lists_known_ones() {
+        let err = ModelCard::find("resnet50").unwrap_err().to_string();
+        assert!(err.contains("resnet50") && err.contains("deit-s") && err.contains("swin-t"), "{err}");
+    }
+
+    #[test]
+    fn bad_card_names_the_file_and_field() {
+        let err = ModelCard::from_toml("name = 3", "mine.toml").unwrap_err().to_string();
+        assert!(err.contains("mine.toml"), "{err}");
+    }
+}

@@ -1,0 +1,183 @@
+//! Building blocks shared by every model family: the quantizable sites (linear, conv) and the
+//! parameter-free pieces around them, named like their timm counterparts so that state dicts
+//! load by path.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
+use burn::tensor::activation;
+use burn::tensor::module::{conv2d, layer_norm, linear};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Tensor};
+
+/// A linear site: `y = x W + b`, with `W` stored `[in, out]` (burn's layout; timm's `[out, in]`
+/// files are transposed on load by burn-store's PyTorch adapter, which keys on this type's
+/// name).
+#[derive(Module, Debug)]
+pub struct Linear {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+/// Configuration of a [`Linear`] site.
+#[derive(Config, Debug)]
+pub struct LinearConfig {
+    pub d_input: usize,
+    pub d_output: usize,
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+impl LinearConfig {
+    /// Truncated-normal-like init (std 0.02) as timm's ViT uses; biases start at zero.
+    pub fn init(&self, device: &Device) -> Linear {
+        Linear {
+            weight: Initializer::Normal { mean: 0.0, std: 0.02 }.init_with(
+                [self.d_input, self.d_output],
+                Some(self.d_input),
+                Some(self.d_output),
+                device,
+            ),
+            bias: self
+                .bias
+                .then(|| Initializer::Zeros.init([self.d_output], device)),
+        }
+    }
+}
+
+impl Linear {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+
+    /// `(in, out)` features.
+    pub fn dims(&self) -> (usize, usize) {
+        let [i, o] = self.weight.dims();
+        (i, o)
+    }
+}
+
+/// A 2-D convolution site (the patch embedding), weight `[out, in, kh, kw]` as in PyTorch.
+#[derive(Module, Debug)]
+pub struct Conv2d {
+    pub weight: Param<Tensor<4>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    #[module(skip)]
+    pub stride: usize,
+    #[module(skip)]
+    pub padding: usize,
+}
+
+/// Configuration of a [`Conv2d`] site.
+#[derive(Config, Debug)]
+pub struct Conv2dConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    #[config(default = 0)]
+    pub padding: usize,
+}
+
+impl Conv2dConfig {
+    pub fn init(&self, device: &Device) -> Conv2d {
+        let fan_in = self.in_channels * self.kernel * self.kernel;
+        Conv2d {
+            weight: Initializer::KaimingUniform {
+                gain: 1.0 / 3f64.sqrt(),
+                fan_out_only: false,
+            }
+            .init_with(
+                [self.out_channels, self.in_channels, self.kernel, self.kernel],
+                Some(fan_in),
+                None,
+                device,
+            ),
+            bias: Some(Initializer::Zeros.init([self.out_channels], device)),
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+}
+
+impl Conv2d {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new(
+                [self.stride, self.stride],
+                [self.padding, self.padding],
+                [1, 1],
+                1,
+            ),
+        )
+    }
+
+    /// `(in, out, kernel)`.
+    pub fn dims(&self) -> (usize, usize, usize) {
+        let [o, i, k, _] = self.weight.dims();
+        (i, o, k)
+    }
+}
+
+/// LayerNorm over the last axis. `gamma`/`beta` are burn's names; timm's `weight`/`bias` map to
+/// them on load.
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    pub gamma: Param<Tensor<1>>,
+    pub beta: Param<Tensor<1>>,
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f64, device: &Device) -> Self {
+        LayerNorm {
+            gamma: Initializer::Ones.init([dim], device),
+            beta: Initializer::Zeros.init([dim], device),
+            eps,
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        layer_norm(x, self.gamma.val(), Some(self.beta.val()), self.eps)
+    }
+}
+
+/// The transformer MLP: `fc2(gelu(fc1(x)))` with the exact (erf) GELU, as timm's `Mlp`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    pub fn new(dim: usize, hidden: usize, device: &Device) -> Self {
+        Mlp {
+            fc1: LinearConfig::new(dim, hidden).init(device),
+            fc2: LinearConfig::new(hidden, dim).init(device),
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.fc2.forward(activation::gelu(self.fc1.forward(x)))
+    }
+}
+
+/// Splits a fused `qkv` projection `[b, n, 3*h*d]` into `q, k, v`, each `[b, h, n, d]`,
+/// exactly as timm's `reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)`.
+pub fn split_qkv(qkv: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
+    let [b, n, c3] = qkv.dims();
+    let d = c3 / (3 * heads);
+    let qkv = qkv.reshape([b, n, 3, heads, d]).permute([2, 0, 3, 1, 4]);
+    let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, heads, n, d]);
+    [part(0), part(1), part(2)]
+}
+
+/// Merges heads back: `[b, h, n, d]` -> `[b, n, h*d]`.
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, n, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, n, h * d])
+}

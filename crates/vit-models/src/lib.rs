@@ -1,0 +1,33 @@
+//! # mixq-vit-models
+//!
+//! ViT, DeiT (plain and distilled) and Swin as burn modules that reproduce timm's logits, built
+//! from quantizable *sites* (every linear, the patch-embedding conv and both attention matmuls),
+//! each named by its timm module path and reporting parameters and MACs per image.
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor};
+//! use mixq_vit_models::{ModelCard, summarize_sites};
+//!
+//! let card = ModelCard::find("digits-deit")?;
+//! let device = Device::flex();
+//! let model = card.arch.init(&device)?; // random weights; see `Model::load_weights`
+//! let logits = model.forward(Tensor::zeros([2, 1, 8, 8], &device));
+//! assert_eq!(logits.dims(), [2, 10]);
+//! let totals = summarize_sites(&model.sites());
+//! println!("{} sites, {} MACs per image", totals.sites, totals.macs);
+//! # Ok::<(), mixq_core::Error>(())
+//! ```
+
+pub mod card;
+pub mod layers;
+pub mod model;
+pub mod swin;
+pub mod vit;
+pub mod weights;
+
+pub use card::{ModelCard, Preprocess, models_dir};
+pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};
+pub use model::{ArchConfig, Model};
+pub use swin::{SwinConfig, SwinTransformer};
+pub use vit::{VisionTransformer, VitConfig};
+pub use weights::WeightsSource;

@@ -1,0 +1,473 @@
+//! Swin Transformer as timm's `SwinTransformer` (current layout: `PatchMerging` at the start of
+//! stages 1..n, `head.fc`). Tokens stay NHWC `[b, h, w, c]` between blocks, as in timm.
+//! The relative-position index and the shifted-window mask are recomputed, never loaded.
+
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
+use serde::{Deserialize, Serialize};
+
+use crate::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv};
+use crate::vit::site;
+
+/// Architecture of a Swin Transformer (timm's constructor arguments).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwinConfig {
+    pub img_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "three")]
+    pub in_chans: usize,
+    pub num_classes: usize,
+    pub embed_dim: usize,
+    pub depths: Vec<usize>,
+    pub num_heads: Vec<usize>,
+    pub window_size: usize,
+    #[serde(default = "four")]
+    pub mlp_ratio: f64,
+    #[serde(default = "swin_eps")]
+    pub norm_eps: f64,
+}
+
+fn three() -> usize {
+    3
+}
+fn four() -> f64 {
+    4.0
+}
+fn swin_eps() -> f64 {
+    1e-5
+}
+
+/// One block's effective geometry after timm's `_calc_window_shift`: a stage whose resolution
+/// is not larger than the window uses one window of the whole map and no shift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowGeometry {
+    pub resolution: usize,
+    pub window: usize,
+    pub shift: usize,
+}
+
+impl SwinConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.depths.is_empty() || self.depths.len() != self.num_heads.len() {
+            return Err(Error::invalid(
+                "depths",
+                format!("{:?}", self.depths),
+                format!("needs one entry per stage, like num_heads {:?}", self.num_heads),
+            ));
+        }
+        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+            return Err(Error::invalid(
+                "patch_size",
+                self.patch_size,
+                format!("must divide img_size {}", self.img_size),
+            ));
+        }
+        for s in 0..self.depths.len() {
+            let dim = self.stage_dim(s);
+            if dim % self.num_heads[s] != 0 {
+                return Err(Error::invalid(
+                    "num_heads",
+                    self.num_heads[s],
+                    format!("must divide stage {s} dim {dim}"),
+                ));
+            }
+            let g = self.geometry(s, 0);
+            if g.resolution == 0 || g.resolution % g.window != 0 {
+                return Err(Error::invalid(
+                    "window_size",
+                    self.window_size,
+                    format!("stage {s} resolution {} is not a multiple of it", g.resolution),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stage_dim(&self, stage: usize) -> usize {
+        self.embed_dim << stage
+    }
+
+    pub fn stage_resolution(&self, stage: usize) -> usize {
+        (self.img_size / self.patch_size) >> stage
+    }
+
+    pub fn num_features(&self) -> usize {
+        self.stage_dim(self.depths.len() - 1)
+    }
+
+    pub fn geometry(&self, stage: usize, block: usize) -> WindowGeometry {
+        let resolution = self.stage_resolution(stage);
+        let target_shift = if block % 2 == 1 { self.window_size / 2 } else { 0 };
+        let window = self.window_size.min(resolution);
+        let shift = if resolution <= window { 0 } else { target_shift };
+        WindowGeometry {
+            resolution,
+            window,
+            shift,
+        }
+    }
+
+    /// A model with timm-like random init.
+    pub fn init(&self, device: &Device) -> Result<SwinTransformer> {
+        self.validate()?;
+        let layers = (0..self.depths.len())
+            .map(|s| {
+                let dim = self.stage_dim(s);
+                SwinStage {
+                    downsample: (s > 0).then(|| PatchMerging {
+                        norm: LayerNorm::new(2 * dim, self.norm_eps, device),
+                        reduction: LinearConfig::new(2 * dim, dim).with_bias(false).init(device),
+                    }),
+                    blocks: (0..self.depths[s])
+                        .map(|b| SwinBlock::new(dim, self.num_heads[s], self.geometry(s, b), self, device))
+                        .collect(),
+                }
+            })
+            .collect();
+        let e = self.embed_dim;
+        Ok(SwinTransformer {
+            patch_embed: SwinPatchEmbed {
+                proj: Conv2dConfig::new(self.in_chans, e, self.patch_size, self.patch_size).init(device),
+                norm: LayerNorm::new(e, self.norm_eps, device),
+            },
+            layers,
+            norm: LayerNorm::new(self.num_features(), self.norm_eps, device),
+            head: ClassifierHead {
+                fc: LinearConfig::new(self.num_features(), self.num_classes).init(device),
+            },
+            config: self.clone(),
+        })
+    }
+
+    /// Every quantizable site in forward order, with parameters and MACs per image.
+    pub fn sites(&self) -> Vec<SiteInfo> {
+        let p = self.patch_size as u64;
+        let k2c = p * p * self.in_chans as u64;
+        let e = self.embed_dim as u64;
+        let r0 = self.stage_resolution(0) as u64;
+        let mut sites = vec![site("patch_embed.proj", SiteKind::Conv, k2c * e, r0 * r0 * k2c * e)];
+        for s in 0..self.depths.len() {
+            let stage = SiteId::new(format!("layers.{s}"));
+            let dim = self.stage_dim(s) as u64;
+            let r = self.stage_resolution(s) as u64;
+            let tokens = r * r;
+            if s > 0 {
+                let (i, o) = (2 * dim, dim);
+                sites.push(site(stage.join("downsample.reduction").as_str(), SiteKind::Linear, i * o, tokens * i * o));
+            }
+            let hidden = (dim as f64 * self.mlp_ratio) as u64;
+            for b in 0..self.depths[s] {
+                let g = self.geometry(s, b);
+                let n = (g.window * g.window) as u64;
+                let blk = stage.join(&format!("blocks.{b}"));
+                let lin = |name: &str, i: u64, o: u64| site(blk.join(name).as_str(), SiteKind::Linear, i * o, tokens * i * o);
+                sites.push(lin("attn.qkv", dim, 3 * dim));
+                sites.push(site(blk.join("attn.matmul_qk").as_str(), SiteKind::MatMulQk, 0, tokens * n * dim));
+                sites.push(site(blk.join("attn.matmul_av").as_str(), SiteKind::MatMulAv, 0, tokens * n * dim));
+                sites.push(lin("attn.proj", dim, dim));
+                sites.push(lin("mlp.fc1", dim, hidden));
+                sites.push(lin("mlp.fc2", hidden, dim));
+            }
+        }
+        let f = self.num_features() as u64;
+        let c = self.num_classes as u64;
+        sites.push(site("head.fc", SiteKind::Linear, f * c, f * c));
+        sites
+    }
+}
+
+/// Patch embedding with LayerNorm, output NHWC.
+#[derive(Module, Debug)]
+pub struct SwinPatchEmbed {
+    pub proj: Conv2d,
+    pub norm: LayerNorm,
+}
+
+/// Window attention with a learned relative-position bias.
+#[derive(Module, Debug)]
+pub struct WindowAttention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub relative_position_bias_table: Param<Tensor<2>>,
+    /// Index into the table for each (query, key) pair of a window, `[n*n]`; recomputed.
+    pub relative_position_index: Tensor<1, Int>,
+    #[module(skip)]
+    pub num_heads: usize,
+    #[module(skip)]
+    pub window: usize,
+}
+
+/// timm's `get_relative_position_index` for a square window, flattened.
+pub fn relative_position_index(window: usize) -> Vec<i64> {
+    let n = window * window;
+    let w = window as i64;
+    let mut idx = Vec::with_capacity(n * n);
+    for i in 0..n as i64 {
+        for j in 0..n as i64 {
+            let dh = i / w - j / w + w - 1;
+            let dw = i % w - j % w + w - 1;
+            idx.push(dh * (2 * w - 1) + dw);
+        }
+    }
+    idx
+}
+
+/// timm's shifted-window attention mask, `[num_windows, n, n]` with 0 inside a region and -100
+/// across regions.
+pub fn shifted_window_mask(resolution: usize, window: usize, shift: usize) -> Vec<f32> {
+    let r = resolution;
+    let region = |i: usize| -> usize {
+        if i < r - window {
+            0
+        } else if i < r - shift {
+            1
+        } else {
+            2
+        }
+    };
+    let nw = r / window;
+    let n = window * window;
+    let mut mask = Vec::with_capacity(nw * nw * n * n);
+    for wh in 0..nw {
+        for ww in 0..nw {
+            let label = |p: usize| {
+                let (h, w) = (wh * window + p / window, ww * window + p % window);
+                region(h) * 3 + region(w)
+            };
+            for i in 0..n {
+                for j in 0..n {
+                    mask.push(if label(i) == label(j) { 0.0 } else { -100.0 });
+                }
+            }
+        }
+    }
+    mask
+}
+
+impl WindowAttention {
+    /// Attention within windows: `x` is `[windows, n, c]`, `mask` `[mask_windows, n, n]`.
+    pub fn forward(&self, x: Tensor<3>, mask: Option<&Tensor<3>>) -> Tensor<3> {
+        let [q, k, v] = split_qkv(self.qkv.forward(x), self.num_heads);
+        let [bw, h, n, d] = q.dims();
+        let q = q.mul_scalar((d as f64).powf(-0.5));
+        let bias = self
+            .relative_position_bias_table
+            .val()
+            .select(0, self.relative_position_index.clone())
+            .reshape([n, n, h])
+            .permute([2, 0, 1])
+            .unsqueeze::<4>();
+        let mut attn = q.matmul(k.swap_dims(2, 3)) + bias;
+        if let Some(mask) = mask {
+            let nw = mask.dims()[0];
+            attn = (attn.reshape([bw / nw, nw, h, n, n]) + mask.clone().reshape([1, nw, 1, n, n]))
+                .reshape([bw, h, n, n]);
+        }
+        self.proj.forward(merge_heads(softmax(attn, 3).matmul(v)))
+    }
+}
+
+/// `[b, h, w, c]` -> `[b * windows, window^2, c]`.
+pub fn window_partition(x: Tensor<4>, window: usize) -> Tensor<3> {
+    let [b, h, w, c] = x.dims();
+    x.reshape([b, h / window, window, w / window, window, c])
+        .permute([0, 1, 3, 2, 4, 5])
+        .reshape([b * (h / window) * (w / window), window * window, c])
+}
+
+/// Inverse of [`window_partition`].
+pub fn window_reverse(windows: Tensor<3>, window: usize, h: usize, w: usize) -> Tensor<4> {
+    let c = windows.dims()[2];
+    let b = windows.dims()[0] / ((h / window) * (w / window));
+    windows
+        .reshape([b, h / window, w / window, window, window, c])
+        .permute([0, 1, 3, 2, 4, 5])
+        .reshape([b, h, w, c])
+}
+
+/// A Swin block: (shifted) window attention and MLP, both pre-LN with residuals.
+#[derive(Module, Debug)]
+pub struct SwinBlock {
+    pub norm1: LayerNorm,
+    pub attn: WindowAttention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+    pub attn_mask: Option<Tensor<3>>,
+    #[module(skip)]
+    pub shift: usize,
+}
+
+impl SwinBlock {
+    fn new(dim: usize, heads: usize, g: WindowGeometry, cfg: &SwinConfig, device: &Device) -> Self {
+        let n = g.window * g.window;
+        let table = (2 * g.window - 1) * (2 * g.window - 1);
+        let index = relative_position_index(g.window);
+        let attn_mask = (g.shift > 0).then(|| {
+            let nw = (g.resolution / g.window).pow(2);
+            Tensor::from_data(
+                TensorData::new(shifted_window_mask(g.resolution, g.window, g.shift), [nw, n, n]),
+                device,
+            )
+        });
+        SwinBlock {
+            norm1: LayerNorm::new(dim, cfg.norm_eps, device),
+            attn: WindowAttention {
+                qkv: LinearConfig::new(dim, 3 * dim).init(device),
+                proj: LinearConfig::new(dim, dim).init(device),
+                relative_position_bias_table: Initializer::Normal { mean: 0.0, std: 0.02 }.init([table, heads], device),
+                relative_position_index: Tensor::from_data(TensorData::new(index, [n * n]), device),
+                num_heads: heads,
+                window: g.window,
+            },
+            norm2: LayerNorm::new(dim, cfg.norm_eps, device),
+            mlp: Mlp::new(dim, (dim as f64 * cfg.mlp_ratio) as usize, device),
+            attn_mask,
+            shift: g.shift,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, h, w, c] = x.dims();
+        let window = self.attn.window;
+        let s = self.shift as i64;
+        let mut y = self.norm1.forward(x.clone());
+        if s > 0 {
+            y = y.roll(&[-s, -s], &[1, 2]);
+        }
+        let y = self.attn.forward(window_partition(y, window), self.attn_mask.as_ref());
+        let mut y = window_reverse(y, window, h, w);
+        if s > 0 {
+            y = y.roll(&[s, s], &[1, 2]);
+        }
+        let x = (x + y).reshape([b, h * w, c]);
+        let x = x.clone() + self.mlp.forward(self.norm2.forward(x));
+        x.reshape([b, h, w, c])
+    }
+}
+
+/// timm's `PatchMerging`: 2x2 neighbours concatenated (in timm's order), normed, reduced.
+#[derive(Module, Debug)]
+pub struct PatchMerging {
+    pub norm: LayerNorm,
+    pub reduction: Linear,
+}
+
+impl PatchMerging {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, h, w, c] = x.dims();
+        let x = x
+            .reshape([b, h / 2, 2, w / 2, 2, c])
+            .permute([0, 1, 3, 4, 2, 5])
+            .reshape([b, h / 2, w / 2, 4 * c]);
+        self.reduction.forward(self.norm.forward(x))
+    }
+}
+
+/// One stage: optional downsampling, then blocks.
+#[derive(Module, Debug)]
+pub struct SwinStage {
+    pub downsample: Option<PatchMerging>,
+    pub blocks: Vec<SwinBlock>,
+}
+
+/// timm's `ClassifierHead` (average pool, then `fc`).
+#[derive(Module, Debug)]
+pub struct ClassifierHead {
+    pub fc: Linear,
+}
+
+/// timm's `SwinTransformer`.
+#[derive(Module, Debug)]
+pub struct SwinTransformer {
+    pub patch_embed: SwinPatchEmbed,
+    pub layers: Vec<SwinStage>,
+    pub norm: LayerNorm,
+    pub head: ClassifierHead,
+    #[module(skip)]
+    pub config: SwinConfig,
+}
+
+impl SwinTransformer {
+    /// Patch-embedded, normed tokens `[b, h, w, c]`.
+    pub fn embed(&self, images: Tensor<4>) -> Tensor<4> {
+        let x = self.patch_embed.proj.forward(images).permute([0, 2, 3, 1]);
+        self.patch_embed.norm.forward(x)
+    }
+
+    /// Final-normed NHWC features.
+    pub fn forward_features(&self, images: Tensor<4>) -> Tensor<4> {
+        let mut x = self.embed(images);
+        for stage in &self.layers {
+            if let Some(down) = &stage.downsample {
+                x = down.forward(x);
+            }
+            for block in &stage.blocks {
+                x = block.forward(x);
+            }
+        }
+        self.norm.forward(x)
+    }
+
+    /// Average pool over positions, then `head.fc`.
+    pub fn forward_head(&self, x: Tensor<4>) -> Tensor<2> {
+        let [b, h, w, c] = x.dims();
+        let pooled = x.reshape([b, h * w, c]).mean_dim(1).reshape([b, c]);
+        self.head.fc.forward(pooled)
+    }
+
+    /// Logits `[b, num_classes]` for normalized images `[b, c, h, w]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_head(self.forward_features(images))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_index_matches_timm_corners() {
+        // timm: for a 2x2 window the index matrix is [[4,3,1,0],[5,4,2,1],[7,6,4,3],[8,7,5,4]].
+        assert_eq!(
+            relative_position_index(2),
+            vec![4, 3, 1, 0, 5, 4, 2, 1, 7, 6, 4, 3, 8, 7, 5, 4]
+        );
+    }
+
+    #[test]
+    fn mask_separates_regions_of_the_last_window_only() {
+        // 4x4 map, window 2, shift 1: windows 0 (top-left) is one region; window 3 (bottom-right)
+        // holds 4 regions so only its diagonal is 0.
+        let m = shifted_window_mask(4, 2, 1);
+        assert!(m[..16].iter().all(|&v| v == 0.0));
+        let last = &m[48..64];
+        for i in 0..4 {
+            for j in 0..4 {
+                assert_eq!(last[i * 4 + j], if i == j { 0.0 } else { -100.0 }, "({i},{j})");
+            }
+        }
+    }
+
+    #[test]
+    fn small_stages_use_one_window_without_shift() {
+        let cfg = SwinConfig {
+            img_size: 224,
+            patch_size: 4,
+            in_chans: 3,
+            num_classes: 1000,
+            embed_dim: 96,
+            depths: vec![2, 2, 6, 2],
+            num_heads: vec![3, 6, 12, 24],
+            window_size: 7,
+            mlp_ratio: 4.0,
+            norm_eps: 1e-5,
+        };
+        assert_eq!(cfg.geometry(0, 1), WindowGeometry { resolution: 56, window: 7, shift: 3 });
+        assert_eq!(cfg.geometry(3, 1), WindowGeometry { resolution: 7, window: 7, shift: 0 });
+        cfg.validate().unwrap();
+    }
+}

@@ -1,0 +1,254 @@
+//! ViT and DeiT as timm's `VisionTransformer` (and `VisionTransformerDistilled`): patch
+//! embedding, class (and distillation) token, learned position embedding, pre-LN blocks, final
+//! norm, token-pool head. Field names are timm's, so a timm state dict loads by path.
+
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor};
+use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
+use serde::{Deserialize, Serialize};
+
+use crate::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv};
+
+/// Architecture of a ViT/DeiT (timm's constructor arguments).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VitConfig {
+    pub img_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "three")]
+    pub in_chans: usize,
+    pub num_classes: usize,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    #[serde(default = "four")]
+    pub mlp_ratio: f64,
+    /// DeiT's distillation token and second head; the output is the mean of both heads.
+    #[serde(default)]
+    pub distilled: bool,
+    #[serde(default = "vit_eps")]
+    pub norm_eps: f64,
+}
+
+fn three() -> usize {
+    3
+}
+fn four() -> f64 {
+    4.0
+}
+fn vit_eps() -> f64 {
+    1e-6
+}
+
+impl VitConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+            return Err(Error::invalid(
+                "patch_size",
+                self.patch_size,
+                format!("must divide img_size {}", self.img_size),
+            ));
+        }
+        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+            return Err(Error::invalid(
+                "num_heads",
+                self.num_heads,
+                format!("must divide embed_dim {}", self.embed_dim),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn grid(&self) -> usize {
+        self.img_size / self.patch_size
+    }
+
+    pub fn num_prefix_tokens(&self) -> usize {
+        1 + self.distilled as usize
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.grid() * self.grid() + self.num_prefix_tokens()
+    }
+
+    pub fn mlp_hidden(&self) -> usize {
+        (self.embed_dim as f64 * self.mlp_ratio) as usize
+    }
+
+    /// A model with timm-like random init (normal std 0.02 for tokens and linears).
+    pub fn init(&self, device: &Device) -> Result<VisionTransformer> {
+        self.validate()?;
+        let d = self.embed_dim;
+        let token = |n: usize| Initializer::Normal { mean: 0.0, std: 0.02 }.init([1, n, d], device);
+        Ok(VisionTransformer {
+            patch_embed: PatchEmbed {
+                proj: Conv2dConfig::new(self.in_chans, d, self.patch_size, self.patch_size).init(device),
+            },
+            cls_token: token(1),
+            dist_token: self.distilled.then(|| token(1)),
+            pos_embed: token(self.num_tokens()),
+            blocks: (0..self.depth)
+                .map(|_| Block {
+                    norm1: LayerNorm::new(d, self.norm_eps, device),
+                    attn: Attention {
+                        qkv: LinearConfig::new(d, 3 * d).init(device),
+                        proj: LinearConfig::new(d, d).init(device),
+                        num_heads: self.num_heads,
+                    },
+                    norm2: LayerNorm::new(d, self.norm_eps, device),
+                    mlp: Mlp::new(d, self.mlp_hidden(), device),
+                })
+                .collect(),
+            norm: LayerNorm::new(d, self.norm_eps, device),
+            head: LinearConfig::new(d, self.num_classes).init(device),
+            head_dist: self
+                .distilled
+                .then(|| LinearConfig::new(d, self.num_classes).init(device)),
+            config: self.clone(),
+        })
+    }
+
+    /// Every quantizable site in forward order, with parameters and MACs per image.
+    pub fn sites(&self) -> Vec<SiteInfo> {
+        let d = self.embed_dim as u64;
+        let n = self.num_tokens() as u64;
+        let patches = (self.grid() * self.grid()) as u64;
+        let hidden = self.mlp_hidden() as u64;
+        let head_dim = d / self.num_heads as u64;
+        let heads = self.num_heads as u64;
+        let k2c = (self.patch_size * self.patch_size * self.in_chans) as u64;
+        let mut sites = vec![site("patch_embed.proj", SiteKind::Conv, k2c * d, patches * k2c * d)];
+        for i in 0..self.depth {
+            let b = SiteId::new(format!("blocks.{i}"));
+            let lin = |name: &str, i: u64, o: u64| site(b.join(name).as_str(), SiteKind::Linear, i * o, n * i * o);
+            sites.push(lin("attn.qkv", d, 3 * d));
+            sites.push(site(
+                b.join("attn.matmul_qk").as_str(),
+                SiteKind::MatMulQk,
+                0,
+                heads * n * n * head_dim,
+            ));
+            sites.push(site(
+                b.join("attn.matmul_av").as_str(),
+                SiteKind::MatMulAv,
+                0,
+                heads * n * n * head_dim,
+            ));
+            sites.push(lin("attn.proj", d, d));
+            sites.push(lin("mlp.fc1", d, hidden));
+            sites.push(lin("mlp.fc2", hidden, d));
+        }
+        let c = self.num_classes as u64;
+        sites.push(site("head", SiteKind::Linear, d * c, d * c));
+        if self.distilled {
+            sites.push(site("head_dist", SiteKind::Linear, d * c, d * c));
+        }
+        sites
+    }
+}
+
+pub(crate) fn site(id: &str, kind: SiteKind, params: u64, macs: u64) -> SiteInfo {
+    SiteInfo {
+        id: SiteId::new(id),
+        kind,
+        params,
+        macs,
+    }
+}
+
+/// timm's `PatchEmbed` (only `proj`; ViT has no norm here).
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    pub proj: Conv2d,
+}
+
+/// Multi-head self-attention with a fused `qkv` projection. The two matmuls are the
+/// `matmul_qk` and `matmul_av` sites.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    #[module(skip)]
+    pub num_heads: usize,
+}
+
+impl Attention {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [q, k, v] = split_qkv(self.qkv.forward(x), self.num_heads);
+        let head_dim = q.dims()[3];
+        let q = q.mul_scalar((head_dim as f64).powf(-0.5));
+        let attn = softmax(q.matmul(k.swap_dims(2, 3)), 3);
+        self.proj.forward(merge_heads(attn.matmul(v)))
+    }
+}
+
+/// Pre-LN transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
+        x.clone() + self.mlp.forward(self.norm2.forward(x))
+    }
+}
+
+/// timm's `VisionTransformer` / `VisionTransformerDistilled` with token pooling.
+#[derive(Module, Debug)]
+pub struct VisionTransformer {
+    pub patch_embed: PatchEmbed,
+    pub cls_token: Param<Tensor<3>>,
+    pub dist_token: Option<Param<Tensor<3>>>,
+    pub pos_embed: Param<Tensor<3>>,
+    pub blocks: Vec<Block>,
+    pub norm: LayerNorm,
+    pub head: Linear,
+    pub head_dist: Option<Linear>,
+    #[module(skip)]
+    pub config: VitConfig,
+}
+
+impl VisionTransformer {
+    /// Tokens after the patch embedding, prefix tokens and position embedding: `[b, n, d]`.
+    pub fn embed(&self, images: Tensor<4>) -> Tensor<3> {
+        let x = self.patch_embed.proj.forward(images);
+        let [b, d, gh, gw] = x.dims();
+        let x = x.reshape([b, d, gh * gw]).swap_dims(1, 2);
+        let mut tokens = vec![self.cls_token.val().expand([b, 1, d])];
+        if let Some(dist) = &self.dist_token {
+            tokens.push(dist.val().expand([b, 1, d]));
+        }
+        tokens.push(x);
+        Tensor::cat(tokens, 1) + self.pos_embed.val()
+    }
+
+    /// Final-normed tokens before the head.
+    pub fn forward_features(&self, images: Tensor<4>) -> Tensor<3> {
+        let x = self.blocks.iter().fold(self.embed(images), |x, b| b.forward(x));
+        self.norm.forward(x)
+    }
+
+    /// Logits from normed tokens: the class token through `head`, and for DeiT-distilled the
+    /// mean with the distillation token through `head_dist` (timm's inference output).
+    pub fn forward_head(&self, x: Tensor<3>) -> Tensor<2> {
+        let [b, _, d] = x.dims();
+        let token = |i: usize| x.clone().narrow(1, i, 1).reshape([b, d]);
+        let logits = self.head.forward(token(0));
+        match &self.head_dist {
+            Some(head_dist) => (logits + head_dist.forward(token(1))).div_scalar(2.0),
+            None => logits,
+        }
+    }
+
+    /// Logits `[b, num_classes]` for normalized images `[b, c, h, w]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_head(self.forward_features(images))
+    }
+}

@@ -1,0 +1,234 @@
+//! Loading and saving weights in timm's formats: a safetensors state dict, a PyTorch `.pth`
+//! (optionally nested under `"model"`, as the original DeiT releases are), or a Hugging Face hub
+//! cache folder. Every problem in a file is reported at once, by key, with expected and found
+//! shapes, so a user fixes a conversion in one round instead of one error at a time.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::{
+    ApplyError, ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore,
+};
+use mixq_core::{Error, Result};
+
+use crate::model::Model;
+
+/// State-dict entries that timm may write but that mixq recomputes instead of loading.
+const RECOMPUTED_BUFFERS: [&str; 2] = ["relative_position_index", "attn_mask"];
+
+/// Where weights come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WeightsSource {
+    /// A `.safetensors` file.
+    Safetensors(PathBuf),
+    /// A PyTorch pickle (`.pth`, `.pt`, `.bin`).
+    Pytorch(PathBuf),
+}
+
+impl WeightsSource {
+    /// Picks the format from the file name; a folder is searched as a Hugging Face cache for
+    /// `hf_repo` (e.g. `timm/deit_small_patch16_224.fb_in1k`).
+    pub fn resolve(path: &Path, hf_repo: Option<&str>) -> Result<Self> {
+        if path.is_dir() {
+            let repo = hf_repo.ok_or_else(|| {
+                Error::invalid("weights", path.display(), "is a folder, but the model card names no hf_repo")
+            })?;
+            return hf_cache_file(path, repo).map(WeightsSource::Safetensors);
+        }
+        if !path.exists() {
+            return Err(Error::Weights {
+                path: path.into(),
+                problems: vec!["file not found".into()],
+            });
+        }
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("safetensors") => Ok(WeightsSource::Safetensors(path.into())),
+            Some("pth" | "pt" | "bin" | "tar") => Ok(WeightsSource::Pytorch(path.into())),
+            _ => Err(Error::Weights {
+                path: path.into(),
+                problems: vec!["unknown format: expected .safetensors or .pth".into()],
+            }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            WeightsSource::Safetensors(p) | WeightsSource::Pytorch(p) => p,
+        }
+    }
+}
+
+/// `DIR/models--<org>--<name>/snapshots/<rev>/model.safetensors`, the newest snapshot first.
+/// `DIR` may be the hub cache itself or its parent (`~/.cache/huggingface`).
+pub fn hf_cache_file(dir: &Path, repo: &str) -> Result<PathBuf> {
+    let folder = format!("models--{}", repo.replace('/', "--"));
+    let candidates = [dir.join(&folder), dir.join("hub").join(&folder)];
+    let Some(model_dir) = candidates.iter().find(|p| p.is_dir()) else {
+        return Err(Error::Weights {
+            path: dir.join(&folder),
+            problems: vec![format!("no Hugging Face cache entry for '{repo}'")],
+        });
+    };
+    let snapshots = model_dir.join("snapshots");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&snapshots)
+        .map_err(|e| Error::io(&snapshots, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("model.safetensors"))
+        .filter(|p| p.exists())
+        .map(|p| (p.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), p))
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p).ok_or_else(|| Error::Weights {
+        path: snapshots,
+        problems: vec!["no snapshot holds model.safetensors".into()],
+    })
+}
+
+/// A model path in timm's naming: LayerNorm's burn-side `gamma`/`beta` are `weight`/`bias`.
+fn timm_key(path: &str) -> String {
+    if let Some(stem) = path.strip_suffix(".gamma") {
+        format!("{stem}.weight")
+    } else if let Some(stem) = path.strip_suffix(".beta") {
+        format!("{stem}.bias")
+    } else {
+        path.to_string()
+    }
+}
+
+/// A shape in timm's layout: linear weights are `[out, in]` in files and `[in, out]` in burn.
+fn timm_shape(path: &str, shape: &[usize]) -> Vec<usize> {
+    if shape.len() == 2 && path.ends_with(".weight") {
+        vec![shape[1], shape[0]]
+    } else {
+        shape.to_vec()
+    }
+}
+
+/// Turns a store's report into one error listing every problem, or `Ok` when it loaded clean.
+fn check_applied(path: &Path, result: &ApplyResult) -> Result<()> {
+    let mut problems = Vec::new();
+    for e in &result.errors {
+        problems.push(match e {
+            ApplyError::ShapeMismatch { path, expected, found } => format!(
+                "'{}' has shape {:?}, the model expects {:?}",
+                timm_key(path),
+                timm_shape(path, found.as_slice()),
+                timm_shape(path, expected.as_slice())
+            ),
+            other => other.to_string(),
+        });
+    }
+    for (key, _) in &result.missing {
+        problems.push(format!("missing key '{}'", timm_key(key)));
+    }
+    for key in &result.unused {
+        if !RECOMPUTED_BUFFERS.iter().any(|b| key.ends_with(b)) {
+            problems.push(format!("unexpected key '{key}'"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Weights {
+            path: path.into(),
+            problems,
+        })
+    }
+}
+
+/// Reads the file header first so that an empty, truncated or foreign file gets a precise
+/// message rather than a parser's internals.
+fn check_safetensors_file(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::Weights {
+        path: path.into(),
+        problems: vec![msg],
+    };
+    if bytes.is_empty() {
+        return Err(bad("file is empty".into()));
+    }
+    safetensors::SafeTensors::deserialize(&bytes)
+        .map(|_| ())
+        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))
+}
+
+fn load_module<M: ModuleSnapshot>(module: &mut M, source: &WeightsSource) -> Result<()> {
+    let path = source.path();
+    let store_err = |e: String| Error::Weights {
+        path: path.into(),
+        problems: vec![e],
+    };
+    let result = match source {
+        WeightsSource::Safetensors(p) => {
+            check_safetensors_file(p)?;
+            let mut store = SafetensorsStore::from_file(p)
+                .with_from_adapter(PyTorchToBurnAdapter)
+                .allow_partial(true)
+                .validate(false);
+            module.load_from(&mut store).map_err(|e| store_err(e.to_string()))?
+        }
+        WeightsSource::Pytorch(p) => {
+            let plain = PytorchStore::from_file(p).allow_partial(true).validate(false);
+            let nested = PytorchStore::from_file(p)
+                .with_top_level_key("model")
+                .allow_partial(true)
+                .validate(false);
+            // Original DeiT checkpoints nest the state dict under "model"; timm's do not.
+            let mut trial = module.clone();
+            match trial.load_from(&mut { nested }) {
+                Ok(r) if !r.applied.is_empty() => {
+                    *module = trial;
+                    r
+                }
+                _ => module.load_from(&mut { plain }).map_err(|e| store_err(e.to_string()))?,
+            }
+        }
+    };
+    check_applied(path, &result)
+}
+
+impl Model {
+    /// Loads timm weights into this model; on error the model is left unusable and should be
+    /// dropped (the caller gets a complete list of problems instead).
+    pub fn load_weights(self, source: &WeightsSource) -> Result<Self> {
+        tracing::info!(path = %source.path().display(), "loading weights");
+        Ok(match self {
+            Model::Vit(mut m) => {
+                load_module(&mut m, source)?;
+                Model::Vit(m)
+            }
+            Model::Swin(mut m) => {
+                load_module(&mut m, source)?;
+                Model::Swin(m)
+            }
+        })
+    }
+
+    /// The state dict in timm's layout and names, as safetensors bytes.
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        fn bytes<M: ModuleSnapshot>(m: &M) -> std::result::Result<Vec<u8>, String> {
+            let mut store = SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter);
+            m.save_into(&mut store).map_err(|e| e.to_string())?;
+            store.get_bytes().map_err(|e| e.to_string())
+        }
+        match self {
+            Model::Vit(m) => bytes(m),
+            Model::Swin(m) => bytes(m),
+        }
+        .map_err(|e| Error::invalid("model", "<state dict>", e))
+    }
+
+    /// Saves the state dict (timm layout) atomically.
+    pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
+        mixq_core::write_atomic(path, &self.to_safetensors_bytes()?)
+    }
+
+    /// Number of parameters (every float parameter, as timm counts them).
+    pub fn num_params(&self) -> usize {
+        match self {
+            Model::Vit(m) => m.num_params(),
+            Model::Swin(m) => m.num_params(),
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Full-size architectures match timm's parameter counts, and the sites add up to the known
+//! MAC figures.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use burn::tensor::Device;
+use mixq_vit_models::{ModelCard, SiteKind, summarize_sites};
+
+#[test]
+fn parameter_counts_equal_timm() {
+    let text = std::fs::read_to_string(common::fixtures().join("timm_param_counts.json")).unwrap();
+    let timm: BTreeMap<String, usize> = serde_json::from_str(&text).unwrap();
+    let device = Device::flex();
+    let mut checked = 0;
+    for card in ModelCard::builtin() {
+        let Some(&expected) = timm.get(&card.name) else { continue };
+        let model = card.arch.init(&device).unwrap();
+        assert_eq!(model.num_params(), expected, "{}", card.name);
+        checked += 1;
+    }
+    assert_eq!(checked, timm.len(), "every timm count has a card");
+}
+
+#[test]
+fn deit_small_sites_add_up() {
+    let sites = ModelCard::find("deit-s").unwrap().arch.sites();
+    // patch embed + 12 blocks x (qkv, qk, av, proj, fc1, fc2) + head.
+    assert_eq!(sites.len(), 1 + 12 * 6 + 1);
+    assert_eq!(sites[1].id.as_str(), "blocks.0.attn.qkv");
+    assert_eq!(sites[2].kind, SiteKind::MatMulQk);
+    let t = summarize_sites(&sites);
+    // Quantized weights: per block qkv, proj, fc1, fc2; the patch-embedding kernel; the head.
+    let per_block = 384 * 1152 + 384 * 384 + 2 * 384 * 1536;
+    assert_eq!(t.params, 12 * per_block + 3 * 16 * 16 * 384 + 384 * 1000);
+    let gmacs = t.macs as f64 / 1e9;
+    assert!((4.5..4.7).contains(&gmacs), "DeiT-S is about 4.6 GMACs, got {gmacs}");
+}
+
+#[test]
+fn swin_tiny_sites_cover_downsampling_and_head() {
+    let sites = ModelCard::find("swin-t").unwrap().arch.sites();
+    let ids: Vec<&str> = sites.iter().map(|s| s.id.as_str()).collect();
+    assert!(ids.contains(&"layers.1.downsample.reduction"));
+    assert!(ids.contains(&"layers.2.blocks.5.attn.matmul_av"));
+    assert_eq!(*ids.last().unwrap(), "head.fc");
+    let gmacs = summarize_sites(&sites).macs as f64 / 1e9;
+    assert!((4.3..4.6).contains(&gmacs), "Swin-T is about 4.5 GMACs, got {gmacs}");
+}

@@ -1,0 +1,113 @@
+//! Bad weight files get one error naming the file and every key at fault.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use common::*;
+use mixq_vit_models::weights::WeightsSource;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mixq-weights-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{name}.safetensors"))
+}
+
+fn load_err(path: &Path) -> String {
+    let source = match WeightsSource::resolve(path, None) {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    match fixture_arch("vit_tiny").init(&Device::flex()).unwrap().load_weights(&source) {
+        Ok(_) => panic!("{} loaded without error", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The vit_tiny fixture rewritten through `edit` (which may drop or replace tensors).
+fn edited(name: &str, edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(Vec<usize>, Vec<u8>)>) -> PathBuf {
+    let bytes = std::fs::read(fixtures().join("vit_tiny.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut kept = Vec::new();
+    for (key, view) in st.tensors() {
+        if let Some((shape, data)) = edit(&key, view.shape().to_vec(), view.data().to_vec()) {
+            kept.push((key, shape, data));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = kept
+        .iter()
+        .map(|(k, s, d)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+        .collect();
+    let path = tmp(name);
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn missing_file() {
+    let err = load_err(Path::new("/nonexistent/deit.safetensors"));
+    assert!(err.contains("/nonexistent/deit.safetensors") && err.contains("not found"), "{err}");
+}
+
+#[test]
+fn empty_file() {
+    let path = tmp("empty");
+    std::fs::write(&path, b"").unwrap();
+    let err = load_err(&path);
+    assert!(err.contains("empty.safetensors") && err.contains("empty"), "{err}");
+}
+
+#[test]
+fn truncated_file() {
+    let bytes = std::fs::read(fixtures().join("vit_tiny.safetensors")).unwrap();
+    let path = tmp("truncated");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_err(&path);
+    assert!(err.contains("truncated.safetensors") && err.contains("not a valid safetensors"), "{err}");
+}
+
+#[test]
+fn not_safetensors() {
+    let path = tmp("text");
+    std::fs::write(&path, b"this is a text file, not tensors").unwrap();
+    let err = load_err(&path);
+    assert!(err.contains("not a valid safetensors"), "{err}");
+}
+
+#[test]
+fn unknown_extension() {
+    let path = tmp("weights").with_extension("onnx");
+    std::fs::write(&path, b"x").unwrap();
+    let err = load_err(&path);
+    assert!(err.contains("weights.onnx") && err.contains("unknown format"), "{err}");
+}
+
+#[test]
+fn wrong_shape_names_key_and_both_shapes() {
+    let path = edited("shape", |key, shape, data| {
+        if key == "blocks.1.mlp.fc1.weight" {
+            Some((vec![shape[0] / 2, shape[1]], data[..data.len() / 2].to_vec()))
+        } else {
+            Some((shape, data))
+        }
+    });
+    let err = load_err(&path);
+    assert!(err.contains("blocks.1.mlp.fc1.weight"), "{err}");
+    assert!(err.contains("[96, 48]") && err.contains("[192, 48]"), "timm-layout shapes in: {err}");
+}
+
+#[test]
+fn missing_and_extra_keys_are_all_listed() {
+    let path = edited("keys", |key, shape, data| match key {
+        "head.bias" | "norm.weight" => None,
+        _ => Some((shape, data)),
+    });
+    let err = load_err(&path);
+    assert!(err.contains("missing key 'head.bias'") && err.contains("missing key 'norm.weight'"), "{err}");
+
+    // Keys of another architecture are unexpected, and the ViT's own are missing.
+    let err = load_err(&fixtures().join("swin_tiny.safetensors"));
+    assert!(err.contains("unexpected key 'layers.0.blocks.0.attn.qkv.weight'"), "{err}");
+    assert!(err.contains("missing key 'blocks.0.attn.qkv.weight'"), "{err}");
+}

@@ -1,0 +1,36 @@
+//! `cargo xtask info`: a model's sites with parameters and MACs.
+
+use clap::Args;
+use mixq_core::{Result, summarize_sites};
+use mixq_vit_models::ModelCard;
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Model alias or model-card .toml file.
+    #[arg(long, default_value = "digits-deit")]
+    pub model: String,
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    let card = ModelCard::find(&args.model)?;
+    let sites = card.arch.sites();
+    println!("{} ({}): {}", card.aliases[0], card.name, card.description);
+    println!();
+    println!("| site | kind | params | MMACs |");
+    println!("|---|---|---:|---:|");
+    for s in &sites {
+        println!("| {} | {:?} | {} | {:.2} |", s.id, s.kind, s.params, s.macs as f64 / 1e6);
+    }
+    let t = summarize_sites(&sites);
+    let device = burn::tensor::Device::flex();
+    let total_params = card.arch.init(&device)?.num_params();
+    println!();
+    println!(
+        "{} sites; {:.2} M parameters in total ({:.2} M in quantizable weights); {:.3} GMACs per image",
+        t.sites,
+        total_params as f64 / 1e6,
+        t.params as f64 / 1e6,
+        t.macs as f64 / 1e9
+    );
+    Ok(())
+}
