@@ -153,9 +153,7 @@ impl EvalData {
             None if card.dataset.as_deref() == Some("digits") => {
                 let (_, mut test) = Digits::load().split(seed);
                 if let Some(n) = limit {
-                    test.indices.truncate(n);
-                    test.images.truncate(n);
-                    test.labels.truncate(n);
+                    test.truncate(n);
                 }
                 let len = test.len();
                 let batches: Vec<Batch> = test

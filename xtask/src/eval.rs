@@ -63,14 +63,14 @@ impl Metrics {
 
 /// Logits as host values (this also waits for the device).
 pub fn logits_vec(logits: Tensor<2>) -> Vec<f32> {
-    logits.into_data().to_vec::<f32>().expect("logits are f32")
+    logits.into_data().try_into_vec::<f32>().expect("logits are f32")
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let card = args.model.card()?;
     let device = args.model.device.device()?;
-    let data = EvalData::open(&card, args.data.as_deref(), args.limit, args.batch, args.model.seed)?;
     let model = args.model.load(&card, &device)?;
+    let data = EvalData::open(&card, args.data.as_deref(), args.limit, args.batch, args.model.seed)?;
     tracing::info!(model = %card.name, data = %data.describe, "evaluating");
 
     let bar = progress(data.len, "eval");

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -24,12 +25,12 @@ pub struct TrainArgs {
     pub model: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 100)]
     pub epochs: usize,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Peak learning rate (AdamW, linear warm-up then cosine decay).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
     #[arg(long, default_value_t = 0.05)]
     pub weight_decay: f32,

@@ -166,7 +166,8 @@ fn parse_csv_gz(bytes: &[u8]) -> Result<Digits, String> {
 /// One side of a digits split, holding copies of its images.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
-    /// Index of each image in the full set, ascending.
+    /// Index of each image in the full set (ascending in splits made by
+    /// [`Digits::split`]).
     pub indices: Vec<usize>,
     /// Raw pixel values 0..=16.
     pub images: Vec<[f32; PIXELS]>,
@@ -185,17 +186,33 @@ impl Split {
         self.labels.is_empty()
     }
 
+    /// Keeps the first `n` images (a quick run over a prefix).
+    pub fn truncate(&mut self, n: usize) {
+        self.indices.truncate(n);
+        self.images.truncate(n);
+        self.labels.truncate(n);
+    }
+
     /// Batches of `1 x 8 x 8` images in split order, each pixel mapped to
     /// `(v / 16 - mean) / std`: the same `[0, 1]` then normalise convention
     /// as the ImageNet path, so models see inputs on the same scale.
     ///
-    /// Errors when `batch_size` is 0 or `std` is 0 or not finite.
+    /// Errors when `batch_size` is 0, `std` is 0 or not finite, or the three
+    /// public vectors have different lengths.
     pub fn batches(
         &self,
         batch_size: usize,
         mean: f32,
         std: f32,
     ) -> Result<DigitsBatches<'_>, DataError> {
+        if self.images.len() != self.labels.len() || self.indices.len() != self.labels.len() {
+            return Err(DataError::InvalidArgument(format!(
+                "split has {} images, {} labels and {} indices",
+                self.images.len(),
+                self.labels.len(),
+                self.indices.len()
+            )));
+        }
         if batch_size == 0 {
             return Err(DataError::InvalidArgument(
                 "batch size must be at least 1".into(),
@@ -267,7 +284,12 @@ mod tests {
         let d = Digits::load();
         assert_eq!(d.len(), NUM_IMAGES);
         assert_eq!(d.images.len(), NUM_IMAGES);
-        assert!(d.images.iter().flatten().all(|&v| (0.0..=16.0).contains(&v)));
+        assert!(
+            d.images
+                .iter()
+                .flatten()
+                .all(|&v| (0.0..=16.0).contains(&v))
+        );
         assert!(d.labels.iter().all(|&l| l < NUM_CLASSES));
         // scikit-learn's class sizes.
         assert_eq!(
@@ -289,7 +311,10 @@ mod tests {
             assert!((a as f64 - quota).abs() < 1.0, "class {c}: {a} vs {quota}");
         }
         // Ties go to the lower class: 3 units over 4 equal classes.
-        assert_eq!(largest_remainder(&[1, 1, 1, 1, 0, 0, 0, 0, 0, 0], 3)[..4], [1, 1, 1, 0]);
+        assert_eq!(
+            largest_remainder(&[1, 1, 1, 1, 0, 0, 0, 0, 0, 0], 3)[..4],
+            [1, 1, 1, 0]
+        );
     }
 
     #[test]
@@ -303,7 +328,11 @@ mod tests {
         assert!(test.indices.windows(2).all(|w| w[0] < w[1]));
         let mut all: Vec<usize> = train.indices.iter().chain(&test.indices).copied().collect();
         all.sort_unstable();
-        assert_eq!(all, (0..NUM_IMAGES).collect::<Vec<_>>(), "disjoint and complete");
+        assert_eq!(
+            all,
+            (0..NUM_IMAGES).collect::<Vec<_>>(),
+            "disjoint and complete"
+        );
         let counts = d.class_counts();
         for (c, &count) in counts.iter().enumerate() {
             let in_test = test.labels.iter().filter(|&&l| l == c).count();
@@ -336,12 +365,20 @@ mod tests {
         assert_eq!(batches[0].shape, [100, 1, 8, 8]);
         assert_eq!(batches[0].images.len(), 100 * 64);
         let i0 = test.indices[0];
-        let expect: Vec<f32> = d.images[i0].iter().map(|v| (v / 16.0 - 0.5) / 0.5).collect();
+        let expect: Vec<f32> = d.images[i0]
+            .iter()
+            .map(|v| (v / 16.0 - 0.5) / 0.5)
+            .collect();
         assert_eq!(batches[0].image(0), &expect[..]);
         let labels: Vec<usize> = batches.iter().flat_map(|b| b.labels.clone()).collect();
         assert_eq!(labels, test.labels);
         assert!(batches.iter().all(|b| b.paths.is_empty()));
         assert!(test.batches(0, 0.5, 0.5).is_err());
+        let mut short = test.clone();
+        short.truncate(10);
+        assert_eq!(short.batches(4, 0.5, 0.5).unwrap().count(), 3);
+        short.labels.pop();
+        assert!(short.batches(4, 0.5, 0.5).is_err());
         assert!(test.batches(8, 0.5, 0.0).is_err());
     }
 }

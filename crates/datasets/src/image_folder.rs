@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::preprocess::{EvalTransform, load_image, try_eval_transform};
+use crate::preprocess::{EvalTransform, PassOrder, load_image, try_eval_transform};
 use crate::{Batch, DataError};
 
 /// torchvision's `IMG_EXTENSIONS`, matched case-insensitively.
@@ -296,6 +296,7 @@ fn walk_dirs_sorted(top: &Path) -> Result<Vec<PathBuf>, DataError> {
 pub struct Loader {
     dataset: ImageFolder,
     transform: EvalTransform,
+    order: PassOrder,
     batch_size: usize,
     end: usize,
     next: usize,
@@ -328,12 +329,20 @@ impl Loader {
         Ok(Self {
             dataset,
             transform,
+            order: PassOrder::default(),
             batch_size,
             end,
             next: 0,
             skipped: Vec::new(),
             reported: false,
         })
+    }
+
+    /// Uses another resampling pass order (default: Pillow 13's), e.g. to
+    /// match reference tensors made with Pillow 12 or earlier.
+    pub fn with_pass_order(mut self, order: PassOrder) -> Self {
+        self.order = order;
+        self
     }
 
     /// The data set being loaded.
@@ -398,7 +407,7 @@ impl Iterator for Loader {
         while self.next < self.end {
             let range = self.next..(self.next + self.batch_size).min(self.end);
             self.next = range.end;
-            let t = self.transform;
+            let (t, order) = (self.transform, self.order);
             let samples = &self.dataset.samples[range.clone()];
             let results: Vec<Result<Vec<f32>, String>> = samples
                 .par_iter()
@@ -408,7 +417,7 @@ impl Iterator for Loader {
                         DataError::Io { source, .. } => source.to_string(),
                         other => other.to_string(),
                     })?;
-                    try_eval_transform(&img, &t).map_err(|e| e.to_string())
+                    try_eval_transform(&img, &t, order).map_err(|e| e.to_string())
                 })
                 .collect();
 

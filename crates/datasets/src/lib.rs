@@ -68,4 +68,4 @@ pub use batch::Batch;
 pub use digits::{Digits, DigitsBatches, Split};
 pub use error::DataError;
 pub use image_folder::{ImageFolder, Loader};
-pub use preprocess::{EvalTransform, eval_transform_image, load_image};
+pub use preprocess::{EvalTransform, PassOrder, eval_transform_image, load_image};

@@ -9,7 +9,8 @@
 //! 2. torchvision `Resize(scale_size)`: the shorter side becomes
 //!    `scale_size`, the longer one `int(scale_size * long / short)`;
 //! 3. Pillow `BICUBIC` resampling, reproduced integer for integer from
-//!    Pillow's `libImaging/Resample.c` (8-bit fixed point, 22 fraction bits);
+//!    Pillow's `libImaging/Resample.c` (8-bit fixed point, 22 fraction bits,
+//!    Pillow 13's choice of which pass runs first, see [`PassOrder`]);
 //! 4. torchvision `CenterCrop(img_size)` with Python's round-half-to-even
 //!    offsets (and zero padding when the image is smaller than the crop);
 //! 5. `ToTensor` (`x / 255`) and `Normalize` (`(x - mean) / std`) in `f32`.
@@ -129,13 +130,28 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage, DataError> {
 /// If the transform is invalid (see [`EvalTransform::validate`]) or the image
 /// has a zero width or height.
 pub fn eval_transform_image(img: &DynamicImage, t: &EvalTransform) -> Vec<f32> {
-    try_eval_transform(img, t).unwrap_or_else(|e| panic!("eval_transform_image: {e}"))
+    eval_transform_image_with_order(img, t, PassOrder::default())
+}
+
+/// [`eval_transform_image`] with an explicit resampling pass order, to match
+/// references made with Pillow 12 or earlier ([`PassOrder::HorizontalFirst`]).
+///
+/// # Panics
+///
+/// As [`eval_transform_image`].
+pub fn eval_transform_image_with_order(
+    img: &DynamicImage,
+    t: &EvalTransform,
+    order: PassOrder,
+) -> Vec<f32> {
+    try_eval_transform(img, t, order).unwrap_or_else(|e| panic!("eval_transform_image: {e}"))
 }
 
 /// Fallible version of [`eval_transform_image`], used by the loader.
 pub(crate) fn try_eval_transform(
     img: &DynamicImage,
     t: &EvalTransform,
+    order: PassOrder,
 ) -> Result<Vec<f32>, DataError> {
     t.validate()?;
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -154,7 +170,14 @@ pub(crate) fn try_eval_transform(
     // torchvision's zero padding (only when crop_pct > 1).
     let ys = window(top, size, new_h);
     let xs = window(left, size, new_w);
-    let patch = resize_bicubic_window(&pixels, w, h, c, new_w, new_h, xs.clone(), ys.clone());
+    let geometry = Size {
+        width: w,
+        height: h,
+        channels: c,
+        new_width: new_w,
+        new_height: new_h,
+    };
+    let patch = resize_bicubic_window(&pixels, geometry, xs.clone(), ys.clone(), order);
 
     let plane = size * size;
     let mut out = vec![0.0f32; c * plane];
@@ -184,7 +207,9 @@ fn normalize(v: u8, mean: f32, std: f32) -> f32 {
 /// Source range covered by a crop of `crop` starting at `offset` in `0..size`.
 fn window(offset: isize, crop: usize, size: usize) -> Range<usize> {
     let start = offset.max(0) as usize;
-    let end = (offset + crop as isize).min(size as isize).max(start as isize) as usize;
+    let end = (offset + crop as isize)
+        .min(size as isize)
+        .max(start as isize) as usize;
     start..end
 }
 
@@ -247,8 +272,36 @@ pub fn center_crop_offset(size: usize, crop: usize) -> isize {
     rounded as isize
 }
 
+/// Which Pillow rule orders the two resampling passes.
+///
+/// The order changes results by a level here and there, because the first
+/// pass is rounded to 8 bits before the second one reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PassOrder {
+    /// Pillow 13 and later: the vertical pass runs first when the height
+    /// shrinks by more than twice as many pixels as the width does;
+    /// otherwise the horizontal pass runs first.
+    #[default]
+    Pillow13,
+    /// Pillow 12 and earlier: always horizontal first.
+    HorizontalFirst,
+}
+
+impl PassOrder {
+    /// Whether the vertical pass runs first for this resize.
+    pub fn vertical_first(self, width: usize, height: usize, new_w: usize, new_h: usize) -> bool {
+        match self {
+            PassOrder::HorizontalFirst => false,
+            PassOrder::Pillow13 => {
+                let (w, h, nw, nh) = (width as i64, height as i64, new_w as i64, new_h as i64);
+                nh < h && h - nh > 2 * (w - nw)
+            }
+        }
+    }
+}
+
 /// Resizes an interleaved 8-bit image (`channels` values per pixel) with
-/// Pillow's `BICUBIC` filter, bit-exactly as `Image.resize` does.
+/// Pillow's `BICUBIC` filter, bit-exactly as Pillow 13's `Image.resize`.
 pub fn resize_bicubic(
     src: &[u8],
     width: usize,
@@ -257,16 +310,35 @@ pub fn resize_bicubic(
     new_width: usize,
     new_height: usize,
 ) -> Vec<u8> {
-    resize_bicubic_window(
+    resize_bicubic_with_order(
         src,
         width,
         height,
         channels,
         new_width,
         new_height,
-        0..new_width,
-        0..new_height,
+        PassOrder::default(),
     )
+}
+
+/// [`resize_bicubic`] with an explicit pass order, e.g. to match Pillow 12.
+pub fn resize_bicubic_with_order(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    new_width: usize,
+    new_height: usize,
+    order: PassOrder,
+) -> Vec<u8> {
+    let size = Size {
+        width,
+        height,
+        channels,
+        new_width,
+        new_height,
+    };
+    resize_bicubic_window(src, size, 0..new_width, 0..new_height, order)
 }
 
 /// Pillow's fixed-point precision: 32 bits minus 8 for the value and 2 for
@@ -359,92 +431,146 @@ fn clip8(acc: i32) -> u8 {
 /// Accumulator start: one half, so that the final shift rounds.
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Pillow's two-pass resample restricted to the output window `xs x ys`.
-///
-/// Every output pixel depends only on its own coefficients, so computing a
-/// window gives exactly the pixels Pillow would produce there; the centre
-/// crop then costs no work outside the crop. Like Pillow, the horizontal
-/// pass runs first into an 8-bit intermediate, and a pass is skipped when its
-/// dimension keeps its size. Returns `ys.len() x xs.len() x channels` bytes.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn resize_bicubic_window(
-    src: &[u8],
-    width: usize,
-    height: usize,
-    channels: usize,
-    new_width: usize,
-    new_height: usize,
-    xs: Range<usize>,
-    ys: Range<usize>,
+/// Source and target geometry of a resize.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Size {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    pub new_width: usize,
+    pub new_height: usize,
+}
+
+/// The union of the source ranges that the outputs `outs` read.
+fn taps_span(k: &Kernel, outs: &Range<usize>) -> Range<usize> {
+    let first = outs.clone().map(|o| k.bounds[o].0).min().unwrap_or(0);
+    let last = outs
+        .clone()
+        .map(|o| k.bounds[o].0 + k.bounds[o].1)
+        .max()
+        .unwrap_or(first);
+    first..last.max(first)
+}
+
+/// Horizontal pass over `rows` of `buf` (a `cols`-wide slice of the source,
+/// so `cols.start` is the source column of `buf`'s column 0), producing the
+/// output columns `xs`.
+fn pass_horizontal(
+    buf: &[u8],
+    cols: &Range<usize>,
+    c: usize,
+    rows: Range<usize>,
+    k: &Kernel,
+    xs: &Range<usize>,
 ) -> Vec<u8> {
-    assert_eq!(src.len(), width * height * channels, "buffer size mismatch");
-    assert!(xs.end <= new_width && ys.end <= new_height, "window outside output");
-    let c = channels;
-    let need_h = new_width != width;
-    let need_v = new_height != height;
-    let out_w = xs.len();
-
-    // Source rows the vertical pass reads (or the window rows when it is skipped).
-    let vkernel = need_v.then(|| Kernel::new(height, new_height));
-    let rows = match &vkernel {
-        Some(k) if !ys.is_empty() => {
-            let first = ys.clone().map(|y| k.bounds[y].0).min().unwrap_or(0);
-            let last = ys
-                .clone()
-                .map(|y| k.bounds[y].0 + k.bounds[y].1)
-                .max()
-                .unwrap_or(first);
-            first..last.max(first)
-        }
-        Some(_) => 0..0,
-        None => ys.clone(),
-    };
-
-    // Horizontal pass: rows `rows`, columns `xs`, into an 8-bit buffer.
-    let mut tmp = vec![0u8; rows.len() * out_w * c];
-    if need_h {
-        let hk = Kernel::new(width, new_width);
-        for (ty, sy) in rows.clone().enumerate() {
-            let src_row = &src[sy * width * c..(sy + 1) * width * c];
-            let dst_row = &mut tmp[ty * out_w * c..(ty + 1) * out_w * c];
-            for (tx, ox) in xs.clone().enumerate() {
-                let (start, k) = hk.taps(ox);
-                for ch in 0..c {
-                    let mut acc = HALF;
-                    for (i, &w) in k.iter().enumerate() {
-                        acc += src_row[(start + i) * c + ch] as i32 * w;
-                    }
-                    dst_row[tx * c + ch] = clip8(acc);
+    let in_stride = cols.len() * c;
+    let out_stride = xs.len() * c;
+    let mut out = vec![0u8; rows.len() * out_stride];
+    for (dst_row, r) in out.chunks_exact_mut(out_stride.max(1)).zip(rows) {
+        let src_row = &buf[r * in_stride..(r + 1) * in_stride];
+        for (tx, ox) in xs.clone().enumerate() {
+            let (start, taps) = k.taps(ox);
+            let base = (start - cols.start) * c;
+            for ch in 0..c {
+                let mut acc = HALF;
+                for (i, &w) in taps.iter().enumerate() {
+                    acc += src_row[base + i * c + ch] as i32 * w;
                 }
+                dst_row[tx * c + ch] = clip8(acc);
             }
         }
-    } else {
-        for (ty, sy) in rows.clone().enumerate() {
-            let from = &src[(sy * width + xs.start) * c..(sy * width + xs.end) * c];
-            tmp[ty * out_w * c..(ty + 1) * out_w * c].copy_from_slice(from);
-        }
     }
+    out
+}
 
-    let Some(vk) = vkernel else {
-        return tmp;
-    };
-
-    // Vertical pass over the intermediate rows.
-    let stride = out_w * c;
-    let mut out = vec![0u8; ys.len() * stride];
-    for (oy, y) in ys.clone().enumerate() {
-        let (start, k) = vk.taps(y);
-        let base = start - rows.start;
-        let dst = &mut out[oy * stride..(oy + 1) * stride];
+/// Vertical pass over the columns `cols` of `buf` (`width` pixels wide, its
+/// row 0 being source row `row0`), producing the output rows `ys`.
+fn pass_vertical(
+    buf: &[u8],
+    width: usize,
+    c: usize,
+    row0: usize,
+    cols: &Range<usize>,
+    k: &Kernel,
+    ys: &Range<usize>,
+) -> Vec<u8> {
+    let in_stride = width * c;
+    let out_stride = cols.len() * c;
+    let mut out = vec![0u8; ys.len() * out_stride];
+    for (dst, oy) in out.chunks_exact_mut(out_stride.max(1)).zip(ys.clone()) {
+        let (start, taps) = k.taps(oy);
+        let base = (start - row0) * in_stride + cols.start * c;
         for (i, d) in dst.iter_mut().enumerate() {
             let mut acc = HALF;
-            for (j, &w) in k.iter().enumerate() {
-                acc += tmp[(base + j) * stride + i] as i32 * w;
+            for (j, &w) in taps.iter().enumerate() {
+                acc += buf[base + j * in_stride + i] as i32 * w;
             }
             *d = clip8(acc);
         }
     }
     out
+}
+
+/// Copies the `rows x cols` block of an image `width` pixels wide.
+fn copy_block(
+    buf: &[u8],
+    width: usize,
+    c: usize,
+    rows: &Range<usize>,
+    cols: &Range<usize>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * cols.len() * c);
+    for r in rows.clone() {
+        out.extend_from_slice(&buf[(r * width + cols.start) * c..(r * width + cols.end) * c]);
+    }
+    out
+}
+
+/// Pillow's two-pass resample restricted to the output window `xs x ys`.
+///
+/// Every output pixel depends only on its own coefficients and on the
+/// intermediate pixels it reads, so computing a window gives exactly the
+/// pixels Pillow would produce there; the centre crop then costs no work
+/// outside the crop. As in Pillow, the first pass writes an 8-bit
+/// intermediate, and a pass is skipped when its dimension keeps its size.
+/// Returns `ys.len() x xs.len() x channels` bytes.
+pub(crate) fn resize_bicubic_window(
+    src: &[u8],
+    size: Size,
+    xs: Range<usize>,
+    ys: Range<usize>,
+    order: PassOrder,
+) -> Vec<u8> {
+    let Size {
+        width,
+        height,
+        channels: c,
+        new_width,
+        new_height,
+    } = size;
+    assert_eq!(src.len(), width * height * c, "buffer size mismatch");
+    assert!(
+        xs.end <= new_width && ys.end <= new_height,
+        "window outside output"
+    );
+    let hk = (new_width != width).then(|| Kernel::new(width, new_width));
+    let vk = (new_height != height).then(|| Kernel::new(height, new_height));
+    match (&hk, &vk) {
+        (None, None) => copy_block(src, width, c, &ys, &xs),
+        (Some(hk), None) => pass_horizontal(src, &(0..width), c, ys, hk, &xs),
+        (None, Some(vk)) => pass_vertical(src, width, c, 0, &xs, vk, &ys),
+        (Some(hk), Some(vk)) => {
+            if order.vertical_first(width, height, new_width, new_height) {
+                let cols = taps_span(hk, &xs);
+                let tmp = pass_vertical(src, width, c, 0, &cols, vk, &ys);
+                pass_horizontal(&tmp, &cols, c, 0..ys.len(), hk, &xs)
+            } else {
+                let rows = taps_span(vk, &ys);
+                let tmp = pass_horizontal(src, &(0..width), c, rows.clone(), hk, &xs);
+                pass_vertical(&tmp, xs.len(), c, rows.start, &(0..xs.len()), vk, &ys)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -562,7 +688,15 @@ mod tests {
         for &(nw, nh) in &[(7, 5), (20, 9), (13, 17), (30, 4)] {
             let full = resize_bicubic(&src, w, h, c, nw, nh);
             let (xs, ys) = (2..nw - 1, 1..nh - 1);
-            let win = resize_bicubic_window(&src, w, h, c, nw, nh, xs.clone(), ys.clone());
+            let size = Size {
+                width: w,
+                height: h,
+                channels: c,
+                new_width: nw,
+                new_height: nh,
+            };
+            let win =
+                resize_bicubic_window(&src, size, xs.clone(), ys.clone(), PassOrder::Pillow13);
             for (wy, y) in ys.clone().enumerate() {
                 for (wx, x) in xs.clone().enumerate() {
                     for ch in 0..c {
@@ -574,6 +708,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn pillow13_pass_order_rule() {
+        let o = PassOrder::Pillow13;
+        // Height loses 60 px, width 30: not more than twice -> horizontal first.
+        assert!(!o.vertical_first(120, 120, 90, 60));
+        assert!(o.vertical_first(120, 120, 90, 59));
+        // Width grows, height shrinks -> vertical first; height grows -> horizontal.
+        assert!(o.vertical_first(120, 120, 200, 119));
+        assert!(!o.vertical_first(120, 120, 200, 121));
+        // Typical ImageNet photo: horizontal first; a tall strip: vertical first.
+        assert!(!o.vertical_first(500, 375, 341, 256));
+        assert!(o.vertical_first(100, 400, 64, 256));
+        assert!(!PassOrder::HorizontalFirst.vertical_first(100, 400, 64, 256));
+    }
+
+    #[test]
+    fn vertical_first_is_the_transpose_of_horizontal_first() {
+        // Resizing the transposed image vertically first must give the
+        // transpose of resizing the original horizontally first.
+        let (w, h, nw, nh) = (20, 10, 8, 9);
+        let src: Vec<u8> = (0..w * h)
+            .map(|i| ((i * 7919 + i / 3) % 256) as u8)
+            .collect();
+        let src_t: Vec<u8> = (0..w * h).map(|i| src[(i % h) * w + i / h]).collect();
+        assert!(PassOrder::Pillow13.vertical_first(h, w, nh, nw));
+        let out = resize_bicubic_with_order(&src, w, h, 1, nw, nh, PassOrder::HorizontalFirst);
+        let out_t = resize_bicubic(&src_t, h, w, 1, nh, nw);
+        let back: Vec<u8> = (0..nw * nh)
+            .map(|i| out_t[(i % nw) * nh + i / nw])
+            .collect();
+        assert_eq!(out, back);
+        // ... and the order does matter for this input.
+        let out_t_h =
+            resize_bicubic_with_order(&src_t, h, w, 1, nh, nw, PassOrder::HorizontalFirst);
+        assert_ne!(out_t, out_t_h);
     }
 
     #[test]
@@ -619,18 +790,21 @@ mod tests {
         assert!(ok.validate().is_ok());
         for bad in [
             EvalTransform { img_size: 0, ..ok },
-            EvalTransform { crop_pct: 0.0, ..ok },
-            EvalTransform { crop_pct: f64::NAN, ..ok },
+            EvalTransform {
+                crop_pct: 0.0,
+                ..ok
+            },
+            EvalTransform {
+                crop_pct: f64::NAN,
+                ..ok
+            },
             EvalTransform { channels: 2, ..ok },
             EvalTransform {
                 std: [0.0, 1.0, 1.0],
                 ..ok
             },
         ] {
-            assert!(matches!(
-                bad.validate(),
-                Err(DataError::InvalidArgument(_))
-            ));
+            assert!(matches!(bad.validate(), Err(DataError::InvalidArgument(_))));
         }
     }
 
