@@ -79,9 +79,15 @@ impl ModelArgs {
         }
         if let Some(dir) = &self.hf_cache {
             let repo = card.hf_repo.as_deref().ok_or_else(|| {
-                Error::invalid("--hf-cache", dir.display(), format!("model '{}' has no hf_repo", card.name))
+                Error::invalid(
+                    "--hf-cache",
+                    dir.display(),
+                    format!("model '{}' has no hf_repo", card.name),
+                )
             })?;
-            return Ok(Some(WeightsSource::Safetensors(mixq_vit_models::weights::hf_cache_file(dir, repo)?)));
+            return Ok(Some(WeightsSource::Safetensors(
+                mixq_vit_models::weights::hf_cache_file(dir, repo)?,
+            )));
         }
         if let Some(path) = &self.weights {
             if path.is_dir() {
@@ -124,7 +130,13 @@ pub struct EvalData {
 }
 
 impl EvalData {
-    pub fn open(card: &ModelCard, data: Option<&Path>, limit: Option<usize>, batch: usize, seed: u64) -> Result<Self> {
+    pub fn open(
+        card: &ModelCard,
+        data: Option<&Path>,
+        limit: Option<usize>,
+        batch: usize,
+        seed: u64,
+    ) -> Result<Self> {
         if batch == 0 {
             return Err(Error::invalid("--batch", 0, "must be at least 1"));
         }
@@ -142,7 +154,8 @@ impl EvalData {
                     std: channel3(&pre.std),
                     channels: card.arch.in_chans(),
                 };
-                let loader = Loader::new(folder, transform, batch, limit).map_err(|e| data_error(dir, e))?;
+                let loader =
+                    Loader::new(folder, transform, batch, limit).map_err(|e| data_error(dir, e))?;
                 let len = loader.num_samples();
                 Ok(EvalData {
                     batches: Box::new(loader),
@@ -169,7 +182,10 @@ impl EvalData {
             None => Err(Error::invalid(
                 "--data",
                 "(none)",
-                format!("model '{}' needs an ImageNet-style folder: pass --data DIR", card.aliases[0]),
+                format!(
+                    "model '{}' needs an ImageNet-style folder: pass --data DIR",
+                    card.aliases[0]
+                ),
             )),
         }
     }
@@ -195,9 +211,11 @@ pub fn batch_tensor(batch: &Batch, device: &Device) -> Tensor<4> {
 pub fn progress(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(what.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));

@@ -19,7 +19,13 @@ pub fn run(args: InfoArgs) -> Result<()> {
     println!("| site | kind | params | MMACs |");
     println!("|---|---|---:|---:|");
     for s in &sites {
-        println!("| {} | {:?} | {} | {:.2} |", s.id, s.kind, s.params, s.macs as f64 / 1e6);
+        println!(
+            "| {} | {:?} | {} | {:.2} |",
+            s.id,
+            s.kind,
+            s.params,
+            s.macs as f64 / 1e6
+        );
     }
     let t = summarize_sites(&sites);
     let device = burn::tensor::Device::flex();

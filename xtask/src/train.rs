@@ -81,7 +81,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let out = match &args.out {
         Some(p) => p.clone(),
-        None => card.shipped_path().expect("digits cards name their shipped file"),
+        None => card
+            .shipped_path()
+            .expect("digits cards name their shipped file"),
     };
     let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
     let (train, test) = Digits::load().split(args.seed);
@@ -89,7 +91,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let device = args.device.device()?.autodiff();
     device.seed(args.seed);
     let mut model = card.arch.init(&device)?;
-    let mut optim = AdamWConfig::new().with_weight_decay(args.weight_decay).init();
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(args.weight_decay)
+        .init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let steps_per_epoch = train.len().div_ceil(args.batch);
@@ -104,15 +108,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
             indices: order.iter().map(|&i| train.indices[i]).collect(),
             images: order
                 .iter()
-                .map(|&i| shift(&train.images[i], rng.random_range(-1..=1), rng.random_range(-1..=1)))
+                .map(|&i| {
+                    shift(
+                        &train.images[i],
+                        rng.random_range(-1..=1),
+                        rng.random_range(-1..=1),
+                    )
+                })
                 .collect(),
             labels: order.iter().map(|&i| train.labels[i]).collect(),
         };
         let mut epoch_loss = 0.0;
-        for batch in augmented.batches(args.batch, mean, std).map_err(|e| Error::invalid("--batch", args.batch, e.to_string()))? {
+        for batch in augmented
+            .batches(args.batch, mean, std)
+            .map_err(|e| Error::invalid("--batch", args.batch, e.to_string()))?
+        {
             let x = batch_tensor(&batch, &device);
             let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-            let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch.len()]), &device);
+            let targets =
+                Tensor::<1, Int>::from_data(TensorData::new(labels, [batch.len()]), &device);
             let loss = loss_fn.forward(model.forward(x), targets);
             epoch_loss += loss.clone().into_scalar::<f32>() as f64 * batch.len() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -120,7 +134,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
             step += 1;
             bar.inc(1);
         }
-        bar.set_message(format!("epoch {} loss {:.4}", epoch + 1, epoch_loss / train.len() as f64));
+        bar.set_message(format!(
+            "epoch {} loss {:.4}",
+            epoch + 1,
+            epoch_loss / train.len() as f64
+        ));
     }
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
@@ -128,11 +146,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let model = model.valid();
     let eval_device = args.device.device()?;
     let mut metrics = Metrics::default();
-    for batch in test.batches(256, mean, std).map_err(|e| Error::invalid("--batch", 256, e.to_string()))? {
-        metrics.add(&logits_vec(model.forward(batch_tensor(&batch, &eval_device))), &batch.labels);
+    for batch in test
+        .batches(256, mean, std)
+        .map_err(|e| Error::invalid("--batch", 256, e.to_string()))?
+    {
+        metrics.add(
+            &logits_vec(model.forward(batch_tensor(&batch, &eval_device))),
+            &batch.labels,
+        );
     }
     model.save_safetensors(&out)?;
-    println!("| model | seed | epochs | train s | test images | test top-1 % | test CE | checkpoint |");
+    println!(
+        "| model | seed | epochs | train s | test images | test top-1 % | test CE | checkpoint |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     println!(
         "| {} | {} | {} | {:.0} | {} | {:.2} | {:.4} | {} |",
@@ -159,7 +185,11 @@ mod tests {
         img[63] = 5.0;
         let s = shift(&img, 1, 1);
         assert_eq!(s[9], 16.0);
-        assert_eq!(s.iter().filter(|&&v| v != 0.0).count(), 1, "the corner pixel leaves the image");
+        assert_eq!(
+            s.iter().filter(|&&v| v != 0.0).count(),
+            1,
+            "the corner pixel leaves the image"
+        );
     }
 
     #[test]

@@ -16,10 +16,18 @@ fn xtask(args: &[&str]) -> Output {
 fn fails(args: &[&str]) -> String {
     let out = xtask(args);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(2), "{args:?} should exit 2; stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{args:?} should exit 2; stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{args:?} should print one error line: {stderr}");
+    assert_eq!(
+        errors.len(),
+        1,
+        "{args:?} should print one error line: {stderr}"
+    );
     errors[0].to_string()
 }
 
@@ -33,13 +41,22 @@ fn tmpdir(name: &str) -> PathBuf {
 #[test]
 fn unknown_model_lists_the_known_ones() {
     let err = fails(&["eval", "--model", "resnet-50"]);
-    assert!(err.contains("resnet-50") && err.contains("deit-s") && err.contains("digits-deit"), "{err}");
+    assert!(
+        err.contains("resnet-50") && err.contains("deit-s") && err.contains("digits-deit"),
+        "{err}"
+    );
     fails(&["info", "--model", "resnet-50"]);
 }
 
 #[test]
 fn missing_weights_name_the_file() {
-    let err = fails(&["eval", "--model", "digits-deit", "--weights", "/no/such/file.safetensors"]);
+    let err = fails(&[
+        "eval",
+        "--model",
+        "digits-deit",
+        "--weights",
+        "/no/such/file.safetensors",
+    ]);
     assert!(err.contains("/no/such/file.safetensors"), "{err}");
 }
 
@@ -48,15 +65,36 @@ fn corrupt_weights_name_the_file() {
     let dir = tmpdir("corrupt");
     let path = dir.join("w.safetensors");
     std::fs::write(&path, b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}").unwrap();
-    let err = fails(&["eval", "--model", "digits-deit", "--weights", path.to_str().unwrap()]);
-    assert!(err.contains("w.safetensors") && err.contains("safetensors"), "{err}");
+    let err = fails(&[
+        "eval",
+        "--model",
+        "digits-deit",
+        "--weights",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("w.safetensors") && err.contains("safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
 fn weights_of_another_model_list_the_mismatches() {
-    let swin = mixq_vit_models::ModelCard::find("digits-swin").unwrap().shipped_path().unwrap();
-    let err = fails(&["eval", "--model", "digits-deit", "--weights", swin.to_str().unwrap()]);
-    assert!(err.contains("missing key 'blocks.0.attn.qkv.weight'"), "{err}");
+    let swin = mixq_vit_models::ModelCard::find("digits-swin")
+        .unwrap()
+        .shipped_path()
+        .unwrap();
+    let err = fails(&[
+        "eval",
+        "--model",
+        "digits-deit",
+        "--weights",
+        swin.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("missing key 'blocks.0.attn.qkv.weight'"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -79,7 +117,10 @@ fn data_folder_missing_or_empty() {
 #[test]
 fn imagenet_model_without_weights_or_data_says_what_to_pass() {
     let err = fails(&["eval", "--model", "deit-s", "--data", "/no/such/folder"]);
-    assert!(err.contains("--weights") && err.contains("--hf-cache"), "{err}");
+    assert!(
+        err.contains("--weights") && err.contains("--hf-cache"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -93,9 +134,20 @@ fn non_image_and_corrupt_files_are_skipped_not_fatal() {
         .unwrap();
     std::fs::write(class.join("bad.png"), b"not a png").unwrap();
     std::fs::write(class.join("notes.txt"), b"hello").unwrap();
-    let out = xtask(&["eval", "--model", "digits-deit", "--data", root.to_str().unwrap()]);
+    let out = xtask(&[
+        "eval",
+        "--model",
+        "digits-deit",
+        "--data",
+        root.to_str().unwrap(),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // One image evaluated; the table's images column says 1.
     assert!(stdout.lines().any(|l| l.contains("| 1 |")), "{stdout}");
 }
@@ -104,10 +156,20 @@ fn non_image_and_corrupt_files_are_skipped_not_fatal() {
 fn shipped_digits_models_reach_96_percent() {
     for model in ["digits-deit", "digits-swin"] {
         let out = xtask(&["eval", "--model", model]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let row = stdout.lines().last().unwrap();
-        let top1: f64 = row.split('|').map(str::trim).nth(6).unwrap().parse().unwrap();
+        let top1: f64 = row
+            .split('|')
+            .map(str::trim)
+            .nth(6)
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(top1 >= 96.0, "{model}: top-1 {top1} in {row}");
     }
 }

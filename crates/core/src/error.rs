@@ -13,7 +13,10 @@ pub enum Error {
 
     /// A weights file that cannot be used, with every problem found (missing keys, shapes...).
     #[error("weights '{}': {}", path.display(), problems.join("; "))]
-    Weights { path: PathBuf, problems: Vec<String> },
+    Weights {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 
     /// A file that cannot be read or written.
     #[error("{}: {source}", path.display())]
@@ -50,7 +53,11 @@ pub enum Error {
 
 impl Error {
     /// Shorthand for [`Error::InvalidValue`].
-    pub fn invalid(name: impl Into<String>, value: impl ToString, reason: impl Into<String>) -> Self {
+    pub fn invalid(
+        name: impl Into<String>,
+        value: impl ToString,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::InvalidValue {
             name: name.into(),
             value: value.to_string(),

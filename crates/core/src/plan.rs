@@ -75,7 +75,8 @@ pub struct BitPlan {
 
 impl BitPlan {
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| Error::invalid("bit plan", "<plan>", e.to_string()))
+        toml::to_string_pretty(self)
+            .map_err(|e| Error::invalid("bit plan", "<plan>", e.to_string()))
     }
 
     /// Parses a plan; `origin` names the file in errors.
@@ -94,7 +95,10 @@ impl BitPlan {
     }
 
     /// Checks that every site of the plan exists in `known` (the model's sites).
-    pub fn check_sites<'a>(&self, known: impl IntoIterator<Item = &'a SiteId> + Clone) -> Result<()> {
+    pub fn check_sites<'a>(
+        &self,
+        known: impl IntoIterator<Item = &'a SiteId> + Clone,
+    ) -> Result<()> {
         for site in self.sites.keys() {
             if !known.clone().into_iter().any(|k| k == site) {
                 let count = known.clone().into_iter().count();
@@ -133,7 +137,9 @@ mod tests {
     #[test]
     fn plan_rejects_out_of_range_bits_naming_the_file() {
         let text = "[sites.head]\nw_bits = 9\na_bits = 8\n";
-        let err = BitPlan::from_toml(text, "my-plan.toml").unwrap_err().to_string();
+        let err = BitPlan::from_toml(text, "my-plan.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("my-plan.toml") && err.contains('9'), "{err}");
     }
 

@@ -92,7 +92,10 @@ mod tests {
     #[test]
     fn join_builds_timm_paths() {
         assert_eq!(SiteId::new("").join("head").as_str(), "head");
-        assert_eq!(SiteId::new("blocks.1").join("attn").join("qkv").as_str(), "blocks.1.attn.qkv");
+        assert_eq!(
+            SiteId::new("blocks.1").join("attn").join("qkv").as_str(),
+            "blocks.1.attn.qkv"
+        );
     }
 
     #[test]
@@ -104,6 +107,13 @@ mod tests {
             macs,
         };
         let t = summarize_sites(&[s("a", 3, 10), s("b", 4, 20)]);
-        assert_eq!(t, SiteTotals { sites: 2, params: 7, macs: 30 });
+        assert_eq!(
+            t,
+            SiteTotals {
+                sites: 2,
+                params: 7,
+                macs: 30
+            }
+        );
     }
 }

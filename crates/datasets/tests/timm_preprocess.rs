@@ -37,8 +37,16 @@ fn check(key: &str, t: EvalTransform) {
         sum += d as f64;
     }
     let mean = sum / ours.len() as f64;
-    println!("{key}: max |ours - timm| = {:.3}/255, mean {:.4}/255", max * 255.0, mean * 255.0);
-    assert!(max <= 2.0 / 255.0 + 1e-6, "{key}: max diff {}/255", max * 255.0);
+    println!(
+        "{key}: max |ours - timm| = {:.3}/255, mean {:.4}/255",
+        max * 255.0,
+        mean * 255.0
+    );
+    assert!(
+        max <= 2.0 / 255.0 + 1e-6,
+        "{key}: max diff {}/255",
+        max * 255.0
+    );
     assert!(mean <= 0.5 / 255.0, "{key}: mean diff {}/255", mean * 255.0);
 }
 

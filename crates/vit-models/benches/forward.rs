@@ -14,7 +14,11 @@ fn forward(c: &mut Criterion) {
         let card = ModelCard::find(name).unwrap();
         let model = card.arch.init(&device).unwrap();
         for batch in [1usize, 8] {
-            let x = Tensor::<4>::random([batch, 3, 224, 224], Distribution::Normal(0.0, 1.0), &device);
+            let x = Tensor::<4>::random(
+                [batch, 3, 224, 224],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_with_input(BenchmarkId::new(name, batch), &x, |b, x| {
                 b.iter(|| model.forward(x.clone()).into_data())

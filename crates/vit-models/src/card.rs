@@ -50,20 +50,30 @@ const BUILTIN: &[(&str, &str)] = &[
     ("deit-t.toml", include_str!("../../../models/deit-t.toml")),
     ("deit-s.toml", include_str!("../../../models/deit-s.toml")),
     ("deit-b.toml", include_str!("../../../models/deit-b.toml")),
-    ("deit-s-distilled.toml", include_str!("../../../models/deit-s-distilled.toml")),
+    (
+        "deit-s-distilled.toml",
+        include_str!("../../../models/deit-s-distilled.toml"),
+    ),
     ("vit-s.toml", include_str!("../../../models/vit-s.toml")),
     ("vit-b.toml", include_str!("../../../models/vit-b.toml")),
     ("swin-t.toml", include_str!("../../../models/swin-t.toml")),
     ("swin-s.toml", include_str!("../../../models/swin-s.toml")),
     ("swin-b.toml", include_str!("../../../models/swin-b.toml")),
-    ("digits-deit.toml", include_str!("../../../models/digits-deit.toml")),
-    ("digits-swin.toml", include_str!("../../../models/digits-swin.toml")),
+    (
+        "digits-deit.toml",
+        include_str!("../../../models/digits-deit.toml"),
+    ),
+    (
+        "digits-swin.toml",
+        include_str!("../../../models/digits-swin.toml"),
+    ),
 ];
 
 impl ModelCard {
     /// Parses a card; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
-        let card: ModelCard = toml::from_str(text).map_err(|e| Error::parse(origin.as_ref(), e.message()))?;
+        let card: ModelCard =
+            toml::from_str(text).map_err(|e| Error::parse(origin.as_ref(), e.message()))?;
         card.arch.validate()?;
         let channels = card.arch.in_chans();
         if card.preprocess.mean.len() != channels || card.preprocess.std.len() != channels {
@@ -79,13 +89,18 @@ impl ModelCard {
     pub fn builtin() -> Vec<ModelCard> {
         BUILTIN
             .iter()
-            .map(|(file, text)| ModelCard::from_toml(text, file).expect("built-in model cards are valid"))
+            .map(|(file, text)| {
+                ModelCard::from_toml(text, file).expect("built-in model cards are valid")
+            })
             .collect()
     }
 
     /// The primary alias of each built-in card (what `--model` accepts first).
     pub fn known_names() -> Vec<String> {
-        Self::builtin().into_iter().map(|c| c.aliases[0].clone()).collect()
+        Self::builtin()
+            .into_iter()
+            .map(|c| c.aliases[0].clone())
+            .collect()
     }
 
     /// Finds a card by alias or timm name, or reads a `.toml` path.
@@ -111,7 +126,10 @@ impl ModelCard {
 
     /// A weights file inside a folder, trying `weight_files` in order.
     pub fn weights_in_folder(&self, dir: &Path) -> Option<PathBuf> {
-        self.weight_files.iter().map(|f| dir.join(f)).find(|p| p.is_file())
+        self.weight_files
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
     }
 }
 
@@ -129,19 +147,32 @@ mod tests {
     #[test]
     fn builtin_cards_parse_and_resolve_aliases() {
         assert_eq!(ModelCard::builtin().len(), BUILTIN.len());
-        assert_eq!(ModelCard::find("deit-s").unwrap().name, "deit_small_patch16_224");
-        assert_eq!(ModelCard::find("swin_tiny_patch4_window7_224").unwrap().aliases[0], "swin-t");
+        assert_eq!(
+            ModelCard::find("deit-s").unwrap().name,
+            "deit_small_patch16_224"
+        );
+        assert_eq!(
+            ModelCard::find("swin_tiny_patch4_window7_224")
+                .unwrap()
+                .aliases[0],
+            "swin-t"
+        );
     }
 
     #[test]
     fn unknown_model_lists_known_ones() {
         let err = ModelCard::find("resnet50").unwrap_err().to_string();
-        assert!(err.contains("resnet50") && err.contains("deit-s") && err.contains("swin-t"), "{err}");
+        assert!(
+            err.contains("resnet50") && err.contains("deit-s") && err.contains("swin-t"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_card_names_the_file_and_field() {
-        let err = ModelCard::from_toml("name = 3", "mine.toml").unwrap_err().to_string();
+        let err = ModelCard::from_toml("name = 3", "mine.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mine.toml"), "{err}");
     }
 }

@@ -9,6 +9,9 @@ use burn::tensor::activation;
 use burn::tensor::module::{conv2d, layer_norm, linear};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
+use mixq_core::SiteId;
+
+use crate::hooks::{SiteHook, Slot, hook_nd};
 
 /// A linear site: `y = x W + b`, with `W` stored `[in, out]` (burn's layout; timm's `[out, in]`
 /// files are transposed on load by burn-store's PyTorch adapter, which keys on this type's
@@ -17,6 +20,9 @@ use burn::tensor::{Device, Tensor};
 pub struct Linear {
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
+    /// The site's timm path, e.g. `blocks.0.attn.qkv`.
+    #[module(skip)]
+    pub site: SiteId,
 }
 
 /// Configuration of a [`Linear`] site.
@@ -29,10 +35,15 @@ pub struct LinearConfig {
 }
 
 impl LinearConfig {
-    /// Truncated-normal-like init (std 0.02) as timm's ViT uses; biases start at zero.
-    pub fn init(&self, device: &Device) -> Linear {
+    /// Normal init (std 0.02) as timm's ViT uses; biases start at zero.
+    pub fn init(&self, site: SiteId, device: &Device) -> Linear {
         Linear {
-            weight: Initializer::Normal { mean: 0.0, std: 0.02 }.init_with(
+            site,
+            weight: Initializer::Normal {
+                mean: 0.0,
+                std: 0.02,
+            }
+            .init_with(
                 [self.d_input, self.d_output],
                 Some(self.d_input),
                 Some(self.d_output),
@@ -46,8 +57,14 @@ impl LinearConfig {
 }
 
 impl Linear {
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, hook: &dyn SiteHook) -> Tensor<D> {
+        let bias = self.bias.as_ref().map(|b| b.val());
+        if !hook.active() {
+            return linear(x, self.weight.val(), bias);
+        }
+        let x = hook_nd(hook, &self.site, Slot::Input, x);
+        let w = hook.apply(&self.site, Slot::Weight, self.weight.val());
+        hook_nd(hook, &self.site, Slot::Output, linear(x, w, bias))
     }
 
     /// `(in, out)` features.
@@ -66,6 +83,8 @@ pub struct Conv2d {
     pub stride: usize,
     #[module(skip)]
     pub padding: usize,
+    #[module(skip)]
+    pub site: SiteId,
 }
 
 /// Configuration of a [`Conv2d`] site.
@@ -80,7 +99,7 @@ pub struct Conv2dConfig {
 }
 
 impl Conv2dConfig {
-    pub fn init(&self, device: &Device) -> Conv2d {
+    pub fn init(&self, site: SiteId, device: &Device) -> Conv2d {
         let fan_in = self.in_channels * self.kernel * self.kernel;
         Conv2d {
             weight: Initializer::KaimingUniform {
@@ -88,7 +107,12 @@ impl Conv2dConfig {
                 fan_out_only: false,
             }
             .init_with(
-                [self.out_channels, self.in_channels, self.kernel, self.kernel],
+                [
+                    self.out_channels,
+                    self.in_channels,
+                    self.kernel,
+                    self.kernel,
+                ],
                 Some(fan_in),
                 None,
                 device,
@@ -96,15 +120,24 @@ impl Conv2dConfig {
             bias: Some(Initializer::Zeros.init([self.out_channels], device)),
             stride: self.stride,
             padding: self.padding,
+            site,
         }
     }
 }
 
 impl Conv2d {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d(
+    pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
+        let mut weight = self.weight.val();
+        let x = hook_nd(hook, &self.site, Slot::Input, x);
+        if hook.active() {
+            let [o, i, kh, kw] = weight.dims();
+            weight = hook
+                .apply(&self.site, Slot::Weight, weight.reshape([o, i * kh * kw]))
+                .reshape([o, i, kh, kw]);
+        }
+        let y = conv2d(
             x,
-            self.weight.val(),
+            weight,
             self.bias.as_ref().map(|b| b.val()),
             ConvOptions::new(
                 [self.stride, self.stride],
@@ -112,7 +145,8 @@ impl Conv2d {
                 [1, 1],
                 1,
             ),
-        )
+        );
+        hook_nd(hook, &self.site, Slot::Output, y)
     }
 
     /// `(in, out, kernel)`.
@@ -154,15 +188,17 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(dim: usize, hidden: usize, device: &Device) -> Self {
+    /// `path` is the MLP's module path (`blocks.0.mlp`).
+    pub fn new(path: &SiteId, dim: usize, hidden: usize, device: &Device) -> Self {
         Mlp {
-            fc1: LinearConfig::new(dim, hidden).init(device),
-            fc2: LinearConfig::new(hidden, dim).init(device),
+            fc1: LinearConfig::new(dim, hidden).init(path.join("fc1"), device),
+            fc2: LinearConfig::new(hidden, dim).init(path.join("fc2"), device),
         }
     }
 
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.fc2.forward(activation::gelu(self.fc1.forward(x)))
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, hook: &dyn SiteHook) -> Tensor<D> {
+        self.fc2
+            .forward(activation::gelu(self.fc1.forward(x, hook)), hook)
     }
 }
 

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod card;
+pub mod hooks;
 pub mod layers;
 pub mod model;
 pub mod swin;
@@ -26,6 +27,7 @@ pub mod vit;
 pub mod weights;
 
 pub use card::{ModelCard, Preprocess, models_dir};
+pub use hooks::{NoHook, SiteHook, Slot};
 pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};
 pub use model::{ArchConfig, Model};
 pub use swin::{SwinConfig, SwinTransformer};

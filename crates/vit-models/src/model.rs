@@ -5,6 +5,7 @@ use burn::tensor::{Device, Tensor};
 use mixq_core::{Result, SiteInfo};
 use serde::{Deserialize, Serialize};
 
+use crate::hooks::{NoHook, SiteHook};
 use crate::swin::{SwinConfig, SwinTransformer};
 use crate::vit::{VisionTransformer, VitConfig};
 
@@ -71,9 +72,14 @@ pub enum Model {
 impl Model {
     /// Logits `[b, classes]` for normalized images `[b, c, h, w]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_with(images, &NoHook)
+    }
+
+    /// The forward with every site's tensors passed through `hook` (quantizers, observers).
+    pub fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
         match self {
-            Model::Vit(m) => m.forward(images),
-            Model::Swin(m) => m.forward(images),
+            Model::Vit(m) => m.forward_with(images, hook),
+            Model::Swin(m) => m.forward_with(images, hook),
         }
     }
 

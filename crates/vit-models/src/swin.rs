@@ -9,8 +9,11 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv};
-use crate::vit::site;
+use crate::hooks::{NoHook, SiteHook};
+use crate::layers::{
+    Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
+};
+use crate::vit::{attention_scores, attention_values, site};
 
 /// Architecture of a Swin Transformer (timm's constructor arguments).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,7 +59,10 @@ impl SwinConfig {
             return Err(Error::invalid(
                 "depths",
                 format!("{:?}", self.depths),
-                format!("needs one entry per stage, like num_heads {:?}", self.num_heads),
+                format!(
+                    "needs one entry per stage, like num_heads {:?}",
+                    self.num_heads
+                ),
             ));
         }
         if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
@@ -80,7 +86,10 @@ impl SwinConfig {
                 return Err(Error::invalid(
                     "window_size",
                     self.window_size,
-                    format!("stage {s} resolution {} is not a multiple of it", g.resolution),
+                    format!(
+                        "stage {s} resolution {} is not a multiple of it",
+                        g.resolution
+                    ),
                 ));
             }
         }
@@ -101,9 +110,17 @@ impl SwinConfig {
 
     pub fn geometry(&self, stage: usize, block: usize) -> WindowGeometry {
         let resolution = self.stage_resolution(stage);
-        let target_shift = if block % 2 == 1 { self.window_size / 2 } else { 0 };
+        let target_shift = if block % 2 == 1 {
+            self.window_size / 2
+        } else {
+            0
+        };
         let window = self.window_size.min(resolution);
-        let shift = if resolution <= window { 0 } else { target_shift };
+        let shift = if resolution <= window {
+            0
+        } else {
+            target_shift
+        };
         WindowGeometry {
             resolution,
             window,
@@ -117,13 +134,26 @@ impl SwinConfig {
         let layers = (0..self.depths.len())
             .map(|s| {
                 let dim = self.stage_dim(s);
+                let stage = SiteId::new(format!("layers.{s}"));
                 SwinStage {
                     downsample: (s > 0).then(|| PatchMerging {
                         norm: LayerNorm::new(2 * dim, self.norm_eps, device),
-                        reduction: LinearConfig::new(2 * dim, dim).with_bias(false).init(device),
+                        reduction: LinearConfig::new(2 * dim, dim)
+                            .with_bias(false)
+                            .init(stage.join("downsample.reduction"), device),
                     }),
                     blocks: (0..self.depths[s])
-                        .map(|b| SwinBlock::new(dim, self.num_heads[s], self.geometry(s, b), self, device))
+                        .map(|b| {
+                            let path = stage.join(&format!("blocks.{b}"));
+                            SwinBlock::new(
+                                &path,
+                                dim,
+                                self.num_heads[s],
+                                self.geometry(s, b),
+                                self,
+                                device,
+                            )
+                        })
                         .collect(),
                 }
             })
@@ -131,13 +161,15 @@ impl SwinConfig {
         let e = self.embed_dim;
         Ok(SwinTransformer {
             patch_embed: SwinPatchEmbed {
-                proj: Conv2dConfig::new(self.in_chans, e, self.patch_size, self.patch_size).init(device),
+                proj: Conv2dConfig::new(self.in_chans, e, self.patch_size, self.patch_size)
+                    .init(SiteId::new("patch_embed.proj"), device),
                 norm: LayerNorm::new(e, self.norm_eps, device),
             },
             layers,
             norm: LayerNorm::new(self.num_features(), self.norm_eps, device),
             head: ClassifierHead {
-                fc: LinearConfig::new(self.num_features(), self.num_classes).init(device),
+                fc: LinearConfig::new(self.num_features(), self.num_classes)
+                    .init(SiteId::new("head.fc"), device),
             },
             config: self.clone(),
         })
@@ -149,7 +181,12 @@ impl SwinConfig {
         let k2c = p * p * self.in_chans as u64;
         let e = self.embed_dim as u64;
         let r0 = self.stage_resolution(0) as u64;
-        let mut sites = vec![site("patch_embed.proj", SiteKind::Conv, k2c * e, r0 * r0 * k2c * e)];
+        let mut sites = vec![site(
+            "patch_embed.proj",
+            SiteKind::Conv,
+            k2c * e,
+            r0 * r0 * k2c * e,
+        )];
         for s in 0..self.depths.len() {
             let stage = SiteId::new(format!("layers.{s}"));
             let dim = self.stage_dim(s) as u64;
@@ -157,17 +194,39 @@ impl SwinConfig {
             let tokens = r * r;
             if s > 0 {
                 let (i, o) = (2 * dim, dim);
-                sites.push(site(stage.join("downsample.reduction").as_str(), SiteKind::Linear, i * o, tokens * i * o));
+                sites.push(site(
+                    stage.join("downsample.reduction").as_str(),
+                    SiteKind::Linear,
+                    i * o,
+                    tokens * i * o,
+                ));
             }
             let hidden = (dim as f64 * self.mlp_ratio) as u64;
             for b in 0..self.depths[s] {
                 let g = self.geometry(s, b);
                 let n = (g.window * g.window) as u64;
                 let blk = stage.join(&format!("blocks.{b}"));
-                let lin = |name: &str, i: u64, o: u64| site(blk.join(name).as_str(), SiteKind::Linear, i * o, tokens * i * o);
+                let lin = |name: &str, i: u64, o: u64| {
+                    site(
+                        blk.join(name).as_str(),
+                        SiteKind::Linear,
+                        i * o,
+                        tokens * i * o,
+                    )
+                };
                 sites.push(lin("attn.qkv", dim, 3 * dim));
-                sites.push(site(blk.join("attn.matmul_qk").as_str(), SiteKind::MatMulQk, 0, tokens * n * dim));
-                sites.push(site(blk.join("attn.matmul_av").as_str(), SiteKind::MatMulAv, 0, tokens * n * dim));
+                sites.push(site(
+                    blk.join("attn.matmul_qk").as_str(),
+                    SiteKind::MatMulQk,
+                    0,
+                    tokens * n * dim,
+                ));
+                sites.push(site(
+                    blk.join("attn.matmul_av").as_str(),
+                    SiteKind::MatMulAv,
+                    0,
+                    tokens * n * dim,
+                ));
                 sites.push(lin("attn.proj", dim, dim));
                 sites.push(lin("mlp.fc1", dim, hidden));
                 sites.push(lin("mlp.fc2", hidden, dim));
@@ -199,6 +258,10 @@ pub struct WindowAttention {
     pub num_heads: usize,
     #[module(skip)]
     pub window: usize,
+    #[module(skip)]
+    pub matmul_qk: SiteId,
+    #[module(skip)]
+    pub matmul_av: SiteId,
 }
 
 /// timm's `get_relative_position_index` for a square window, flattened.
@@ -250,8 +313,13 @@ pub fn shifted_window_mask(resolution: usize, window: usize, shift: usize) -> Ve
 
 impl WindowAttention {
     /// Attention within windows: `x` is `[windows, n, c]`, `mask` `[mask_windows, n, n]`.
-    pub fn forward(&self, x: Tensor<3>, mask: Option<&Tensor<3>>) -> Tensor<3> {
-        let [q, k, v] = split_qkv(self.qkv.forward(x), self.num_heads);
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: Option<&Tensor<3>>,
+        hook: &dyn SiteHook,
+    ) -> Tensor<3> {
+        let [q, k, v] = split_qkv(self.qkv.forward(x, hook), self.num_heads);
         let [bw, h, n, d] = q.dims();
         let q = q.mul_scalar((d as f64).powf(-0.5));
         let bias = self
@@ -261,13 +329,14 @@ impl WindowAttention {
             .reshape([n, n, h])
             .permute([2, 0, 1])
             .unsqueeze::<4>();
-        let mut attn = q.matmul(k.swap_dims(2, 3)) + bias;
+        let mut attn = attention_scores(q, k, &self.matmul_qk, hook) + bias;
         if let Some(mask) = mask {
             let nw = mask.dims()[0];
             attn = (attn.reshape([bw / nw, nw, h, n, n]) + mask.clone().reshape([1, nw, 1, n, n]))
                 .reshape([bw, h, n, n]);
         }
-        self.proj.forward(merge_heads(softmax(attn, 3).matmul(v)))
+        let out = attention_values(softmax(attn, 3), v, &self.matmul_av, hook);
+        self.proj.forward(merge_heads(out), hook)
     }
 }
 
@@ -302,35 +371,57 @@ pub struct SwinBlock {
 }
 
 impl SwinBlock {
-    fn new(dim: usize, heads: usize, g: WindowGeometry, cfg: &SwinConfig, device: &Device) -> Self {
+    fn new(
+        path: &SiteId,
+        dim: usize,
+        heads: usize,
+        g: WindowGeometry,
+        cfg: &SwinConfig,
+        device: &Device,
+    ) -> Self {
+        let attn = path.join("attn");
         let n = g.window * g.window;
         let table = (2 * g.window - 1) * (2 * g.window - 1);
         let index = relative_position_index(g.window);
         let attn_mask = (g.shift > 0).then(|| {
             let nw = (g.resolution / g.window).pow(2);
             Tensor::from_data(
-                TensorData::new(shifted_window_mask(g.resolution, g.window, g.shift), [nw, n, n]),
+                TensorData::new(
+                    shifted_window_mask(g.resolution, g.window, g.shift),
+                    [nw, n, n],
+                ),
                 device,
             )
         });
         SwinBlock {
             norm1: LayerNorm::new(dim, cfg.norm_eps, device),
             attn: WindowAttention {
-                qkv: LinearConfig::new(dim, 3 * dim).init(device),
-                proj: LinearConfig::new(dim, dim).init(device),
-                relative_position_bias_table: Initializer::Normal { mean: 0.0, std: 0.02 }.init([table, heads], device),
+                qkv: LinearConfig::new(dim, 3 * dim).init(attn.join("qkv"), device),
+                proj: LinearConfig::new(dim, dim).init(attn.join("proj"), device),
+                relative_position_bias_table: Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                }
+                .init([table, heads], device),
                 relative_position_index: Tensor::from_data(TensorData::new(index, [n * n]), device),
                 num_heads: heads,
                 window: g.window,
+                matmul_qk: attn.join("matmul_qk"),
+                matmul_av: attn.join("matmul_av"),
             },
             norm2: LayerNorm::new(dim, cfg.norm_eps, device),
-            mlp: Mlp::new(dim, (dim as f64 * cfg.mlp_ratio) as usize, device),
+            mlp: Mlp::new(
+                &path.join("mlp"),
+                dim,
+                (dim as f64 * cfg.mlp_ratio) as usize,
+                device,
+            ),
             attn_mask,
             shift: g.shift,
         }
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
         let [b, h, w, c] = x.dims();
         let window = self.attn.window;
         let s = self.shift as i64;
@@ -338,13 +429,15 @@ impl SwinBlock {
         if s > 0 {
             y = y.roll(&[-s, -s], &[1, 2]);
         }
-        let y = self.attn.forward(window_partition(y, window), self.attn_mask.as_ref());
+        let y = self
+            .attn
+            .forward(window_partition(y, window), self.attn_mask.as_ref(), hook);
         let mut y = window_reverse(y, window, h, w);
         if s > 0 {
             y = y.roll(&[s, s], &[1, 2]);
         }
         let x = (x + y).reshape([b, h * w, c]);
-        let x = x.clone() + self.mlp.forward(self.norm2.forward(x));
+        let x = x.clone() + self.mlp.forward(self.norm2.forward(x), hook);
         x.reshape([b, h, w, c])
     }
 }
@@ -357,13 +450,13 @@ pub struct PatchMerging {
 }
 
 impl PatchMerging {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
         let [b, h, w, c] = x.dims();
         let x = x
             .reshape([b, h / 2, 2, w / 2, 2, c])
             .permute([0, 1, 3, 4, 2, 5])
             .reshape([b, h / 2, w / 2, 4 * c]);
-        self.reduction.forward(self.norm.forward(x))
+        self.reduction.forward(self.norm.forward(x), hook)
     }
 }
 
@@ -393,35 +486,44 @@ pub struct SwinTransformer {
 
 impl SwinTransformer {
     /// Patch-embedded, normed tokens `[b, h, w, c]`.
-    pub fn embed(&self, images: Tensor<4>) -> Tensor<4> {
-        let x = self.patch_embed.proj.forward(images).permute([0, 2, 3, 1]);
+    pub fn embed(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
+        let x = self
+            .patch_embed
+            .proj
+            .forward(images, hook)
+            .permute([0, 2, 3, 1]);
         self.patch_embed.norm.forward(x)
     }
 
     /// Final-normed NHWC features.
-    pub fn forward_features(&self, images: Tensor<4>) -> Tensor<4> {
-        let mut x = self.embed(images);
+    pub fn forward_features(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
+        let mut x = self.embed(images, hook);
         for stage in &self.layers {
             if let Some(down) = &stage.downsample {
-                x = down.forward(x);
+                x = down.forward(x, hook);
             }
             for block in &stage.blocks {
-                x = block.forward(x);
+                x = block.forward(x, hook);
             }
         }
         self.norm.forward(x)
     }
 
     /// Average pool over positions, then `head.fc`.
-    pub fn forward_head(&self, x: Tensor<4>) -> Tensor<2> {
+    pub fn forward_head(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
         let [b, h, w, c] = x.dims();
         let pooled = x.reshape([b, h * w, c]).mean_dim(1).reshape([b, c]);
-        self.head.fc.forward(pooled)
+        self.head.fc.forward(pooled, hook)
     }
 
-    /// Logits `[b, num_classes]` for normalized images `[b, c, h, w]`.
+    /// Logits `[b, num_classes]` for normalized images `[b, c, h, w]`, every site through `hook`.
+    pub fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
+        self.forward_head(self.forward_features(images, hook), hook)
+    }
+
+    /// The plain forward.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(images))
+        self.forward_with(images, &NoHook)
     }
 }
 
@@ -447,7 +549,11 @@ mod tests {
         let last = &m[48..64];
         for i in 0..4 {
             for j in 0..4 {
-                assert_eq!(last[i * 4 + j], if i == j { 0.0 } else { -100.0 }, "({i},{j})");
+                assert_eq!(
+                    last[i * 4 + j],
+                    if i == j { 0.0 } else { -100.0 },
+                    "({i},{j})"
+                );
             }
         }
     }
@@ -466,8 +572,22 @@ mod tests {
             mlp_ratio: 4.0,
             norm_eps: 1e-5,
         };
-        assert_eq!(cfg.geometry(0, 1), WindowGeometry { resolution: 56, window: 7, shift: 3 });
-        assert_eq!(cfg.geometry(3, 1), WindowGeometry { resolution: 7, window: 7, shift: 0 });
+        assert_eq!(
+            cfg.geometry(0, 1),
+            WindowGeometry {
+                resolution: 56,
+                window: 7,
+                shift: 3
+            }
+        );
+        assert_eq!(
+            cfg.geometry(3, 1),
+            WindowGeometry {
+                resolution: 7,
+                window: 7,
+                shift: 0
+            }
+        );
         cfg.validate().unwrap();
     }
 }

@@ -9,7 +9,10 @@ use burn::tensor::{Device, Tensor};
 use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv};
+use crate::hooks::{NoHook, SiteHook, Slot, hook_nd};
+use crate::layers::{
+    Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
+};
 
 /// Architecture of a ViT/DeiT (timm's constructor arguments).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,31 +84,37 @@ impl VitConfig {
     pub fn init(&self, device: &Device) -> Result<VisionTransformer> {
         self.validate()?;
         let d = self.embed_dim;
-        let token = |n: usize| Initializer::Normal { mean: 0.0, std: 0.02 }.init([1, n, d], device);
+        let token = |n: usize| {
+            Initializer::Normal {
+                mean: 0.0,
+                std: 0.02,
+            }
+            .init([1, n, d], device)
+        };
         Ok(VisionTransformer {
             patch_embed: PatchEmbed {
-                proj: Conv2dConfig::new(self.in_chans, d, self.patch_size, self.patch_size).init(device),
+                proj: Conv2dConfig::new(self.in_chans, d, self.patch_size, self.patch_size)
+                    .init(SiteId::new("patch_embed.proj"), device),
             },
             cls_token: token(1),
             dist_token: self.distilled.then(|| token(1)),
             pos_embed: token(self.num_tokens()),
             blocks: (0..self.depth)
-                .map(|_| Block {
-                    norm1: LayerNorm::new(d, self.norm_eps, device),
-                    attn: Attention {
-                        qkv: LinearConfig::new(d, 3 * d).init(device),
-                        proj: LinearConfig::new(d, d).init(device),
-                        num_heads: self.num_heads,
-                    },
-                    norm2: LayerNorm::new(d, self.norm_eps, device),
-                    mlp: Mlp::new(d, self.mlp_hidden(), device),
+                .map(|i| {
+                    let path = SiteId::new(format!("blocks.{i}"));
+                    Block {
+                        norm1: LayerNorm::new(d, self.norm_eps, device),
+                        attn: Attention::new(&path.join("attn"), d, self.num_heads, device),
+                        norm2: LayerNorm::new(d, self.norm_eps, device),
+                        mlp: Mlp::new(&path.join("mlp"), d, self.mlp_hidden(), device),
+                    }
                 })
                 .collect(),
             norm: LayerNorm::new(d, self.norm_eps, device),
-            head: LinearConfig::new(d, self.num_classes).init(device),
-            head_dist: self
-                .distilled
-                .then(|| LinearConfig::new(d, self.num_classes).init(device)),
+            head: LinearConfig::new(d, self.num_classes).init(SiteId::new("head"), device),
+            head_dist: self.distilled.then(|| {
+                LinearConfig::new(d, self.num_classes).init(SiteId::new("head_dist"), device)
+            }),
             config: self.clone(),
         })
     }
@@ -119,10 +128,17 @@ impl VitConfig {
         let head_dim = d / self.num_heads as u64;
         let heads = self.num_heads as u64;
         let k2c = (self.patch_size * self.patch_size * self.in_chans) as u64;
-        let mut sites = vec![site("patch_embed.proj", SiteKind::Conv, k2c * d, patches * k2c * d)];
+        let mut sites = vec![site(
+            "patch_embed.proj",
+            SiteKind::Conv,
+            k2c * d,
+            patches * k2c * d,
+        )];
         for i in 0..self.depth {
             let b = SiteId::new(format!("blocks.{i}"));
-            let lin = |name: &str, i: u64, o: u64| site(b.join(name).as_str(), SiteKind::Linear, i * o, n * i * o);
+            let lin = |name: &str, i: u64, o: u64| {
+                site(b.join(name).as_str(), SiteKind::Linear, i * o, n * i * o)
+            };
             sites.push(lin("attn.qkv", d, 3 * d));
             sites.push(site(
                 b.join("attn.matmul_qk").as_str(),
@@ -172,16 +188,58 @@ pub struct Attention {
     pub proj: Linear,
     #[module(skip)]
     pub num_heads: usize,
+    #[module(skip)]
+    pub matmul_qk: SiteId,
+    #[module(skip)]
+    pub matmul_av: SiteId,
 }
 
 impl Attention {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [q, k, v] = split_qkv(self.qkv.forward(x), self.num_heads);
+    /// `path` is the attention's module path (`blocks.0.attn`).
+    pub fn new(path: &SiteId, dim: usize, num_heads: usize, device: &Device) -> Self {
+        Attention {
+            qkv: LinearConfig::new(dim, 3 * dim).init(path.join("qkv"), device),
+            proj: LinearConfig::new(dim, dim).init(path.join("proj"), device),
+            num_heads,
+            matmul_qk: path.join("matmul_qk"),
+            matmul_av: path.join("matmul_av"),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
+        let [q, k, v] = split_qkv(self.qkv.forward(x, hook), self.num_heads);
         let head_dim = q.dims()[3];
         let q = q.mul_scalar((head_dim as f64).powf(-0.5));
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)), 3);
-        self.proj.forward(merge_heads(attn.matmul(v)))
+        let attn = softmax(attention_scores(q, k, &self.matmul_qk, hook), 3);
+        self.proj.forward(
+            merge_heads(attention_values(attn, v, &self.matmul_av, hook)),
+            hook,
+        )
     }
+}
+
+/// The `matmul_qk` site: `q @ k^T` (q already scaled), both operands through the hook.
+pub fn attention_scores(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    site: &SiteId,
+    hook: &dyn SiteHook,
+) -> Tensor<4> {
+    let q = hook_nd(hook, site, Slot::OperandA, q);
+    let k = hook_nd(hook, site, Slot::OperandB, k);
+    hook_nd(hook, site, Slot::Output, q.matmul(k.swap_dims(2, 3)))
+}
+
+/// The `matmul_av` site: `softmax(..) @ v`, both operands through the hook.
+pub fn attention_values(
+    attn: Tensor<4>,
+    v: Tensor<4>,
+    site: &SiteId,
+    hook: &dyn SiteHook,
+) -> Tensor<4> {
+    let attn = hook_nd(hook, site, Slot::OperandA, attn);
+    let v = hook_nd(hook, site, Slot::OperandB, v);
+    hook_nd(hook, site, Slot::Output, attn.matmul(v))
 }
 
 /// Pre-LN transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
@@ -194,9 +252,9 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
-        x.clone() + self.mlp.forward(self.norm2.forward(x))
+    pub fn forward(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x), hook);
+        x.clone() + self.mlp.forward(self.norm2.forward(x), hook)
     }
 }
 
@@ -217,8 +275,8 @@ pub struct VisionTransformer {
 
 impl VisionTransformer {
     /// Tokens after the patch embedding, prefix tokens and position embedding: `[b, n, d]`.
-    pub fn embed(&self, images: Tensor<4>) -> Tensor<3> {
-        let x = self.patch_embed.proj.forward(images);
+    pub fn embed(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<3> {
+        let x = self.patch_embed.proj.forward(images, hook);
         let [b, d, gh, gw] = x.dims();
         let x = x.reshape([b, d, gh * gw]).swap_dims(1, 2);
         let mut tokens = vec![self.cls_token.val().expand([b, 1, d])];
@@ -230,25 +288,33 @@ impl VisionTransformer {
     }
 
     /// Final-normed tokens before the head.
-    pub fn forward_features(&self, images: Tensor<4>) -> Tensor<3> {
-        let x = self.blocks.iter().fold(self.embed(images), |x, b| b.forward(x));
+    pub fn forward_features(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<3> {
+        let x = self
+            .blocks
+            .iter()
+            .fold(self.embed(images, hook), |x, b| b.forward(x, hook));
         self.norm.forward(x)
     }
 
     /// Logits from normed tokens: the class token through `head`, and for DeiT-distilled the
     /// mean with the distillation token through `head_dist` (timm's inference output).
-    pub fn forward_head(&self, x: Tensor<3>) -> Tensor<2> {
+    pub fn forward_head(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
         let [b, _, d] = x.dims();
         let token = |i: usize| x.clone().narrow(1, i, 1).reshape([b, d]);
-        let logits = self.head.forward(token(0));
+        let logits = self.head.forward(token(0), hook);
         match &self.head_dist {
-            Some(head_dist) => (logits + head_dist.forward(token(1))).div_scalar(2.0),
+            Some(head_dist) => (logits + head_dist.forward(token(1), hook)).div_scalar(2.0),
             None => logits,
         }
     }
 
-    /// Logits `[b, num_classes]` for normalized images `[b, c, h, w]`.
+    /// Logits `[b, num_classes]` for normalized images `[b, c, h, w]`, every site through `hook`.
+    pub fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
+        self.forward_head(self.forward_features(images, hook), hook)
+    }
+
+    /// The plain forward.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(images))
+        self.forward_with(images, &NoHook)
     }
 }

@@ -32,7 +32,11 @@ impl WeightsSource {
     pub fn resolve(path: &Path, hf_repo: Option<&str>) -> Result<Self> {
         if path.is_dir() {
             let repo = hf_repo.ok_or_else(|| {
-                Error::invalid("weights", path.display(), "is a folder, but the model card names no hf_repo")
+                Error::invalid(
+                    "weights",
+                    path.display(),
+                    "is a folder, but the model card names no hf_repo",
+                )
             })?;
             return hf_cache_file(path, repo).map(WeightsSource::Safetensors);
         }
@@ -42,7 +46,12 @@ impl WeightsSource {
                 problems: vec!["file not found".into()],
             });
         }
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("safetensors") => Ok(WeightsSource::Safetensors(path.into())),
             Some("pth" | "pt" | "bin" | "tar") => Ok(WeightsSource::Pytorch(path.into())),
             _ => Err(Error::Weights {
@@ -76,7 +85,14 @@ pub fn hf_cache_file(dir: &Path, repo: &str) -> Result<PathBuf> {
         .filter_map(|e| e.ok())
         .map(|e| e.path().join("model.safetensors"))
         .filter(|p| p.exists())
-        .map(|p| (p.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), p))
+        .map(|p| {
+            (
+                p.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                p,
+            )
+        })
         .collect();
     found.sort();
     found.pop().map(|(_, p)| p).ok_or_else(|| Error::Weights {
@@ -110,7 +126,11 @@ fn check_applied(path: &Path, result: &ApplyResult) -> Result<()> {
     let mut problems = Vec::new();
     for e in &result.errors {
         problems.push(match e {
-            ApplyError::ShapeMismatch { path, expected, found } => format!(
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => format!(
                 "'{}' has shape {:?}, the model expects {:?}",
                 timm_key(path),
                 timm_shape(path, found.as_slice()),
@@ -166,10 +186,14 @@ fn load_module<M: ModuleSnapshot>(module: &mut M, source: &WeightsSource) -> Res
                 .with_from_adapter(PyTorchToBurnAdapter)
                 .allow_partial(true)
                 .validate(false);
-            module.load_from(&mut store).map_err(|e| store_err(e.to_string()))?
+            module
+                .load_from(&mut store)
+                .map_err(|e| store_err(e.to_string()))?
         }
         WeightsSource::Pytorch(p) => {
-            let plain = PytorchStore::from_file(p).allow_partial(true).validate(false);
+            let plain = PytorchStore::from_file(p)
+                .allow_partial(true)
+                .validate(false);
             let nested = PytorchStore::from_file(p)
                 .with_top_level_key("model")
                 .allow_partial(true)
@@ -181,7 +205,9 @@ fn load_module<M: ModuleSnapshot>(module: &mut M, source: &WeightsSource) -> Res
                     *module = trial;
                     r
                 }
-                _ => module.load_from(&mut { plain }).map_err(|e| store_err(e.to_string()))?,
+                _ => module
+                    .load_from(&mut { plain })
+                    .map_err(|e| store_err(e.to_string()))?,
             }
         }
     };
@@ -208,7 +234,8 @@ impl Model {
     /// The state dict in timm's layout and names, as safetensors bytes.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
         fn bytes<M: ModuleSnapshot>(m: &M) -> std::result::Result<Vec<u8>, String> {
-            let mut store = SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter);
+            let mut store =
+                SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter);
             m.save_into(&mut store).map_err(|e| e.to_string())?;
             store.get_bytes().map_err(|e| e.to_string())
         }

@@ -15,7 +15,9 @@ fn parameter_counts_equal_timm() {
     let device = Device::flex();
     let mut checked = 0;
     for card in ModelCard::builtin() {
-        let Some(&expected) = timm.get(&card.name) else { continue };
+        let Some(&expected) = timm.get(&card.name) else {
+            continue;
+        };
         let model = card.arch.init(&device).unwrap();
         assert_eq!(model.num_params(), expected, "{}", card.name);
         checked += 1;
@@ -35,7 +37,10 @@ fn deit_small_sites_add_up() {
     let per_block = 384 * 1152 + 384 * 384 + 2 * 384 * 1536;
     assert_eq!(t.params, 12 * per_block + 3 * 16 * 16 * 384 + 384 * 1000);
     let gmacs = t.macs as f64 / 1e9;
-    assert!((4.5..4.7).contains(&gmacs), "DeiT-S is about 4.6 GMACs, got {gmacs}");
+    assert!(
+        (4.5..4.7).contains(&gmacs),
+        "DeiT-S is about 4.6 GMACs, got {gmacs}"
+    );
 }
 
 #[test]
@@ -46,5 +51,8 @@ fn swin_tiny_sites_cover_downsampling_and_head() {
     assert!(ids.contains(&"layers.2.blocks.5.attn.matmul_av"));
     assert_eq!(*ids.last().unwrap(), "head.fc");
     let gmacs = summarize_sites(&sites).macs as f64 / 1e9;
-    assert!((4.3..4.6).contains(&gmacs), "Swin-T is about 4.5 GMACs, got {gmacs}");
+    assert!(
+        (4.3..4.6).contains(&gmacs),
+        "Swin-T is about 4.5 GMACs, got {gmacs}"
+    );
 }

@@ -14,7 +14,9 @@ pub fn fixtures() -> PathBuf {
 pub fn read_tensor(file: &str, key: &str) -> (Vec<f32>, Vec<usize>) {
     let bytes = std::fs::read(fixtures().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let view = st.tensor(key).unwrap_or_else(|e| panic!("{file}:{key}: {e}"));
+    let view = st
+        .tensor(key)
+        .unwrap_or_else(|e| panic!("{file}:{key}: {e}"));
     let values = view
         .data()
         .chunks_exact(4)

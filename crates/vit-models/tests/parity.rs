@@ -6,13 +6,18 @@ mod common;
 use burn::tensor::{Device, Tensor};
 use common::*;
 use mixq_vit_models::weights::WeightsSource;
-use mixq_vit_models::Model;
+use mixq_vit_models::{Model, NoHook};
 
 const TOL: f32 = 1e-4;
 
 fn load(name: &str, device: &Device) -> Model {
-    let source = WeightsSource::resolve(&fixtures().join(format!("{name}.safetensors")), None).unwrap();
-    fixture_arch(name).init(device).unwrap().load_weights(&source).unwrap()
+    let source =
+        WeightsSource::resolve(&fixtures().join(format!("{name}.safetensors")), None).unwrap();
+    fixture_arch(name)
+        .init(device)
+        .unwrap()
+        .load_weights(&source)
+        .unwrap()
 }
 
 /// Max |logits - timm| and max |block0 - timm| for one fixture on one device.
@@ -23,13 +28,18 @@ fn parity(name: &str, device: &Device) -> (f32, f32) {
     let logits = model.forward(input.clone());
     let logit_err = max_abs_diff(logits, tensor(&io, "logits", device));
     let block0_err = match &model {
-        Model::Vit(m) => max_abs_diff(m.blocks[0].forward(m.embed(input)), tensor(&io, "block0", device)),
+        Model::Vit(m) => max_abs_diff(
+            m.blocks[0].forward(m.embed(input, &NoHook), &NoHook),
+            tensor(&io, "block0", device),
+        ),
         Model::Swin(m) => max_abs_diff(
-            m.layers[0].blocks[0].forward(m.embed(input)),
+            m.layers[0].blocks[0].forward(m.embed(input, &NoHook), &NoHook),
             tensor(&io, "block0", device),
         ),
     };
-    println!("{name} on {device:?}: max |logits - timm| = {logit_err:.3e}, block0 {block0_err:.3e}");
+    println!(
+        "{name} on {device:?}: max |logits - timm| = {logit_err:.3e}, block0 {block0_err:.3e}"
+    );
     (logit_err, block0_err)
 }
 
@@ -37,7 +47,10 @@ fn check_all(device: &Device, tol: f32) {
     for name in FIXTURES {
         let (logits, block0) = parity(name, device);
         assert!(logits <= tol, "{name}: logits differ from timm by {logits}");
-        assert!(block0 <= tol, "{name}: block 0 differs from timm by {block0}");
+        assert!(
+            block0 <= tol,
+            "{name}: block 0 differs from timm by {block0}"
+        );
     }
 }
 
@@ -58,7 +71,8 @@ fn fixture_logits_are_far_from_uniform() {
     for name in FIXTURES {
         let (logits, _) = read_tensor(&format!("{name}_io.safetensors"), "logits");
         let mean = logits.iter().sum::<f32>() / logits.len() as f32;
-        let std = (logits.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / logits.len() as f32).sqrt();
+        let std =
+            (logits.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / logits.len() as f32).sqrt();
         assert!(std > 0.5, "{name}: logits std {std}");
     }
 }
@@ -76,7 +90,10 @@ fn saved_state_dict_reloads_to_the_same_logits() {
         .load_weights(&WeightsSource::resolve(&path, None).unwrap())
         .unwrap();
     let input: Tensor<4> = tensor("swin_tiny_io.safetensors", "input", &device);
-    assert_eq!(max_abs_diff(model.forward(input.clone()), reloaded.forward(input)), 0.0);
+    assert_eq!(
+        max_abs_diff(model.forward(input.clone()), reloaded.forward(input)),
+        0.0
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -90,6 +107,8 @@ fn timm_parity_wgpu_cpu() {
         device
     }) {
         Ok(device) => check_all(&device, 1e-3),
-        Err(_) => eprintln!("SKIPPED timm_parity_wgpu_cpu: no wgpu CPU adapter (install mesa-vulkan-drivers)"),
+        Err(_) => eprintln!(
+            "SKIPPED timm_parity_wgpu_cpu: no wgpu CPU adapter (install mesa-vulkan-drivers)"
+        ),
     }
 }

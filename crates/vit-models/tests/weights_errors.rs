@@ -19,14 +19,21 @@ fn load_err(path: &Path) -> String {
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };
-    match fixture_arch("vit_tiny").init(&Device::flex()).unwrap().load_weights(&source) {
+    match fixture_arch("vit_tiny")
+        .init(&Device::flex())
+        .unwrap()
+        .load_weights(&source)
+    {
         Ok(_) => panic!("{} loaded without error", path.display()),
         Err(e) => e.to_string(),
     }
 }
 
 /// The vit_tiny fixture rewritten through `edit` (which may drop or replace tensors).
-fn edited(name: &str, edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(Vec<usize>, Vec<u8>)>) -> PathBuf {
+fn edited(
+    name: &str,
+    edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(Vec<usize>, Vec<u8>)>,
+) -> PathBuf {
     let bytes = std::fs::read(fixtures().join("vit_tiny.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut kept = Vec::new();
@@ -37,7 +44,13 @@ fn edited(name: &str, edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(Vec<us
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = kept
         .iter()
-        .map(|(k, s, d)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+        .map(|(k, s, d)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
+        })
         .collect();
     let path = tmp(name);
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
@@ -47,7 +60,10 @@ fn edited(name: &str, edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(Vec<us
 #[test]
 fn missing_file() {
     let err = load_err(Path::new("/nonexistent/deit.safetensors"));
-    assert!(err.contains("/nonexistent/deit.safetensors") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("/nonexistent/deit.safetensors") && err.contains("not found"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -55,7 +71,10 @@ fn empty_file() {
     let path = tmp("empty");
     std::fs::write(&path, b"").unwrap();
     let err = load_err(&path);
-    assert!(err.contains("empty.safetensors") && err.contains("empty"), "{err}");
+    assert!(
+        err.contains("empty.safetensors") && err.contains("empty"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -64,7 +83,10 @@ fn truncated_file() {
     let path = tmp("truncated");
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = load_err(&path);
-    assert!(err.contains("truncated.safetensors") && err.contains("not a valid safetensors"), "{err}");
+    assert!(
+        err.contains("truncated.safetensors") && err.contains("not a valid safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -80,21 +102,30 @@ fn unknown_extension() {
     let path = tmp("weights").with_extension("onnx");
     std::fs::write(&path, b"x").unwrap();
     let err = load_err(&path);
-    assert!(err.contains("weights.onnx") && err.contains("unknown format"), "{err}");
+    assert!(
+        err.contains("weights.onnx") && err.contains("unknown format"),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_shape_names_key_and_both_shapes() {
     let path = edited("shape", |key, shape, data| {
         if key == "blocks.1.mlp.fc1.weight" {
-            Some((vec![shape[0] / 2, shape[1]], data[..data.len() / 2].to_vec()))
+            Some((
+                vec![shape[0] / 2, shape[1]],
+                data[..data.len() / 2].to_vec(),
+            ))
         } else {
             Some((shape, data))
         }
     });
     let err = load_err(&path);
     assert!(err.contains("blocks.1.mlp.fc1.weight"), "{err}");
-    assert!(err.contains("[96, 48]") && err.contains("[192, 48]"), "timm-layout shapes in: {err}");
+    assert!(
+        err.contains("[96, 48]") && err.contains("[192, 48]"),
+        "timm-layout shapes in: {err}"
+    );
 }
 
 #[test]
@@ -104,10 +135,19 @@ fn missing_and_extra_keys_are_all_listed() {
         _ => Some((shape, data)),
     });
     let err = load_err(&path);
-    assert!(err.contains("missing key 'head.bias'") && err.contains("missing key 'norm.weight'"), "{err}");
+    assert!(
+        err.contains("missing key 'head.bias'") && err.contains("missing key 'norm.weight'"),
+        "{err}"
+    );
 
     // Keys of another architecture are unexpected, and the ViT's own are missing.
     let err = load_err(&fixtures().join("swin_tiny.safetensors"));
-    assert!(err.contains("unexpected key 'layers.0.blocks.0.attn.qkv.weight'"), "{err}");
-    assert!(err.contains("missing key 'blocks.0.attn.qkv.weight'"), "{err}");
+    assert!(
+        err.contains("unexpected key 'layers.0.blocks.0.attn.qkv.weight'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("missing key 'blocks.0.attn.qkv.weight'"),
+        "{err}"
+    );
 }
