@@ -221,3 +221,80 @@ pub fn progress(len: usize, what: &str) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
+
+/// `n` calibration images, a seeded sample: from the digits train split, or from `folder`
+/// (a training-split folder). Fewer available than asked is a warning, not an error.
+pub fn calibration_images(
+    card: &ModelCard,
+    folder: Option<&Path>,
+    n: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor<4>> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    if n == 0 {
+        return Err(Error::invalid("--calib", 0, "must be at least 1"));
+    }
+    let pre = &card.preprocess;
+    let batch = match folder {
+        Some(dir) => {
+            let folder = ImageFolder::new(dir).map_err(|e| data_error(dir, e))?;
+            let available = folder.len();
+            let folder = folder.subset(n.min(available), seed);
+            let transform = eval_transform(card);
+            let mut loader =
+                Loader::new(folder, transform, n, None).map_err(|e| data_error(dir, e))?;
+            loader
+                .next()
+                .ok_or_else(|| data_error(dir, "no decodable calibration image"))?
+        }
+        None if card.dataset.as_deref() == Some("digits") => {
+            let (train, _) = Digits::load().split(seed);
+            let mut order: Vec<usize> = (0..train.len()).collect();
+            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+                seed ^ 0x00ca_11b0,
+            ));
+            order.truncate(n);
+            let pick = mixq_datasets::Split {
+                indices: order.iter().map(|&i| train.indices[i]).collect(),
+                images: order.iter().map(|&i| train.images[i]).collect(),
+                labels: order.iter().map(|&i| train.labels[i]).collect(),
+            };
+            pick.batches(n, pre.mean[0], pre.std[0])
+                .map_err(|e| data_error(Path::new("digits"), e))?
+                .next()
+                .expect("the digits train split is not empty")
+        }
+        None => {
+            return Err(Error::invalid(
+                "--calib-data",
+                "(none)",
+                format!(
+                    "model '{}' needs calibration images: pass --calib-data DIR (a training-split folder)",
+                    card.aliases[0]
+                ),
+            ));
+        }
+    };
+    if batch.len() < n {
+        tracing::warn!(
+            asked = n,
+            available = batch.len(),
+            "fewer calibration images than asked; using all there are"
+        );
+    }
+    Ok(batch_tensor(&batch, device))
+}
+
+/// The model card's eval transform for image folders.
+pub fn eval_transform(card: &ModelCard) -> EvalTransform {
+    let pre = &card.preprocess;
+    EvalTransform {
+        img_size: pre.img_size,
+        crop_pct: pre.crop_pct,
+        mean: channel3(&pre.mean),
+        std: channel3(&pre.std),
+        channels: card.arch.in_chans(),
+    }
+}

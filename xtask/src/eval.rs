@@ -6,6 +6,7 @@ use std::time::Instant;
 use burn::tensor::Tensor;
 use clap::Args;
 use mixq_core::Result;
+use mixq_ptq::Metrics;
 
 use crate::common::{EvalData, ModelArgs, batch_tensor, progress};
 
@@ -22,48 +23,6 @@ pub struct EvalArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-}
-
-/// Top-1/top-5 accuracy and mean cross-entropy, accumulated over batches of logits.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Metrics {
-    pub images: usize,
-    pub top1: usize,
-    pub top5: usize,
-    pub loss_sum: f64,
-}
-
-impl Metrics {
-    /// Adds a batch: `logits` row-major `[labels.len(), classes]`.
-    pub fn add(&mut self, logits: &[f32], labels: &[usize]) {
-        let classes = logits.len() / labels.len().max(1);
-        for (row, &label) in logits.chunks_exact(classes).zip(labels) {
-            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let log_sum = row
-                .iter()
-                .map(|&v| (v as f64 - max).exp())
-                .sum::<f64>()
-                .ln()
-                + max;
-            self.loss_sum += log_sum - row[label] as f64;
-            let rank = row.iter().filter(|&&v| v > row[label]).count();
-            self.top1 += (rank == 0) as usize;
-            self.top5 += (rank < 5) as usize;
-            self.images += 1;
-        }
-    }
-
-    pub fn top1_pct(&self) -> f64 {
-        100.0 * self.top1 as f64 / self.images.max(1) as f64
-    }
-
-    pub fn top5_pct(&self) -> f64 {
-        100.0 * self.top5 as f64 / self.images.max(1) as f64
-    }
-
-    pub fn loss(&self) -> f64 {
-        self.loss_sum / self.images.max(1) as f64
-    }
 }
 
 /// Logits as host values (this also waits for the device).
@@ -98,7 +57,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let start = Instant::now();
         let logits = logits_vec(model.forward(x));
         forward_secs += start.elapsed().as_secs_f64();
-        metrics.add(&logits, &batch.labels);
+        metrics.add(&logits, &batch.labels, None);
         bar.inc(batch.len() as u64);
         bar.set_message(format!("top-1 {:.2}%", metrics.top1_pct()));
     }
@@ -119,21 +78,4 @@ pub fn run(args: EvalArgs) -> Result<()> {
         metrics.images as f64 / forward_secs.max(1e-9),
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_count_ranks_and_cross_entropy() {
-        let mut m = Metrics::default();
-        // Row 0: label 2 is the largest -> top-1. Row 1: label 0 ranks 3rd of 6 -> top-5 only.
-        let logits = [0.0, 1.0, 3.0, 0.0, 0.0, 0.0, 1.0, 3.0, 2.0, 0.0, 0.0, 0.0];
-        m.add(&logits, &[2, 0]);
-        assert_eq!((m.images, m.top1, m.top5), (2, 1, 2));
-        let ce0 = (1.0f64 + std::f64::consts::E + 3f64.exp() + 3.0).ln() - 3.0;
-        let ce1 = (3.0 + std::f64::consts::E + 3f64.exp() + 2f64.exp()).ln() - 1.0;
-        assert!((m.loss() - (ce0 + ce1) / 2.0).abs() < 1e-9);
-    }
 }

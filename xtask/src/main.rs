@@ -1,8 +1,10 @@
 //! `cargo xtask <command>`: the mixq command line, a thin layer over the library crates.
 
+mod bench;
 mod common;
 mod eval;
 mod info;
+mod ptq;
 mod train;
 
 use std::process::ExitCode;
@@ -19,10 +21,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Whole-model benchmarks measured side by side (forward, ptq).
+    Bench(bench::BenchArgs),
     /// Evaluate a model: top-1/top-5, cross-entropy and images/s.
     Eval(eval::EvalArgs),
     /// List a model's quantizable sites with parameters and MACs per image.
     Info(info::InfoArgs),
+    /// Post-training quantization: FP vs quantized in one table, and a run folder.
+    Ptq(ptq::PtqArgs),
     /// Train a digits model (reproduces the checkpoints shipped in models/).
     Train(train::TrainArgs),
 }
@@ -37,8 +43,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Info(args) => info::run(args),
+        Command::Ptq(args) => ptq::run(args),
         Command::Train(args) => train::run(args),
     };
     match result {

@@ -16,7 +16,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::common::{DeviceName, batch_tensor, progress};
-use crate::eval::{Metrics, logits_vec};
+use crate::eval::logits_vec;
+use mixq_ptq::Metrics;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -153,6 +154,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         metrics.add(
             &logits_vec(model.forward(batch_tensor(&batch, &eval_device))),
             &batch.labels,
+            None,
         );
     }
     model.save_safetensors(&out)?;

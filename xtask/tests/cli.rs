@@ -181,3 +181,106 @@ fn info_reports_deit_small_figures() {
     assert!(stdout.contains("74 sites; 22.05 M parameters"), "{stdout}");
     assert!(stdout.contains("4.599 GMACs"), "{stdout}");
 }
+
+#[test]
+fn ptq_rejects_bits_out_of_range_and_bad_plans() {
+    for bits in ["0", "1", "9"] {
+        let err = fails(&["ptq", "--bits", bits, "--runs", "/tmp/mixq-cli-never"]);
+        assert!(err.contains(&format!("bits = {bits}")), "{err}");
+    }
+    let dir = tmpdir("plan");
+    let plan = dir.join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[sites.\"blocks.42.attn.qkv\"]\nw_bits = 4\na_bits = 4\n",
+    )
+    .unwrap();
+    let err = fails(&[
+        "ptq",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--runs",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(err.contains("blocks.42.attn.qkv"), "{err}");
+    std::fs::write(&plan, "[sites.head]\nw_bits = 12\na_bits = 4\n").unwrap();
+    let err = fails(&[
+        "ptq",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--runs",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(err.contains("plan.toml"), "{err}");
+    let err = fails(&["ptq", "--calib", "0", "--runs", dir.to_str().unwrap()]);
+    assert!(err.contains("--calib"), "{err}");
+    // Nothing half-written: no run folder appeared.
+    let runs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(runs.is_empty(), "{runs:?}");
+}
+
+#[test]
+fn ptq_writes_a_complete_run_that_can_be_replayed_with_its_plan() {
+    let dir = tmpdir("runs");
+    let out = xtask(&[
+        "ptq",
+        "--bits",
+        "8",
+        "--eval",
+        "64",
+        "--runs",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let run = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for file in ["plan.toml", "results.json", "report.md"] {
+        assert!(run.join(file).is_file(), "{file} in {}", run.display());
+    }
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
+    let rows = results["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["metrics"]["images"], 64);
+
+    // Replaying the written plan gives the same table (same seed, same plan).
+    let replay_dir = tmpdir("replay");
+    let plan = run.join("plan.toml");
+    let out = xtask(&[
+        "ptq",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--eval",
+        "64",
+        "--runs",
+        replay_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let numbers = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.starts_with("| digits"))
+            .map(|l| l.split('|').skip(4).collect::<Vec<_>>().join("|"))
+            .collect()
+    };
+    assert_eq!(
+        numbers(&stdout),
+        numbers(&String::from_utf8_lossy(&out.stdout))
+    );
+}

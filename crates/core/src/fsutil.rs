@@ -60,3 +60,96 @@ mod tests {
         assert!(err.to_string().contains("/proc/definitely"), "{err}");
     }
 }
+
+/// A run folder, `runs/<UTC time>-<command>/`, that appears complete or not at all: files are
+/// written into a hidden sibling, which [`RunDir::finish`] renames into place.
+#[derive(Debug)]
+pub struct RunDir {
+    partial: std::path::PathBuf,
+    final_path: std::path::PathBuf,
+}
+
+/// `YYYYmmdd-HHMMSS` in UTC for a Unix time (civil-from-days, proleptic Gregorian).
+pub fn utc_stamp(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let secs = unix_secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+impl RunDir {
+    /// Starts `<root>/<stamp>-<command>`.
+    pub fn create(root: impl AsRef<Path>, command: &str) -> Result<Self> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let name = format!("{}-{command}", utc_stamp(now));
+        let root = root.as_ref();
+        let partial = root.join(format!(".{name}.partial"));
+        std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        Ok(RunDir {
+            partial,
+            final_path: root.join(name),
+        })
+    }
+
+    /// Writes one file of the run.
+    pub fn write(&self, file: &str, bytes: &[u8]) -> Result<()> {
+        write_atomic(self.partial.join(file), bytes)
+    }
+
+    /// Where the run will be once finished.
+    pub fn path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Moves the complete run into place and returns its path.
+    pub fn finish(self) -> Result<std::path::PathBuf> {
+        std::fs::rename(&self.partial, &self.final_path)
+            .map_err(|e| Error::io(&self.final_path, e))?;
+        Ok(self.final_path)
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+
+    #[test]
+    fn stamps_match_known_dates() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        // 2024-02-29 12:34:56 UTC (a leap day).
+        assert_eq!(utc_stamp(1_709_210_096), "20240229-123456");
+    }
+
+    #[test]
+    fn run_dir_appears_only_when_finished() {
+        let root = std::env::temp_dir().join(format!("mixq-core-run-{}", std::process::id()));
+        let run = RunDir::create(&root, "ptq").unwrap();
+        run.write("plan.toml", b"x").unwrap();
+        assert!(!run.path().exists());
+        let path = run.finish().unwrap();
+        assert_eq!(std::fs::read(path.join("plan.toml")).unwrap(), b"x");
+        assert!(
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .ends_with("-ptq")
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

@@ -24,6 +24,6 @@ mod plan;
 mod site;
 
 pub use error::{Error, Result};
-pub use fsutil::write_atomic;
+pub use fsutil::{RunDir, utc_stamp, write_atomic};
 pub use plan::{BitPlan, BitWidth, SiteBits};
 pub use site::{SiteId, SiteInfo, SiteKind, SiteTotals, summarize_sites};

@@ -2,30 +2,13 @@
 //! tools/make_fixtures.py with torchvision + Pillow, reproduced here within 2/255 max and
 //! 0.5/255 mean absolute difference (on the [0, 1] scale, i.e. before mean/std).
 
-use std::path::PathBuf;
-
 use mixq_datasets::{EvalTransform, eval_transform_image, load_image};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn timm_output(key: &str) -> (Vec<f32>, Vec<usize>) {
-    let bytes = std::fs::read(fixtures().join("china_eval.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let view = st.tensor(key).unwrap();
-    let values = view
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (values, view.shape().to_vec())
-}
+use mixq_vit_models::testing::{fixtures_dir, read_f32};
 
 fn check(key: &str, t: EvalTransform) {
-    let img = load_image(fixtures().join("china.jpg")).unwrap();
+    let img = load_image(fixtures_dir().join("china.jpg")).unwrap();
     let ours = eval_transform_image(&img, &t);
-    let (theirs, shape) = timm_output(key);
+    let (theirs, shape) = read_f32("china_eval.safetensors", key);
     assert_eq!(shape, vec![3, t.img_size, t.img_size]);
     assert_eq!(ours.len(), theirs.len());
     let hw = t.img_size * t.img_size;

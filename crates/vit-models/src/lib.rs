@@ -23,6 +23,7 @@ pub mod hooks;
 pub mod layers;
 pub mod model;
 pub mod swin;
+pub mod testing;
 pub mod vit;
 pub mod weights;
 

@@ -6,6 +6,7 @@ use mixq_core::{Result, SiteInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{NoHook, SiteHook};
+use crate::layers::{Conv2d, LayerNorm, Linear};
 use crate::swin::{SwinConfig, SwinTransformer};
 use crate::vit::{VisionTransformer, VitConfig};
 
@@ -93,5 +94,81 @@ impl Model {
     /// Every quantizable site in forward order.
     pub fn sites(&self) -> Vec<SiteInfo> {
         self.arch().sites()
+    }
+}
+
+/// Mutable access to the parameters that post-training quantization rewrites.
+impl Model {
+    /// Every linear site, in forward order.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out = Vec::new();
+        match self {
+            Model::Vit(m) => {
+                for b in &mut m.blocks {
+                    out.extend([
+                        &mut b.attn.qkv,
+                        &mut b.attn.proj,
+                        &mut b.mlp.fc1,
+                        &mut b.mlp.fc2,
+                    ]);
+                }
+                out.push(&mut m.head);
+                if let Some(h) = &mut m.head_dist {
+                    out.push(h);
+                }
+            }
+            Model::Swin(m) => {
+                for stage in &mut m.layers {
+                    if let Some(d) = &mut stage.downsample {
+                        out.push(&mut d.reduction);
+                    }
+                    for b in &mut stage.blocks {
+                        out.extend([
+                            &mut b.attn.qkv,
+                            &mut b.attn.proj,
+                            &mut b.mlp.fc1,
+                            &mut b.mlp.fc2,
+                        ]);
+                    }
+                }
+                out.push(&mut m.head.fc);
+            }
+        }
+        out
+    }
+
+    /// The patch-embedding convolution.
+    pub fn patch_embed_mut(&mut self) -> &mut Conv2d {
+        match self {
+            Model::Vit(m) => &mut m.patch_embed.proj,
+            Model::Swin(m) => &mut m.patch_embed.proj,
+        }
+    }
+
+    /// Each LayerNorm with the linear site that reads its output directly (`norm1` -> `qkv`,
+    /// `norm2` -> `fc1`, Swin's `downsample.norm` -> `reduction`): the post-LayerNorm sites whose
+    /// per-channel ranges can be folded into the norm (RepQ-ViT reparameterization).
+    pub fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)> {
+        let mut out = Vec::new();
+        match self {
+            Model::Vit(m) => {
+                for b in &mut m.blocks {
+                    out.push((&mut b.norm1, &mut b.attn.qkv));
+                    out.push((&mut b.norm2, &mut b.mlp.fc1));
+                }
+            }
+            Model::Swin(m) => {
+                for stage in &mut m.layers {
+                    if let Some(d) = &mut stage.downsample {
+                        out.push((&mut d.norm, &mut d.reduction));
+                    }
+                    for b in &mut stage.blocks {
+                        out.push((&mut b.norm1, &mut b.attn.qkv));
+                        out.push((&mut b.norm2, &mut b.mlp.fc1));
+                    }
+                }
+            }
+        }
+        out
     }
 }

@@ -10,23 +10,11 @@ use mixq_vit_models::{Model, NoHook};
 
 const TOL: f32 = 1e-4;
 
-fn load(name: &str, device: &Device) -> Model {
-    let source =
-        WeightsSource::resolve(&fixtures().join(format!("{name}.safetensors")), None).unwrap();
-    fixture_arch(name)
-        .init(device)
-        .unwrap()
-        .load_weights(&source)
-        .unwrap()
-}
-
 /// Max |logits - timm| and max |block0 - timm| for one fixture on one device.
 fn parity(name: &str, device: &Device) -> (f32, f32) {
-    let model = load(name, device);
+    let (model, input, timm_logits) = fixture(name, device);
     let io = format!("{name}_io.safetensors");
-    let input: Tensor<4> = tensor(&io, "input", device);
-    let logits = model.forward(input.clone());
-    let logit_err = max_abs_diff(logits, tensor(&io, "logits", device));
+    let logit_err = max_abs_diff(model.forward(input.clone()), timm_logits);
     let block0_err = match &model {
         Model::Vit(m) => max_abs_diff(
             m.blocks[0].forward(m.embed(input, &NoHook), &NoHook),
@@ -80,7 +68,7 @@ fn fixture_logits_are_far_from_uniform() {
 #[test]
 fn saved_state_dict_reloads_to_the_same_logits() {
     let device = Device::flex();
-    let model = load("swin_tiny", &device);
+    let (model, _, _) = fixture("swin_tiny", &device);
     let dir = std::env::temp_dir().join(format!("mixq-parity-{}", std::process::id()));
     let path = dir.join("swin.safetensors");
     model.save_safetensors(&path).unwrap();

@@ -1,0 +1,268 @@
+//! Calibration: from a full-precision model, a calibration batch and a bit plan to a
+//! fake-quantized model (weights quantized in place, activations through [`QuantState`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
+use mixq_core::{BitPlan, Error, Result, SiteId, SiteKind};
+use mixq_quant_kernels::{
+    Granularity, LogBase, RangeMethod, calibrate_log, calibrate_uniform, host_values,
+};
+use mixq_vit_models::{Model, SiteHook, Slot};
+
+use crate::config::{PostLnMode, PtqConfig, SoftmaxMode};
+use crate::reparam::{Target, apply_fold, channel_fold};
+use crate::state::{ActQuantizer, QuantState};
+
+/// A model ready for fake-quantized inference.
+#[derive(Debug)]
+pub struct QuantizedModel {
+    /// Weights already fake-quantized (and post-LN sites reparameterized when asked).
+    pub model: Model,
+    pub state: QuantState,
+    pub plan: BitPlan,
+}
+
+impl QuantizedModel {
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.model.forward_with(images, &self.state)
+    }
+}
+
+/// Records the host values of selected (site, slot) tensors during one forward pass.
+struct Recorder {
+    wanted: BTreeSet<(SiteId, Slot)>,
+    seen: Mutex<BTreeMap<(SiteId, Slot), (Vec<f32>, usize)>>,
+}
+
+impl SiteHook for Recorder {
+    fn apply(&self, site: &SiteId, slot: Slot, x: Tensor<2>) -> Tensor<2> {
+        let key = (site.clone(), slot);
+        if self.wanted.contains(&key) {
+            let cols = x.dims()[1];
+            if let Ok(values) = host_values(&x) {
+                self.seen
+                    .lock()
+                    .expect("recorder lock")
+                    .insert(key, (values, cols));
+            }
+        }
+        x
+    }
+}
+
+/// Calibrates each activation quantizer as its tensor passes by (one full-precision pass), so
+/// no more than one tensor is held on the host at a time.
+struct Calibrator<'a> {
+    plan: &'a BitPlan,
+    config: &'a PtqConfig,
+    kinds: BTreeMap<SiteId, SiteKind>,
+    skip: BTreeSet<(SiteId, Slot)>,
+    state: Mutex<QuantState>,
+    error: Mutex<Option<Error>>,
+}
+
+impl Calibrator<'_> {
+    fn calibrate(&self, site: &SiteId, slot: Slot, x: &Tensor<2>) -> Result<Option<ActQuantizer>> {
+        let Some(bits) = self.plan.sites.get(site) else {
+            return Ok(None);
+        };
+        let kind = self.kinds[site];
+        let bits = bits.a_bits;
+        let values = host_values(x)?;
+        let shape = x.dims();
+        let uniform = || -> Result<ActQuantizer> {
+            calibrate_uniform(
+                &values,
+                &shape,
+                Granularity::PerTensor,
+                &self.config.act_method,
+                bits,
+                false,
+            )
+            .map(ActQuantizer::Uniform)
+        };
+        Ok(Some(match (kind, slot) {
+            (SiteKind::MatMulAv, Slot::OperandA) => match self.config.softmax {
+                SoftmaxMode::Uniform => uniform()?,
+                SoftmaxMode::Log2 => ActQuantizer::Log(calibrate_log(
+                    &values,
+                    bits,
+                    LogBase::Log2,
+                    &self.config.act_method,
+                )?),
+                SoftmaxMode::LogSqrt2 => ActQuantizer::Log(calibrate_log(
+                    &values,
+                    bits,
+                    LogBase::LogSqrt2,
+                    &self.config.act_method,
+                )?),
+            },
+            _ => uniform()?,
+        }))
+    }
+}
+
+impl SiteHook for Calibrator<'_> {
+    fn apply(&self, site: &SiteId, slot: Slot, x: Tensor<2>) -> Tensor<2> {
+        let activation = matches!(slot, Slot::Input | Slot::OperandA | Slot::OperandB);
+        if !activation || self.skip.contains(&(site.clone(), slot)) {
+            return x;
+        }
+        match self.calibrate(site, slot, &x) {
+            Ok(Some(q)) => {
+                self.state
+                    .lock()
+                    .expect("calibrator lock")
+                    .insert(site.clone(), slot, q)
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.error.lock().expect("calibrator lock").get_or_insert(e);
+            }
+        }
+        x
+    }
+}
+
+/// Fake-quantizes a weight tensor per output channel: linear `[in, out]` (axis 1), conv
+/// flattened to `[out, in*k*k]` (axis 0).
+fn quantize_weight<const D: usize>(
+    w: Tensor<D>,
+    axis_out: usize,
+    bits: mixq_core::BitWidth,
+    config: &PtqConfig,
+) -> Result<Tensor<D>> {
+    let dims = w.dims();
+    let (rows, cols) = if axis_out == 1 {
+        (dims[0], dims[1])
+    } else {
+        (dims[0], dims.iter().skip(1).product())
+    };
+    let values = host_values(&w)?;
+    let q = calibrate_uniform(
+        &values,
+        &[rows, cols],
+        Granularity::PerChannel { axis: axis_out },
+        &config.weight_method,
+        bits,
+        false,
+    )?;
+    let quantized = q.fake_quant_host(&values, &[rows, cols])?;
+    Ok(Tensor::from_data(
+        TensorData::new(quantized, dims),
+        &w.device(),
+    ))
+}
+
+/// Folds the per-channel ranges of the post-LN inputs into the model (step 1 of [`quantize`])
+/// and returns the per-tensor quantizers of those inputs.
+fn fold_post_ln(
+    model: &mut Model,
+    calib: &Tensor<4>,
+    plan: &BitPlan,
+    mode: PostLnMode,
+) -> Result<QuantState> {
+    let mut state = QuantState::default();
+    let (target, method) = match mode {
+        PostLnMode::Uniform => return Ok(state),
+        PostLnMode::ChannelReparam => (Target::Mean, RangeMethod::MinMax),
+        PostLnMode::ClippedChannel => (Target::Median, RangeMethod::repq()),
+    };
+    let wanted = model
+        .post_norm_pairs_mut()
+        .into_iter()
+        .map(|(_, lin)| (lin.site.clone(), Slot::Input))
+        .filter(|(s, _)| plan.sites.contains_key(s))
+        .collect();
+    let recorder = Recorder {
+        wanted,
+        seen: Mutex::new(BTreeMap::new()),
+    };
+    let _ = model.forward_with(calib.clone(), &recorder);
+    let seen = recorder.seen.into_inner().expect("recorder lock");
+    for (norm, linear) in model.post_norm_pairs_mut() {
+        let Some((values, channels)) = seen.get(&(linear.site.clone(), Slot::Input)) else {
+            continue;
+        };
+        let bits = plan.sites[&linear.site].a_bits;
+        let fold = channel_fold(values, *channels, bits, &method, target)?;
+        apply_fold(norm, linear, &fold);
+        state.insert(
+            linear.site.clone(),
+            Slot::Input,
+            ActQuantizer::Uniform(fold.per_tensor),
+        );
+    }
+    Ok(state)
+}
+
+/// Post-training quantization of `model` with `plan`, calibrated on `calib` (`[n, c, h, w]`).
+///
+/// Steps: (1) for `channel-reparam`/`clipped-channel`, record the post-LN inputs and fold their
+/// per-channel ranges into the model; (2) quantize every planned weight per output channel;
+/// (3) one full-precision pass calibrates the remaining activation quantizers.
+pub fn quantize(
+    mut model: Model,
+    calib: Tensor<4>,
+    plan: &BitPlan,
+    config: &PtqConfig,
+) -> Result<QuantizedModel> {
+    let sites = model.sites();
+    plan.check_sites(sites.iter().map(|s| &s.id))?;
+    let kinds: BTreeMap<SiteId, SiteKind> = sites.iter().map(|s| (s.id.clone(), s.kind)).collect();
+
+    let state = fold_post_ln(&mut model, &calib, plan, config.post_ln)?;
+    let skip: BTreeSet<(SiteId, Slot)> = state
+        .sites
+        .iter()
+        .flat_map(|(site, slots)| slots.keys().map(move |slot| (site.clone(), *slot)))
+        .collect();
+
+    for linear in model.linears_mut() {
+        if let Some(bits) = plan.sites.get(&linear.site) {
+            let w = quantize_weight(linear.weight.val(), 1, bits.w_bits, config)?;
+            linear.weight = Param::initialized(linear.weight.id, w);
+        }
+    }
+    let conv = model.patch_embed_mut();
+    if let Some(bits) = plan.sites.get(&conv.site) {
+        let w = quantize_weight(conv.weight.val(), 0, bits.w_bits, config)?;
+        conv.weight = Param::initialized(conv.weight.id, w);
+    }
+
+    let calibrator = Calibrator {
+        plan,
+        config,
+        kinds,
+        skip,
+        state: Mutex::new(state),
+        error: Mutex::new(None),
+    };
+    let _ = model.forward_with(calib, &calibrator);
+    if let Some(e) = calibrator.error.into_inner().expect("calibrator lock") {
+        return Err(e);
+    }
+    let state = calibrator.state.into_inner().expect("calibrator lock");
+    tracing::info!(quantizers = state.len(), "calibrated");
+    Ok(QuantizedModel {
+        model,
+        state,
+        plan: plan.clone(),
+    })
+}
+
+/// Only the reparameterization (step 1), in full precision: the returned model computes the
+/// same function as `model` (up to float rounding); its post-LN inputs are the folded `X'`.
+pub fn reparameterize(
+    mut model: Model,
+    calib: Tensor<4>,
+    plan: &BitPlan,
+    mode: PostLnMode,
+) -> Result<Model> {
+    plan.check_sites(model.sites().iter().map(|s| &s.id))?;
+    fold_post_ln(&mut model, &calib, plan, mode)?;
+    Ok(model)
+}

@@ -1,0 +1,90 @@
+//! Classification metrics: top-1/top-5, cross-entropy, and KL divergence to reference logits.
+
+use serde::{Deserialize, Serialize};
+
+/// Accumulated over batches of logits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub images: usize,
+    pub top1: usize,
+    pub top5: usize,
+    pub loss_sum: f64,
+    /// Sum over images of KL(reference || these logits), when a reference was given.
+    pub kl_sum: f64,
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_sum = row
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    row.iter().map(|&v| v as f64 - log_sum).collect()
+}
+
+impl Metrics {
+    /// Adds a batch: `logits` row-major `[labels.len(), classes]`; `reference` (same shape) are
+    /// the full-precision logits the KL divergence is measured against.
+    pub fn add(&mut self, logits: &[f32], labels: &[usize], reference: Option<&[f32]>) {
+        let classes = logits.len() / labels.len().max(1);
+        for (i, (row, &label)) in logits.chunks_exact(classes).zip(labels).enumerate() {
+            let logp = log_softmax(row);
+            self.loss_sum -= logp[label];
+            if let Some(reference) = reference {
+                let logp_ref = log_softmax(&reference[i * classes..(i + 1) * classes]);
+                self.kl_sum += logp_ref
+                    .iter()
+                    .zip(&logp)
+                    .map(|(r, q)| r.exp() * (r - q))
+                    .sum::<f64>();
+            }
+            let rank = row.iter().filter(|&&v| v > row[label]).count();
+            self.top1 += (rank == 0) as usize;
+            self.top5 += (rank < 5) as usize;
+            self.images += 1;
+        }
+    }
+
+    pub fn top1_pct(&self) -> f64 {
+        100.0 * self.top1 as f64 / self.images.max(1) as f64
+    }
+
+    pub fn top5_pct(&self) -> f64 {
+        100.0 * self.top5 as f64 / self.images.max(1) as f64
+    }
+
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.images.max(1) as f64
+    }
+
+    pub fn kl(&self) -> f64 {
+        self.kl_sum / self.images.max(1) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_cross_entropy_and_kl_by_hand() {
+        let mut m = Metrics::default();
+        // Row 0: label 2 is the largest -> top-1. Row 1: label 0 ranks 3rd of 6 -> top-5 only.
+        let logits = [0.0, 1.0, 3.0, 0.0, 0.0, 0.0, 1.0, 3.0, 2.0, 0.0, 0.0, 0.0];
+        m.add(&logits, &[2, 0], Some(&logits));
+        assert_eq!((m.images, m.top1, m.top5), (2, 1, 2));
+        let e = std::f64::consts::E;
+        let ce0 = (4.0 + e + 3f64.exp()).ln() - 3.0;
+        let ce1 = (3.0 + e + 3f64.exp() + 2f64.exp()).ln() - 1.0;
+        assert!((m.loss() - (ce0 + ce1) / 2.0).abs() < 1e-9);
+        assert!(m.kl().abs() < 1e-12, "KL of identical logits is 0");
+
+        // KL([ln 1, ln 3] || [0, 0]) = 1/4 ln(1/2) + 3/4 ln(3/2).
+        let mut k = Metrics::default();
+        k.add(&[0.0, 0.0], &[0], Some(&[0.0, 3f32.ln()]));
+        let expected = 0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln();
+        assert!((k.kl() - expected).abs() < 1e-6, "{}", k.kl());
+    }
+}

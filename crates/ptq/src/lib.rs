@@ -1,0 +1,32 @@
+//! # mixq-ptq
+//!
+//! Post-training quantization of the mixq models: calibration on a few images, RepQ-ViT's
+//! reparameterization of post-LayerNorm activations (and our clipped variant), per-channel
+//! weight quantization, log-sqrt2 attention probabilities, and the metrics a PTQ table reports.
+//! The CLI (`cargo xtask ptq`) is a thin layer over this crate.
+//!
+//! ```
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use mixq_ptq::{PtqConfig, quantize, uniform_plan};
+//! use mixq_vit_models::ModelCard;
+//!
+//! let device = Device::flex();
+//! let card = ModelCard::find("digits-deit")?;
+//! let model = card.arch.init(&device)?; // or load trained weights
+//! let calib = Tensor::<4>::random([8, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+//! let plan = uniform_plan(&model.sites(), 4, 4, 8)?; // W4A4, image at 8 bits
+//! let q = quantize(model, calib.clone(), &plan, &PtqConfig::default())?;
+//! assert_eq!(q.forward(calib).dims(), [8, 10]);
+//! # Ok::<(), mixq_core::Error>(())
+//! ```
+
+pub mod calibrate;
+pub mod config;
+pub mod eval;
+pub mod reparam;
+pub mod state;
+
+pub use calibrate::{QuantizedModel, quantize, reparameterize};
+pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
+pub use eval::Metrics;
+pub use state::{ActQuantizer, QuantState};

@@ -1,0 +1,154 @@
+//! Post-training quantization on the timm parity fixtures.
+
+use burn::tensor::{Device, Tensor};
+use mixq_core::{BitPlan, BitWidth, SiteBits, SiteId};
+use mixq_ptq::{
+    Metrics, PostLnMode, PtqConfig, SoftmaxMode, quantize, reparameterize, uniform_plan,
+};
+use mixq_vit_models::testing::{FIXTURES, fixture, max_abs_diff};
+
+fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+#[test]
+fn reparameterization_is_exact_in_full_precision() {
+    let device = Device::flex();
+    for name in FIXTURES {
+        for mode in [PostLnMode::ChannelReparam, PostLnMode::ClippedChannel] {
+            let (model, input, _) = fixture(name, &device);
+            let plan = uniform_plan(&model.sites(), 4, 4, 8).unwrap();
+            let reference = model.forward(input.clone());
+            let rep = reparameterize(model, input.clone(), &plan, mode).unwrap();
+            let err = max_abs_diff(rep.forward(input), reference.clone());
+            let scale = reference.abs().max().into_scalar::<f32>();
+            println!(
+                "{name} {mode}: max |reparam - original| = {err:.2e} (logits up to {scale:.2})"
+            );
+            assert!(err <= 1e-5 * scale.max(1.0), "{name} {mode}: {err}");
+        }
+    }
+}
+
+#[test]
+fn reparameterization_changes_the_model_parameters() {
+    // Guards the exactness test against a fold that silently does nothing.
+    let device = Device::flex();
+    let (model, input, _) = fixture("vit_tiny", &device);
+    let plan = uniform_plan(&model.sites(), 4, 4, 8).unwrap();
+    let before = match &model {
+        mixq_vit_models::Model::Vit(m) => m.blocks[0].norm1.gamma.val(),
+        _ => unreachable!(),
+    };
+    let rep = reparameterize(model, input, &plan, PostLnMode::ChannelReparam).unwrap();
+    let after = match &rep {
+        mixq_vit_models::Model::Vit(m) => m.blocks[0].norm1.gamma.val(),
+        _ => unreachable!(),
+    };
+    assert!(max_abs_diff(before, after) > 1e-3);
+}
+
+#[test]
+fn eight_bit_everything_stays_close_to_full_precision() {
+    // W8A8 (image 8 bits) on the fixtures' two images, calibrated on the same images. The
+    // fixtures' wide-spread random weights make activations with a large dynamic range, so this
+    // is a harsh case: measured max |dlogit| 2-6% of the largest logit, KL 2e-4..5e-3. Bounds:
+    // 10% and KL < 0.01.
+    let device = Device::flex();
+    for name in FIXTURES {
+        for post_ln in [PostLnMode::Uniform, PostLnMode::ClippedChannel] {
+            let (model, input, _) = fixture(name, &device);
+            let plan = uniform_plan(&model.sites(), 8, 8, 8).unwrap();
+            let fp = model.forward(input.clone());
+            let config = PtqConfig {
+                post_ln,
+                ..PtqConfig::default()
+            };
+            let q = quantize(model, input.clone(), &plan, &config).unwrap();
+            let ql = q.forward(input);
+            let err = max_abs_diff(ql.clone(), fp.clone());
+            let range = fp.clone().abs().max().into_scalar::<f32>();
+            let mut m = Metrics::default();
+            m.add(&host(ql), &[0, 0], Some(&host(fp)));
+            println!(
+                "{name} {post_ln} W8A8: max |dlogit| {err:.4} of {range:.2}, KL {:.2e}",
+                m.kl()
+            );
+            assert!(err <= 0.1 * range, "{name}: {err} vs {range}");
+            assert!(m.kl() < 0.01, "{name}: KL {}", m.kl());
+        }
+    }
+}
+
+#[test]
+fn fewer_bits_hurt_more() {
+    let device = Device::flex();
+    let (model, input, _) = fixture("vit_tiny", &device);
+    let fp = host(model.forward(input.clone()));
+    let kl = |bits: u8| {
+        let (model, _, _) = fixture("vit_tiny", &device);
+        let plan = uniform_plan(&model.sites(), bits, bits, 8).unwrap();
+        let q = quantize(model, input.clone(), &plan, &PtqConfig::default()).unwrap();
+        let mut m = Metrics::default();
+        m.add(&host(q.forward(input.clone())), &[0, 0], Some(&fp));
+        m.kl()
+    };
+    let (k8, k4, k2) = (kl(8), kl(4), kl(2));
+    println!("vit_tiny KL: W8A8 {k8:.2e}, W4A4 {k4:.2e}, W2A2 {k2:.2e}");
+    assert!(k8 < k4 && k4 < k2);
+}
+
+#[test]
+fn plan_with_an_unknown_site_is_an_error_naming_it() {
+    let device = Device::flex();
+    let (model, input, _) = fixture("swin_tiny", &device);
+    let mut plan = BitPlan::default();
+    let bits = BitWidth::new(4).unwrap();
+    plan.sites.insert(
+        SiteId::new("blocks.99.attn.qkv"),
+        SiteBits {
+            w_bits: bits,
+            a_bits: bits,
+        },
+    );
+    let err = quantize(model, input, &plan, &PtqConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("blocks.99.attn.qkv"), "{err}");
+}
+
+#[test]
+fn log_softmax_quantizers_are_used_for_attention_probabilities() {
+    let device = Device::flex();
+    let (model, input, _) = fixture("vit_tiny", &device);
+    let plan = uniform_plan(&model.sites(), 4, 4, 8).unwrap();
+    let config = PtqConfig {
+        softmax: SoftmaxMode::LogSqrt2,
+        ..PtqConfig::default()
+    };
+    let q = quantize(model, input, &plan, &config).unwrap();
+    let av = q
+        .state
+        .get(
+            &SiteId::new("blocks.0.attn.matmul_av"),
+            mixq_vit_models::Slot::OperandA,
+        )
+        .unwrap();
+    assert!(matches!(av, mixq_ptq::ActQuantizer::Log(_)));
+    let qkv = q
+        .state
+        .get(
+            &SiteId::new("blocks.0.attn.qkv"),
+            mixq_vit_models::Slot::Input,
+        )
+        .unwrap();
+    assert_eq!(qkv.bits(), 4);
+    let img = q
+        .state
+        .get(
+            &SiteId::new("patch_embed.proj"),
+            mixq_vit_models::Slot::Input,
+        )
+        .unwrap();
+    assert_eq!(img.bits(), 8, "the image input stays at 8 bits");
+}

@@ -1,0 +1,166 @@
+//! `cargo xtask bench`: whole-model timings measured side by side in one process (the machine
+//! is shared and noisy; ratios from one run are what we report). Random weights, random images.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use clap::{Args, ValueEnum};
+use mixq_core::{Error, Result};
+use mixq_ptq::{PtqConfig, quantize, uniform_plan};
+use mixq_vit_models::{Model, ModelCard, SiteHook};
+
+use crate::common::DeviceName;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Suite {
+    /// Plain forward images/s at each batch size, on each device given.
+    Forward,
+    /// Calibration time, and W4A4 fake-quant evaluation vs the plain forward.
+    Ptq,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub suite: Suite,
+    #[arg(long, default_value = "deit-s")]
+    pub model: String,
+    /// Devices to compare (forward suite).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "flex")]
+    pub devices: Vec<DeviceName>,
+    /// Batch sizes (forward suite).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batches: Vec<usize>,
+    /// Images per measurement.
+    #[arg(long, default_value_t = 16)]
+    pub images: usize,
+    /// Calibration images (ptq suite).
+    #[arg(long, default_value_t = 32)]
+    pub calib: usize,
+    /// Evaluation images (ptq suite).
+    #[arg(long, default_value_t = 64)]
+    pub eval: usize,
+    /// Bits for the ptq suite.
+    #[arg(long, default_value_t = 4)]
+    pub bits: u8,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Seconds to run `images` images through `model` in batches of `batch`.
+fn time_forward(
+    model: &Model,
+    hook: &dyn SiteHook,
+    input: &Tensor<4>,
+    images: usize,
+    batch: usize,
+) -> f64 {
+    let start = Instant::now();
+    let mut done = 0;
+    while done < images {
+        let b = batch.min(images - done);
+        let x = input.clone().narrow(0, 0, b);
+        let _ = model.forward_with(x, hook).into_data();
+        done += b;
+    }
+    start.elapsed().as_secs_f64()
+}
+
+fn random_images(card: &ModelCard, n: usize, device: &Device) -> Tensor<4> {
+    let s = card.arch.img_size();
+    Tensor::random(
+        [n, card.arch.in_chans(), s, s],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    )
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.repeat == 0 || args.images == 0 || args.batches.contains(&0) {
+        return Err(Error::invalid(
+            "--repeat/--images/--batches",
+            0,
+            "must be at least 1",
+        ));
+    }
+    let card = ModelCard::find(&args.model)?;
+    match args.suite {
+        Suite::Forward => {
+            println!("| model | device | batch | images/s | ms per batch |");
+            println!("|---|---|---:|---:|---:|");
+            for &name in &args.devices {
+                let device = name.device()?;
+                device.seed(args.seed);
+                let model = card.arch.init(&device)?;
+                let input = random_images(&card, *args.batches.iter().max().unwrap(), &device);
+                for &batch in &args.batches {
+                    let _ = time_forward(&model, &mixq_vit_models::NoHook, &input, batch, batch); // warm-up
+                    let secs = median(
+                        (0..args.repeat)
+                            .map(|_| {
+                                time_forward(
+                                    &model,
+                                    &mixq_vit_models::NoHook,
+                                    &input,
+                                    args.images,
+                                    batch,
+                                )
+                            })
+                            .collect(),
+                    );
+                    println!(
+                        "| {} | {name:?} | {batch} | {:.2} | {:.1} |",
+                        card.aliases[0],
+                        args.images as f64 / secs,
+                        1000.0 * secs * batch as f64 / args.images as f64
+                    );
+                }
+            }
+        }
+        Suite::Ptq => {
+            let device = args.devices[0].device()?;
+            device.seed(args.seed);
+            let model = card.arch.init(&device)?;
+            let calib = random_images(&card, args.calib, &device);
+            let input = random_images(&card, 8, &device);
+            let plan = uniform_plan(&model.sites(), args.bits, args.bits, 8)?;
+            let start = Instant::now();
+            let q = quantize(model.clone(), calib, &plan, &PtqConfig::default())?;
+            let calib_secs = start.elapsed().as_secs_f64();
+            let (mut fp, mut fq) = (Vec::new(), Vec::new());
+            for _ in 0..args.repeat {
+                // Interleaved so that machine noise hits both alike.
+                fp.push(time_forward(
+                    &model,
+                    &mixq_vit_models::NoHook,
+                    &input,
+                    args.eval,
+                    8,
+                ));
+                fq.push(time_forward(&q.model, &q.state, &input, args.eval, 8));
+            }
+            let (fp, fq) = (median(fp), median(fq));
+            println!(
+                "| model | calib images | calibration s | eval images | FP32 eval s | W{b}A{b} eval s | fake-quant overhead |",
+                b = args.bits
+            );
+            println!("|---|---:|---:|---:|---:|---:|---:|");
+            println!(
+                "| {} | {} | {calib_secs:.1} | {} | {fp:.2} | {fq:.2} | {:+.1} % |",
+                card.aliases[0],
+                args.calib,
+                args.eval,
+                100.0 * (fq / fp - 1.0)
+            );
+        }
+    }
+    Ok(())
+}
