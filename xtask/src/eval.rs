@@ -37,13 +37,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let card = args.model.card()?;
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;
-    let data = EvalData::open(
-        &card,
-        args.data.as_deref(),
-        args.limit,
-        args.batch,
-        args.model.seed,
-    )?;
+    let data = EvalData::open(&card, args.data.as_deref(), args.limit, args.batch)?;
     tracing::info!(model = %card.name, data = %data.describe, "evaluating");
 
     let bar = progress(data.len, "eval");

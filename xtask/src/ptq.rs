@@ -172,13 +172,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let data = EvalData::open(
-        &card,
-        args.data.as_deref(),
-        args.eval,
-        args.batch,
-        args.model.seed,
-    )?;
+    let data = EvalData::open(&card, args.data.as_deref(), args.eval, args.batch)?;
     let describe = data.describe.clone();
     let bar = progress(data.len, "evaluate");
     let mut fp = Metrics::default();

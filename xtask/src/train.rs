@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::{DeviceName, batch_tensor, progress};
+use crate::common::{DIGITS_SPLIT_SEED, DeviceName, batch_tensor, progress};
 use crate::eval::logits_vec;
 use mixq_ptq::Metrics;
 
@@ -87,7 +87,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .expect("digits cards name their shipped file"),
     };
     let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
-    let (train, test) = Digits::load().split(args.seed);
+    let (train, test) = Digits::load().split(DIGITS_SPLIT_SEED);
 
     let device = args.device.device()?.autodiff();
     device.seed(args.seed);

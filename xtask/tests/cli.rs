@@ -284,3 +284,73 @@ fn ptq_writes_a_complete_run_that_can_be_replayed_with_its_plan() {
         numbers(&String::from_utf8_lossy(&out.stdout))
     );
 }
+
+#[test]
+fn deit_small_with_random_full_size_weights_quantizes_end_to_end() {
+    // Full-size DeiT-S weights made here (random, seeded) and saved as a timm safetensors file,
+    // a tiny ImageNet-style folder of real PNG files, and the whole ptq command over them.
+    let dir = tmpdir("deit-s");
+    let device = burn::tensor::Device::flex();
+    device.seed(7);
+    let weights = dir.join("deit_small_patch16_224.safetensors");
+    mixq_vit_models::ModelCard::find("deit-s")
+        .unwrap()
+        .arch
+        .init(&device)
+        .unwrap()
+        .save_safetensors(&weights)
+        .unwrap();
+    let data = dir.join("val");
+    for (class, seed) in [("n01440764", 1u32), ("n01443537", 2)] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..2u32 {
+            image::RgbImage::from_fn(250, 300, |x, y| {
+                let v = (x * 7 + y * 13 + seed * 31 + i * 17) % 256;
+                image::Rgb([v as u8, (255 - v) as u8, ((v * 3) % 256) as u8])
+            })
+            .save(data.join(class).join(format!("img{i}.png")))
+            .unwrap();
+        }
+    }
+    let runs = dir.join("runs");
+    let out = xtask(&[
+        "ptq",
+        "--model",
+        "deit-s",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--calib-data",
+        data.to_str().unwrap(),
+        "--calib",
+        "4",
+        "--eval",
+        "4",
+        "--bits",
+        "4",
+        "--batch",
+        "2",
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("| deit-s W4A4 | clipped-channel | logsqrt2 |"),
+        "{stdout}"
+    );
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let plan = mixq_core::BitPlan::load(run.join("plan.toml")).unwrap();
+    assert_eq!(plan.sites.len(), 74);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

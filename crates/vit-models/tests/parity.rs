@@ -94,7 +94,7 @@ fn timm_parity_wgpu_cpu() {
         let _ = Tensor::<1>::zeros([1], &device).into_data();
         device
     }) {
-        Ok(device) => check_all(&device, 1e-3),
+        Ok(device) => check_all(&device, TOL),
         Err(_) => eprintln!(
             "SKIPPED timm_parity_wgpu_cpu: no wgpu CPU adapter (install mesa-vulkan-drivers)"
         ),
