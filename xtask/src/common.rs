@@ -94,10 +94,10 @@ impl ModelArgs {
             )));
         }
         if let Some(path) = &self.weights {
-            if path.is_dir() {
-                if let Some(file) = card.weights_in_folder(path) {
-                    return WeightsSource::resolve(&file, None).map(Some);
-                }
+            if path.is_dir()
+                && let Some(file) = card.weights_in_folder(path)
+            {
+                return WeightsSource::resolve(&file, None).map(Some);
             }
             return WeightsSource::resolve(path, card.hf_repo.as_deref()).map(Some);
         }

@@ -31,10 +31,13 @@ impl QuantizedModel {
     }
 }
 
+/// Host values `[rows, cols]` (as values and `cols`) of recorded (site, slot) tensors.
+type Recorded = BTreeMap<(SiteId, Slot), (Vec<f32>, usize)>;
+
 /// Records the host values of selected (site, slot) tensors during one forward pass.
 struct Recorder {
     wanted: BTreeSet<(SiteId, Slot)>,
-    seen: Mutex<BTreeMap<(SiteId, Slot), (Vec<f32>, usize)>>,
+    seen: Mutex<Recorded>,
 }
 
 impl SiteHook for Recorder {

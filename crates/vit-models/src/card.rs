@@ -112,7 +112,7 @@ impl ModelCard {
         let wanted = name.to_ascii_lowercase();
         Self::builtin()
             .into_iter()
-            .find(|c| c.name == wanted || c.aliases.iter().any(|a| *a == wanted))
+            .find(|c| c.name == wanted || c.aliases.contains(&wanted))
             .ok_or_else(|| Error::UnknownModel {
                 name: name.into(),
                 known: Self::known_names(),

@@ -13,6 +13,16 @@ use mixq_core::SiteId;
 
 use crate::hooks::{SiteHook, Slot, hook_nd};
 
+/// Serde default of `in_chans`: RGB.
+pub(crate) fn rgb() -> usize {
+    3
+}
+
+/// Serde default of `mlp_ratio`, as in timm.
+pub(crate) fn mlp_ratio_4() -> f64 {
+    4.0
+}
+
 /// A linear site: `y = x W + b`, with `W` stored `[in, out]` (burn's layout; timm's `[out, in]`
 /// files are transposed on load by burn-store's PyTorch adapter, which keys on this type's
 /// name).

@@ -63,7 +63,9 @@ impl ArchConfig {
     }
 }
 
-/// A classification model of any family.
+/// A classification model of any family. (A process holds one or two models, so the size
+/// difference between variants costs nothing worth a box on every access.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
     Vit(VisionTransformer),

@@ -21,25 +21,19 @@ use crate::vit::{attention_scores, attention_values, site};
 pub struct SwinConfig {
     pub img_size: usize,
     pub patch_size: usize,
-    #[serde(default = "three")]
+    #[serde(default = "crate::layers::rgb")]
     pub in_chans: usize,
     pub num_classes: usize,
     pub embed_dim: usize,
     pub depths: Vec<usize>,
     pub num_heads: Vec<usize>,
     pub window_size: usize,
-    #[serde(default = "four")]
+    #[serde(default = "crate::layers::mlp_ratio_4")]
     pub mlp_ratio: f64,
     #[serde(default = "swin_eps")]
     pub norm_eps: f64,
 }
 
-fn three() -> usize {
-    3
-}
-fn four() -> f64 {
-    4.0
-}
 fn swin_eps() -> f64 {
     1e-5
 }
@@ -65,7 +59,7 @@ impl SwinConfig {
                 ),
             ));
         }
-        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             return Err(Error::invalid(
                 "patch_size",
                 self.patch_size,
@@ -74,7 +68,7 @@ impl SwinConfig {
         }
         for s in 0..self.depths.len() {
             let dim = self.stage_dim(s);
-            if dim % self.num_heads[s] != 0 {
+            if !dim.is_multiple_of(self.num_heads[s]) {
                 return Err(Error::invalid(
                     "num_heads",
                     self.num_heads[s],
@@ -82,7 +76,7 @@ impl SwinConfig {
                 ));
             }
             let g = self.geometry(s, 0);
-            if g.resolution == 0 || g.resolution % g.window != 0 {
+            if g.resolution == 0 || !g.resolution.is_multiple_of(g.window) {
                 return Err(Error::invalid(
                     "window_size",
                     self.window_size,

@@ -20,13 +20,13 @@ use crate::layers::{
 pub struct VitConfig {
     pub img_size: usize,
     pub patch_size: usize,
-    #[serde(default = "three")]
+    #[serde(default = "crate::layers::rgb")]
     pub in_chans: usize,
     pub num_classes: usize,
     pub embed_dim: usize,
     pub depth: usize,
     pub num_heads: usize,
-    #[serde(default = "four")]
+    #[serde(default = "crate::layers::mlp_ratio_4")]
     pub mlp_ratio: f64,
     /// DeiT's distillation token and second head; the output is the mean of both heads.
     #[serde(default)]
@@ -35,26 +35,20 @@ pub struct VitConfig {
     pub norm_eps: f64,
 }
 
-fn three() -> usize {
-    3
-}
-fn four() -> f64 {
-    4.0
-}
 fn vit_eps() -> f64 {
     1e-6
 }
 
 impl VitConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             return Err(Error::invalid(
                 "patch_size",
                 self.patch_size,
                 format!("must divide img_size {}", self.img_size),
             ));
         }
-        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(Error::invalid(
                 "num_heads",
                 self.num_heads,
