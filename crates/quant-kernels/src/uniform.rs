@@ -445,6 +445,18 @@ impl UniformQuantizer {
         let layout = self
             .layout(&dims)
             .unwrap_or_else(|e| panic!("UniformQuantizer::fake_quant: {e}"));
+        if layout.params == 1 {
+            // One range: scalar ops, and `clamp(round(x/s) + z, qmin, qmax) - z` as
+            // `clamp(round(x/s), qmin - z, qmax - z)` (z is an integer, so this is exact in f32).
+            // The final `+ 0` turns a -0 into +0, as the host reference's `+ z - z` does.
+            let (s, z) = (self.scale[0], self.zero_point[0]);
+            return x
+                .div_scalar(s)
+                .round()
+                .clamp(self.qmin() as f32 - z, self.qmax() as f32 - z)
+                .mul_scalar(s)
+                .add_scalar(0.0);
+        }
         let device = x.device();
         let dtype = x.dtype();
         let param = |v: &[f32]| param_tensor(v, layout.params, &device, dtype);
