@@ -354,3 +354,27 @@ fn deit_small_with_random_full_size_weights_quantizes_end_to_end() {
     assert_eq!(plan.sites.len(), 74);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn calibration_set_smaller_than_asked_warns_and_uses_what_exists() {
+    let dir = tmpdir("calib");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "ptq",
+            "--calib",
+            "5000",
+            "--eval",
+            "32",
+            "--runs",
+            dir.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("fewer calibration images than asked") && stderr.contains("1437"),
+        "{stderr}"
+    );
+}

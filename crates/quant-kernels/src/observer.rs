@@ -279,13 +279,24 @@ mod tests {
     fn tail_selection_reads_the_same_quantiles_as_a_full_sort() {
         // A deterministic scramble with duplicates and negatives; sizes around the tails' edges.
         for n in [1usize, 2, 3, 7, 100, 1001, 20_000] {
-            let values: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 7.0).collect();
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 7.0)
+                .collect();
             let full = sorted(&values);
-            for ps in [vec![0.999, 0.9999, 0.99999], vec![0.75], vec![0.5], vec![1.0]] {
+            for ps in [
+                vec![0.999, 0.9999, 0.99999],
+                vec![0.75],
+                vec![0.5],
+                vec![1.0],
+            ] {
                 let partial = sorted_for(&values, &ps);
                 for &p in &ps {
                     for q in [p, 1.0 - p] {
-                        assert_eq!(quantile_sorted(&partial, q), quantile_sorted(&full, q), "n {n}, p {q}");
+                        assert_eq!(
+                            quantile_sorted(&partial, q),
+                            quantile_sorted(&full, q),
+                            "n {n}, p {q}"
+                        );
                     }
                 }
             }
