@@ -71,6 +71,8 @@ def write_model(name, model, block0, img, seed):
 
 vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 write_model("vit_tiny", vit, vit.blocks[0], 32, 1)
+# The same weights as a PyTorch pickle nested under "model", as the original DeiT releases are.
+torch.save({"model": vit.state_dict()}, os.path.join(OUT, "vit_tiny_nested.pth"))
 deit = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 write_model("deit_tiny_distilled", deit, deit.blocks[0], 32, 2)
 swin = SwinTransformer(
@@ -105,7 +107,7 @@ img = Image.open(photo).convert("RGB")
 with open(photo, "rb") as src, open(os.path.join(OUT, "china.jpg"), "wb") as dst:
     dst.write(src.read())
 out = {}
-for key, arch, size in [("deit_224", "deit_small_patch16_224", 224), ("vit_96", "vit_small_patch16_224", 96)]:
+for key, arch, size in [("deit_160", "deit_small_patch16_224", 160), ("vit_96", "vit_small_patch16_224", 96)]:
     m = timm.create_model(arch, pretrained=False, img_size=size)
     cfg = resolve_data_config({}, model=m)
     cfg["input_size"] = (3, size, size)

@@ -36,9 +36,9 @@ fn check(key: &str, t: EvalTransform) {
 #[test]
 fn deit_eval_transform_matches_timm() {
     check(
-        "deit_224",
+        "deit_160",
         EvalTransform {
-            img_size: 224,
+            img_size: 160,
             crop_pct: 0.9,
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],

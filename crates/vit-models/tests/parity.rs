@@ -85,6 +85,16 @@ fn saved_state_dict_reloads_to_the_same_logits() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn pytorch_pickle_nested_under_model_loads_like_safetensors() {
+    let device = Device::flex();
+    let (reference, input, _) = fixture("vit_tiny", &device);
+    let source = WeightsSource::resolve(&fixtures().join("vit_tiny_nested.pth"), None).unwrap();
+    assert!(matches!(source, WeightsSource::Pytorch(_)));
+    let model = fixture_arch("vit_tiny").init(&device).unwrap().load_weights(&source).unwrap();
+    assert_eq!(max_abs_diff(model.forward(input.clone()), reference.forward(input)), 0.0);
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn timm_parity_wgpu_cpu() {
