@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// Bits for the ptq suite.
     #[arg(long, default_value_t = 4)]
     pub bits: u8,
+    /// Attention-probability quantizer (ptq suite).
+    #[arg(long, default_value = "logsqrt2")]
+    pub softmax: mixq_ptq::SoftmaxMode,
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
@@ -133,7 +136,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let input = random_images(&card, 8, &device);
             let plan = uniform_plan(&model.sites(), args.bits, args.bits, 8)?;
             let start = Instant::now();
-            let q = quantize(model.clone(), calib, &plan, &PtqConfig::default())?;
+            let config = PtqConfig {
+                softmax: args.softmax,
+                ..PtqConfig::default()
+            };
+            let q = quantize(model.clone(), calib, &plan, &config)?;
             let calib_secs = start.elapsed().as_secs_f64();
             let (mut fp, mut fq) = (Vec::new(), Vec::new());
             for _ in 0..args.repeat {
@@ -149,13 +156,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             let (fp, fq) = (median(fp), median(fq));
             println!(
-                "| model | calib images | calibration s | eval images | FP32 eval s | W{b}A{b} eval s | fake-quant overhead |",
+                "| model | softmax | calib images | calibration s | eval images | FP32 eval s | W{b}A{b} eval s | fake-quant overhead |",
                 b = args.bits
             );
-            println!("|---|---:|---:|---:|---:|---:|---:|");
+            println!("|---|---|---:|---:|---:|---:|---:|---:|");
             println!(
-                "| {} | {} | {calib_secs:.1} | {} | {fp:.2} | {fq:.2} | {:+.1} % |",
+                "| {} | {} | {} | {calib_secs:.1} | {} | {fp:.2} | {fq:.2} | {:+.1} % |",
                 card.aliases[0],
+                args.softmax,
                 args.calib,
                 args.eval,
                 100.0 * (fq / fp - 1.0)

@@ -91,8 +91,15 @@ fn pytorch_pickle_nested_under_model_loads_like_safetensors() {
     let (reference, input, _) = fixture("vit_tiny", &device);
     let source = WeightsSource::resolve(&fixtures().join("vit_tiny_nested.pth"), None).unwrap();
     assert!(matches!(source, WeightsSource::Pytorch(_)));
-    let model = fixture_arch("vit_tiny").init(&device).unwrap().load_weights(&source).unwrap();
-    assert_eq!(max_abs_diff(model.forward(input.clone()), reference.forward(input)), 0.0);
+    let model = fixture_arch("vit_tiny")
+        .init(&device)
+        .unwrap()
+        .load_weights(&source)
+        .unwrap();
+    assert_eq!(
+        max_abs_diff(model.forward(input.clone()), reference.forward(input)),
+        0.0
+    );
 }
 
 #[cfg(feature = "wgpu")]
