@@ -10,3 +10,4 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q -r tools/requirements.txt
 "$VENV/bin/python" tools/make_fixtures.py tests/fixtures
+"$VENV/bin/python" tools/lrp_reference.py tests/fixtures

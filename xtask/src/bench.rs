@@ -7,7 +7,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use clap::{Args, ValueEnum};
 use mixq_core::{Error, Result};
 use mixq_ptq::{PtqConfig, quantize, uniform_plan};
-use mixq_vit_models::{Model, ModelCard, SiteHook};
+use mixq_vit_models::{ExplainOptions, Model, ModelCard, SiteHook, Target};
 
 use crate::common::DeviceName;
 
@@ -17,6 +17,8 @@ pub enum Suite {
     Forward,
     /// Calibration time, and W4A4 fake-quant evaluation vs the plain forward.
     Ptq,
+    /// LRP (forward in LRP mode + one backward) vs plain forwards of the same images.
+    Lrp,
 }
 
 #[derive(Args, Debug)]
@@ -43,6 +45,9 @@ pub struct BenchArgs {
     /// Bits for the ptq suite.
     #[arg(long, default_value_t = 4)]
     pub bits: u8,
+    /// LRP rule preset (lrp suite).
+    #[arg(long, default_value = "attnlrp")]
+    pub preset: mixq_lrp::Preset,
     /// Attention-probability quantizer (ptq suite).
     #[arg(long, default_value = "logsqrt2")]
     pub softmax: mixq_ptq::SoftmaxMode,
@@ -127,6 +132,48 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     );
                 }
             }
+        }
+        Suite::Lrp => {
+            let device = args.devices[0].device()?;
+            device.seed(args.seed);
+            let model = card.arch.init(&device)?;
+            let batch = *args.batches.iter().max().unwrap();
+            let input = random_images(&card, batch, &device);
+            let pre = &card.preprocess;
+            let options = ExplainOptions::new(args.preset, &pre.mean, &pre.std);
+            let explain = |images: usize| -> Result<f64> {
+                let start = Instant::now();
+                let mut done = 0;
+                while done < images {
+                    let b = batch.min(images - done);
+                    model.explain(input.clone().narrow(0, 0, b), &Target::Predicted, &options)?;
+                    done += b;
+                }
+                Ok(start.elapsed().as_secs_f64())
+            };
+            explain(batch)?; // warm-up
+            let (mut fp, mut lrp) = (Vec::new(), Vec::new());
+            for _ in 0..args.repeat {
+                // Interleaved so that machine noise hits both alike.
+                fp.push(time_forward(
+                    &model,
+                    &mixq_vit_models::NoHook,
+                    &input,
+                    args.images,
+                    batch,
+                ));
+                lrp.push(explain(args.images)?);
+            }
+            let (fp, lrp) = (median(fp), median(lrp));
+            println!("| model | preset | images | batch | forward s | LRP s | LRP / forward |");
+            println!("|---|---|---:|---:|---:|---:|---:|");
+            println!(
+                "| {} | {} | {} | {batch} | {fp:.2} | {lrp:.2} | {:.2}x |",
+                card.aliases[0],
+                args.preset,
+                args.images,
+                lrp / fp
+            );
         }
         Suite::Ptq => {
             let device = args.devices[0].device()?;

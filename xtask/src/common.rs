@@ -234,10 +234,25 @@ pub fn calibration_images(
     seed: u64,
     device: &Device,
 ) -> Result<Tensor<4>> {
+    Ok(batch_tensor(
+        &sample_batch(card, folder, n, seed, "--calib")?,
+        device,
+    ))
+}
+
+/// A seeded sample of `n` training images (with labels and sources) as one batch; `what` names
+/// the option that asked for them in errors.
+pub fn sample_batch(
+    card: &ModelCard,
+    folder: Option<&Path>,
+    n: usize,
+    seed: u64,
+    what: &str,
+) -> Result<Batch> {
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
     if n == 0 {
-        return Err(Error::invalid("--calib", 0, "must be at least 1"));
+        return Err(Error::invalid(what, 0, "must be at least 1"));
     }
     let pre = &card.preprocess;
     let batch = match folder {
@@ -284,10 +299,10 @@ pub fn calibration_images(
         tracing::warn!(
             asked = n,
             available = batch.len(),
-            "fewer calibration images than asked; using all there are"
+            "fewer training images than asked; using all there are"
         );
     }
-    Ok(batch_tensor(&batch, device))
+    Ok(batch)
 }
 
 /// The model card's eval transform for image folders.

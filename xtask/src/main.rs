@@ -2,8 +2,11 @@
 
 mod bench;
 mod common;
+mod deploy;
 mod eval;
 mod info;
+mod lrp;
+mod mixed;
 mod ptq;
 mod train;
 
@@ -23,12 +26,24 @@ struct Cli {
 enum Command {
     /// Whole-model benchmarks measured side by side (forward, ptq).
     Bench(bench::BenchArgs),
+    /// Integer engine vs burn-flex f32 on random weights: images/s and model bytes.
+    BenchInt(deploy::BenchIntArgs),
     /// Evaluate a model: top-1/top-5, cross-entropy and images/s.
     Eval(eval::EvalArgs),
+    /// Quantize a model and write it for the integer engine (one .safetensors file).
+    Export(deploy::ExportArgs),
     /// List a model's quantizable sites with parameters and MACs per image.
     Info(info::InfoArgs),
+    /// Mixed-precision allocation from LRP scores and a sensitivity table (writes plans).
+    Allocate(mixed::AllocateArgs),
+    /// LRP relevance: per-site contribution scores (TOML/JSON + bar chart) and heatmaps.
+    Lrp(lrp::LrpArgs),
     /// Post-training quantization: FP vs quantized in one table, and a run folder.
     Ptq(ptq::PtqArgs),
+    /// Evaluate an exported integer model: top-1 and images/s.
+    RunInt(deploy::RunIntArgs),
+    /// Per-site sensitivity sweep (resumable, shardable with --shard k/n, --merge).
+    Sensitivity(mixed::SensitivityArgs),
     /// Train a digits model (reproduces the checkpoints shipped in models/).
     Train(train::TrainArgs),
 }
@@ -44,8 +59,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
+        Command::BenchInt(args) => deploy::bench_int(args),
+        Command::Export(args) => deploy::export(args),
+        Command::RunInt(args) => deploy::run_int(args),
         Command::Eval(args) => eval::run(args),
         Command::Info(args) => info::run(args),
+        Command::Allocate(args) => mixed::run_allocate(args),
+        Command::Lrp(args) => lrp::run(args),
+        Command::Sensitivity(args) => mixed::run_sensitivity(args),
         Command::Ptq(args) => ptq::run(args),
         Command::Train(args) => train::run(args),
     };

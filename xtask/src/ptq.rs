@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::common::{EvalData, ModelArgs, batch_tensor, calibration_images, progress};
 use crate::eval::logits_vec;
+use crate::mixed::{CalibSource, MixedArgs, run_mixed};
 
 #[derive(Args, Debug)]
 pub struct PtqArgs {
@@ -58,6 +59,12 @@ pub struct PtqArgs {
     /// Where run folders are written.
     #[arg(long, default_value = "runs")]
     pub runs: PathBuf,
+    /// Mixed precision: LRP scores + sensitivity sweep + allocation at --avg-bits, compared
+    /// with the uniform plan at the same budget.
+    #[arg(long, conflicts_with_all = ["plan", "ablation", "wbits", "abits"])]
+    pub mixed: bool,
+    #[command(flatten)]
+    pub mixed_args: MixedArgs,
 }
 
 /// One row of the results table.
@@ -104,6 +111,22 @@ fn table(rows: &[Row]) -> String {
 }
 
 pub fn run(args: PtqArgs) -> Result<()> {
+    if args.mixed {
+        let source = CalibSource {
+            calib: args.calib,
+            calib_data: args.calib_data.clone(),
+            image_bits: args.image_bits,
+        };
+        return run_mixed(
+            &args.model,
+            &args.mixed_args,
+            &source,
+            args.data.as_deref(),
+            args.eval,
+            args.batch,
+            &args.runs,
+        );
+    }
     let card = args.model.card()?;
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;

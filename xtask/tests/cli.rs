@@ -374,7 +374,113 @@ fn calibration_set_smaller_than_asked_warns_and_uses_what_exists() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("fewer calibration images than asked") && stderr.contains("1437"),
+        stderr.contains("fewer training images than asked") && stderr.contains("1437"),
         "{stderr}"
     );
+}
+
+#[test]
+fn lrp_writes_scores_plots_and_heatmaps() {
+    let runs = tmpdir("lrp");
+    let runs_arg = runs.to_str().unwrap();
+    let out = xtask(&[
+        "lrp",
+        "--model",
+        "digits-deit",
+        "--images",
+        "6",
+        "--heatmaps",
+        "3",
+        "--batch",
+        "4",
+        "--runs",
+        runs_arg,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Input relevance on ink pixels"), "{stdout}");
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().ends_with("-lrp"))
+        .expect("a finished run folder");
+    for file in [
+        "scores.toml",
+        "scores.json",
+        "contribution.png",
+        "heatmaps.png",
+        "results.json",
+        "report.md",
+    ] {
+        assert!(
+            run.join(file).is_file(),
+            "{file} missing in {}",
+            run.display()
+        );
+    }
+    let scores = mixq_core::ContributionScores::load(run.join("scores.toml")).unwrap();
+    assert_eq!(
+        scores.scores.len(),
+        26,
+        "every digits-deit site has a score"
+    );
+    let total: f64 = scores.scores.values().sum();
+    assert!((total - 1.0).abs() < 1e-9, "{total}");
+    assert!(scores.scores.values().all(|&s| s > 0.0));
+    // Same seed, same scores.
+    let again = tmpdir("lrp-again");
+    let out = xtask(&[
+        "lrp",
+        "--model",
+        "digits-deit",
+        "--images",
+        "6",
+        "--heatmaps",
+        "0",
+        "--batch",
+        "4",
+        "--runs",
+        again.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let run2 = std::fs::read_dir(&again)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::read_to_string(run.join("scores.toml")).unwrap(),
+        std::fs::read_to_string(run2.join("scores.toml")).unwrap()
+    );
+}
+
+#[test]
+fn lrp_rejects_bad_targets_counts_and_undecodable_images() {
+    let err = fails(&["lrp", "--model", "digits-deit", "--target", "12"]);
+    assert!(
+        err.contains("--target = 12") && err.contains("10 classes"),
+        "{err}"
+    );
+    let err = fails(&["lrp", "--model", "digits-deit", "--images", "0"]);
+    assert!(err.contains("--images = 0"), "{err}");
+    let dir = tmpdir("lrp-bad-image");
+    let bad = dir.join("scan.png");
+    std::fs::write(&bad, b"not a png at all").unwrap();
+    let runs = dir.join("runs");
+    let err = fails(&[
+        "lrp",
+        "--model",
+        "digits-deit",
+        "--image",
+        bad.to_str().unwrap(),
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    assert!(err.contains("scan.png"), "{err}");
+    assert!(!runs.exists(), "no run folder is left behind");
 }

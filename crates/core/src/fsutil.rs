@@ -112,6 +112,12 @@ impl RunDir {
         write_atomic(self.partial.join(file), bytes)
     }
 
+    /// Where to write `file` of the run (inside the hidden folder until [`RunDir::finish`]),
+    /// for writers that take a path (PNG encoders, `save` methods).
+    pub fn file(&self, file: &str) -> std::path::PathBuf {
+        self.partial.join(file)
+    }
+
     /// Where the run will be once finished.
     pub fn path(&self) -> &Path {
         &self.final_path

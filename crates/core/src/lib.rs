@@ -21,9 +21,11 @@
 mod error;
 mod fsutil;
 mod plan;
+mod scores;
 mod site;
 
 pub use error::{Error, Result};
 pub use fsutil::{RunDir, utc_stamp, write_atomic};
 pub use plan::{BitPlan, BitWidth, SiteBits};
+pub use scores::{ContributionScores, SensitivityPoint, SensitivityTable};
 pub use site::{SiteId, SiteInfo, SiteKind, SiteTotals, summarize_sites};

@@ -55,7 +55,7 @@ impl std::fmt::Display for BitWidth {
 }
 
 /// Weight and activation bits of one site.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SiteBits {
     pub w_bits: BitWidth,
     pub a_bits: BitWidth,

@@ -59,13 +59,27 @@
 //! ```
 
 mod batch;
+pub mod coco;
+pub mod cocoeval;
 pub mod digits;
 mod error;
 pub mod image_folder;
+pub mod pose_dataset;
+pub mod pose_transform;
 pub mod preprocess;
+pub mod synthetic_pose;
 
 pub use batch::Batch;
+pub use coco::{
+    CocoAnnotation, CocoCategory, CocoImage, CocoKeypoints, KeypointResult, PersonDetection,
+    load_detections, load_keypoint_results, save_keypoint_results,
+};
+pub use cocoeval::{OksParams, OksStats, evaluate_keypoints, evaluate_keypoints_with};
 pub use digits::{Digits, DigitsBatches, Split};
 pub use error::DataError;
 pub use image_folder::{ImageFolder, Loader};
+pub use pose_dataset::{
+    Augment, PoseBatch, PoseItem, PoseMeta, TopDownConfig, TopDownDataset, keypoint_results,
+};
 pub use preprocess::{EvalTransform, PassOrder, eval_transform_image, load_image};
+pub use synthetic_pose::SyntheticPoses;

@@ -8,7 +8,8 @@ use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 use mixq_core::{BitPlan, Error, Result, SiteId, SiteKind};
 use mixq_quant_kernels::{
-    Granularity, LogBase, RangeMethod, calibrate_log, calibrate_uniform, host_values,
+    Granularity, LogBase, RangeMethod, UniformQuantizer, calibrate_log, calibrate_uniform,
+    host_values,
 };
 use mixq_vit_models::{Model, SiteHook, Slot};
 
@@ -23,11 +24,44 @@ pub struct QuantizedModel {
     pub model: Model,
     pub state: QuantState,
     pub plan: BitPlan,
+    /// The per-output-channel weight quantizer of every planned linear/conv site (linear
+    /// weights `[in, out]` on axis 1, conv weights as `[out, in*k*k]` on axis 0): what an
+    /// integer engine needs to recover the integer codes.
+    pub weights: BTreeMap<SiteId, UniformQuantizer>,
+}
+
+/// Every planned site quantized *alone*: the quantizers each site gets when every other site
+/// stays in full precision (one calibration for all sites, instead of one per site).
+#[derive(Debug)]
+pub struct IsolatedQuantizers {
+    /// The full-precision model, post-LN sites reparameterized (the same function as the
+    /// original up to float rounding).
+    pub model: Model,
+    /// Activation quantizers, calibrated in a full-precision pass.
+    pub state: QuantState,
+    /// Fake-quantized weights by site, in the 2-D view the site hook sees at
+    /// [`Slot::Weight`] (linear `[in, out]`, conv `[out, in*k*k]`).
+    pub weights: BTreeMap<SiteId, Tensor<2>>,
+    pub plan: BitPlan,
 }
 
 impl QuantizedModel {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.model.forward_with(images, &self.state)
+    }
+}
+
+/// Quantizes every site it has quantizers for: weights from [`IsolatedQuantizers::weights`],
+/// activations through the state. Wrap it to quantize one site at a time.
+impl SiteHook for IsolatedQuantizers {
+    fn apply(&self, site: &SiteId, slot: Slot, x: Tensor<2>) -> Tensor<2> {
+        match slot {
+            Slot::Weight => match self.weights.get(site) {
+                Some(w) => w.clone(),
+                None => x,
+            },
+            _ => self.state.apply(site, slot, x),
+        }
     }
 }
 
@@ -137,7 +171,7 @@ fn quantize_weight<const D: usize>(
     axis_out: usize,
     bits: mixq_core::BitWidth,
     config: &PtqConfig,
-) -> Result<Tensor<D>> {
+) -> Result<(Tensor<D>, UniformQuantizer)> {
     let dims = w.dims();
     let (rows, cols) = if axis_out == 1 {
         (dims[0], dims[1])
@@ -154,9 +188,9 @@ fn quantize_weight<const D: usize>(
         false,
     )?;
     let quantized = q.fake_quant_host(&values, &[rows, cols])?;
-    Ok(Tensor::from_data(
-        TensorData::new(quantized, dims),
-        &w.device(),
+    Ok((
+        Tensor::from_data(TensorData::new(quantized, dims), &w.device()),
+        q,
     ))
 }
 
@@ -208,11 +242,55 @@ fn fold_post_ln(
 /// per-channel ranges into the model; (2) quantize every planned weight per output channel;
 /// (3) one full-precision pass calibrates the remaining activation quantizers.
 pub fn quantize(
-    mut model: Model,
+    model: Model,
     calib: Tensor<4>,
     plan: &BitPlan,
     config: &PtqConfig,
 ) -> Result<QuantizedModel> {
+    let (model, state, weights, quantizers) = calibrate(model, calib, plan, config, true)?;
+    debug_assert!(weights.is_empty());
+    Ok(QuantizedModel {
+        model,
+        state,
+        plan: plan.clone(),
+        weights: quantizers,
+    })
+}
+
+/// Calibrates every planned site as if it were the only quantized one (see
+/// [`IsolatedQuantizers`]); a sensitivity sweep then quantizes one site at a time through a
+/// hook, from one calibration per bit-width.
+pub fn quantize_isolated(
+    model: Model,
+    calib: Tensor<4>,
+    plan: &BitPlan,
+    config: &PtqConfig,
+) -> Result<IsolatedQuantizers> {
+    let (model, state, weights, _) = calibrate(model, calib, plan, config, false)?;
+    Ok(IsolatedQuantizers {
+        model,
+        state,
+        weights,
+        plan: plan.clone(),
+    })
+}
+
+type Calibrated = (
+    Model,
+    QuantState,
+    BTreeMap<SiteId, Tensor<2>>,
+    BTreeMap<SiteId, UniformQuantizer>,
+);
+
+/// Steps (1)-(3) of [`quantize`]; with `in_place` false the quantized weights are returned
+/// instead of written into the model, so the calibration pass runs on full-precision weights.
+fn calibrate(
+    mut model: Model,
+    calib: Tensor<4>,
+    plan: &BitPlan,
+    config: &PtqConfig,
+    in_place: bool,
+) -> Result<Calibrated> {
     let sites = model.sites();
     plan.check_sites(sites.iter().map(|s| &s.id))?;
     let kinds: BTreeMap<SiteId, SiteKind> = sites.iter().map(|s| (s.id.clone(), s.kind)).collect();
@@ -224,16 +302,29 @@ pub fn quantize(
         .flat_map(|(site, slots)| slots.keys().map(move |slot| (site.clone(), *slot)))
         .collect();
 
+    let mut weights = BTreeMap::new();
+    let mut quantizers = BTreeMap::new();
     for linear in model.linears_mut() {
         if let Some(bits) = plan.sites.get(&linear.site) {
-            let w = quantize_weight(linear.weight.val(), 1, bits.w_bits, config)?;
-            linear.weight = Param::initialized(linear.weight.id, w);
+            let (w, q) = quantize_weight(linear.weight.val(), 1, bits.w_bits, config)?;
+            quantizers.insert(linear.site.clone(), q);
+            if in_place {
+                linear.weight = Param::initialized(linear.weight.id, w);
+            } else {
+                weights.insert(linear.site.clone(), w);
+            }
         }
     }
     let conv = model.patch_embed_mut();
     if let Some(bits) = plan.sites.get(&conv.site) {
-        let w = quantize_weight(conv.weight.val(), 0, bits.w_bits, config)?;
-        conv.weight = Param::initialized(conv.weight.id, w);
+        let (w, q) = quantize_weight(conv.weight.val(), 0, bits.w_bits, config)?;
+        quantizers.insert(conv.site.clone(), q);
+        if in_place {
+            conv.weight = Param::initialized(conv.weight.id, w);
+        } else {
+            let [o, i, kh, kw] = w.dims();
+            weights.insert(conv.site.clone(), w.reshape([o, i * kh * kw]));
+        }
     }
 
     let calibrator = Calibrator {
@@ -250,11 +341,7 @@ pub fn quantize(
     }
     let state = calibrator.state.into_inner().expect("calibrator lock");
     tracing::info!(quantizers = state.len(), "calibrated");
-    Ok(QuantizedModel {
-        model,
-        state,
-        plan: plan.clone(),
-    })
+    Ok((model, state, weights, quantizers))
 }
 
 /// Only the reparameterization (step 1), in full precision: the returned model computes the

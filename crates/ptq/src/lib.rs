@@ -25,8 +25,12 @@ pub mod config;
 pub mod eval;
 pub mod reparam;
 pub mod state;
+pub mod sweep;
 
-pub use calibrate::{QuantizedModel, quantize, reparameterize};
+pub use calibrate::{
+    IsolatedQuantizers, QuantizedModel, quantize, quantize_isolated, reparameterize,
+};
 pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
 pub use eval::Metrics;
 pub use state::{ActQuantizer, QuantState};
+pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};

@@ -42,12 +42,16 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
+pub mod igemm;
 pub mod log;
 pub mod observer;
+pub mod packing;
 pub mod uniform;
 
+pub use igemm::{ActQuant, Backend, IntGemm, PreparedWeights, RhsLayout};
 pub use log::{LogBase, LogQuantizer};
 pub use observer::{RangeMethod, calibrate_log, calibrate_uniform, observe_ranges, quantile};
+pub use packing::PackedWeights;
 pub use uniform::{Granularity, MIN_SCALE, UniformQuantizer};
 
 use burn::tensor::Tensor;

@@ -1,4 +1,4 @@
-//! Site hooks: how quantizers, calibration observers and (later) LRP reach into a model.
+//! Site hooks: how quantizers, calibration observers and LRP reach into a model.
 //!
 //! Every site passes its tensors through a [`SiteHook`] as a 2-D view (`[rows, last_dim]`),
 //! so the forward code path is one and the same for the plain model (`NoHook`), a calibration
@@ -8,6 +8,7 @@
 
 use burn::tensor::Tensor;
 use mixq_core::SiteId;
+use mixq_lrp::Rules;
 use serde::{Deserialize, Serialize};
 
 /// Which tensor of a site a hook sees.
@@ -36,6 +37,20 @@ pub trait SiteHook: Sync {
 
     /// Returns the tensor to use in place of `x` (same shape).
     fn apply(&self, site: &SiteId, slot: Slot, x: Tensor<2>) -> Tensor<2>;
+
+    /// LRP mode: when `Some`, every layer computes its output through these rules (same values,
+    /// gradients rewritten so that gradient × input is relevance).
+    fn rules(&self) -> Option<&Rules> {
+        None
+    }
+}
+
+/// Softmax over `dim`, by the LRP rule when the hook asks for one.
+pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize, hook: &dyn SiteHook) -> Tensor<D> {
+    match hook.rules() {
+        Some(rules) => rules.softmax(x, dim),
+        None => burn::tensor::activation::softmax(x, dim),
+    }
 }
 
 /// The plain forward: every tensor passes unchanged.

@@ -74,7 +74,11 @@ impl Linear {
         }
         let x = hook_nd(hook, &self.site, Slot::Input, x);
         let w = hook.apply(&self.site, Slot::Weight, self.weight.val());
-        hook_nd(hook, &self.site, Slot::Output, linear(x, w, bias))
+        let y = match hook.rules() {
+            Some(rules) => rules.linear(x, w, bias),
+            None => linear(x, w, bias),
+        };
+        hook_nd(hook, &self.site, Slot::Output, y)
     }
 
     /// `(in, out)` features.
@@ -145,17 +149,19 @@ impl Conv2d {
                 .apply(&self.site, Slot::Weight, weight.reshape([o, i * kh * kw]))
                 .reshape([o, i, kh, kw]);
         }
-        let y = conv2d(
-            x,
-            weight,
-            self.bias.as_ref().map(|b| b.val()),
-            ConvOptions::new(
-                [self.stride, self.stride],
-                [self.padding, self.padding],
-                [1, 1],
-                1,
-            ),
+        let options = ConvOptions::new(
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            1,
         );
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let y = match hook.rules() {
+            Some(rules) => rules.pixel_or_affine(&self.site, x, weight, bias, |x, w| {
+                conv2d(x, w, None, options.clone())
+            }),
+            None => conv2d(x, weight, bias, options),
+        };
         hook_nd(hook, &self.site, Slot::Output, y)
     }
 
@@ -185,8 +191,12 @@ impl LayerNorm {
         }
     }
 
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        layer_norm(x, self.gamma.val(), Some(self.beta.val()), self.eps)
+    /// LayerNorm, or its LRP rule when `hook` is in LRP mode.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, hook: &dyn SiteHook) -> Tensor<D> {
+        match hook.rules() {
+            Some(rules) => rules.layer_norm(x, self.gamma.val(), self.beta.val(), self.eps),
+            None => layer_norm(x, self.gamma.val(), Some(self.beta.val()), self.eps),
+        }
     }
 }
 
@@ -207,8 +217,12 @@ impl Mlp {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>, hook: &dyn SiteHook) -> Tensor<D> {
-        self.fc2
-            .forward(activation::gelu(self.fc1.forward(x, hook)), hook)
+        let h = self.fc1.forward(x, hook);
+        let h = match hook.rules() {
+            Some(rules) => rules.gelu(h),
+            None => activation::gelu(h),
+        };
+        self.fc2.forward(h, hook)
     }
 }
 

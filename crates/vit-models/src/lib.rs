@@ -19,6 +19,7 @@
 //! ```
 
 pub mod card;
+pub mod explain;
 pub mod hooks;
 pub mod layers;
 pub mod model;
@@ -28,6 +29,7 @@ pub mod vit;
 pub mod weights;
 
 pub use card::{ModelCard, Preprocess, models_dir};
+pub use explain::{ExplainOptions, Explanation, SiteRelevance, Target, contribution_scores};
 pub use hooks::{NoHook, SiteHook, Slot};
 pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};
 pub use model::{ArchConfig, Model};

@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use mixq_core::{Result, SiteInfo};
+use mixq_core::{Result, SiteId, SiteInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{NoHook, SiteHook};
@@ -83,6 +83,107 @@ impl Model {
         match self {
             Model::Vit(m) => m.forward_with(images, hook),
             Model::Swin(m) => m.forward_with(images, hook),
+        }
+    }
+
+    /// [`Self::forward_with`], passing the residual stream (`[b, tokens, c]`) through
+    /// `boundary` at the input of every block and of the final norm.
+    pub fn forward_with_boundaries(
+        &self,
+        images: Tensor<4>,
+        hook: &dyn SiteHook,
+        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<2> {
+        match self {
+            Model::Vit(m) => m.forward_head(m.forward_features_with(images, hook, boundary), hook),
+            Model::Swin(m) => m.forward_head(m.forward_features_with(images, hook, boundary), hook),
+        }
+    }
+
+    /// The residual-stream tensors at every boundary (block inputs, then the final norm's
+    /// input, as `[b, tokens, c]`) and the logits, all through `hook`: what a sweep caches so
+    /// that a change at one site only reruns the model from the site's block onward.
+    pub fn boundaries(
+        &self,
+        images: Tensor<4>,
+        hook: &dyn SiteHook,
+    ) -> (Vec<Tensor<3>>, Tensor<2>) {
+        let mut kept = Vec::new();
+        let logits = self.forward_with_boundaries(images, hook, &mut |x| {
+            kept.push(x.clone());
+            x
+        });
+        (kept, logits)
+    }
+
+    /// The boundary from which `site`'s computation can be rerun (see [`Self::forward_from`]),
+    /// or `None` when it needs the images (the patch embedding, or an unknown site).
+    pub fn resume_point(&self, site: &SiteId) -> Option<usize> {
+        let parts: Vec<&str> = site.as_str().split('.').collect();
+        let index = |i: usize| parts.get(i).and_then(|p| p.parse::<usize>().ok());
+        match self {
+            Model::Vit(m) => match parts.first().copied() {
+                Some("blocks") => index(1).filter(|&b| b < m.blocks.len()),
+                Some("head") | Some("head_dist") => Some(m.blocks.len()),
+                _ => None,
+            },
+            Model::Swin(m) => {
+                let first_block_of = |stage: usize| -> usize {
+                    m.layers[..stage].iter().map(|l| l.blocks.len()).sum()
+                };
+                match (parts.first().copied(), parts.get(2).copied()) {
+                    (Some("layers"), Some("blocks")) => {
+                        let (stage, block) = (index(1)?, index(3)?);
+                        (stage < m.layers.len() && block < m.layers[stage].blocks.len())
+                            .then(|| first_block_of(stage) + block)
+                    }
+                    // Patch merging sits before its stage's first block: rerun the previous
+                    // stage's last block too.
+                    (Some("layers"), Some("downsample")) => {
+                        let stage = index(1)?;
+                        (stage > 0 && stage < m.layers.len()).then(|| first_block_of(stage) - 1)
+                    }
+                    (Some("head"), _) => Some(first_block_of(m.layers.len())),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Logits from boundary `point` onward, given that boundary's tensor (`[b, tokens, c]`
+    /// as [`Self::boundaries`] returns it).
+    pub fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
+        match self {
+            Model::Vit(m) => {
+                let x = m.blocks[point.min(m.blocks.len())..]
+                    .iter()
+                    .fold(x, |x, b| b.forward(x, hook));
+                m.forward_head(m.norm.forward(x, hook), hook)
+            }
+            Model::Swin(m) => {
+                let [b, n, c] = x.dims();
+                let side = (n as f64).sqrt().round() as usize;
+                let mut y = x.reshape([b, side, side, c]);
+                let (mut start, mut entered) = (0, false);
+                for layer in &m.layers {
+                    let end = start + layer.blocks.len();
+                    if entered {
+                        if let Some(down) = &layer.downsample {
+                            y = down.forward(y, hook);
+                        }
+                        for block in &layer.blocks {
+                            y = block.forward(y, hook);
+                        }
+                    } else if point < end {
+                        entered = true;
+                        for block in &layer.blocks[point - start..] {
+                            y = block.forward(y, hook);
+                        }
+                    }
+                    start = end;
+                }
+                m.forward_head(m.norm.forward(y, hook), hook)
+            }
         }
     }
 

@@ -4,12 +4,11 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::{NoHook, SiteHook};
+use crate::hooks::{NoHook, SiteHook, softmax};
 use crate::layers::{
     Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
@@ -329,7 +328,7 @@ impl WindowAttention {
             attn = (attn.reshape([bw / nw, nw, h, n, n]) + mask.clone().reshape([1, nw, 1, n, n]))
                 .reshape([bw, h, n, n]);
         }
-        let out = attention_values(softmax(attn, 3), v, &self.matmul_av, hook);
+        let out = attention_values(softmax(attn, 3, hook), v, &self.matmul_av, hook);
         self.proj.forward(merge_heads(out), hook)
     }
 }
@@ -419,7 +418,7 @@ impl SwinBlock {
         let [b, h, w, c] = x.dims();
         let window = self.attn.window;
         let s = self.shift as i64;
-        let mut y = self.norm1.forward(x.clone());
+        let mut y = self.norm1.forward(x.clone(), hook);
         if s > 0 {
             y = y.roll(&[-s, -s], &[1, 2]);
         }
@@ -431,7 +430,7 @@ impl SwinBlock {
             y = y.roll(&[s, s], &[1, 2]);
         }
         let x = (x + y).reshape([b, h * w, c]);
-        let x = x.clone() + self.mlp.forward(self.norm2.forward(x), hook);
+        let x = x.clone() + self.mlp.forward(self.norm2.forward(x, hook), hook);
         x.reshape([b, h, w, c])
     }
 }
@@ -450,7 +449,7 @@ impl PatchMerging {
             .reshape([b, h / 2, 2, w / 2, 2, c])
             .permute([0, 1, 3, 4, 2, 5])
             .reshape([b, h / 2, w / 2, 4 * c]);
-        self.reduction.forward(self.norm.forward(x), hook)
+        self.reduction.forward(self.norm.forward(x, hook), hook)
     }
 }
 
@@ -486,21 +485,37 @@ impl SwinTransformer {
             .proj
             .forward(images, hook)
             .permute([0, 2, 3, 1]);
-        self.patch_embed.norm.forward(x)
+        self.patch_embed.norm.forward(x, hook)
     }
 
     /// Final-normed NHWC features.
     pub fn forward_features(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
+        self.forward_features_with(images, hook, &mut |x| x)
+    }
+
+    /// [`Self::forward_features`], passing the residual stream (`[b, h*w, c]`) through
+    /// `boundary` at the input of every block and of the final norm (LRP reads relevance
+    /// there).
+    pub fn forward_features_with(
+        &self,
+        images: Tensor<4>,
+        hook: &dyn SiteHook,
+        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<4> {
+        let mut through = |x: Tensor<4>| {
+            let [b, h, w, c] = x.dims();
+            boundary(x.reshape([b, h * w, c])).reshape([b, h, w, c])
+        };
         let mut x = self.embed(images, hook);
         for stage in &self.layers {
             if let Some(down) = &stage.downsample {
                 x = down.forward(x, hook);
             }
             for block in &stage.blocks {
-                x = block.forward(x, hook);
+                x = block.forward(through(x), hook);
             }
         }
-        self.norm.forward(x)
+        self.norm.forward(through(x), hook)
     }
 
     /// Average pool over positions, then `head.fc`.

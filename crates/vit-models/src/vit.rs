@@ -4,12 +4,11 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::{NoHook, SiteHook, Slot, hook_nd};
+use crate::hooks::{NoHook, SiteHook, Slot, hook_nd, softmax};
 use crate::layers::{
     Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
@@ -204,7 +203,7 @@ impl Attention {
         let [q, k, v] = split_qkv(self.qkv.forward(x, hook), self.num_heads);
         let head_dim = q.dims()[3];
         let q = q.mul_scalar((head_dim as f64).powf(-0.5));
-        let attn = softmax(attention_scores(q, k, &self.matmul_qk, hook), 3);
+        let attn = softmax(attention_scores(q, k, &self.matmul_qk, hook), 3, hook);
         self.proj.forward(
             merge_heads(attention_values(attn, v, &self.matmul_av, hook)),
             hook,
@@ -221,7 +220,12 @@ pub fn attention_scores(
 ) -> Tensor<4> {
     let q = hook_nd(hook, site, Slot::OperandA, q);
     let k = hook_nd(hook, site, Slot::OperandB, k);
-    hook_nd(hook, site, Slot::Output, q.matmul(k.swap_dims(2, 3)))
+    let k_t = k.swap_dims(2, 3);
+    let scores = match hook.rules() {
+        Some(rules) => rules.matmul_qk(q, k_t),
+        None => q.matmul(k_t),
+    };
+    hook_nd(hook, site, Slot::Output, scores)
 }
 
 /// The `matmul_av` site: `softmax(..) @ v`, both operands through the hook.
@@ -233,7 +237,11 @@ pub fn attention_values(
 ) -> Tensor<4> {
     let attn = hook_nd(hook, site, Slot::OperandA, attn);
     let v = hook_nd(hook, site, Slot::OperandB, v);
-    hook_nd(hook, site, Slot::Output, attn.matmul(v))
+    let out = match hook.rules() {
+        Some(rules) => rules.matmul_av(attn, v),
+        None => attn.matmul(v),
+    };
+    hook_nd(hook, site, Slot::Output, out)
 }
 
 /// Pre-LN transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
@@ -247,8 +255,8 @@ pub struct Block {
 
 impl Block {
     pub fn forward(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x), hook);
-        x.clone() + self.mlp.forward(self.norm2.forward(x), hook)
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x, hook), hook);
+        x.clone() + self.mlp.forward(self.norm2.forward(x, hook), hook)
     }
 }
 
@@ -283,11 +291,21 @@ impl VisionTransformer {
 
     /// Final-normed tokens before the head.
     pub fn forward_features(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<3> {
-        let x = self
-            .blocks
-            .iter()
-            .fold(self.embed(images, hook), |x, b| b.forward(x, hook));
-        self.norm.forward(x)
+        self.forward_features_with(images, hook, &mut |x| x)
+    }
+
+    /// [`Self::forward_features`], passing the residual stream through `boundary` at the input
+    /// of every block and of the final norm (LRP reads relevance there).
+    pub fn forward_features_with(
+        &self,
+        images: Tensor<4>,
+        hook: &dyn SiteHook,
+        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<3> {
+        let x = self.blocks.iter().fold(self.embed(images, hook), |x, b| {
+            b.forward(boundary(x), hook)
+        });
+        self.norm.forward(boundary(x), hook)
     }
 
     /// Logits from normed tokens: the class token through `head`, and for DeiT-distilled the

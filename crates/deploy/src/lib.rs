@@ -1,0 +1,405 @@
+//! # mixq-deploy
+//!
+//! Real low-bit inference for a model that [`mixq_ptq::quantize`] calibrated: every planned
+//! linear and the patch embedding run as `u8` activations × bit-packed 2–8-bit weights with
+//! exact `i32` accumulation ([`mixq_quant_kernels::IntGemm`]); the attention matmuls run on
+//! their operand quantizers; LayerNorm, softmax and GELU stay in `f32`, as in ONNX Runtime's
+//! QDQ graphs. The engine works on host `f32` buffers and uses rayon's pool (every core).
+//!
+//! # What it computes
+//!
+//! The same function as the fake-quant forward ([`mixq_ptq::QuantizedModel::forward`]):
+//! the fake-quant weights lie exactly on their quantizer's grid, so they become integer codes
+//! without loss (checked at export), and every activation is quantized by the same quantizer
+//! with the same rounding. What differs is float rounding: the integer products are exact
+//! where the fake-quant `f32` matmuls round, so now and then a value close to a rounding
+//! boundary lands on the neighbouring code and the difference propagates. The tests bound the
+//! logits difference on the shipped digits model (see `tests/engine.rs`) and require identical
+//! top-1 on the whole digits test split.
+//!
+//! `p · v` with **log-√2 probabilities** (the default): the log codes are decoded to their exact
+//! level values `s · 2^(−k/2)` and multiplied in `f32` with the `u8`-quantized `v` decoded
+//! to its exact grid values — the fake-quant arithmetic itself. A shift-based integer form
+//! would need `√2` folded into a fixed-point mantissa (inexact for odd `k`); the matmul is about
+//! 4 % of DeiT-S's MACs, so exactness wins. With `--softmax uniform` both operands are `u8` and
+//! `p · v` runs on the integer kernel like `q · kᵀ`.
+//!
+//! Sites the plan leaves out run in `f32` with the model's weights.
+//!
+//! ```
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use mixq_deploy::IntModel;
+//! use mixq_ptq::{PtqConfig, quantize, uniform_plan};
+//! use mixq_quant_kernels::host_values;
+//! use mixq_vit_models::ModelCard;
+//!
+//! let device = Device::flex();
+//! let card = ModelCard::find("digits-deit")?;
+//! let model = card.arch.init(&device)?;
+//! let calib = Tensor::<4>::random([8, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+//! let plan = uniform_plan(&model.sites(), 8, 8, 8)?;
+//! let q = quantize(model, calib.clone(), &plan, &PtqConfig::default())?;
+//!
+//! let engine = IntModel::from_quantized(&q)?;
+//! let images = host_values(&calib)?;
+//! let logits = engine.forward(&images, 8)?;
+//! assert_eq!(logits.len(), 8 * 10);
+//!
+//! // One file with packed weights, quantizers and a readable JSON header.
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("digits.mixq.safetensors");
+//! engine.save(&path)?;
+//! let loaded = IntModel::load(&path)?;
+//! assert_eq!(loaded.forward(&images, 8)?, logits);
+//! # Ok::<(), mixq_core::Error>(())
+//! ```
+
+pub mod format;
+mod ops;
+mod vit;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::{Tensor, TensorData};
+use mixq_core::{BitPlan, Error, Result, SiteId};
+use mixq_ptq::{ActQuantizer, QuantizedModel};
+use mixq_quant_kernels::{Granularity, IntGemm, PackedWeights, UniformQuantizer, host_values};
+use mixq_vit_models::{ArchConfig, Model, Slot};
+
+pub use format::{FORMAT_NAME, FORMAT_VERSION, Header, WeightInfo};
+
+use format::{Stored, Tensors};
+use vit::VitNet;
+
+/// A model on the integer engine. Build one with [`IntModel::from_quantized`] or
+/// [`IntModel::load`].
+pub struct IntModel {
+    header: Header,
+    net: Net,
+    gemm: IntGemm,
+}
+
+enum Net {
+    Vit(Box<VitNet>),
+}
+
+impl std::fmt::Debug for IntModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntModel")
+            .field("arch", &self.header.arch)
+            .field("integer_sites", &self.header.weights.len())
+            .finish()
+    }
+}
+
+fn unsupported(arch: &ArchConfig) -> Option<Error> {
+    match arch {
+        ArchConfig::Vit(_) => None,
+        ArchConfig::Swin(_) => Some(Error::invalid(
+            "arch",
+            "swin",
+            "the integer engine runs ViT/DeiT models; Swin is not supported yet",
+        )),
+    }
+}
+
+impl IntModel {
+    /// Exports a fake-quantized model to the integer engine: packs every planned linear/conv
+    /// site's weights with its weight quantizer (erroring if a weight is off its grid) and
+    /// copies the float tensors and the activation quantizers.
+    pub fn from_quantized(q: &QuantizedModel) -> Result<Self> {
+        let arch = q.model.arch();
+        if let Some(e) = unsupported(&arch) {
+            return Err(e);
+        }
+        let Model::Vit(m) = &q.model else {
+            unreachable!("checked above")
+        };
+        let mut t = Tensors::new("<quantized model>");
+        let mut weights = BTreeMap::new();
+        let mut activations: BTreeMap<SiteId, BTreeMap<Slot, ActQuantizer>> = BTreeMap::new();
+        let f32t = |x: &Tensor<1>| -> Result<Stored> {
+            Ok(Stored::F32(vec![x.dims()[0]], host_values(x)?))
+        };
+
+        let linear = |l: &mixq_vit_models::layers::Linear| -> Result<(Vec<f32>, (usize, usize), Option<Vec<f32>>)> {
+            let (in_f, out_f) = l.dims();
+            let w = host_values(&l.weight.val())?; // [in, out]
+            let mut t = vec![0f32; in_f * out_f];
+            for i in 0..in_f {
+                for o in 0..out_f {
+                    t[o * in_f + i] = w[i * out_f + o];
+                }
+            }
+            let bias = l.bias.as_ref().map(|b| host_values(&b.val())).transpose()?;
+            Ok((t, (in_f, out_f), bias))
+        };
+
+        {
+            // A linear/conv site: packed if planned, else f32 `[in, out]`.
+            let mut site = |t: &mut Tensors,
+                            id: &SiteId,
+                            w_out_in: Vec<f32>,
+                            (in_f, out_f): (usize, usize),
+                            bias: Option<Vec<f32>>|
+             -> Result<()> {
+                t.insert(
+                    format!("{id}.bias"),
+                    Stored::F32(vec![out_f], bias.unwrap_or_else(|| vec![0.0; out_f])),
+                );
+                if !q.plan.sites.contains_key(id) {
+                    let mut w = vec![0f32; in_f * out_f];
+                    for o in 0..out_f {
+                        for i in 0..in_f {
+                            w[i * out_f + o] = w_out_in[o * in_f + i];
+                        }
+                    }
+                    t.insert(format!("{id}.weight"), Stored::F32(vec![in_f, out_f], w));
+                    return Ok(());
+                }
+                let wq = q.weights.get(id).ok_or_else(|| {
+                    Error::invalid("site", id, "planned but has no weight quantizer")
+                })?;
+                let input = match q.state.get(id, Slot::Input) {
+                    Some(a @ ActQuantizer::Uniform(_)) => a.clone(),
+                    _ => {
+                        return Err(Error::invalid(
+                            "site",
+                            id,
+                            "planned but has no uniform input quantizer",
+                        ));
+                    }
+                };
+                // Weight quantizers are per output channel: axis 1 of `[in, out]` linear weights,
+                // axis 0 of `[out, in*k*k]` conv weights; the packed rows are output channels.
+                let rows = UniformQuantizer::from_parts(
+                    wq.bits(),
+                    wq.is_symmetric(),
+                    match wq.granularity() {
+                        Granularity::PerTensor => Granularity::PerTensor,
+                        _ => Granularity::PerChannel { axis: 0 },
+                    },
+                    wq.scales().to_vec(),
+                    wq.zero_points().to_vec(),
+                )?;
+                let packed = PackedWeights::quantize(&w_out_in, out_f, in_f, &rows)?;
+                if let Some(i) = packed
+                    .dequantize()
+                    .iter()
+                    .zip(&w_out_in)
+                    .position(|(a, b)| a.to_bits() != b.to_bits() && a != b)
+                {
+                    return Err(Error::invalid(
+                        "weights",
+                        id,
+                        format!(
+                            "value {} (output {}, input {}) is not on the quantizer grid: was the model quantized with this plan?",
+                            w_out_in[i],
+                            i / in_f,
+                            i % in_f
+                        ),
+                    ));
+                }
+                t.insert(
+                    format!("{id}.qweight"),
+                    Stored::U8(vec![out_f, packed.row_bytes()], packed.data().to_vec()),
+                );
+                t.insert(
+                    format!("{id}.scales"),
+                    Stored::F32(vec![out_f], packed.scales().to_vec()),
+                );
+                t.insert(
+                    format!("{id}.zero_points"),
+                    Stored::I32(vec![out_f], packed.zero_points().to_vec()),
+                );
+                weights.insert(id.clone(), vit::weight_info(&packed));
+                activations
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(Slot::Input, input);
+                Ok(())
+            };
+
+            let conv = &m.patch_embed.proj;
+            let (cin, cout, k) = conv.dims();
+            let cw = host_values(&conv.weight.val())?;
+            let cb = conv
+                .bias
+                .as_ref()
+                .map(|b| host_values(&b.val()))
+                .transpose()?;
+            site(&mut t, &conv.site, cw, (cin * k * k, cout), cb)?;
+            for b in &m.blocks {
+                for l in [&b.attn.qkv, &b.attn.proj, &b.mlp.fc1, &b.mlp.fc2] {
+                    let (w, dims, bias) = linear(l)?;
+                    site(&mut t, &l.site, w, dims, bias)?;
+                }
+            }
+            for l in std::iter::once(&m.head).chain(m.head_dist.as_ref()) {
+                let (w, dims, bias) = linear(l)?;
+                site(&mut t, &l.site, w, dims, bias)?;
+            }
+        }
+
+        for b in &m.blocks {
+            for mm in [&b.attn.matmul_qk, &b.attn.matmul_av] {
+                if !q.plan.sites.contains_key(mm) {
+                    continue;
+                }
+                for slot in [Slot::OperandA, Slot::OperandB] {
+                    if let Some(a) = q.state.get(mm, slot) {
+                        activations
+                            .entry(mm.clone())
+                            .or_default()
+                            .insert(slot, a.clone());
+                    }
+                }
+            }
+        }
+        let norm =
+            |t: &mut Tensors, path: String, n: &mixq_vit_models::layers::LayerNorm| -> Result<()> {
+                t.insert(format!("{path}.weight"), f32t(&n.gamma.val())?);
+                t.insert(format!("{path}.bias"), f32t(&n.beta.val())?);
+                Ok(())
+            };
+        for (i, b) in m.blocks.iter().enumerate() {
+            norm(&mut t, format!("blocks.{i}.norm1"), &b.norm1)?;
+            norm(&mut t, format!("blocks.{i}.norm2"), &b.norm2)?;
+        }
+        norm(&mut t, "norm".into(), &m.norm)?;
+        let tok = |x: &Tensor<3>| -> Result<Stored> {
+            Ok(Stored::F32(x.dims().to_vec(), host_values(x)?))
+        };
+        t.insert("cls_token", tok(&m.cls_token.val())?);
+        if let Some(d) = &m.dist_token {
+            t.insert("dist_token", tok(&d.val())?);
+        }
+        t.insert("pos_embed", tok(&m.pos_embed.val())?);
+
+        let header = Header {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            header_checksum: String::new(),
+            arch,
+            plan: q.plan.clone(),
+            weights,
+            activations,
+            checksums: BTreeMap::new(),
+        };
+        Self::from_parts(header, &t, IntGemm::new())
+    }
+
+    fn from_parts(header: Header, t: &Tensors, gemm: IntGemm) -> Result<Self> {
+        if let Some(e) = unsupported(&header.arch) {
+            return Err(e);
+        }
+        let net = match &header.arch {
+            ArchConfig::Vit(cfg) => Net::Vit(Box::new(VitNet::build(cfg, &header, t, gemm)?)),
+            ArchConfig::Swin(_) => unreachable!("checked above"),
+        };
+        Ok(IntModel { header, net, gemm })
+    }
+
+    /// Logits `[batch, num_classes]` (row-major) for normalized images `[batch, c, h, w]`.
+    pub fn forward(&self, images: &[f32], batch: usize) -> Result<Vec<f32>> {
+        match &self.net {
+            Net::Vit(n) => n.forward(&self.gemm, images, batch),
+        }
+    }
+
+    /// [`IntModel::forward`] on a burn tensor (copied to the host and back).
+    pub fn forward_tensor(&self, images: Tensor<4>) -> Result<Tensor<2>> {
+        let batch = images.dims()[0];
+        let device = images.device();
+        let logits = self.forward(&host_values(&images)?, batch)?;
+        Ok(Tensor::from_data(
+            TensorData::new(logits, [batch, self.num_classes()]),
+            &device,
+        ))
+    }
+
+    /// The JSON header (architecture, plan, quantizers) as stored in the file.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn arch(&self) -> &ArchConfig {
+        &self.header.arch
+    }
+
+    pub fn plan(&self) -> &BitPlan {
+        &self.header.plan
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.header.arch.num_classes()
+    }
+
+    /// `[c, h, w]` of one input image.
+    pub fn input_shape(&self) -> [usize; 3] {
+        let a = &self.header.arch;
+        [a.in_chans(), a.img_size(), a.img_size()]
+    }
+
+    /// Number of integer (packed) linear/conv sites.
+    pub fn num_integer_sites(&self) -> usize {
+        self.header.weights.len()
+    }
+
+    /// Number of attention matmuls whose both operands are uniform `u8` (integer kernel).
+    pub fn integer_matmuls(&self) -> usize {
+        self.header
+            .activations
+            .values()
+            .filter(|slots| {
+                slots.contains_key(&Slot::OperandA)
+                    && slots.len() == 2
+                    && slots
+                        .values()
+                        .all(|q| matches!(q, ActQuantizer::Uniform(_)))
+            })
+            .count()
+    }
+
+    fn tensors(&self) -> Tensors {
+        let mut t = Tensors::new("<engine>");
+        match &self.net {
+            Net::Vit(n) => n.tensors(&mut t),
+        }
+        t
+    }
+
+    /// Bytes of all stored tensors (packed weights, scales, zero points, float tensors).
+    pub fn tensor_bytes(&self) -> usize {
+        self.tensors().num_bytes()
+    }
+
+    /// The file's bytes (safetensors with the JSON header in `__metadata__`).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        format::to_bytes(&self.header, &self.tensors())
+    }
+
+    /// Parses a file's bytes; `origin` names it in errors.
+    pub fn from_bytes(bytes: &[u8], origin: impl AsRef<Path>) -> Result<Self> {
+        let origin = origin.as_ref();
+        let (header, t) = format::from_bytes(bytes, origin)?;
+        Self::from_parts(header, &t, IntGemm::new()).map_err(|e| match e {
+            Error::Parse { .. } => e,
+            other => Error::parse(origin, other.to_string()),
+        })
+    }
+
+    /// Writes the model atomically (a temporary file renamed into place).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        mixq_core::write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// Reads a file written by [`IntModel::save`]; every inconsistency is one
+    /// [`Error::Parse`] naming the file and the key.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes, path)
+    }
+}

@@ -1,0 +1,415 @@
+//! ViT / DeiT (plain and distilled) on the integer engine, mirroring
+//! `mixq_vit_models::VisionTransformer::forward_with` step by step.
+
+use mixq_core::{BitWidth, Error, Result, SiteId};
+use mixq_ptq::ActQuantizer;
+use mixq_quant_kernels::{ActQuant, IntGemm, PackedWeights, RhsLayout};
+use mixq_vit_models::{Slot, VitConfig};
+use rayon::prelude::*;
+
+use crate::format::{Header, Stored, Tensors, WeightInfo};
+use crate::ops::{
+    LinearKind, LinearOp, Norm, Operand, QuantOperand, add_in_place, gelu, matmul, softmax_rows,
+};
+
+/// One pre-LN transformer block.
+pub(crate) struct BlockOp {
+    norm1: Norm,
+    qkv: LinearOp,
+    qk: [Operand; 2],
+    av: [Operand; 2],
+    proj: LinearOp,
+    norm2: Norm,
+    fc1: LinearOp,
+    fc2: LinearOp,
+}
+
+/// The whole network.
+pub(crate) struct VitNet {
+    cfg: VitConfig,
+    patch: LinearOp,
+    cls: Vec<f32>,
+    dist: Option<Vec<f32>>,
+    pos: Vec<f32>,
+    blocks: Vec<BlockOp>,
+    norm: Norm,
+    head: LinearOp,
+    head_dist: Option<LinearOp>,
+}
+
+/// Reads the engine's pieces out of a header and tensors (from a file or a fresh export).
+struct Reader<'a> {
+    header: &'a Header,
+    t: &'a Tensors,
+    gemm: IntGemm,
+}
+
+impl Reader<'_> {
+    fn act(&self, site: &SiteId, slot: Slot) -> Option<&ActQuantizer> {
+        self.header.activations.get(site).and_then(|m| m.get(&slot))
+    }
+
+    fn header_error(&self, key: &str, message: impl std::fmt::Display) -> Error {
+        Error::parse(&self.t.origin, format!("header key '{key}': {message}"))
+    }
+
+    fn uniform(&self, site: &SiteId, slot: Slot) -> Result<Option<ActQuant>> {
+        match self.act(site, slot) {
+            None => Ok(None),
+            Some(ActQuantizer::Uniform(q)) => ActQuant::from_quantizer(q)
+                .map(Some)
+                .map_err(|e| self.header_error(&format!("activations.{site}.{slot:?}"), e)),
+            Some(ActQuantizer::Log(_)) => Err(self.header_error(
+                &format!("activations.{site}.{slot:?}"),
+                "a log quantizer where a uniform one is needed",
+            )),
+        }
+    }
+
+    fn operand(&self, site: &SiteId, slot: Slot) -> Result<Operand> {
+        Ok(match self.act(site, slot) {
+            None => Operand::F32,
+            Some(ActQuantizer::Log(q)) => Operand::Log(crate::ops::FastLog::new(*q)),
+            Some(ActQuantizer::Uniform(_)) => {
+                Operand::Uniform(self.uniform(site, slot)?.expect("present"))
+            }
+        })
+    }
+
+    fn norm(&self, path: &str, dim: usize, eps: f64) -> Result<Norm> {
+        Ok(Norm {
+            gamma: self.t.f32(&format!("{path}.weight"), &[dim])?,
+            beta: self.t.f32(&format!("{path}.bias"), &[dim])?,
+            eps: eps as f32,
+        })
+    }
+
+    fn linear(&self, site: &str, in_f: usize, out_f: usize) -> Result<LinearOp> {
+        let site = SiteId::new(site);
+        let bias = Some(self.t.f32(&format!("{site}.bias"), &[out_f])?);
+        let Some(info) = self.header.weights.get(&site) else {
+            let w = self.t.f32(&format!("{site}.weight"), &[in_f, out_f])?;
+            return LinearOp::float(site, in_f, out_f, w, bias);
+        };
+        if (info.in_features, info.out_features) != (in_f, out_f) {
+            return Err(self.header_error(
+                &format!("weights.{site}"),
+                format!(
+                    "[{}, {}] features, the architecture needs [{in_f}, {out_f}]",
+                    info.in_features, info.out_features
+                ),
+            ));
+        }
+        let bits = BitWidth::new(info.bits)
+            .map_err(|e| self.header_error(&format!("weights.{site}.bits"), e))?;
+        let key = format!("{site}.qweight");
+        let container = mixq_quant_kernels::packing::container_bits(bits) as usize;
+        let row_bytes = (in_f * container).div_ceil(8);
+        let data = self.t.u8(&key, &[out_f, row_bytes])?;
+        let scales = self.t.f32(&format!("{site}.scales"), &[out_f])?;
+        let zps = self.t.i32(&format!("{site}.zero_points"), &[out_f])?;
+        let packed = PackedWeights::from_parts(out_f, in_f, bits, data, scales, zps)
+            .map_err(|e| self.t.error(&key, e))?;
+        let act = self.uniform(&site, Slot::Input)?.ok_or_else(|| {
+            self.header_error(
+                &format!("activations.{site}"),
+                "an integer site needs its Input quantizer",
+            )
+        })?;
+        let w = self.gemm.prepare(packed)?;
+        Ok(LinearOp {
+            site,
+            in_features: in_f,
+            out_features: out_f,
+            kind: LinearKind::Int { w, act },
+            bias,
+        })
+    }
+}
+
+impl VitNet {
+    pub fn build(cfg: &VitConfig, header: &Header, t: &Tensors, gemm: IntGemm) -> Result<Self> {
+        cfg.validate()?;
+        let r = Reader { header, t, gemm };
+        let d = cfg.embed_dim;
+        let k_patch = cfg.in_chans * cfg.patch_size * cfg.patch_size;
+        let hidden = cfg.mlp_hidden();
+        let blocks = (0..cfg.depth)
+            .map(|i| {
+                let b = format!("blocks.{i}");
+                let mm = |name: &str| -> Result<[Operand; 2]> {
+                    let site = SiteId::new(format!("{b}.attn.{name}"));
+                    Ok([
+                        r.operand(&site, Slot::OperandA)?,
+                        r.operand(&site, Slot::OperandB)?,
+                    ])
+                };
+                Ok(BlockOp {
+                    norm1: r.norm(&format!("{b}.norm1"), d, cfg.norm_eps)?,
+                    qkv: r.linear(&format!("{b}.attn.qkv"), d, 3 * d)?,
+                    qk: mm("matmul_qk")?,
+                    av: mm("matmul_av")?,
+                    proj: r.linear(&format!("{b}.attn.proj"), d, d)?,
+                    norm2: r.norm(&format!("{b}.norm2"), d, cfg.norm_eps)?,
+                    fc1: r.linear(&format!("{b}.mlp.fc1"), d, hidden)?,
+                    fc2: r.linear(&format!("{b}.mlp.fc2"), hidden, d)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(VitNet {
+            patch: r.linear("patch_embed.proj", k_patch, d)?,
+            cls: t.f32("cls_token", &[1, 1, d])?,
+            dist: if cfg.distilled {
+                Some(t.f32("dist_token", &[1, 1, d])?)
+            } else {
+                None
+            },
+            pos: t.f32("pos_embed", &[1, cfg.num_tokens(), d])?,
+            blocks,
+            norm: r.norm("norm", d, cfg.norm_eps)?,
+            head: r.linear("head", d, cfg.num_classes)?,
+            head_dist: if cfg.distilled {
+                Some(r.linear("head_dist", d, cfg.num_classes)?)
+            } else {
+                None
+            },
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The tensors of a file, regenerated from the engine (packed weights as they are).
+    pub fn tensors(&self, t: &mut Tensors) {
+        let f32t = |shape: Vec<usize>, v: &[f32]| Stored::F32(shape, v.to_vec());
+        let d = self.cfg.embed_dim;
+        let linear = |t: &mut Tensors, op: &LinearOp| {
+            let s = &op.site;
+            if let Some(b) = &op.bias {
+                t.insert(format!("{s}.bias"), f32t(vec![op.out_features], b));
+            }
+            match &op.kind {
+                LinearKind::Int { w, .. } => {
+                    let p = w.packed();
+                    t.insert(
+                        format!("{s}.qweight"),
+                        Stored::U8(vec![p.out_features(), p.row_bytes()], p.data().to_vec()),
+                    );
+                    t.insert(
+                        format!("{s}.scales"),
+                        f32t(vec![p.out_features()], p.scales()),
+                    );
+                    t.insert(
+                        format!("{s}.zero_points"),
+                        Stored::I32(vec![p.out_features()], p.zero_points().to_vec()),
+                    );
+                }
+                LinearKind::F32 { w, .. } => {
+                    t.insert(
+                        format!("{s}.weight"),
+                        f32t(vec![op.in_features, op.out_features], w),
+                    );
+                }
+            }
+        };
+        let norm = |t: &mut Tensors, path: &str, n: &Norm| {
+            t.insert(
+                format!("{path}.weight"),
+                f32t(vec![n.gamma.len()], &n.gamma),
+            );
+            t.insert(format!("{path}.bias"), f32t(vec![n.beta.len()], &n.beta));
+        };
+        linear(t, &self.patch);
+        t.insert("cls_token", f32t(vec![1, 1, d], &self.cls));
+        if let Some(dist) = &self.dist {
+            t.insert("dist_token", f32t(vec![1, 1, d], dist));
+        }
+        t.insert(
+            "pos_embed",
+            f32t(vec![1, self.cfg.num_tokens(), d], &self.pos),
+        );
+        for (i, b) in self.blocks.iter().enumerate() {
+            norm(t, &format!("blocks.{i}.norm1"), &b.norm1);
+            norm(t, &format!("blocks.{i}.norm2"), &b.norm2);
+            for op in [&b.qkv, &b.proj, &b.fc1, &b.fc2] {
+                linear(t, op);
+            }
+        }
+        norm(t, "norm", &self.norm);
+        linear(t, &self.head);
+        if let Some(h) = &self.head_dist {
+            linear(t, h);
+        }
+    }
+
+    /// Logits `[batch, classes]` for normalized images `[batch, c, h, w]` (row-major).
+    pub fn forward(&self, gemm: &IntGemm, images: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let (ch, size, p) = (c.in_chans, c.img_size, c.patch_size);
+        if batch == 0 || images.len() != batch * ch * size * size {
+            return Err(Error::invalid(
+                "images",
+                format!("{} values", images.len()),
+                format!("need batch * {ch} * {size} * {size} with batch >= 1 (batch = {batch})"),
+            ));
+        }
+        let (d, n, g) = (c.embed_dim, c.num_tokens(), c.grid());
+        let pre = c.num_prefix_tokens();
+
+        // Patch embedding: the stride-p, kernel-p convolution as a linear over patches whose
+        // features are ordered (channel, ky, kx), the flattening of the `[out, in, kh, kw]` weight.
+        let kp = ch * p * p;
+        let mut patches = vec![0f32; batch * g * g * kp];
+        patches
+            .par_chunks_mut(kp)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (b, gy, gx) = (row / (g * g), row / g % g, row % g);
+                for ci in 0..ch {
+                    for ky in 0..p {
+                        let src = ((b * ch + ci) * size + gy * p + ky) * size + gx * p;
+                        let o = (ci * p + ky) * p;
+                        dst[o..o + p].copy_from_slice(&images[src..src + p]);
+                    }
+                }
+            });
+        let pe = self.patch.forward(gemm, &patches, batch * g * g)?;
+
+        // Tokens: [cls, (dist), patches] + pos_embed.
+        let mut x = vec![0f32; batch * n * d];
+        for (b, xb) in x.chunks_exact_mut(n * d).enumerate() {
+            xb[..d].copy_from_slice(&self.cls);
+            if let Some(dist) = &self.dist {
+                xb[d..2 * d].copy_from_slice(dist);
+            }
+            xb[pre * d..].copy_from_slice(&pe[b * g * g * d..(b + 1) * g * g * d]);
+            for (v, pv) in xb.iter_mut().zip(&self.pos) {
+                *v += pv;
+            }
+        }
+
+        let rows = batch * n;
+        for blk in &self.blocks {
+            let h = blk.norm1.forward(&x);
+            let qkv = blk.qkv.forward(gemm, &h, rows)?;
+            let attn = self.attention(gemm, blk, &qkv, batch)?;
+            let y = blk.proj.forward(gemm, &attn, rows)?;
+            add_in_place(&mut x, &y);
+            let h = blk.norm2.forward(&x);
+            let mut f = blk.fc1.forward(gemm, &h, rows)?;
+            gelu(&mut f);
+            let y = blk.fc2.forward(gemm, &f, rows)?;
+            add_in_place(&mut x, &y);
+        }
+
+        // LayerNorm is per token, so only the pooled tokens need it.
+        let token = |i: usize| -> Vec<f32> {
+            let rows: Vec<f32> = (0..batch)
+                .flat_map(|b| x[(b * n + i) * d..(b * n + i + 1) * d].iter().copied())
+                .collect();
+            self.norm.forward(&rows)
+        };
+        let mut logits = self.head.forward(gemm, &token(0), batch)?;
+        if let Some(head_dist) = &self.head_dist {
+            let dl = head_dist.forward(gemm, &token(1), batch)?;
+            for (a, b) in logits.iter_mut().zip(dl) {
+                *a = (*a + b) / 2.0;
+            }
+        }
+        Ok(logits)
+    }
+
+    /// Multi-head attention from the fused `qkv` output `[batch * n, 3 * d]` to the merged
+    /// heads `[batch * n, d]`.
+    fn attention(
+        &self,
+        gemm: &IntGemm,
+        blk: &BlockOp,
+        qkv: &[f32],
+        batch: usize,
+    ) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let (d, n, heads) = (c.embed_dim, c.num_tokens(), c.num_heads);
+        let hd = d / heads;
+        let scale = (hd as f64).powf(-0.5) as f32;
+        // Split into head-major [batch, heads, n, hd] buffers (timm's reshape/permute).
+        let split = |part: usize, mul: Option<f32>| -> Vec<f32> {
+            let mut out = vec![0f32; batch * n * d];
+            out.par_chunks_mut(n * hd)
+                .enumerate()
+                .for_each(|(bh, dst)| {
+                    let (b, h) = (bh / heads, bh % heads);
+                    for t in 0..n {
+                        let src = (b * n + t) * 3 * d + part * d + h * hd;
+                        let row = &qkv[src..src + hd];
+                        let o = &mut dst[t * hd..(t + 1) * hd];
+                        match mul {
+                            Some(s) => o.iter_mut().zip(row).for_each(|(o, &v)| *o = v * s),
+                            None => o.copy_from_slice(row),
+                        }
+                    }
+                });
+            out
+        };
+        let q = blk.qk[0].apply(split(0, Some(scale)));
+        let k = blk.qk[1].apply(split(1, None));
+        let v = blk.av[1].apply(split(2, None));
+
+        let per_head: Vec<Vec<f32>> = (0..batch * heads)
+            .into_par_iter()
+            .map(|bh| -> Result<Vec<f32>> {
+                let range = bh * n * hd..(bh + 1) * n * hd;
+                let mut scores = vec![0f32; n * n];
+                matmul(
+                    gemm,
+                    &q.slice(range.clone()),
+                    n,
+                    &k.slice(range.clone()),
+                    n,
+                    RhsLayout::NK,
+                    &mut scores,
+                )?;
+                softmax_rows(&mut scores, n);
+                let probs = blk.av[0].apply(scores);
+                let mut out = vec![0f32; n * hd];
+                matmul(
+                    gemm,
+                    &probs,
+                    n,
+                    &v.slice(range),
+                    hd,
+                    RhsLayout::KN,
+                    &mut out,
+                )?;
+                Ok(out)
+            })
+            .collect::<Result<_>>()?;
+        // Merge heads: [batch, heads, n, hd] -> [batch, n, heads * hd].
+        let mut merged = vec![0f32; batch * n * d];
+        merged.par_chunks_mut(d).enumerate().for_each(|(row, dst)| {
+            let (b, t) = (row / n, row % n);
+            for h in 0..heads {
+                let src = &per_head[b * heads + h][t * hd..(t + 1) * hd];
+                dst[h * hd..(h + 1) * hd].copy_from_slice(src);
+            }
+        });
+        Ok(merged)
+    }
+}
+
+/// Weight info of a packed site, for the header.
+pub(crate) fn weight_info(p: &PackedWeights) -> WeightInfo {
+    WeightInfo {
+        bits: p.bits().get(),
+        in_features: p.in_features(),
+        out_features: p.out_features(),
+    }
+}
+
+/// Guards the shape assumption of [`QuantOperand`] slicing.
+impl QuantOperand {
+    pub(crate) fn slice(&self, range: std::ops::Range<usize>) -> QuantOperand {
+        match self {
+            QuantOperand::Codes(c, q) => QuantOperand::Codes(c[range].to_vec(), *q),
+            QuantOperand::Values(v) => QuantOperand::Values(v[range].to_vec()),
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! `cargo xtask export`, `run-int` and `bench-int`: the integer engine (mixq-deploy) from the
+//! command line — export a calibrated model to one file, evaluate the file, and time it
+//! against burn-flex's f32 forward in one process.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use clap::Args;
+use mixq_core::{BitPlan, BitWidth, Error, Result, SiteBits, SiteKind};
+use mixq_deploy::IntModel;
+use mixq_ptq::{Metrics, PostLnMode, PtqConfig, SoftmaxMode, quantize, uniform_plan};
+use mixq_vit_models::{ModelCard, SiteInfo};
+
+use crate::common::{EvalData, ModelArgs, calibration_images, progress};
+use crate::eval::logits_vec;
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A bit plan (TOML) instead of uniform bits.
+    #[arg(long, conflicts_with_all = ["bits", "wbits", "abits", "run"])]
+    pub plan: Option<PathBuf>,
+    /// A `cargo xtask ptq` run folder: its plan.toml, and the model, seed, calibration size and
+    /// quantizer options recorded in its results.json (these override --model/--seed/--calib).
+    #[arg(long, conflicts_with_all = ["bits", "wbits", "abits"])]
+    pub run: Option<PathBuf>,
+    /// Weight and activation bits (sets both; default 8).
+    #[arg(long)]
+    pub bits: Option<u8>,
+    /// Weight bits (overrides --bits).
+    #[arg(long)]
+    pub wbits: Option<u8>,
+    /// Activation bits (overrides --bits).
+    #[arg(long)]
+    pub abits: Option<u8>,
+    /// Bits of the image input (the patch embedding's input).
+    #[arg(long, default_value_t = 8)]
+    pub image_bits: u8,
+    /// Calibration images (seeded sample of the train split).
+    #[arg(long, default_value_t = 32)]
+    pub calib: usize,
+    /// Calibration folder (a training split in ImageNet layout); digits models use their train split.
+    #[arg(long)]
+    pub calib_data: Option<PathBuf>,
+    /// Quantization of post-LayerNorm inputs.
+    #[arg(long, default_value = "clipped-channel")]
+    pub post_ln: PostLnMode,
+    /// Quantization of the attention probabilities (`uniform` runs p·v on the integer kernel).
+    #[arg(long, default_value = "logsqrt2")]
+    pub softmax: SoftmaxMode,
+    /// The output file (e.g. model.mixq.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RunIntArgs {
+    /// A file written by `cargo xtask export`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// ImageNet-style folder; digits models default to the digits test split.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Evaluate only the first N images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchIntArgs {
+    #[arg(long, default_value = "deit-s")]
+    pub model: String,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batches: Vec<usize>,
+    /// Images per measurement (at least one batch).
+    #[arg(long, default_value_t = 16)]
+    pub images: usize,
+    /// Random calibration images.
+    #[arg(long, default_value_t = 8)]
+    pub calib: usize,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Attention-probability quantizer of the integer configurations.
+    #[arg(long, default_value = "logsqrt2")]
+    pub softmax: SoftmaxMode,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the random weights (timm names) here, for tools/ort_bench.sh.
+    #[arg(long)]
+    pub save_weights: Option<PathBuf>,
+    /// Also write the results table (JSON) here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// What `ptq` recorded in a run folder's results.json.
+#[derive(Debug, serde::Deserialize)]
+struct RunResults {
+    model: String,
+    seed: u64,
+    calib_images: usize,
+    #[serde(default)]
+    rows: Vec<RunRow>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RunRow {
+    post_ln: Option<PostLnMode>,
+    softmax: Option<SoftmaxMode>,
+}
+
+fn read_run(dir: &Path) -> Result<(BitPlan, RunResults)> {
+    if !dir.is_dir() {
+        return Err(Error::invalid(
+            "--run",
+            dir.display(),
+            "not a run folder (written by `cargo xtask ptq`)",
+        ));
+    }
+    let plan = BitPlan::load(dir.join("plan.toml"))?;
+    let path = dir.join("results.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let results: RunResults = serde_json::from_str(&text).map_err(|e| Error::parse(&path, e))?;
+    Ok((plan, results))
+}
+
+pub fn export(mut args: ExportArgs) -> Result<()> {
+    let (mut post_ln, mut softmax) = (args.post_ln, args.softmax);
+    let run = match &args.run {
+        Some(dir) => {
+            let (plan, results) = read_run(dir)?;
+            args.model.model = results.model.clone();
+            args.model.seed = results.seed;
+            args.calib = results.calib_images;
+            let quantized: Vec<&RunRow> = results
+                .rows
+                .iter()
+                .filter(|r| r.post_ln.is_some())
+                .collect();
+            if let [row] = quantized.as_slice() {
+                post_ln = row.post_ln.unwrap_or(post_ln);
+                softmax = row.softmax.unwrap_or(softmax);
+            }
+            Some(plan)
+        }
+        None => None,
+    };
+    let card = args.model.card()?;
+    let device = args.model.device.device()?;
+    let model = args.model.load(&card, &device)?;
+    let sites = model.sites();
+    let bits = args.bits.unwrap_or(8);
+    let mut plan = match (run, &args.plan) {
+        (Some(plan), _) => plan,
+        (None, Some(path)) => BitPlan::load(path)?,
+        (None, None) => uniform_plan(
+            &sites,
+            args.wbits.unwrap_or(bits),
+            args.abits.unwrap_or(bits),
+            args.image_bits,
+        )?,
+    };
+    plan.check_sites(sites.iter().map(|s| &s.id))?;
+    plan.meta.insert("model".into(), card.name.clone());
+    plan.meta.insert("seed".into(), args.model.seed.to_string());
+    plan.meta.insert("post_ln".into(), post_ln.to_string());
+    plan.meta.insert("softmax".into(), softmax.to_string());
+
+    let calib = calibration_images(
+        &card,
+        args.calib_data.as_deref(),
+        args.calib,
+        args.model.seed,
+        &device,
+    )?;
+    let config = PtqConfig {
+        post_ln,
+        softmax,
+        ..PtqConfig::default()
+    };
+    let q = quantize(model, calib.clone(), &plan, &config)?;
+    let engine = IntModel::from_quantized(&q)?;
+    // A check on the calibration images: the engine against the fake-quant model.
+    let n = calib.dims()[0];
+    let fq = logits_vec(q.forward(calib.clone()));
+    let int = engine.forward(&host_values(&calib)?, n)?;
+    let max_d = fq
+        .iter()
+        .zip(&int)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let bytes = engine.to_bytes()?;
+    mixq_core::write_atomic(&args.out, &bytes)?;
+    println!("| model | plan | integer sites | file bytes | max |Δlogits| vs fake-quant (calib) |");
+    println!("|---|---|---:|---:|---:|");
+    println!(
+        "| {} | {} | {} | {} | {max_d:.2e} |",
+        card.aliases[0],
+        describe_plan(&plan, &sites),
+        engine.num_integer_sites(),
+        bytes.len(),
+    );
+    println!("\nwrote {}", args.out.display());
+    Ok(())
+}
+
+fn describe_plan(plan: &BitPlan, sites: &[SiteInfo]) -> String {
+    format!("avg {:.2} weight bits", avg_bits(plan, sites))
+}
+
+pub fn run_int(args: RunIntArgs) -> Result<()> {
+    let engine = IntModel::load(&args.model)?;
+    let name = engine.plan().meta.get("model").cloned().ok_or_else(|| {
+        Error::parse(
+            &args.model,
+            "header key 'plan.meta.model' missing: cannot tell which data set the model expects",
+        )
+    })?;
+    let card = ModelCard::find(&name)?;
+    if card.arch != *engine.arch() {
+        return Err(Error::parse(
+            &args.model,
+            format!("header key 'arch' differs from model card '{name}'"),
+        ));
+    }
+    let data = EvalData::open(&card, args.data.as_deref(), args.limit, args.batch)?;
+    let describe = data.describe.clone();
+    let bar = progress(data.len, "run-int");
+    let mut metrics = Metrics::default();
+    let mut secs = 0.0;
+    for batch in data.batches {
+        if batch.is_empty() {
+            continue;
+        }
+        let start = Instant::now();
+        let logits = engine.forward(&batch.images, batch.len())?;
+        secs += start.elapsed().as_secs_f64();
+        metrics.add(&logits, &batch.labels, None);
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    if metrics.images == 0 {
+        return Err(Error::Data {
+            path: args.data.clone().unwrap_or_default(),
+            message: "no image could be evaluated".into(),
+        });
+    }
+    println!("| model file | data | batch | images | top-1 % | top-5 % | images/s |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {describe} | {} | {} | {:.2} | {:.2} | {:.1} |",
+        args.model.display(),
+        args.batch,
+        metrics.images,
+        metrics.top1_pct(),
+        metrics.top5_pct(),
+        metrics.images as f64 / secs.max(1e-9),
+    );
+    Ok(())
+}
+
+/// The mixed plan of `bench-int`: activations at 8 bits; in even blocks qkv 4, proj 8, fc1 2,
+/// fc2 4 weight bits, in odd blocks qkv 8, proj 4, fc1 4, fc2 2 — a 2/4/8 mix whose
+/// parameter-weighted average over the blocks is exactly 4 bits; patch embedding and head at 8.
+pub fn mixed_plan(sites: &[SiteInfo]) -> Result<BitPlan> {
+    let mut plan = uniform_plan(sites, 8, 8, 8)?;
+    for s in sites {
+        let id = s.id.as_str();
+        let Some(rest) = id.strip_prefix("blocks.") else {
+            continue;
+        };
+        let (block, layer) = rest.split_once('.').unwrap_or((rest, ""));
+        let even = block.parse::<usize>().map_or(true, |b| b % 2 == 0);
+        let w = match (layer, even) {
+            ("attn.qkv", true) | ("mlp.fc2", true) | ("attn.proj", false) | ("mlp.fc1", false) => 4,
+            ("attn.proj", true) | ("attn.qkv", false) => 8,
+            ("mlp.fc1", true) | ("mlp.fc2", false) => 2,
+            _ => continue,
+        };
+        plan.sites.insert(
+            s.id.clone(),
+            SiteBits {
+                w_bits: BitWidth::new(w)?,
+                a_bits: BitWidth::new(8)?,
+            },
+        );
+    }
+    plan.meta.insert("name".into(), "mixed-2/4/8".into());
+    Ok(plan)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[derive(Debug, serde::Serialize)]
+struct BenchRow {
+    config: String,
+    avg_weight_bits: f64,
+    model_bytes: usize,
+    /// (batch, images/s, ms per batch)
+    speeds: Vec<(usize, f64, f64)>,
+}
+
+/// Seconds per image of `run(batch)` over `images` images (median of `repeat`, after a warm-up).
+fn time_it(
+    images: usize,
+    batch: usize,
+    repeat: usize,
+    run: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<f64> {
+    run(batch)?;
+    let mut times = Vec::new();
+    for _ in 0..repeat {
+        let start = Instant::now();
+        let mut done = 0;
+        while done < images {
+            run(batch)?;
+            done += batch;
+        }
+        times.push(start.elapsed().as_secs_f64() / done as f64);
+    }
+    Ok(median(times))
+}
+
+pub fn bench_int(args: BenchIntArgs) -> Result<()> {
+    if args.repeat == 0 || args.images == 0 || args.calib == 0 || args.batches.contains(&0) {
+        return Err(Error::invalid(
+            "--repeat/--images/--calib/--batches",
+            0,
+            "must be at least 1",
+        ));
+    }
+    let card = ModelCard::find(&args.model)?;
+    let device = Device::flex();
+    device.seed(args.seed);
+    let model = card.arch.init(&device)?;
+    if let Some(path) = &args.save_weights {
+        model.save_safetensors(path)?;
+        println!("wrote {} (timm names)", path.display());
+    }
+    let sites = model.sites();
+    let s = card.arch.img_size();
+    let c = card.arch.in_chans();
+    let max_batch = *args.batches.iter().max().expect("non-empty");
+    let input = Tensor::<4>::random(
+        [max_batch, c, s, s],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let host = host_values(&input)?;
+    let calib = Tensor::<4>::random(
+        [args.calib, c, s, s],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+
+    let mut rows = Vec::new();
+    let fp_bytes = model.num_params() * 4;
+    let mut speeds = Vec::new();
+    for &b in &args.batches {
+        let x = input.clone().narrow(0, 0, b);
+        let spi = time_it(args.images, b, args.repeat, &mut |_| {
+            let _ = logits_vec(model.forward(x.clone()));
+            Ok(())
+        })?;
+        speeds.push((b, 1.0 / spi, spi * b as f64 * 1e3));
+    }
+    rows.push(BenchRow {
+        config: "FP32 burn-flex".into(),
+        avg_weight_bits: 32.0,
+        model_bytes: fp_bytes,
+        speeds,
+    });
+    let configs: Vec<(&str, BitPlan)> = vec![
+        ("W8A8", uniform_plan(&sites, 8, 8, 8)?),
+        ("W4A8", uniform_plan(&sites, 4, 8, 8)?),
+        ("mixed 2/4/8 A8", mixed_plan(&sites)?),
+    ];
+    let config = PtqConfig {
+        softmax: args.softmax,
+        ..PtqConfig::default()
+    };
+    for (name, plan) in configs {
+        let q = quantize(model.clone(), calib.clone(), &plan, &config)?;
+        let engine = IntModel::from_quantized(&q)?;
+        drop(q);
+        let model_bytes = engine.to_bytes()?.len();
+        let mut speeds = Vec::new();
+        for &b in &args.batches {
+            let x = &host[..b * c * s * s];
+            let spi = time_it(args.images, b, args.repeat, &mut |b| {
+                engine.forward(x, b).map(|_| ())
+            })?;
+            speeds.push((b, 1.0 / spi, spi * b as f64 * 1e3));
+        }
+        rows.push(BenchRow {
+            config: name.into(),
+            avg_weight_bits: avg_bits(&plan, &sites),
+            model_bytes,
+            speeds,
+        });
+    }
+
+    let fp = &rows[0];
+    print!("| {} | config | avg w bits | model MB |", card.aliases[0]);
+    for &b in &args.batches {
+        print!(" b{b} images/s | b{b} ms/batch | b{b} vs FP32 |");
+    }
+    println!();
+    print!("|---|---|---:|---:|");
+    for _ in &args.batches {
+        print!("---:|---:|---:|");
+    }
+    println!();
+    for r in &rows {
+        print!(
+            "| | {} | {:.2} | {:.1} |",
+            r.config,
+            r.avg_weight_bits,
+            r.model_bytes as f64 / 1e6
+        );
+        for (i, (_, ips, ms)) in r.speeds.iter().enumerate() {
+            print!(" {ips:.1} | {ms:.1} | {:.2}x |", ips / fp.speeds[i].1);
+        }
+        println!();
+    }
+    println!(
+        "\n{} threads (rayon), softmax {}, {} images per measurement, median of {}; random weights (seed {}), {} random calibration images.",
+        rayon_threads(),
+        args.softmax,
+        args.images,
+        args.repeat,
+        args.seed,
+        args.calib
+    );
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&rows)
+            .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
+        mixq_core::write_atomic(path, json.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A tensor's values on the host.
+fn host_values(x: &Tensor<4>) -> Result<Vec<f32>> {
+    x.to_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::invalid("images", format!("{:?}", x.dims()), format!("{e:?}")))
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Parameter-weighted average weight bits over the planned linear/conv sites.
+fn avg_bits(plan: &BitPlan, sites: &[SiteInfo]) -> f64 {
+    let (mut wsum, mut params) = (0f64, 0f64);
+    for s in sites
+        .iter()
+        .filter(|s| matches!(s.kind, SiteKind::Linear | SiteKind::Conv))
+    {
+        if let Some(b) = plan.sites.get(&s.id) {
+            wsum += s.params as f64 * f64::from(b.w_bits.get());
+            params += s.params as f64;
+        }
+    }
+    wsum / params.max(1.0)
+}

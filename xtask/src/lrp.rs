@@ -1,0 +1,386 @@
+//! `cargo xtask lrp`: LRP relevance of a model over N images — per-site contribution scores
+//! (the allocator's input) as TOML/JSON and a bar chart, and input heatmaps.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Args;
+use image::GrayImage;
+use mixq_core::{Error, Result, RunDir, SiteId};
+use mixq_datasets::{Batch, eval_transform_image, load_image};
+use mixq_lrp::{ContributionAccumulator, Preset};
+use mixq_report::{Bar, BarChart, bar_chart, image_grid, overlay_heatmap_gray, save_png};
+use mixq_vit_models::{ExplainOptions, ModelCard, Target};
+use serde::Serialize;
+
+use crate::common::{ModelArgs, batch_tensor, eval_transform, progress, sample_batch};
+
+#[derive(Args, Debug)]
+pub struct LrpArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Images to explain (a seeded sample of the training split, or of --data).
+    #[arg(long, default_value_t = 32)]
+    pub images: usize,
+    /// Explain these image files instead (repeatable).
+    #[arg(long = "image", conflicts_with = "data")]
+    pub files: Vec<PathBuf>,
+    /// An ImageNet-style folder to sample from; digits models default to their train split.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Rule preset.
+    #[arg(long, default_value = "attnlrp")]
+    pub preset: Preset,
+    /// Start from the `predicted` class, the `label`, or a class index.
+    #[arg(long, default_value = "predicted")]
+    pub target: TargetArg,
+    /// Read site relevance at the site's input instead of its output.
+    #[arg(long)]
+    pub at_inputs: bool,
+    /// Digits: intensity (0..1) from which a pixel counts as ink in the ink-share figure.
+    #[arg(long, default_value_t = 0.5)]
+    pub ink_threshold: f32,
+    /// How many images get a heatmap.
+    #[arg(long, default_value_t = 8)]
+    pub heatmaps: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value = "runs")]
+    pub runs: PathBuf,
+}
+
+/// `--target`.
+#[derive(Clone, Copy, Debug)]
+pub enum TargetArg {
+    Predicted,
+    Label,
+    Class(usize),
+}
+
+impl FromStr for TargetArg {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "predicted" => Ok(TargetArg::Predicted),
+            "label" => Ok(TargetArg::Label),
+            _ => s.parse().map(TargetArg::Class).map_err(|_| {
+                Error::invalid("--target", s, "expected predicted, label or a class index")
+            }),
+        }
+    }
+}
+
+/// One explained image in `results.json`.
+#[derive(Serialize)]
+struct ImageResult {
+    source: String,
+    label: Option<usize>,
+    target: usize,
+    target_logit: f32,
+    pixel_relevance: f32,
+    /// Digits only: share of |pixel relevance| on ink pixels, and the ink pixels' area share.
+    ink_relevance_share: Option<f64>,
+    ink_area_share: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Results<'a> {
+    model: &'a str,
+    preset: String,
+    seed: u64,
+    images: usize,
+    read_at: &'a str,
+    mean_ink_relevance_share: Option<f64>,
+    mean_ink_area_share: Option<f64>,
+    per_image: Vec<ImageResult>,
+}
+
+pub fn run(args: LrpArgs) -> Result<()> {
+    let card = args.model.card()?;
+    let device = args.model.device.device()?;
+    if args.images == 0 {
+        return Err(Error::invalid("--images", 0, "must be at least 1"));
+    }
+    if args.batch == 0 {
+        return Err(Error::invalid("--batch", 0, "must be at least 1"));
+    }
+    let classes = card.arch.num_classes();
+    if let TargetArg::Class(c) = args.target
+        && c >= classes
+    {
+        return Err(Error::invalid(
+            "--target",
+            c,
+            format!(
+                "model '{}' has {classes} classes (0..={})",
+                card.aliases[0],
+                classes - 1
+            ),
+        ));
+    }
+    let data = if args.files.is_empty() {
+        sample_batch(
+            &card,
+            args.data.as_deref(),
+            args.images,
+            args.model.seed,
+            "--images",
+        )?
+    } else {
+        load_files(&card, &args.files)?
+    };
+    if matches!(args.target, TargetArg::Label) && data.labels.is_empty() {
+        return Err(Error::invalid(
+            "--target",
+            "label",
+            "image files given with --image have no labels; use predicted or a class index",
+        ));
+    }
+    let model = args.model.load(&card, &device)?;
+    let pre = &card.preprocess;
+    let options = ExplainOptions::new(args.preset, &pre.mean, &pre.std);
+
+    let n = data.shape[0];
+    let per_image = data.images.len() / n;
+    let bar = progress(n, "explain");
+    let mut acc = ContributionAccumulator::default();
+    let mut site_order: Vec<SiteId> = Vec::new();
+    let mut results = Vec::new();
+    let mut maps = Vec::new();
+    for start in (0..n).step_by(args.batch) {
+        let end = (start + args.batch).min(n);
+        let chunk = Batch {
+            images: data.images[start * per_image..end * per_image].to_vec(),
+            shape: [end - start, data.shape[1], data.shape[2], data.shape[3]],
+            labels: data
+                .labels
+                .get(start..end)
+                .map(<[usize]>::to_vec)
+                .unwrap_or_default(),
+            paths: data
+                .paths
+                .get(start..end)
+                .map(<[PathBuf]>::to_vec)
+                .unwrap_or_default(),
+            indices: data
+                .indices
+                .get(start..end)
+                .map(<[usize]>::to_vec)
+                .unwrap_or_default(),
+        };
+        let target = match args.target {
+            TargetArg::Predicted => Target::Predicted,
+            TargetArg::Label => Target::Labels(chunk.labels.clone()),
+            TargetArg::Class(c) => Target::Class(c),
+        };
+        let e = model.explain(batch_tensor(&chunk, &device), &target, &options)?;
+        if site_order.is_empty() {
+            site_order = e.sites.iter().map(|s| s.site.clone()).collect();
+        }
+        let sums: Vec<(SiteId, Vec<f32>)> = e
+            .sites
+            .iter()
+            .map(|s| {
+                let v = if args.at_inputs {
+                    s.input_abs
+                        .clone()
+                        .unwrap_or_else(|| vec![0.0; chunk.shape[0]])
+                } else {
+                    s.output_abs.clone()
+                };
+                (s.site.clone(), v)
+            })
+            .collect();
+        acc.add_batch(chunk.shape[0], sums.iter().map(|(s, v)| (s, v.as_slice())));
+        let totals = e.pixel_totals();
+        for (i, map) in e.pixel_maps().into_iter().enumerate() {
+            let raw = raw_pixels(&chunk.images[i * per_image..(i + 1) * per_image], &card);
+            let (ink_rel, ink_area) = if card.dataset.as_deref() == Some("digits") {
+                let (r, a) = ink_shares(&map, &raw, args.ink_threshold);
+                (Some(r), Some(a))
+            } else {
+                (None, None)
+            };
+            results.push(ImageResult {
+                source: source_name(&chunk, i),
+                label: chunk.labels.get(i).copied(),
+                target: e.targets[i],
+                target_logit: e.target_logits[i],
+                pixel_relevance: totals[i],
+                ink_relevance_share: ink_rel,
+                ink_area_share: ink_area,
+            });
+            if maps.len() < args.heatmaps {
+                maps.push((raw, map, e.targets[i], chunk.labels.get(i).copied()));
+            }
+        }
+        bar.set_position(end as u64);
+    }
+    bar.finish_and_clear();
+
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("model".into(), card.name.clone());
+    meta.insert("preset".into(), args.preset.to_string());
+    meta.insert("images".into(), n.to_string());
+    meta.insert("seed".into(), args.model.seed.to_string());
+    meta.insert(
+        "read_at".into(),
+        if args.at_inputs { "input" } else { "output" }.into(),
+    );
+    let scores = acc.finish(meta)?;
+
+    let mean = |f: &dyn Fn(&ImageResult) -> Option<f64>| {
+        let v: Vec<f64> = results.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let ink_rel = mean(&|r| r.ink_relevance_share);
+    let ink_area = mean(&|r| r.ink_area_share);
+
+    // The table: the sites with the largest scores.
+    let mut ranked: Vec<(&SiteId, f64)> = scores.scores.iter().map(|(s, v)| (s, *v)).collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut table = String::from("| rank | site | contribution |\n|---:|---|---:|\n");
+    for (i, (site, v)) in ranked.iter().take(10).enumerate() {
+        table += &format!("| {} | {site} | {:.4} |\n", i + 1, v);
+    }
+    let mut summary = format!(
+        "{} images of {}, preset {}, relevance read at site {}s; {} sites.\n",
+        n,
+        card.aliases[0],
+        args.preset,
+        if args.at_inputs { "input" } else { "output" },
+        scores.scores.len()
+    );
+    if let (Some(r), Some(a)) = (ink_rel, ink_area) {
+        summary += &format!(
+            "Input relevance on ink pixels (intensity >= {}): {:.1} % of |relevance| on {:.1} % of the area.\n",
+            args.ink_threshold,
+            100.0 * r,
+            100.0 * a
+        );
+    }
+    print!("\n{summary}\n{table}");
+
+    let run = RunDir::create(&args.runs, "lrp")?;
+    scores.save(run.file("scores.toml"))?;
+    scores.save(run.file("scores.json"))?;
+    let bars = site_order
+        .iter()
+        .map(|s| Bar::site(s.as_str(), scores.scores.get(s).copied().unwrap_or(0.0)))
+        .collect();
+    bar_chart(
+        run.file("contribution.png"),
+        &BarChart {
+            title: format!(
+                "LRP contribution per site — {} ({}, {} images)",
+                card.aliases[0], args.preset, n
+            ),
+            y_label: "share of |relevance|".into(),
+            bars,
+            ..Default::default()
+        },
+    )?;
+    if !maps.is_empty() {
+        let [_, _, h, w] = data.shape;
+        let scale = (160 / w.max(h)).max(1) as u32;
+        let mut tiles = Vec::new();
+        let mut captions = Vec::new();
+        for (raw, map, target, label) in &maps {
+            let gray = to_gray(raw, w, h, scale);
+            tiles.push(overlay_heatmap_gray(&gray, map, w as u32, h as u32)?);
+            captions.push(match label {
+                Some(l) => format!("label {l}, target {target}"),
+                None => format!("target {target}"),
+            });
+        }
+        save_png(
+            run.file("heatmaps.png"),
+            &image_grid(&tiles, tiles.len().min(4), &captions)?,
+        )?;
+    }
+    let json = serde_json::to_string_pretty(&Results {
+        model: &card.name,
+        preset: args.preset.to_string(),
+        seed: args.model.seed,
+        images: n,
+        read_at: if args.at_inputs { "input" } else { "output" },
+        mean_ink_relevance_share: ink_rel,
+        mean_ink_area_share: ink_area,
+        per_image: results,
+    })
+    .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
+    run.write("results.json", json.as_bytes())?;
+    let report = format!(
+        "# LRP: {}\n\n{summary}\n{table}\n![contribution per site](contribution.png)\n\n\
+         ![input relevance (red positive, blue negative)](heatmaps.png)\n\nReproduce:\n\n```\ncargo xtask lrp {}\n```\n",
+        card.aliases[0],
+        std::env::args().skip(2).collect::<Vec<_>>().join(" "),
+    );
+    run.write("report.md", report.as_bytes())?;
+    let path = run.finish()?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}
+
+/// The given files through the model's eval transform; a file that does not decode is an
+/// error naming it.
+fn load_files(card: &ModelCard, files: &[PathBuf]) -> Result<Batch> {
+    let transform = eval_transform(card);
+    let mut images = Vec::new();
+    for path in files {
+        let img = load_image(path).map_err(|e| Error::parse(path, e))?;
+        images.extend(eval_transform_image(&img, &transform));
+    }
+    let size = card.preprocess.img_size;
+    Ok(Batch {
+        images,
+        shape: [files.len(), card.arch.in_chans(), size, size],
+        labels: Vec::new(),
+        paths: files.to_vec(),
+        indices: (0..files.len()).collect(),
+    })
+}
+
+fn source_name(batch: &Batch, i: usize) -> String {
+    match batch.paths.get(i) {
+        Some(p) => p.display().to_string(),
+        None => format!("#{}", batch.indices.get(i).copied().unwrap_or(i)),
+    }
+}
+
+/// Normalised `[c, h, w]` back to `[0, 1]` intensities averaged over channels, `[h * w]`.
+fn raw_pixels(normalised: &[f32], card: &ModelCard) -> Vec<f32> {
+    let pre = &card.preprocess;
+    let c = card.arch.in_chans();
+    let hw = normalised.len() / c;
+    (0..hw)
+        .map(|p| {
+            (0..c)
+                .map(|ch| (normalised[ch * hw + p] * pre.std[ch] + pre.mean[ch]).clamp(0.0, 1.0))
+                .sum::<f32>()
+                / c as f32
+        })
+        .collect()
+}
+
+/// (share of |relevance| on ink pixels, share of the area that is ink); ink is a pixel at or
+/// above `threshold` intensity (digits are 0..16 counts of set bits on a blank background).
+fn ink_shares(map: &[f32], raw: &[f32], threshold: f32) -> (f64, f64) {
+    let ink: Vec<bool> = raw.iter().map(|&v| v >= threshold.max(1e-6)).collect();
+    let total: f64 = map.iter().map(|v| v.abs() as f64).sum();
+    let on_ink: f64 = map
+        .iter()
+        .zip(&ink)
+        .filter(|(_, i)| **i)
+        .map(|(v, _)| v.abs() as f64)
+        .sum();
+    let area = ink.iter().filter(|i| **i).count() as f64 / ink.len().max(1) as f64;
+    (if total > 0.0 { on_ink / total } else { 0.0 }, area)
+}
+
+fn to_gray(raw: &[f32], w: usize, h: usize, scale: u32) -> GrayImage {
+    GrayImage::from_fn(w as u32 * scale, h as u32 * scale, |x, y| {
+        let v = raw[(y / scale) as usize * w + (x / scale) as usize];
+        image::Luma([(v * 255.0).round() as u8])
+    })
+}
