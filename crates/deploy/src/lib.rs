@@ -72,6 +72,9 @@ pub use format::{FORMAT_NAME, FORMAT_VERSION, Header, WeightInfo};
 use format::{Stored, Tensors};
 use vit::VitNet;
 
+/// A linear site's host weights: `[out, in]` values, `(in, out)`, bias.
+type SiteWeights = (Vec<f32>, (usize, usize), Option<Vec<f32>>);
+
 /// A model on the integer engine. Build one with [`IntModel::from_quantized`] or
 /// [`IntModel::load`].
 pub struct IntModel {
@@ -123,7 +126,7 @@ impl IntModel {
             Ok(Stored::F32(vec![x.dims()[0]], host_values(x)?))
         };
 
-        let linear = |l: &mixq_vit_models::layers::Linear| -> Result<(Vec<f32>, (usize, usize), Option<Vec<f32>>)> {
+        let linear = |l: &mixq_vit_models::layers::Linear| -> Result<SiteWeights> {
             let (in_f, out_f) = l.dims();
             let w = host_values(&l.weight.val())?; // [in, out]
             let mut t = vec![0f32; in_f * out_f];

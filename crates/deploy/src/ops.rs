@@ -48,6 +48,31 @@ pub(crate) fn sgemm(
         .map_err(|e| bad("gemm", e.to_string()))
 }
 
+/// [`ActQuant::quantize_one`] for a whole slice, bit for bit, without `round_ties_even`'s
+/// libm call (x86-64's baseline has no SSE4.1 `roundss`, so it is a function call per value):
+/// adding and subtracting `1.5 · 2^23` rounds half to even in the default rounding mode for
+/// `|y| ≤ 2^22`, and larger values clamp to the end codes either way.
+pub(crate) fn quantize_u8(q: &ActQuant, x: &[f32]) -> Vec<u8> {
+    const MAGIC: f32 = 12_582_912.0;
+    const LIMIT: f32 = 4_194_304.0;
+    let (s, z) = (q.scale(), q.zero_point() as f32);
+    let (lo, hi) = q.code_range();
+    let (lo, hi) = (lo as f32, hi as f32);
+    let mut out = vec![0u8; x.len()];
+    out.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(o, x)| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                let y = (v / s).clamp(-LIMIT, LIMIT);
+                let r = (y + MAGIC) - MAGIC;
+                let c = (r + z).clamp(lo, hi);
+                // NaN fails both comparisons of `clamp` and maps to `lo`, as in `quantize_one`.
+                *o = if c.is_nan() { lo as u8 } else { c as u8 };
+            }
+        });
+    out
+}
+
 /// How a linear (or the patch-embedding convolution, as a linear over patches) computes.
 pub(crate) enum LinearKind {
     /// `u8` activations (quantized with the site's input quantizer) × packed weights.
@@ -98,7 +123,7 @@ impl LinearOp {
         let mut y = vec![0f32; m * self.out_features];
         match &self.kind {
             LinearKind::Int { w, act } => {
-                let a = act.quantize_vec(x);
+                let a = quantize_u8(act, x);
                 gemm.gemm_f32(&a, m, *act, w, self.bias.as_deref(), &mut y)?;
             }
             LinearKind::F32 { packed, .. } => {
@@ -221,7 +246,7 @@ impl Operand {
     pub fn apply(&self, x: Vec<f32>) -> QuantOperand {
         match self {
             Operand::F32 => QuantOperand::Values(x),
-            Operand::Uniform(q) => QuantOperand::Codes(q.quantize_vec(&x), *q),
+            Operand::Uniform(q) => QuantOperand::Codes(quantize_u8(q, &x), *q),
             Operand::Log(q) => {
                 let mut x = x;
                 for v in &mut x {
@@ -352,6 +377,37 @@ mod tests {
     use super::*;
     use mixq_core::BitWidth;
     use mixq_quant_kernels::LogBase;
+
+    #[test]
+    fn fast_quantize_equals_the_reference() {
+        let mut xs: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+        ];
+        for i in -4000..4000 {
+            // Exact half steps (ties), and values around them.
+            let h = i as f32 * 0.5 * 0.0125;
+            xs.extend([h, h.next_up(), h.next_down(), i as f32 * 0.37]);
+        }
+        for (scale, zp, bits) in [
+            (0.0125f32, 128, 8u8),
+            (0.0125, 3, 4),
+            (0.7, 0, 2),
+            (1e-3, 255, 8),
+        ] {
+            let q = ActQuant::new(scale, zp.min((1 << bits) - 1), BitWidth::new(bits).unwrap())
+                .unwrap();
+            let fast = quantize_u8(&q, &xs);
+            for (x, f) in xs.iter().zip(fast) {
+                assert_eq!(f, q.quantize_one(*x), "x = {x:e}, scale {scale}");
+            }
+        }
+    }
 
     #[test]
     fn fast_log_equals_the_reference() {
