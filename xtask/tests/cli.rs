@@ -1,42 +1,11 @@
 //! The CLI end to end: bad input gets one `error:` line and exit code 2, never a panic; the
 //! shipped digits checkpoints evaluate at their reported accuracy.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("xtask runs")
-}
+use std::process::Command;
 
-/// Runs a command expected to fail and returns its stderr after checking the contract.
-fn fails(args: &[&str]) -> String {
-    let out = xtask(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{args:?} should exit 2; stderr: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(
-        errors.len(),
-        1,
-        "{args:?} should print one error line: {stderr}"
-    );
-    errors[0].to_string()
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mixq-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{fails, tmpdir, xtask};
 
 #[test]
 fn unknown_model_lists_the_known_ones() {

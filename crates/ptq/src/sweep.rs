@@ -137,6 +137,7 @@ pub fn sensitivity_sweep(
                     (base.model.clone(), iso)
                 }
             };
+            let measure_start = std::time::Instant::now();
             let baseline: &dyn mixq_vit_models::SiteHook = match &base {
                 None => &NoHook,
                 Some(b) => b,
@@ -156,6 +157,13 @@ pub fn sensitivity_sweep(
                     Ok(())
                 },
             )?;
+            tracing::info!(
+                bits = %format!("W{w}A{a}"),
+                sites = pending.len(),
+                seconds = measure_start.elapsed().as_secs_f64(),
+                cached = options.use_cache,
+                "measured"
+            );
         }
     }
     Ok(points
