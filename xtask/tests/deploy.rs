@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fails, ok, tmpdir, xtask};
+use common::{fails, ok, tmpdir};
 
 /// The top-1 % column of a one-row Markdown table.
 fn top1(stdout: &str, column: usize) -> f64 {
