@@ -138,7 +138,8 @@ pub fn run(args: LrpArgs) -> Result<()> {
     }
     let model = args.model.load(&card, &device)?;
     let pre = &card.preprocess;
-    let options = ExplainOptions::new(args.preset, &pre.mean, &pre.std);
+    let mut options = ExplainOptions::new(args.preset, &pre.mean, &pre.std);
+    options.read_inputs = args.at_inputs;
 
     let n = data.shape[0];
     let per_image = data.images.len() / n;

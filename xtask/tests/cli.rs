@@ -453,3 +453,42 @@ fn lrp_rejects_bad_targets_counts_and_undecodable_images() {
     assert!(err.contains("scan.png"), "{err}");
     assert!(!runs.exists(), "no run folder is left behind");
 }
+
+#[test]
+fn lrp_reads_site_inputs_when_asked() {
+    let runs = tmpdir("lrp-inputs");
+    let runs_arg = runs.to_str().unwrap();
+    let score = |extra: &[&str]| {
+        let mut args = vec![
+            "lrp",
+            "--model",
+            "digits-deit",
+            "--images",
+            "4",
+            "--heatmaps",
+            "0",
+            "--runs",
+            runs_arg,
+        ];
+        args.extend(extra);
+        let out = xtask(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let run = stdout
+            .lines()
+            .last()
+            .unwrap()
+            .trim_start_matches("wrote ")
+            .to_string();
+        mixq_core::ContributionScores::load(std::path::Path::new(&run).join("scores.toml")).unwrap()
+    };
+    let outputs = score(&[]);
+    let inputs = score(&["--at-inputs"]);
+    assert_eq!(inputs.meta["read_at"], "input");
+    assert_eq!(inputs.scores.len(), outputs.scores.len());
+    assert_ne!(inputs.scores, outputs.scores);
+}
