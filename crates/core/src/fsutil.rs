@@ -91,20 +91,39 @@ pub fn utc_stamp(unix_secs: u64) -> String {
 }
 
 impl RunDir {
-    /// Starts `<root>/<stamp>-<command>`.
+    /// Starts `<root>/<stamp>-<command>`; a second run started in the same second (or one
+    /// whose folder already exists) gets `-2`, `-3`, ... so runs never collide. The name is
+    /// reserved by creating its hidden partial folder, which is atomic across processes.
     pub fn create(root: impl AsRef<Path>, command: &str) -> Result<Self> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let name = format!("{}-{command}", utc_stamp(now));
+        let stem = format!("{}-{command}", utc_stamp(now));
         let root = root.as_ref();
-        let partial = root.join(format!(".{name}.partial"));
-        std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
-        Ok(RunDir {
-            partial,
-            final_path: root.join(name),
-        })
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        for n in 1.. {
+            let name = match n {
+                1 => stem.clone(),
+                _ => format!("{stem}-{n}"),
+            };
+            let final_path = root.join(&name);
+            if final_path.exists() {
+                continue;
+            }
+            let partial = root.join(format!(".{name}.partial"));
+            match std::fs::create_dir(&partial) {
+                Ok(()) => {
+                    return Ok(RunDir {
+                        partial,
+                        final_path,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(&partial, e)),
+            }
+        }
+        unreachable!("the name counter is unbounded")
     }
 
     /// Writes one file of the run.
@@ -156,6 +175,37 @@ mod run_tests {
                 .to_string_lossy()
                 .ends_with("-ptq")
         );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn runs_in_the_same_second_get_distinct_folders() {
+        let root = std::env::temp_dir().join(format!("mixq-core-same-{}", std::process::id()));
+        // Existing runs under this second's (and the next second's) name must be kept.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        for t in [now, now + 1] {
+            let taken = root.join(format!("{}-lrp", utc_stamp(t)));
+            std::fs::create_dir_all(&taken).unwrap();
+            std::fs::write(taken.join("scores.toml"), b"old").unwrap();
+        }
+        let a = RunDir::create(&root, "lrp").unwrap();
+        let b = RunDir::create(&root, "lrp").unwrap();
+        assert_ne!(a.path(), b.path());
+        a.write("scores.toml", b"a").unwrap();
+        b.write("scores.toml", b"b").unwrap();
+        let (pa, pb) = (a.finish().unwrap(), b.finish().unwrap());
+        assert_eq!(std::fs::read(pa.join("scores.toml")).unwrap(), b"a");
+        assert_eq!(std::fs::read(pb.join("scores.toml")).unwrap(), b"b");
+        let old = std::fs::read_dir(&root)
+            .unwrap()
+            .filter(|e| {
+                std::fs::read(e.as_ref().unwrap().path().join("scores.toml")).unwrap() == b"old"
+            })
+            .count();
+        assert_eq!(old, 2, "existing runs are untouched");
         std::fs::remove_dir_all(root).unwrap();
     }
 }
