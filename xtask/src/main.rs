@@ -7,7 +7,9 @@ mod eval;
 mod info;
 mod lrp;
 mod mixed;
+mod pose;
 mod ptq;
+mod qat;
 mod train;
 
 use std::process::ExitCode;
@@ -38,8 +40,12 @@ enum Command {
     Allocate(mixed::AllocateArgs),
     /// LRP relevance: per-site contribution scores (TOML/JSON + bar chart) and heatmaps.
     Lrp(lrp::LrpArgs),
+    /// Pose estimation (WTPose): train or evaluate on a COCO-format keypoint set.
+    Pose(pose::PoseArgs),
     /// Post-training quantization: FP vs quantized in one table, and a run folder.
     Ptq(ptq::PtqArgs),
+    /// Quantization-aware training (LSQ + distillation) with any bit plan; resumable.
+    Qat(qat::QatArgs),
     /// Evaluate an exported integer model: top-1 and images/s.
     RunInt(deploy::RunIntArgs),
     /// Per-site sensitivity sweep (resumable, shardable with --shard k/n, --merge).
@@ -67,7 +73,9 @@ fn main() -> ExitCode {
         Command::Allocate(args) => mixed::run_allocate(args),
         Command::Lrp(args) => lrp::run(args),
         Command::Sensitivity(args) => mixed::run_sensitivity(args),
+        Command::Pose(args) => pose::run(args),
         Command::Ptq(args) => ptq::run(args),
+        Command::Qat(args) => qat::run(args),
         Command::Train(args) => train::run(args),
     };
     match result {

@@ -449,7 +449,7 @@ struct MixedRow {
 }
 
 /// Parameter-weighted average weight bits and MAC-weighted activation bits of a plan.
-fn plan_averages(plan: &BitPlan, sites: &[SiteInfo]) -> (f64, f64) {
+pub(crate) fn plan_averages(plan: &BitPlan, sites: &[SiteInfo]) -> (f64, f64) {
     let (mut wp, mut p, mut am, mut m) = (0.0, 0.0, 0.0, 0.0);
     for s in sites {
         if let Some(b) = plan.sites.get(&s.id) {
@@ -462,19 +462,29 @@ fn plan_averages(plan: &BitPlan, sites: &[SiteInfo]) -> (f64, f64) {
     (wp / p.max(1.0), am / m.max(1.0))
 }
 
-/// `cargo xtask ptq --mixed`.
-pub fn run_mixed(
-    model_args: &ModelArgs,
+/// What steps 1-3 of `ptq --mixed` produce: the calibration and probe images, the LRP scores,
+/// the sensitivity table and, per budget, the uniform plan and one plan per preset.
+pub struct MixedPlans {
+    pub calib: Tensor<4>,
+    pub probe: Probe,
+    pub scores: ContributionScores,
+    pub table: SensitivityTable,
+    /// `(name, budget, plan)`: `uniform WbAb` then `mixed <preset>` for every budget.
+    pub plans: Vec<(String, Option<f64>, BitPlan)>,
+}
+
+/// LRP scores on the calibration images, the sensitivity sweep, then the allocator's plans at
+/// every budget (and the uniform plan at the same budget): the plans `ptq --mixed` compares and
+/// `qat --mixed` trains.
+pub fn make_plans(
+    model: &Model,
+    card: &ModelCard,
+    seed: u64,
     mixed: &MixedArgs,
     source: &CalibSource,
-    data: Option<&Path>,
-    eval_limit: Option<usize>,
-    batch: usize,
     runs: &Path,
-) -> Result<()> {
-    let card = model_args.card()?;
-    let device = model_args.device.device()?;
-    let model = model_args.load(&card, &device)?;
+    device: &Device,
+) -> Result<MixedPlans> {
     let sites = model.sites();
     let candidates = mixed.sweep.candidates()?;
     if source.calib_data.is_none() && card.dataset.as_deref() != Some("digits") {
@@ -484,7 +494,7 @@ pub fn run_mixed(
             "mixed precision needs training images for calibration and probing: pass --calib-data DIR",
         ));
     }
-    let (calib, probe) = calib_and_probe(&card, source, &mixed.sweep, model_args.seed, &device)?;
+    let (calib, probe) = calib_and_probe(card, source, &mixed.sweep, seed, device)?;
     let n_calib = calib.dims()[0];
 
     // 1. LRP contribution scores on the calibration images.
@@ -500,7 +510,7 @@ pub fn run_mixed(
             )
         })
         .collect();
-    let mut scores = contribution_scores(&model, batches, &options, false, |done| {
+    let mut scores = contribution_scores(model, batches, &options, false, |done| {
         bar.set_position(done as u64)
     })?;
     bar.finish_and_clear();
@@ -508,15 +518,15 @@ pub fn run_mixed(
 
     // 2. Sensitivity.
     let table = sweep(
-        &model,
-        &card,
+        model,
+        card,
         &calib,
         &probe,
         &mixed.sweep,
         source.image_bits,
         Shard::WHOLE,
         runs,
-        model_args.seed,
+        seed,
     )?;
 
     // 3. Plans: uniform and each preset at each budget.
@@ -544,6 +554,37 @@ pub fn run_mixed(
             plans.push((format!("mixed {}", preset.name()), Some(avg), plan));
         }
     }
+    Ok(MixedPlans {
+        calib,
+        probe,
+        scores,
+        table,
+        plans,
+    })
+}
+
+/// `cargo xtask ptq --mixed`.
+pub fn run_mixed(
+    model_args: &ModelArgs,
+    mixed: &MixedArgs,
+    source: &CalibSource,
+    data: Option<&Path>,
+    eval_limit: Option<usize>,
+    batch: usize,
+    runs: &Path,
+) -> Result<()> {
+    let card = model_args.card()?;
+    let device = model_args.device.device()?;
+    let model = model_args.load(&card, &device)?;
+    let sites = model.sites();
+    let MixedPlans {
+        calib,
+        probe,
+        scores,
+        table,
+        plans,
+    } = make_plans(&model, &card, model_args.seed, mixed, source, runs, &device)?;
+    let n_calib = calib.dims()[0];
 
     // 4. PTQ with every plan, then one evaluation pass for all.
     let config = PtqConfig::default();

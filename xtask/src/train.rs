@@ -11,6 +11,7 @@ use clap::Args;
 use mixq_core::{Error, Result};
 use mixq_datasets::Digits;
 use mixq_datasets::digits::Split;
+use mixq_qat_trainer::{cosine_with_warmup, default_warmup, shift_image};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -44,26 +45,9 @@ pub struct TrainArgs {
 
 /// Shifts an 8x8 digit by (dy, dx) pixels, filling with background (0).
 fn shift(img: &[f32; 64], dy: i32, dx: i32) -> [f32; 64] {
-    let mut out = [0.0; 64];
-    for y in 0..8i32 {
-        for x in 0..8i32 {
-            let (sy, sx) = (y - dy, x - dx);
-            if (0..8).contains(&sy) && (0..8).contains(&sx) {
-                out[(y * 8 + x) as usize] = img[(sy * 8 + sx) as usize];
-            }
-        }
-    }
-    out
-}
-
-fn learning_rate(step: usize, total: usize, peak: f64) -> f64 {
-    let warmup = (total / 20).max(1);
-    if step < warmup {
-        peak * (step + 1) as f64 / warmup as f64
-    } else {
-        let t = (step - warmup) as f64 / (total - warmup).max(1) as f64;
-        peak * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-    }
+    shift_image(img, [1, 8, 8], dy, dx, 0.0)
+        .try_into()
+        .expect("a shifted 8x8 image has 64 pixels")
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -131,7 +115,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let loss = loss_fn.forward(model.forward(x), targets);
             epoch_loss += loss.clone().into_scalar::<f32>() as f64 * batch.len() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(learning_rate(step, total, args.lr), model, grads);
+            let lr = cosine_with_warmup(step, total, default_warmup(total), args.lr);
+            model = optim.step(lr, model, grads);
             step += 1;
             bar.inc(1);
         }
@@ -192,13 +177,5 @@ mod tests {
             1,
             "the corner pixel leaves the image"
         );
-    }
-
-    #[test]
-    fn schedule_warms_up_then_decays_to_zero() {
-        let total = 100;
-        assert!(learning_rate(0, total, 1.0) < learning_rate(4, total, 1.0));
-        assert!((learning_rate(5, total, 1.0) - 1.0).abs() < 1e-12);
-        assert!(learning_rate(total - 1, total, 1.0) < 1e-3);
     }
 }

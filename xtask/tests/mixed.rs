@@ -188,3 +188,102 @@ fn sensitivity_shards_merge_and_allocate_reads_the_files() {
         "{stderr}"
     );
 }
+
+/// `qat --mixed`: a run stopped after one epoch and resumed from its unfinished folder ends with
+/// the same weights as an uninterrupted run; bad inputs are one clear error each.
+#[test]
+fn qat_mixed_resume_matches_uninterrupted_run() {
+    let cache = tmpdir("qat-cache");
+    let common_args = |runs: &std::path::Path| -> Vec<String> {
+        [
+            "qat",
+            "--model",
+            "digits-deit",
+            "--mixed",
+            "--avg-bits",
+            "3",
+            "--candidates",
+            "2,3,4",
+            "--preset",
+            "mix",
+            "--calib",
+            "16",
+            "--probe",
+            "16",
+            "--epochs",
+            "2",
+            "--batch",
+            "32",
+            "--limit",
+            "64",
+            "--eval",
+            "60",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--runs",
+            runs.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = xtask(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let fingerprint = |dir: &std::path::Path| -> String {
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap())
+                .unwrap();
+        json["params_fingerprint"].as_str().unwrap().to_string()
+    };
+
+    let whole = tmpdir("qat-whole");
+    let stdout = run(&common_args(&whole));
+    assert!(stdout.contains("QAT top-1"), "{stdout}");
+    let done = only_run(&whole, "-qat");
+    for f in [
+        "plan.toml",
+        "curves.png",
+        "results.json",
+        "report.md",
+        "checkpoint.safetensors",
+    ] {
+        assert!(done.join(f).is_file(), "{f}");
+    }
+
+    let stopped = tmpdir("qat-stopped");
+    let mut args = common_args(&stopped);
+    args.extend(["--stop-after".to_string(), "1".to_string()]);
+    let stdout = run(&args);
+    assert!(stdout.contains("stopped after epoch 1 of 2"), "{stdout}");
+    let partial = only_run(&stopped, "-qat.partial");
+    let resumed = tmpdir("qat-resumed");
+    let mut args = common_args(&resumed);
+    args.extend(["--resume".to_string(), partial.display().to_string()]);
+    run(&args);
+    assert_eq!(
+        fingerprint(&done),
+        fingerprint(&only_run(&resumed, "-qat")),
+        "resumed run ends with other weights"
+    );
+
+    let e = fails(&["qat", "--resume", cache.to_str().unwrap(), "--epochs", "1"]);
+    assert!(
+        e.contains("--resume") && e.contains("checkpoint.safetensors"),
+        "{e}"
+    );
+    let e = fails(&["qat", "--plan", "/nonexistent/plan.toml"]);
+    assert!(e.contains("/nonexistent/plan.toml"), "{e}");
+    let e = fails(&["qat", "--w-bits", "1", "--epochs", "1"]);
+    assert!(e.contains("bits") && e.contains("1"), "{e}");
+    let e = fails(&["qat", "--model", "deit-s", "--random-weights"]);
+    assert!(e.contains("digits"), "{e}");
+}

@@ -88,7 +88,7 @@ impl Linear {
     }
 }
 
-/// A 2-D convolution site (the patch embedding), weight `[out, in, kh, kw]` as in PyTorch.
+/// A 2-D convolution site (a patch embedding, a CNN layer), weight `[out, in, kh, kw]` as in PyTorch.
 #[derive(Module, Debug)]
 pub struct Conv2d {
     pub weight: Param<Tensor<4>>,
@@ -110,6 +110,9 @@ pub struct Conv2dConfig {
     pub stride: usize,
     #[config(default = 0)]
     pub padding: usize,
+    /// Whether the conv has a bias (convs followed by a BatchNorm have none).
+    #[config(default = true)]
+    pub bias: bool,
 }
 
 impl Conv2dConfig {
@@ -131,7 +134,9 @@ impl Conv2dConfig {
                 None,
                 device,
             ),
-            bias: Some(Initializer::Zeros.init([self.out_channels], device)),
+            bias: self
+                .bias
+                .then(|| Initializer::Zeros.init([self.out_channels], device)),
             stride: self.stride,
             padding: self.padding,
             site,

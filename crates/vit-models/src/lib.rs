@@ -1,8 +1,9 @@
 //! # mixq-vit-models
 //!
-//! ViT, DeiT (plain and distilled) and Swin as burn modules that reproduce timm's logits, built
-//! from quantizable *sites* (every linear, the patch-embedding conv and both attention matmuls),
-//! each named by its timm module path and reporting parameters and MACs per image.
+//! ViT, DeiT (plain and distilled) and Swin as burn modules that reproduce timm's logits, and the
+//! WTPose pose model (`wtpose`, with NATTEN-style neighbourhood attention in `neighborhood`),
+//! built from quantizable *sites* (every linear and conv, and both attention matmuls), each named
+//! by its module path and reporting parameters and MACs per image.
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
@@ -23,10 +24,12 @@ pub mod explain;
 pub mod hooks;
 pub mod layers;
 pub mod model;
+pub mod neighborhood;
 pub mod swin;
 pub mod testing;
 pub mod vit;
 pub mod weights;
+pub mod wtpose;
 
 pub use card::{ModelCard, Preprocess, models_dir};
 pub use explain::{ExplainOptions, Explanation, SiteRelevance, Target, contribution_scores};
@@ -36,3 +39,4 @@ pub use model::{ArchConfig, Model};
 pub use swin::{SwinConfig, SwinTransformer};
 pub use vit::{VisionTransformer, VitConfig};
 pub use weights::WeightsSource;
+pub use wtpose::{MacCount, WTPOSE_VARIANTS, WtPose, WtPoseConfig};

@@ -4,6 +4,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
+use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
@@ -126,29 +127,26 @@ impl SwinConfig {
         self.validate()?;
         let layers = (0..self.depths.len())
             .map(|s| {
-                let dim = self.stage_dim(s);
-                let stage = SiteId::new(format!("layers.{s}"));
-                SwinStage {
-                    downsample: (s > 0).then(|| PatchMerging {
-                        norm: LayerNorm::new(2 * dim, self.norm_eps, device),
-                        reduction: LinearConfig::new(2 * dim, dim)
-                            .with_bias(false)
-                            .init(stage.join("downsample.reduction"), device),
-                    }),
-                    blocks: (0..self.depths[s])
-                        .map(|b| {
-                            let path = stage.join(&format!("blocks.{b}"));
-                            SwinBlock::new(
-                                &path,
-                                dim,
-                                self.num_heads[s],
-                                self.geometry(s, b),
-                                self,
-                                device,
-                            )
-                        })
-                        .collect(),
-                }
+                let r = self.stage_resolution(s);
+                let geometry: Vec<(usize, usize)> = (0..self.depths[s])
+                    .map(|b| {
+                        let g = self.geometry(s, b);
+                        (g.window, g.shift)
+                    })
+                    .collect();
+                SwinStage::new(
+                    &SiteId::new(format!("layers.{s}")),
+                    SwinStageDims {
+                        dim: self.stage_dim(s),
+                        heads: self.num_heads[s],
+                        resolution: [r, r],
+                        downsample: s > 0,
+                        mlp_ratio: self.mlp_ratio,
+                        norm_eps: self.norm_eps,
+                    },
+                    &geometry,
+                    device,
+                )
             })
             .collect();
         let e = self.embed_dim;
@@ -275,8 +273,13 @@ pub fn relative_position_index(window: usize) -> Vec<i64> {
 /// timm's shifted-window attention mask, `[num_windows, n, n]` with 0 inside a region and -100
 /// across regions.
 pub fn shifted_window_mask(resolution: usize, window: usize, shift: usize) -> Vec<f32> {
-    let r = resolution;
-    let region = |i: usize| -> usize {
+    shifted_window_mask_hw(resolution, resolution, window, shift)
+}
+
+/// [`shifted_window_mask`] for an `h x w` map (both multiples of `window`), as mmpose's
+/// `ShiftWindowMSA` builds it on the padded map.
+pub fn shifted_window_mask_hw(h: usize, w: usize, window: usize, shift: usize) -> Vec<f32> {
+    let region = |i: usize, r: usize| -> usize {
         if i < r - window {
             0
         } else if i < r - shift {
@@ -285,14 +288,14 @@ pub fn shifted_window_mask(resolution: usize, window: usize, shift: usize) -> Ve
             2
         }
     };
-    let nw = r / window;
+    let (nh, nw) = (h / window, w / window);
     let n = window * window;
-    let mut mask = Vec::with_capacity(nw * nw * n * n);
-    for wh in 0..nw {
+    let mut mask = Vec::with_capacity(nh * nw * n * n);
+    for wh in 0..nh {
         for ww in 0..nw {
             let label = |p: usize| {
-                let (h, w) = (wh * window + p / window, ww * window + p % window);
-                region(h) * 3 + region(w)
+                let (y, x) = (wh * window + p / window, ww * window + p % window);
+                region(y, h) * 3 + region(x, w)
             };
             for i in 0..n {
                 for j in 0..n {
@@ -352,6 +355,10 @@ pub fn window_reverse(windows: Tensor<3>, window: usize, h: usize, w: usize) -> 
 }
 
 /// A Swin block: (shifted) window attention and MLP, both pre-LN with residuals.
+///
+/// A map whose sides are not multiples of the window is zero-padded at the bottom/right after
+/// `norm1` (the padded tokens enter the windows, as in mmpose's `ShiftWindowMSA`) and cropped
+/// after the attention; the shift mask is built on the padded map.
 #[derive(Module, Debug)]
 pub struct SwinBlock {
     pub norm1: LayerNorm,
@@ -361,33 +368,38 @@ pub struct SwinBlock {
     pub attn_mask: Option<Tensor<3>>,
     #[module(skip)]
     pub shift: usize,
+    /// The padded `[h, w]` that `attn_mask` was built for.
+    #[module(skip)]
+    pub mask_size: [usize; 2],
+}
+
+/// `h` rounded up to a multiple of `window`.
+pub fn padded_len(h: usize, window: usize) -> usize {
+    h.div_ceil(window) * window
 }
 
 impl SwinBlock {
-    fn new(
+    /// A block for an `[h, w]` map with the given (effective) window and shift.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
         path: &SiteId,
         dim: usize,
         heads: usize,
-        g: WindowGeometry,
-        cfg: &SwinConfig,
+        window: usize,
+        shift: usize,
+        resolution: [usize; 2],
+        mlp_ratio: f64,
+        norm_eps: f64,
         device: &Device,
     ) -> Self {
         let attn = path.join("attn");
-        let n = g.window * g.window;
-        let table = (2 * g.window - 1) * (2 * g.window - 1);
-        let index = relative_position_index(g.window);
-        let attn_mask = (g.shift > 0).then(|| {
-            let nw = (g.resolution / g.window).pow(2);
-            Tensor::from_data(
-                TensorData::new(
-                    shifted_window_mask(g.resolution, g.window, g.shift),
-                    [nw, n, n],
-                ),
-                device,
-            )
-        });
+        let n = window * window;
+        let table = (2 * window - 1) * (2 * window - 1);
+        let index = relative_position_index(window);
+        let mask_size = resolution.map(|r| padded_len(r, window));
+        let attn_mask = (shift > 0).then(|| block_mask(mask_size, window, shift, device));
         SwinBlock {
-            norm1: LayerNorm::new(dim, cfg.norm_eps, device),
+            norm1: LayerNorm::new(dim, norm_eps, device),
             attn: WindowAttention {
                 qkv: LinearConfig::new(dim, 3 * dim).init(attn.join("qkv"), device),
                 proj: LinearConfig::new(dim, dim).init(attn.join("proj"), device),
@@ -398,41 +410,66 @@ impl SwinBlock {
                 .init([table, heads], device),
                 relative_position_index: Tensor::from_data(TensorData::new(index, [n * n]), device),
                 num_heads: heads,
-                window: g.window,
+                window,
                 matmul_qk: attn.join("matmul_qk"),
                 matmul_av: attn.join("matmul_av"),
             },
-            norm2: LayerNorm::new(dim, cfg.norm_eps, device),
+            norm2: LayerNorm::new(dim, norm_eps, device),
             mlp: Mlp::new(
                 &path.join("mlp"),
                 dim,
-                (dim as f64 * cfg.mlp_ratio) as usize,
+                (dim as f64 * mlp_ratio) as usize,
                 device,
             ),
             attn_mask,
-            shift: g.shift,
+            shift,
+            mask_size,
         }
     }
 
     pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
         let [b, h, w, c] = x.dims();
         let window = self.attn.window;
+        let (hp, wp) = (padded_len(h, window), padded_len(w, window));
         let s = self.shift as i64;
         let mut y = self.norm1.forward(x.clone(), hook);
+        if (hp, wp) != (h, w) {
+            y = y.pad([(0, hp - h), (0, wp - w), (0, 0)], PadMode::Constant(0.0));
+        }
         if s > 0 {
             y = y.roll(&[-s, -s], &[1, 2]);
         }
-        let y = self
-            .attn
-            .forward(window_partition(y, window), self.attn_mask.as_ref(), hook);
-        let mut y = window_reverse(y, window, h, w);
+        let built;
+        let mask = match &self.attn_mask {
+            Some(m) if self.mask_size == [hp, wp] => Some(m),
+            _ if s > 0 => {
+                built = block_mask([hp, wp], window, self.shift, &x.device());
+                Some(&built)
+            }
+            _ => None,
+        };
+        let y = self.attn.forward(window_partition(y, window), mask, hook);
+        let mut y = window_reverse(y, window, hp, wp);
         if s > 0 {
             y = y.roll(&[s, s], &[1, 2]);
+        }
+        if (hp, wp) != (h, w) {
+            y = y.slice([0..b, 0..h, 0..w, 0..c]);
         }
         let x = (x + y).reshape([b, h * w, c]);
         let x = x.clone() + self.mlp.forward(self.norm2.forward(x, hook), hook);
         x.reshape([b, h, w, c])
     }
+}
+
+fn block_mask(size: [usize; 2], window: usize, shift: usize, device: &Device) -> Tensor<3> {
+    let [h, w] = size;
+    let nw = (h / window) * (w / window);
+    let n = window * window;
+    Tensor::from_data(
+        TensorData::new(shifted_window_mask_hw(h, w, window, shift), [nw, n, n]),
+        device,
+    )
 }
 
 /// timm's `PatchMerging`: 2x2 neighbours concatenated (in timm's order), normed, reduced.
@@ -458,6 +495,68 @@ impl PatchMerging {
 pub struct SwinStage {
     pub downsample: Option<PatchMerging>,
     pub blocks: Vec<SwinBlock>,
+}
+
+/// The shape of a [`SwinStage`] (its blocks' geometry is passed separately).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SwinStageDims {
+    /// Channels inside the stage (after the optional patch merging).
+    pub dim: usize,
+    pub heads: usize,
+    /// `[h, w]` of the stage's blocks (after the optional patch merging).
+    pub resolution: [usize; 2],
+    /// Whether the stage starts with a patch merging from `dim / 2` channels.
+    pub downsample: bool,
+    pub mlp_ratio: f64,
+    pub norm_eps: f64,
+}
+
+impl SwinStage {
+    /// A stage at `path` (`layers.2`); `geometry` holds each block's `(window, shift)`.
+    pub fn new(
+        path: &SiteId,
+        dims: SwinStageDims,
+        geometry: &[(usize, usize)],
+        device: &Device,
+    ) -> Self {
+        let dim = dims.dim;
+        SwinStage {
+            downsample: dims.downsample.then(|| PatchMerging {
+                norm: LayerNorm::new(2 * dim, dims.norm_eps, device),
+                reduction: LinearConfig::new(2 * dim, dim)
+                    .with_bias(false)
+                    .init(path.join("downsample.reduction"), device),
+            }),
+            blocks: geometry
+                .iter()
+                .enumerate()
+                .map(|(b, &(window, shift))| {
+                    SwinBlock::new(
+                        &path.join(&format!("blocks.{b}")),
+                        dim,
+                        dims.heads,
+                        window,
+                        shift,
+                        dims.resolution,
+                        dims.mlp_ratio,
+                        dims.norm_eps,
+                        device,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Patch merging (if any), then the blocks; NHWC in and out.
+    pub fn forward(&self, mut x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
+        if let Some(down) = &self.downsample {
+            x = down.forward(x, hook);
+        }
+        for block in &self.blocks {
+            x = block.forward(x, hook);
+        }
+        x
+    }
 }
 
 /// timm's `ClassifierHead` (average pool, then `fc`).

@@ -98,3 +98,17 @@ pub fn fixture(name: &str, device: &Device) -> (Model, Tensor<4>, Tensor<2>) {
         tensor(&io, "logits", device),
     )
 }
+
+/// A digits model card (`digits-deit`, `digits-swin`) with its shipped checkpoint (models/).
+pub fn shipped(name: &str, device: &Device) -> (crate::ModelCard, Model) {
+    let card = crate::ModelCard::find(name).unwrap_or_else(|e| panic!("{e}"));
+    let path = card
+        .shipped_path()
+        .unwrap_or_else(|| panic!("model '{name}' ships no checkpoint"));
+    let model = card
+        .arch
+        .init(device)
+        .and_then(|m| m.load_weights(&WeightsSource::Safetensors(path)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    (card, model)
+}

@@ -1,0 +1,507 @@
+//! QAT: LSQ gradients, the straight-through estimator, the PTQ starting point, distillation,
+//! resume equivalence and checkpoint validation. One test binary (each costs a burn link).
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use mixq_core::{BitPlan, BitWidth, Error};
+use mixq_datasets::Digits;
+use mixq_ptq::{PtqConfig, uniform_plan};
+use mixq_qat_trainer::{
+    CHECKPOINT_FILE, ImageSet, QatConfig, QatTrainer, distillation_loss, grad_scale,
+    log_fake_quant, lsq_fake_quant, lsq_grad_scale, round_ste,
+};
+use mixq_quant_kernels::{LogBase, LogQuantizer, host_values};
+use mixq_vit_models::{Model, ModelCard};
+
+fn ad() -> Device {
+    Device::flex().autodiff()
+}
+
+fn leaf<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+    Tensor::<D>::from_data(TensorData::new(values, shape), &ad()).require_grad()
+}
+
+fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    host_values(&t.clone().inner()).unwrap()
+}
+
+/// A fixed pseudo-random sequence in [-1, 1).
+fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f64 / u32::MAX as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
+/// The LSQ surrogate whose derivatives LSQ uses: `s * (clamp(x/s + c + z, qmin, qmax) - z)` with
+/// the rounding offset `c = round(v0) - v0` frozen at the evaluation point, in f64. LSQ's clip
+/// range is inclusive (a value whose code is exactly `qmin` or `qmax` passes the gradient; burn's
+/// clamp masks only values strictly outside): `u` within a tenth of a code outside the range
+/// counts as inside (codes are integers, so only values exactly on a bound code are affected).
+fn surrogate(x: f64, s: f64, c: f64, z: f64, qmin: f64, qmax: f64) -> f64 {
+    let u = x / s + c + z;
+    let q = if u < qmin - 0.1 {
+        qmin
+    } else if u > qmax + 0.1 {
+        qmax
+    } else {
+        u
+    };
+    s * (q - z)
+}
+
+#[test]
+fn lsq_gradients_match_finite_differences() {
+    // 3-bit asymmetric grid (codes 0..7), per channel along axis 1 of a [3, 4] tensor, with
+    // channel zero points 3, 0, 7, 2: inside and clipped values on both ends.
+    let (rows, cols) = (3usize, 4usize);
+    let (qmin, qmax) = (0.0f32, 7.0f32);
+    let zs = [3.0f32, 0.0, 7.0, 2.0];
+    let steps = [0.1f32, 0.05, 0.2, 0.15];
+    let xs: Vec<f32> = pseudo(rows * cols, 7).iter().map(|v| v * 0.8).collect();
+    let upstream = pseudo(rows * cols, 11);
+    let g = lsq_grad_scale(rows, qmax - qmin);
+    assert!((g - 1.0 / (3.0f32 * 7.0).sqrt()).abs() < 1e-7);
+
+    let x = leaf(xs.clone(), [rows, cols]);
+    let s = leaf(steps.to_vec(), [cols]);
+    let w = Tensor::<2>::from_data(TensorData::new(upstream.clone(), [rows, cols]), &ad());
+    let y = lsq_fake_quant(x.clone(), s.clone(), &zs, qmin, qmax, Some(1), g);
+    let grads = y.clone().mul(w).sum().backward();
+    let gx = host(&x.grad(&grads).expect("input gradient"));
+    let gs = host(&s.grad(&grads).expect("step gradient"));
+
+    // Forward: the PTQ grid.
+    let yv = host(&y);
+    for i in 0..rows * cols {
+        let c = i % cols;
+        let code = ((xs[i] / steps[c]).round_ties_even() + zs[c]).clamp(qmin, qmax);
+        assert_eq!(yv[i], (code - zs[c]) * steps[c], "forward value {i}");
+    }
+
+    let h = 1e-5f64;
+    let mut inside = 0;
+    let mut clipped = 0;
+    for i in 0..rows * cols {
+        let c = i % cols;
+        let (xi, sc, z) = (xs[i] as f64, steps[c] as f64, zs[c] as f64);
+        let v0 = (xs[i] / steps[c]) as f64;
+        let off = v0.round_ties_even() - v0;
+        let f = |x: f64, s: f64| surrogate(x, s, off, z, qmin as f64, qmax as f64);
+        let fd_x = (f(xi + h, sc) - f(xi - h, sc)) / (2.0 * h) * upstream[i] as f64;
+        assert!(
+            (gx[i] as f64 - fd_x).abs() < 1e-3,
+            "d/dx[{i}]: autodiff {} vs finite difference {fd_x}",
+            gx[i]
+        );
+        if (v0 + off + z) >= qmin as f64 && (v0 + off + z) <= qmax as f64 {
+            inside += 1;
+        } else {
+            clipped += 1;
+        }
+    }
+    assert!(
+        inside > 2 && clipped > 2,
+        "{inside} inside, {clipped} clipped"
+    );
+    for c in 0..cols {
+        let sc = steps[c] as f64;
+        let loss = |s: f64| -> f64 {
+            (0..rows)
+                .map(|r| {
+                    let i = r * cols + c;
+                    let v0 = (xs[i] / steps[c]) as f64;
+                    let off = v0.round_ties_even() - v0;
+                    surrogate(xs[i] as f64, s, off, zs[c] as f64, qmin as f64, qmax as f64)
+                        * upstream[i] as f64
+                })
+                .sum()
+        };
+        let fd_s = (loss(sc + h) - loss(sc - h)) / (2.0 * h) * g as f64;
+        assert!(
+            (gs[c] as f64 - fd_s).abs() < 1e-3,
+            "d/ds[{c}]: autodiff {} vs finite difference {fd_s}",
+            gs[c]
+        );
+    }
+
+    // Per tensor, symmetric 2-bit grid (codes -1..1), gradient scale from the element count.
+    let xs: Vec<f32> = pseudo(8, 3).iter().map(|v| v * 0.5).collect();
+    let up = pseudo(8, 5);
+    let step = 0.2f32;
+    let g = lsq_grad_scale(8, 2.0);
+    let x = leaf(xs.clone(), [2, 4]);
+    let s = leaf(vec![step], [1]);
+    let w = Tensor::<2>::from_data(TensorData::new(up.clone(), [2, 4]), &ad());
+    let grads = lsq_fake_quant(x.clone(), s.clone(), &[0.0], -1.0, 1.0, None, g)
+        .mul(w)
+        .sum()
+        .backward();
+    let gx = host(&x.grad(&grads).unwrap());
+    let gs = host(&s.grad(&grads).unwrap())[0] as f64;
+    let loss = |x: &[f64], s: f64| -> f64 {
+        (0..8)
+            .map(|i| {
+                let v0 = (xs[i] / step) as f64;
+                surrogate(x[i], s, v0.round_ties_even() - v0, 0.0, -1.0, 1.0) * up[i] as f64
+            })
+            .sum()
+    };
+    let x64: Vec<f64> = xs.iter().map(|&v| v as f64).collect();
+    for i in 0..8 {
+        let (mut a, mut b) = (x64.clone(), x64.clone());
+        a[i] += h;
+        b[i] -= h;
+        let fd = (loss(&a, step as f64) - loss(&b, step as f64)) / (2.0 * h);
+        assert!((gx[i] as f64 - fd).abs() < 1e-3, "per-tensor d/dx[{i}]");
+    }
+    let fd_s = (loss(&x64, step as f64 + h) - loss(&x64, step as f64 - h)) / (2.0 * h) * g as f64;
+    assert!((gs - fd_s).abs() < 1e-3, "per-tensor d/ds: {gs} vs {fd_s}");
+}
+
+#[test]
+fn ste_passes_gradients_inside_the_clip_range_and_zero_outside() {
+    // burn's clamp itself: gradient 1 inside [lo, hi], 0 outside.
+    let x = leaf(vec![-2.0, -0.5, 0.0, 0.7, 3.0], [5]);
+    let grads = x.clone().clamp(-1.0, 1.0).sum().backward();
+    assert_eq!(
+        host(&x.grad(&grads).unwrap()),
+        vec![0.0, 1.0, 1.0, 1.0, 0.0]
+    );
+
+    // round_ste: rounds forward, identity backward; grad_scale: same value, scaled gradient.
+    let x = leaf(vec![0.4, 1.6, -2.5], [3]);
+    let y = round_ste(x.clone());
+    assert_eq!(host(&y), vec![0.0, 2.0, -2.0]);
+    let grads = y.sum().backward();
+    assert_eq!(host(&x.grad(&grads).unwrap()), vec![1.0, 1.0, 1.0]);
+    let x = leaf(vec![0.3, -1.7], [2]);
+    let y = grad_scale(x.clone(), 0.25);
+    assert_eq!(host(&y), vec![0.3, -1.7]);
+    let grads = y.sum().backward();
+    assert_eq!(host(&x.grad(&grads).unwrap()), vec![0.25, 0.25]);
+
+    // The whole uniform quantizer: 4-bit unsigned grid with step 0.1 covers [0, 1.5].
+    let xs = vec![-0.3, 0.0, 0.04, 0.5, 1.44, 1.6, 5.0];
+    let x = leaf(xs.clone(), [1, 7]);
+    let s = leaf(vec![0.1], [1]);
+    let y = lsq_fake_quant(x.clone(), s, &[0.0], 0.0, 15.0, None, 1.0);
+    let grads = y.sum().backward();
+    let gx = host(&x.grad(&grads).unwrap());
+    assert_eq!(gx, vec![0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0], "inputs {xs:?}");
+
+    // The log quantizer with a learned scale: straight through on the levels, zero above the
+    // top level and in the zero bin; the scale's gradient is the chosen unit level times g.
+    let bits = BitWidth::new(2).unwrap();
+    let xs = vec![0.0005, 0.2, 0.3, 0.5, 0.9];
+    let x = leaf(xs.clone(), [1, 5]);
+    let scale = leaf(vec![0.5], [1]);
+    let y = log_fake_quant(x.clone(), scale.clone(), bits, LogBase::LogSqrt2, 0.5);
+    let ptq = LogQuantizer::new(bits, LogBase::LogSqrt2, 0.5)
+        .unwrap()
+        .fake_quant_host(&xs);
+    assert_eq!(host(&y), ptq, "same levels as the PTQ log quantizer");
+    let grads = y.sum().backward();
+    assert_eq!(
+        host(&x.grad(&grads).unwrap()),
+        vec![0.0, 1.0, 1.0, 1.0, 0.0]
+    );
+    let unit_sum: f32 = ptq.iter().map(|v| v / 0.5).sum();
+    let gs = host(&scale.grad(&grads).unwrap())[0];
+    assert!(
+        (gs - 0.5 * unit_sum).abs() < 1e-6,
+        "{gs} vs {}",
+        0.5 * unit_sum
+    );
+}
+
+#[test]
+fn distillation_loss_matches_hand_computation() {
+    let s = [1.0f32, 2.0, 0.5, -1.0, 0.0, 3.0];
+    let t = [2.0f32, 0.0, 1.0, 0.5, 0.5, 0.5];
+    let labels = [1usize, 2];
+    let (alpha, temp) = (0.6, 2.0);
+    let student = Tensor::<2>::from_data(TensorData::new(s.to_vec(), [2, 3]), &ad());
+    let teacher = Tensor::<2>::from_data(TensorData::new(t.to_vec(), [2, 3]), &Device::flex());
+    let got = host(&distillation_loss(student, teacher, &labels, alpha, temp))[0] as f64;
+    let log_softmax = |row: &[f32], t: f64| -> Vec<f64> {
+        let z: Vec<f64> = row.iter().map(|&v| v as f64 / t).collect();
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = z.iter().map(|v| (v - m).exp()).sum::<f64>().ln() + m;
+        z.iter().map(|v| v - lse).collect()
+    };
+    let (mut kl, mut ce) = (0.0, 0.0);
+    for b in 0..2 {
+        let (sr, tr) = (&s[b * 3..b * 3 + 3], &t[b * 3..b * 3 + 3]);
+        let (ls, lt) = (log_softmax(sr, temp), log_softmax(tr, temp));
+        kl += (0..3).map(|k| lt[k].exp() * (lt[k] - ls[k])).sum::<f64>();
+        ce -= log_softmax(sr, 1.0)[labels[b]];
+    }
+    let expected = alpha * temp * temp * kl / 2.0 + (1.0 - alpha) * ce / 2.0;
+    assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+}
+
+fn shipped(name: &str) -> (ModelCard, Model) {
+    mixq_vit_models::testing::shipped(name, &Device::flex())
+}
+
+/// The first `n` training and `m` test digits, normalised as the model card says.
+fn digits(card: &ModelCard, n: usize, m: usize) -> (ImageSet, ImageSet, Tensor<4>) {
+    let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
+    let (train, test) = Digits::load().split(0);
+    let set = |split: &mixq_datasets::Split, k: usize| {
+        let b = split.batches(k, mean, std).unwrap().next().unwrap();
+        ImageSet::new(b.images, [1, 8, 8], b.labels).unwrap()
+    };
+    let train_set = set(&train, n);
+    let calib = Tensor::<4>::from_data(
+        TensorData::new(train_set.images[..16 * 64].to_vec(), [16, 1, 8, 8]),
+        &Device::flex(),
+    );
+    (train_set, set(&test, m), calib)
+}
+
+fn tiny_config(epochs: usize) -> QatConfig {
+    QatConfig {
+        epochs,
+        batch: 16,
+        seed: 5,
+        shift_fill: -1.0,
+        ..QatConfig::default()
+    }
+}
+
+fn trainer(name: &str, plan: &BitPlan, config: QatConfig) -> (QatTrainer, ImageSet, ImageSet) {
+    let (card, model) = shipped(name);
+    let (train, test, calib) = digits(&card, 48, 32);
+    let t = QatTrainer::new(
+        &card.name,
+        model,
+        calib,
+        plan,
+        &PtqConfig::default(),
+        config,
+    )
+    .unwrap();
+    (t, train, test)
+}
+
+fn w3a3(name: &str) -> BitPlan {
+    let card = ModelCard::find(name).unwrap();
+    uniform_plan(&card.arch.sites(), 3, 3, 8).unwrap()
+}
+
+#[test]
+fn fresh_student_computes_exactly_the_ptq_model() {
+    for name in ["digits-deit", "digits-swin"] {
+        let (t, _, test) = trainer(name, &w3a3(name), tiny_config(1));
+        let x = Tensor::<4>::from_data(
+            TensorData::new(test.images.clone(), [test.len(), 1, 8, 8]),
+            &Device::flex(),
+        );
+        let qat = host(&t.module().valid().forward(x.clone()));
+        let ptq = host(&t.ptq().forward(x));
+        let worst = qat
+            .iter()
+            .zip(&ptq)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert_eq!(
+            worst, 0.0,
+            "{name}: QAT at step 0 differs from PTQ by {worst}"
+        );
+        assert_eq!(
+            t.evaluate(&test, 16).unwrap().top1,
+            t.evaluate_ptq(&test, 16).unwrap().top1
+        );
+    }
+}
+
+fn assert_same_params(a: &QatTrainer, b: &QatTrainer) {
+    let (pa, pb) = (a.param_values(), b.param_values());
+    assert_eq!(pa.len(), pb.len());
+    for ((na, _, va), (nb, _, vb)) in pa.iter().zip(&pb) {
+        assert_eq!(na, nb);
+        let same = va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "parameter {na} differs after resume");
+    }
+    assert_eq!(a.params_fingerprint(), b.params_fingerprint());
+}
+
+#[test]
+fn resumed_run_ends_with_bitwise_the_same_weights() {
+    let name = "digits-deit";
+    let plan = w3a3(name);
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join(CHECKPOINT_FILE);
+
+    // Uninterrupted: two epochs.
+    let (mut whole, train, _) = trainer(name, &plan, tiny_config(2));
+    let start = whole.param_values();
+    whole.train_epoch(&train, &mut |_| {}).unwrap();
+    whole.train_epoch(&train, &mut |_| {}).unwrap();
+    assert!(whole.finished());
+    assert_eq!(whole.steps_done(), 6);
+
+    // Interrupted after one epoch; a fresh process resumes from the checkpoint.
+    let (mut first, train, _) = trainer(name, &plan, tiny_config(2));
+    first.train_epoch(&train, &mut |_| {}).unwrap();
+    first.save_checkpoint(&ckpt).unwrap();
+    drop(first);
+    let (mut resumed, train, _) = trainer(name, &plan, tiny_config(2));
+    resumed.load_checkpoint(&ckpt).unwrap();
+    assert_eq!((resumed.epochs_done(), resumed.steps_done()), (1, 3));
+    resumed.train_epoch(&train, &mut |_| {}).unwrap();
+    assert_same_params(&whole, &resumed);
+    assert_eq!(whole.history().len(), resumed.history().len());
+
+    // Training moved both the weights and the step sizes.
+    let end = whole.param_values();
+    let moved = |pred: &dyn Fn(&str) -> bool| {
+        start
+            .iter()
+            .zip(&end)
+            .filter(|((n, _, _), _)| pred(n))
+            .any(|((_, _, a), (_, _, b))| a != b)
+    };
+    assert!(moved(&|n| n.starts_with("quant")), "steps never changed");
+    assert!(moved(&|n| n.starts_with("model")), "weights never changed");
+
+    // Another seed (data order and augmentation) ends elsewhere: equality above is not trivial.
+    let (mut reseeded, train, _) = trainer(
+        name,
+        &plan,
+        QatConfig {
+            seed: 6,
+            ..tiny_config(2)
+        },
+    );
+    reseeded.train_epoch(&train, &mut |_| {}).unwrap();
+    reseeded.train_epoch(&train, &mut |_| {}).unwrap();
+    assert_ne!(reseeded.params_fingerprint(), whole.params_fingerprint());
+}
+
+fn error_of(r: Result<(), Error>) -> String {
+    r.expect_err("should be an error").to_string()
+}
+
+#[test]
+fn corrupt_or_mismatched_checkpoints_are_clear_errors() {
+    let name = "digits-deit";
+    let plan = w3a3(name);
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join(CHECKPOINT_FILE);
+    let (mut t, train, _) = trainer(name, &plan, tiny_config(2));
+    t.train_epoch(&train, &mut |_| {}).unwrap();
+    t.save_checkpoint(&ckpt).unwrap();
+    let good = std::fs::read(&ckpt).unwrap();
+    let path = ckpt.display().to_string();
+
+    // Missing file.
+    let e = error_of(t.load_checkpoint(dir.path().join("nope.safetensors")));
+    assert!(e.contains("nope.safetensors"), "{e}");
+
+    // Truncated file.
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
+    let e = error_of(t.load_checkpoint(&cut));
+    assert!(
+        e.contains("cut.safetensors") && e.contains("not a readable"),
+        "{e}"
+    );
+
+    // Garbage.
+    std::fs::write(&cut, b"hello, not a checkpoint").unwrap();
+    let e = error_of(t.load_checkpoint(&cut));
+    assert!(e.contains("not a readable"), "{e}");
+
+    // One flipped bit in the tensor data.
+    let mut flipped = good.clone();
+    let last = flipped.len() - 5;
+    flipped[last] ^= 0x10;
+    std::fs::write(&ckpt, &flipped).unwrap();
+    let e = error_of(t.load_checkpoint(&ckpt));
+    assert!(e.contains(&path) && e.contains("checksum"), "{e}");
+    std::fs::write(&ckpt, &good).unwrap();
+
+    // Another plan.
+    let (mut other_plan, _, _) = trainer(
+        name,
+        &uniform_plan(&ModelCard::find(name).unwrap().arch.sites(), 4, 4, 8).unwrap(),
+        tiny_config(2),
+    );
+    let e = error_of(other_plan.load_checkpoint(&ckpt));
+    assert!(e.contains(&path) && e.contains("plan_fingerprint"), "{e}");
+
+    // Other settings: the differing key is named.
+    let (mut other_cfg, _, _) = trainer(name, &plan, tiny_config(3));
+    let before = other_cfg.params_fingerprint();
+    let e = error_of(other_cfg.load_checkpoint(&ckpt));
+    assert!(
+        e.contains("'config'") && e.contains("epochs: checkpoint 2, this run 3"),
+        "{e}"
+    );
+
+    // Another model.
+    let swin_plan = w3a3("digits-swin");
+    let (mut swin, _, _) = trainer("digits-swin", &swin_plan, tiny_config(2));
+    let e = error_of(swin.load_checkpoint(&ckpt));
+    assert!(e.contains("'model'") && e.contains("digits-deit"), "{e}");
+
+    // The good file still loads, and a failed load left the trainer untouched.
+    assert_eq!(before, other_cfg.params_fingerprint());
+    assert_eq!(other_cfg.epochs_done(), 0);
+    t.load_checkpoint(&ckpt).unwrap();
+    assert_eq!(t.epochs_done(), 1);
+}
+
+#[test]
+fn bad_settings_and_empty_plans_are_errors() {
+    let (card, model) = shipped("digits-deit");
+    let (_, _, calib) = digits(&card, 16, 8);
+    let plan = w3a3("digits-deit");
+    let make = |plan: &BitPlan, config: QatConfig| {
+        QatTrainer::new(
+            &card.name,
+            model.clone(),
+            calib.clone(),
+            plan,
+            &PtqConfig::default(),
+            config,
+        )
+        .err()
+        .expect("should fail")
+        .to_string()
+    };
+    let e = make(&BitPlan::default(), tiny_config(1));
+    assert!(e.contains("plan") && e.contains("no site"), "{e}");
+    let e = make(
+        &plan,
+        QatConfig {
+            epochs: 0,
+            ..tiny_config(1)
+        },
+    );
+    assert!(e.contains("--epochs"), "{e}");
+    let e = make(
+        &plan,
+        QatConfig {
+            kd_alpha: 1.5,
+            ..tiny_config(1)
+        },
+    );
+    assert!(e.contains("--kd-alpha"), "{e}");
+    let e = make(
+        &plan,
+        QatConfig {
+            kd_temperature: 0.0,
+            ..tiny_config(1)
+        },
+    );
+    assert!(e.contains("--kd-temperature"), "{e}");
+}

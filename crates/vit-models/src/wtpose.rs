@@ -1,0 +1,986 @@
+//! WTPose (Waterfall Transformer for multi-person pose estimation, Ranjan & Savakis), top-down
+//! heatmap model, as the authors' mmpose `wtSwin` backbone + `WTM_A` waterfall module +
+//! `HeatmapHeadWTPose`:
+//!
+//! 1. stem: two 3x3 stride-2 conv-BN-ReLU (64 ch), then ResNet's first bottleneck stage
+//!    (3 blocks, 256 ch, stride 4 overall); 1x1 conv-BN-ReLU to the Swin width `C`;
+//! 2. the four Swin stages (window 7, shift on odd blocks, maps padded to the window as in
+//!    mmpose), each output LayerNorm-ed;
+//! 3. the waterfall module: stages 1..3 upsampled bilinearly (align corners) to stride 4,
+//!    concatenated, 1x1 conv-BN-ReLU to 128; 4 cascaded blocks, each a dilated (2, 4, 6, 8)
+//!    then an undilated neighbourhood-attention layer (kernel 7, 8 heads, pre-LN, MLP ratio 4,
+//!    layer scale); a global-average-pool branch (1x1 conv-BN-ReLU, broadcast); the four block
+//!    outputs and the pool branch concatenated, 1x1 conv-BN-ReLU to 128; the stride-4 ResNet
+//!    features 1x1 conv-BN-ReLU to 32 and concatenated; two 3x3 conv-BN-ReLU;
+//! 4. head: 1x1 conv to 17 heatmaps at stride 4.
+//!
+//! Every linear and conv is a quantizable site; the neighbourhood-attention matmuls are
+//! `matmul_qk`/`matmul_av` sites. [`WtPose::fold_batch_norm`] merges every BatchNorm into its
+//! conv for inference.
+
+use std::path::Path;
+
+use burn::module::{Module, Param, RunningState};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::activation;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, Tensor};
+use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
+use serde::{Deserialize, Serialize};
+
+use crate::hooks::{NoHook, SiteHook};
+use crate::layers::{Conv2d, Conv2dConfig, LayerNorm, Mlp};
+use crate::neighborhood::NeighborhoodAttention;
+use crate::swin::{SwinStage, SwinStageDims, padded_len};
+use crate::vit::site;
+
+/// Which multiply-accumulates [`WtPoseConfig::macs`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MacCount {
+    /// Convs and linears only.
+    Weights,
+    /// The paper's convention: mmpose/mmengine `get_flops` traces the model with fvcore-style
+    /// op handles and reports MACs as "FLOPs": convs, linears and the Swin window-attention
+    /// matmuls (`q @ k^T`, `attn @ v`) are counted, NATTEN's custom neighbourhood-attention ops
+    /// are invisible to the tracer and are not. (Norms, activations and resizes, which the
+    /// tracer also counts, add about 0.1 G and are left out here.)
+    Paper,
+    /// Every site, the neighbourhood-attention matmuls included.
+    All,
+}
+
+/// Architecture of a WTPose model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WtPoseConfig {
+    /// Input `[height, width]`; both multiples of 32.
+    pub input_size: [usize; 2],
+    #[serde(default = "crate::layers::rgb")]
+    pub in_chans: usize,
+    /// Stem width (64).
+    pub stem_channels: usize,
+    /// Bottleneck blocks in the ResNet stage (3).
+    pub res_blocks: usize,
+    /// Bottleneck inner width (64; output is 4x).
+    pub res_planes: usize,
+    /// Swin width of stage 0 (`C`).
+    pub embed_dim: usize,
+    pub depths: Vec<usize>,
+    pub num_heads: Vec<usize>,
+    pub window_size: usize,
+    #[serde(default = "crate::layers::mlp_ratio_4")]
+    pub mlp_ratio: f64,
+    /// Waterfall width (128).
+    pub wtm_dim: usize,
+    /// Waterfall output width (128).
+    pub wtm_out_dim: usize,
+    pub wtm_heads: usize,
+    pub wtm_kernel: usize,
+    /// Dilation of the first layer of each cascaded block (the second is undilated).
+    pub wtm_dilations: Vec<usize>,
+    /// Width of the low-level branch (32).
+    pub wtm_low_dim: usize,
+    /// Initial layer-scale value of the NA layers (`None`: no layer scale).
+    pub layer_scale: Option<f64>,
+    pub num_keypoints: usize,
+    #[serde(default = "ln_eps")]
+    pub norm_eps: f64,
+}
+
+fn ln_eps() -> f64 {
+    1e-5
+}
+
+/// The variants: name, then the paper's (params M, GFLOPs) where it reports them.
+pub const WTPOSE_VARIANTS: [(&str, Option<(f64, f64)>); 7] = [
+    ("wtpose-tiny", None),
+    ("wtpose-t", Some((30.0, 12.8))),
+    ("wtpose-b", Some((89.3, 25.6))),
+    ("wtpose-l", None),
+    ("wtpose-t-384x288", None),
+    ("wtpose-b-384x288", None),
+    ("wtpose-l-384x288", None),
+];
+
+impl WtPoseConfig {
+    /// A named variant: `wtpose-tiny`, `wtpose-{t,b,l}` (256x192) and `wtpose-{t,b,l}-384x288`.
+    /// T/B/L follow the authors' configs: Swin-T/B/L widths and depths with heads (4, 8, 16, 32)
+    /// and window 7, waterfall 128 wide with 8 heads, kernel 7, dilations (2, 4, 6, 8).
+    pub fn variant(name: &str) -> Result<Self> {
+        let (base, size) = match name.strip_suffix("-384x288") {
+            Some(base) => (base, [384, 288]),
+            None => (name, [256, 192]),
+        };
+        let paper = |embed_dim: usize, depths: Vec<usize>| WtPoseConfig {
+            input_size: size,
+            in_chans: 3,
+            stem_channels: 64,
+            res_blocks: 3,
+            res_planes: 64,
+            embed_dim,
+            depths,
+            num_heads: vec![4, 8, 16, 32],
+            window_size: 7,
+            mlp_ratio: 4.0,
+            wtm_dim: 128,
+            wtm_out_dim: 128,
+            wtm_heads: 8,
+            wtm_kernel: 7,
+            wtm_dilations: vec![2, 4, 6, 8],
+            wtm_low_dim: 32,
+            layer_scale: Some(1e-5),
+            num_keypoints: 17,
+            norm_eps: 1e-5,
+        };
+        let cfg = match base {
+            "wtpose-t" => paper(96, vec![2, 2, 6, 2]),
+            "wtpose-b" => paper(128, vec![2, 2, 18, 2]),
+            "wtpose-l" => paper(192, vec![2, 2, 18, 2]),
+            "wtpose-tiny" if name == base => WtPoseConfig::tiny(),
+            _ => {
+                return Err(Error::invalid(
+                    "model",
+                    name,
+                    format!(
+                        "known WTPose variants: {}",
+                        WTPOSE_VARIANTS.map(|(n, _)| n).join(", ")
+                    ),
+                ));
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A small WTPose for CPU training on the synthetic set: 128x96 input, every stage of
+    /// the architecture present but narrow (stem 16, one bottleneck, Swin 32 wide with one
+    /// block per stage (two in stage 0) and window 4, MLP ratio 2, waterfall 32 wide with 2 heads,
+    /// NA kernel 3, dilations 2 and 4).
+    pub fn tiny() -> Self {
+        WtPoseConfig {
+            input_size: [128, 96],
+            in_chans: 3,
+            stem_channels: 16,
+            res_blocks: 1,
+            res_planes: 16,
+            embed_dim: 32,
+            depths: vec![2, 1, 1, 1],
+            num_heads: vec![2, 2, 4, 8],
+            window_size: 4,
+            mlp_ratio: 2.0,
+            wtm_dim: 32,
+            wtm_out_dim: 32,
+            wtm_heads: 2,
+            wtm_kernel: 3,
+            wtm_dilations: vec![2, 4],
+            wtm_low_dim: 16,
+            layer_scale: Some(0.1),
+            num_keypoints: 17,
+            norm_eps: 1e-5,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let [h, w] = self.input_size;
+        if h == 0 || w == 0 || !h.is_multiple_of(32) || !w.is_multiple_of(32) {
+            return Err(Error::invalid(
+                "input_size",
+                format!("{h}x{w}"),
+                "height and width must be positive multiples of 32 (stride 4, then 3 patch merges)",
+            ));
+        }
+        if self.depths.len() != 4 || self.num_heads.len() != 4 {
+            return Err(Error::invalid(
+                "depths",
+                format!("{:?} / {:?}", self.depths, self.num_heads),
+                "WTPose has four Swin stages: depths and num_heads need four entries",
+            ));
+        }
+        for s in 0..4 {
+            if !self.stage_dim(s).is_multiple_of(self.num_heads[s]) {
+                return Err(Error::invalid(
+                    "num_heads",
+                    self.num_heads[s],
+                    format!("must divide stage {s} width {}", self.stage_dim(s)),
+                ));
+            }
+        }
+        if !self.wtm_dim.is_multiple_of(self.wtm_heads) || self.wtm_kernel.is_multiple_of(2) {
+            return Err(Error::invalid(
+                "wtm_heads",
+                self.wtm_heads,
+                format!(
+                    "must divide wtm_dim {} (and wtm_kernel {} must be odd)",
+                    self.wtm_dim, self.wtm_kernel
+                ),
+            ));
+        }
+        if self.wtm_dilations.is_empty() || self.wtm_dilations.contains(&0) {
+            return Err(Error::invalid(
+                "wtm_dilations",
+                format!("{:?}", self.wtm_dilations),
+                "needs at least one block, dilations >= 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Channels of Swin stage `s`.
+    pub fn stage_dim(&self, s: usize) -> usize {
+        self.embed_dim << s
+    }
+
+    /// `[h, w]` of Swin stage `s` (stride `4 * 2^s`).
+    pub fn stage_resolution(&self, s: usize) -> [usize; 2] {
+        self.input_size.map(|l| (l / 4) >> s)
+    }
+
+    /// `[h, w]` of the heatmaps (stride 4).
+    pub fn heatmap_size(&self) -> [usize; 2] {
+        self.stage_resolution(0)
+    }
+
+    /// Output channels of the ResNet stage (`4 * res_planes`).
+    pub fn res_out(&self) -> usize {
+        4 * self.res_planes
+    }
+
+    fn geometry(&self, s: usize) -> Vec<(usize, usize)> {
+        (0..self.depths[s])
+            .map(|b| {
+                let shift = if b % 2 == 1 { self.window_size / 2 } else { 0 };
+                (self.window_size, shift)
+            })
+            .collect()
+    }
+
+    /// `(kernel dilation)` of every NA layer in order: dilated, undilated per block.
+    pub fn wtm_layer_dilations(&self) -> Vec<usize> {
+        self.wtm_dilations.iter().flat_map(|&d| [d, 1]).collect()
+    }
+
+    /// A model with random init (BatchNorm gamma 1, except the last BN of each bottleneck,
+    /// which starts at 0 as in mmpose's `zero_init_residual`).
+    pub fn init(&self, device: &Device) -> Result<WtPose> {
+        self.validate()?;
+        let st = self.stem_channels;
+        let stem = vec![
+            ConvBn::new(
+                SiteId::new("resnet.stem.0.conv"),
+                self.in_chans,
+                st,
+                3,
+                2,
+                true,
+                device,
+            ),
+            ConvBn::new(
+                SiteId::new("resnet.stem.1.conv"),
+                st,
+                st,
+                3,
+                2,
+                true,
+                device,
+            ),
+        ];
+        let (planes, out) = (self.res_planes, self.res_out());
+        let layer1 = (0..self.res_blocks)
+            .map(|i| {
+                let p = SiteId::new(format!("resnet.layer1.{i}"));
+                let cin = if i == 0 { st } else { out };
+                let mut conv3 = ConvBn::new(p.join("conv3"), planes, out, 1, 1, false, device);
+                if let Some(bn) = &mut conv3.bn {
+                    bn.gamma = Initializer::Zeros.init([out], device);
+                }
+                Bottleneck {
+                    conv1: ConvBn::new(p.join("conv1"), cin, planes, 1, 1, true, device),
+                    conv2: ConvBn::new(p.join("conv2"), planes, planes, 3, 1, true, device),
+                    conv3,
+                    downsample: (cin != out).then(|| {
+                        ConvBn::new(p.join("downsample.0"), cin, out, 1, 1, false, device)
+                    }),
+                }
+            })
+            .collect();
+        let conv3 = ConvBn::new(
+            SiteId::new("conv3"),
+            out,
+            self.embed_dim,
+            1,
+            1,
+            true,
+            device,
+        );
+        let layers = (0..4)
+            .map(|s| {
+                SwinStage::new(
+                    &SiteId::new(format!("layers.{s}")),
+                    SwinStageDims {
+                        dim: self.stage_dim(s),
+                        heads: self.num_heads[s],
+                        resolution: self.stage_resolution(s),
+                        downsample: s > 0,
+                        mlp_ratio: self.mlp_ratio,
+                        norm_eps: self.norm_eps,
+                    },
+                    &self.geometry(s),
+                    device,
+                )
+            })
+            .collect();
+        let norms = (0..4)
+            .map(|s| LayerNorm::new(self.stage_dim(s), self.norm_eps, device))
+            .collect();
+        let d = self.wtm_dim;
+        let wtm = SiteId::new("wtm");
+        let blocks = self
+            .wtm_layer_dilations()
+            .iter()
+            .enumerate()
+            .map(|(i, &dil)| NatLayer::new(&wtm.join(&format!("blocks.{i}")), self, dil, device))
+            .collect();
+        let cascades = self.wtm_dilations.len();
+        let in_dim: usize = (0..4).map(|s| self.stage_dim(s)).sum();
+        let waterfall = Waterfall {
+            conv1: ConvBn::new(wtm.join("conv1"), in_dim, d, 1, 1, true, device),
+            blocks,
+            pool: ConvBn::new(wtm.join("global_avg_pool.1"), d, d, 1, 1, true, device),
+            conv2: ConvBn::new(wtm.join("conv2"), (cascades + 1) * d, d, 1, 1, true, device),
+            low: ConvBn::new(wtm.join("low"), out, self.wtm_low_dim, 1, 1, true, device),
+            last: vec![
+                ConvBn::new(
+                    wtm.join("last_conv.0"),
+                    d + self.wtm_low_dim,
+                    d,
+                    3,
+                    1,
+                    true,
+                    device,
+                ),
+                ConvBn::new(
+                    wtm.join("last_conv.3"),
+                    d,
+                    self.wtm_out_dim,
+                    3,
+                    1,
+                    true,
+                    device,
+                ),
+            ],
+        };
+        let head = Conv2dConfig::new(self.wtm_out_dim, self.num_keypoints, 1, 1)
+            .init(SiteId::new("head.final_layer"), device);
+        Ok(WtPose {
+            stem,
+            layer1,
+            conv3,
+            layers,
+            norms,
+            waterfall,
+            head,
+            config: self.clone(),
+        })
+    }
+
+    /// Every quantizable site in forward order, with parameters and MACs per image. Token
+    /// counts include the padding the Swin windows (to a multiple of the window) and the NA
+    /// layers (to `kernel * dilation`) compute on.
+    pub fn sites(&self) -> Vec<SiteInfo> {
+        let mut sites = Vec::new();
+        let [h, w] = self.input_size;
+        let half = [h.div_ceil(2), w.div_ceil(2)];
+        let r0 = self.stage_resolution(0);
+        let st = self.stem_channels;
+        conv_site(&mut sites, "resnet.stem.0.conv", self.in_chans, st, 3, half);
+        conv_site(&mut sites, "resnet.stem.1.conv", st, st, 3, r0);
+        let (planes, out) = (self.res_planes, self.res_out());
+        for i in 0..self.res_blocks {
+            let p = format!("resnet.layer1.{i}");
+            let cin = if i == 0 { st } else { out };
+            conv_site(&mut sites, &format!("{p}.conv1"), cin, planes, 1, r0);
+            conv_site(&mut sites, &format!("{p}.conv2"), planes, planes, 3, r0);
+            conv_site(&mut sites, &format!("{p}.conv3"), planes, out, 1, r0);
+            if cin != out {
+                conv_site(&mut sites, &format!("{p}.downsample.0"), cin, out, 1, r0);
+            }
+        }
+        conv_site(&mut sites, "conv3", out, self.embed_dim, 1, r0);
+        for s in 0..4 {
+            let dim = self.stage_dim(s) as u64;
+            let [rh, rw] = self.stage_resolution(s);
+            let tokens = (rh * rw) as u64;
+            let stage = SiteId::new(format!("layers.{s}"));
+            if s > 0 {
+                sites.push(site(
+                    stage.join("downsample.reduction").as_str(),
+                    SiteKind::Linear,
+                    2 * dim * dim,
+                    tokens * 2 * dim * dim,
+                ));
+            }
+            let win = self.window_size;
+            let padded = (padded_len(rh, win) * padded_len(rw, win)) as u64;
+            let hidden = (dim as f64 * self.mlp_ratio) as u64;
+            for b in 0..self.depths[s] {
+                let blk = stage.join(&format!("blocks.{b}"));
+                attention_sites(
+                    &mut sites,
+                    &blk.join("attn"),
+                    dim,
+                    padded,
+                    padded,
+                    (win * win) as u64,
+                );
+                mlp_sites(&mut sites, &blk.join("mlp"), dim, hidden, tokens);
+            }
+        }
+        let d = self.wtm_dim;
+        let in_dim: usize = (0..4).map(|s| self.stage_dim(s)).sum();
+        conv_site(&mut sites, "wtm.conv1", in_dim, d, 1, r0);
+        let k = self.wtm_kernel;
+        let hidden = (d as f64 * self.mlp_ratio) as u64;
+        let tokens = (r0[0] * r0[1]) as u64;
+        for (i, dil) in self.wtm_layer_dilations().into_iter().enumerate() {
+            let blk = SiteId::new(format!("wtm.blocks.{i}"));
+            let span = k * dil;
+            let padded = (r0[0].max(span) * r0[1].max(span)) as u64;
+            attention_sites(
+                &mut sites,
+                &blk.join("attn"),
+                d as u64,
+                padded,
+                tokens,
+                (k * k) as u64,
+            );
+            mlp_sites(&mut sites, &blk.join("mlp"), d as u64, hidden, tokens);
+        }
+        conv_site(&mut sites, "wtm.global_avg_pool.1", d, d, 1, [1, 1]);
+        let cascades = self.wtm_dilations.len();
+        conv_site(&mut sites, "wtm.conv2", (cascades + 1) * d, d, 1, r0);
+        conv_site(&mut sites, "wtm.low", out, self.wtm_low_dim, 1, r0);
+        conv_site(
+            &mut sites,
+            "wtm.last_conv.0",
+            d + self.wtm_low_dim,
+            d,
+            3,
+            r0,
+        );
+        conv_site(&mut sites, "wtm.last_conv.3", d, self.wtm_out_dim, 3, r0);
+        conv_site(
+            &mut sites,
+            "head.final_layer",
+            self.wtm_out_dim,
+            self.num_keypoints,
+            1,
+            r0,
+        );
+        sites
+    }
+
+    /// Multiply-accumulates per image, counted as `count` says.
+    pub fn macs(&self, count: MacCount) -> u64 {
+        self.sites()
+            .iter()
+            .filter(|s| match count {
+                MacCount::Weights => s.kind.has_weights(),
+                MacCount::Paper => s.kind.has_weights() || s.id.as_str().starts_with("layers."),
+                MacCount::All => true,
+            })
+            .map(|s| s.macs)
+            .sum()
+    }
+
+    /// GFLOPs as the paper reports them: `macs(MacCount::Paper) / 1e9`.
+    pub fn gflops(&self) -> f64 {
+        self.macs(MacCount::Paper) as f64 / 1e9
+    }
+
+    /// Learnable parameters (weights, biases, norm affines, bias tables, layer scales; not
+    /// BatchNorm running statistics), counted from the config.
+    pub fn num_params(&self) -> u64 {
+        let mut n = 0u64;
+        let conv_bn = |cin: usize, cout: usize, k: usize| (cin * cout * k * k + 2 * cout) as u64;
+        let st = self.stem_channels;
+        n += conv_bn(self.in_chans, st, 3) + conv_bn(st, st, 3);
+        let (planes, out) = (self.res_planes, self.res_out());
+        for i in 0..self.res_blocks {
+            let cin = if i == 0 { st } else { out };
+            n += conv_bn(cin, planes, 1) + conv_bn(planes, planes, 3) + conv_bn(planes, out, 1);
+            if cin != out {
+                n += conv_bn(cin, out, 1);
+            }
+        }
+        n += conv_bn(out, self.embed_dim, 1);
+        let linear = |i: usize, o: usize| (i * o + o) as u64;
+        for s in 0..4 {
+            let dim = self.stage_dim(s);
+            if s > 0 {
+                n += (2 * dim * dim + 2 * 2 * dim) as u64; // reduction (no bias) + its norm
+            }
+            let hidden = (dim as f64 * self.mlp_ratio) as usize;
+            let table = (2 * self.window_size - 1).pow(2) * self.num_heads[s];
+            let block = 4 * dim
+                + table
+                + (linear(dim, 3 * dim)
+                    + linear(dim, dim)
+                    + linear(dim, hidden)
+                    + linear(hidden, dim)) as usize;
+            n += (self.depths[s] * block + 2 * dim) as u64; // blocks + output norm
+        }
+        let d = self.wtm_dim;
+        let in_dim: usize = (0..4).map(|s| self.stage_dim(s)).sum();
+        let hidden = (d as f64 * self.mlp_ratio) as usize;
+        let table = (2 * self.wtm_kernel - 1).pow(2) * self.wtm_heads;
+        let scale = if self.layer_scale.is_some() { 2 * d } else { 0 };
+        let layer = (4 * d + table + scale) as u64
+            + linear(d, 3 * d)
+            + linear(d, d)
+            + linear(d, hidden)
+            + linear(hidden, d);
+        n += 2 * self.wtm_dilations.len() as u64 * layer;
+        n += conv_bn(in_dim, d, 1) + conv_bn(d, d, 1);
+        n += conv_bn((self.wtm_dilations.len() + 1) * d, d, 1);
+        n += conv_bn(out, self.wtm_low_dim, 1);
+        n += conv_bn(d + self.wtm_low_dim, d, 3) + conv_bn(d, self.wtm_out_dim, 3);
+        n += (self.wtm_out_dim * self.num_keypoints + self.num_keypoints) as u64;
+        n
+    }
+}
+
+fn conv_site(
+    sites: &mut Vec<SiteInfo>,
+    id: &str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    hw: [usize; 2],
+) {
+    let params = (cin * cout * k * k) as u64;
+    sites.push(site(
+        id,
+        SiteKind::Conv,
+        params,
+        (hw[0] * hw[1]) as u64 * params,
+    ));
+}
+
+fn attention_sites(
+    sites: &mut Vec<SiteInfo>,
+    attn: &SiteId,
+    dim: u64,
+    qkv_tokens: u64,
+    proj_tokens: u64,
+    keys: u64,
+) {
+    sites.push(site(
+        attn.join("qkv").as_str(),
+        SiteKind::Linear,
+        3 * dim * dim,
+        qkv_tokens * 3 * dim * dim,
+    ));
+    sites.push(site(
+        attn.join("matmul_qk").as_str(),
+        SiteKind::MatMulQk,
+        0,
+        qkv_tokens * keys * dim,
+    ));
+    sites.push(site(
+        attn.join("matmul_av").as_str(),
+        SiteKind::MatMulAv,
+        0,
+        qkv_tokens * keys * dim,
+    ));
+    sites.push(site(
+        attn.join("proj").as_str(),
+        SiteKind::Linear,
+        dim * dim,
+        proj_tokens * dim * dim,
+    ));
+}
+
+fn mlp_sites(sites: &mut Vec<SiteInfo>, mlp: &SiteId, dim: u64, hidden: u64, tokens: u64) {
+    for (name, i, o) in [("fc1", dim, hidden), ("fc2", hidden, dim)] {
+        sites.push(site(
+            mlp.join(name).as_str(),
+            SiteKind::Linear,
+            i * o,
+            tokens * i * o,
+        ));
+    }
+}
+
+/// A conv site followed by an optional BatchNorm (absent once folded) and ReLU.
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: Option<BatchNorm>,
+    #[module(skip)]
+    pub relu: bool,
+}
+
+impl ConvBn {
+    /// `k x k` conv with padding `k / 2`, no bias, then BatchNorm (and ReLU if `relu`).
+    pub fn new(
+        site: SiteId,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        relu: bool,
+        device: &Device,
+    ) -> Self {
+        ConvBn {
+            conv: Conv2dConfig::new(cin, cout, k, stride)
+                .with_padding(k / 2)
+                .with_bias(false)
+                .init(site, device),
+            bn: Some(BatchNormConfig::new(cout).init(device)),
+            relu,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
+        let mut y = self.conv.forward(x, hook);
+        if let Some(bn) = &self.bn {
+            y = bn.forward(y);
+        }
+        if self.relu { activation::relu(y) } else { y }
+    }
+
+    /// The conv with the BatchNorm's inference transform merged in:
+    /// `w' = w * g / sqrt(var + eps)`, `b' = (b - mean) * g / sqrt(var + eps) + beta`.
+    pub fn fold(self) -> Self {
+        let Some(bn) = self.bn else { return self };
+        let mut conv = self.conv;
+        let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
+        let [o, ..] = conv.weight.dims();
+        let bias = match &conv.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([o], &scale.device()),
+        };
+        let bias = (bias - bn.running_mean.value()) * scale.clone() + bn.beta.val();
+        let weight = conv.weight.val() * scale.reshape([o, 1, 1, 1]);
+        conv.weight = Param::from_tensor(weight);
+        conv.bias = Some(Param::from_tensor(bias));
+        ConvBn {
+            conv,
+            bn: None,
+            relu: self.relu,
+        }
+    }
+}
+
+/// ResNet's bottleneck (mmpose `style='pytorch'`: the 3x3 conv carries the stride).
+#[derive(Module, Debug)]
+pub struct Bottleneck {
+    pub conv1: ConvBn,
+    pub conv2: ConvBn,
+    pub conv3: ConvBn,
+    pub downsample: Option<ConvBn>,
+}
+
+impl Bottleneck {
+    pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
+        let y = self.conv1.forward(x.clone(), hook);
+        let y = self.conv3.forward(self.conv2.forward(y, hook), hook);
+        let identity = match &self.downsample {
+            Some(d) => d.forward(x, hook),
+            None => x,
+        };
+        activation::relu(y + identity)
+    }
+
+    fn fold(self) -> Self {
+        Bottleneck {
+            conv1: self.conv1.fold(),
+            conv2: self.conv2.fold(),
+            conv3: self.conv3.fold(),
+            downsample: self.downsample.map(ConvBn::fold),
+        }
+    }
+}
+
+/// NATTEN's `NATLayer`: pre-LN neighbourhood attention and MLP, each residual branch scaled
+/// by a learned per-channel layer scale.
+#[derive(Module, Debug)]
+pub struct NatLayer {
+    pub norm1: LayerNorm,
+    pub attn: NeighborhoodAttention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+    pub gamma1: Option<Param<Tensor<1>>>,
+    pub gamma2: Option<Param<Tensor<1>>>,
+}
+
+impl NatLayer {
+    fn new(path: &SiteId, cfg: &WtPoseConfig, dilation: usize, device: &Device) -> Self {
+        let d = cfg.wtm_dim;
+        let scale = || {
+            cfg.layer_scale
+                .map(|v| Initializer::Constant { value: v }.init([d], device))
+        };
+        NatLayer {
+            norm1: LayerNorm::new(d, cfg.norm_eps, device),
+            attn: NeighborhoodAttention::new(
+                &path.join("attn"),
+                d,
+                cfg.wtm_heads,
+                cfg.wtm_kernel,
+                dilation,
+                device,
+            ),
+            norm2: LayerNorm::new(d, cfg.norm_eps, device),
+            mlp: Mlp::new(
+                &path.join("mlp"),
+                d,
+                (d as f64 * cfg.mlp_ratio) as usize,
+                device,
+            ),
+            gamma1: scale(),
+            gamma2: scale(),
+        }
+    }
+
+    /// NHWC in and out.
+    pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
+        let scaled = |g: &Option<Param<Tensor<1>>>, y: Tensor<4>| match g {
+            Some(g) => y * g.val().reshape([1, 1, 1, g.val().dims()[0]]),
+            None => y,
+        };
+        let y = self.attn.forward(self.norm1.forward(x.clone(), hook), hook);
+        let x = x + scaled(&self.gamma1, y);
+        let y = self.mlp.forward(self.norm2.forward(x.clone(), hook), hook);
+        x + scaled(&self.gamma2, y)
+    }
+}
+
+/// The waterfall transformer module (`WTM_A`).
+#[derive(Module, Debug)]
+pub struct Waterfall {
+    pub conv1: ConvBn,
+    /// Two NA layers per cascaded block: dilated, undilated.
+    pub blocks: Vec<NatLayer>,
+    /// Global branch: average pool, then this 1x1 conv-BN-ReLU, broadcast back.
+    pub pool: ConvBn,
+    pub conv2: ConvBn,
+    pub low: ConvBn,
+    pub last: Vec<ConvBn>,
+}
+
+/// Bilinear resize with aligned corners (`F.interpolate(..., align_corners=True)`).
+pub fn resize_bilinear(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    if [h, w] == size {
+        return x;
+    }
+    interpolate(
+        x,
+        InterpolateOptions::new(InterpolateMode::Bilinear)
+            .with_align_corners(true)
+            .with_output_size(size),
+    )
+}
+
+impl Waterfall {
+    /// `stages`: the four normed Swin outputs (NCHW); `low`: the stride-4 ResNet features.
+    pub fn forward(
+        &self,
+        stages: Vec<Tensor<4>>,
+        low: Tensor<4>,
+        hook: &dyn SiteHook,
+    ) -> Tensor<4> {
+        let [n, _, h, w] = stages[0].dims();
+        let ups: Vec<Tensor<4>> = stages
+            .into_iter()
+            .map(|x| resize_bilinear(x, [h, w]))
+            .collect();
+        let x = self.conv1.forward(Tensor::cat(ups, 1), hook);
+        let mut y = x.clone().permute([0, 2, 3, 1]);
+        let mut feats = Vec::with_capacity(self.blocks.len() / 2 + 1);
+        for pair in self.blocks.chunks(2) {
+            for layer in pair {
+                y = layer.forward(y, hook);
+            }
+            feats.push(y.clone());
+        }
+        let c = x.dims()[1];
+        let pooled = x.clone().mean_dim(3).mean_dim(2);
+        let g = self.pool.forward(pooled, hook).expand([n, c, h, w]);
+        feats.push(g.permute([0, 2, 3, 1]));
+        let x = self
+            .conv2
+            .forward(Tensor::cat(feats, 3).permute([0, 3, 1, 2]), hook);
+        let low = self.low.forward(low, hook);
+        let mut x = Tensor::cat(vec![x, low], 1);
+        for conv in &self.last {
+            x = conv.forward(x, hook);
+        }
+        x
+    }
+}
+
+/// WTPose: images `[n, 3, H, W]` to heatmaps `[n, K, H/4, W/4]`.
+#[derive(Module, Debug)]
+pub struct WtPose {
+    pub stem: Vec<ConvBn>,
+    pub layer1: Vec<Bottleneck>,
+    pub conv3: ConvBn,
+    pub layers: Vec<SwinStage>,
+    /// LayerNorm of each stage's output.
+    pub norms: Vec<LayerNorm>,
+    pub waterfall: Waterfall,
+    pub head: Conv2d,
+    #[module(skip)]
+    pub config: WtPoseConfig,
+}
+
+impl WtPose {
+    /// Heatmaps `[n, K, H/4, W/4]` for normalized images, every site through `hook`.
+    pub fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
+        let mut x = images;
+        for conv in &self.stem {
+            x = conv.forward(x, hook);
+        }
+        for block in &self.layer1 {
+            x = block.forward(x, hook);
+        }
+        let low = x.clone();
+        let mut t = self.conv3.forward(x, hook).permute([0, 2, 3, 1]);
+        let mut outs = Vec::with_capacity(4);
+        for (stage, norm) in self.layers.iter().zip(&self.norms) {
+            t = stage.forward(t, hook);
+            outs.push(norm.forward(t.clone(), hook).permute([0, 3, 1, 2]));
+        }
+        let x = self.waterfall.forward(outs, low, hook);
+        self.head.forward(x, hook)
+    }
+
+    /// The plain forward.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<4> {
+        self.forward_with(images, &NoHook)
+    }
+
+    /// See [`WtPoseConfig::sites`].
+    pub fn sites(&self) -> Vec<SiteInfo> {
+        self.config.sites()
+    }
+
+    /// GFLOPs as the paper counts them (see [`MacCount::Paper`]).
+    pub fn gflops(&self) -> f64 {
+        self.config.gflops()
+    }
+
+    /// The inference model: every conv + BatchNorm merged into one conv with bias (uses the
+    /// running statistics, i.e. the eval-mode BatchNorm).
+    pub fn fold_batch_norm(self) -> Self {
+        let wf = self.waterfall;
+        WtPose {
+            stem: self.stem.into_iter().map(ConvBn::fold).collect(),
+            layer1: self.layer1.into_iter().map(Bottleneck::fold).collect(),
+            conv3: self.conv3.fold(),
+            layers: self.layers,
+            norms: self.norms,
+            waterfall: Waterfall {
+                conv1: wf.conv1.fold(),
+                blocks: wf.blocks,
+                pool: wf.pool.fold(),
+                conv2: wf.conv2.fold(),
+                low: wf.low.fold(),
+                last: wf.last.into_iter().map(ConvBn::fold).collect(),
+            },
+            head: self.head,
+            config: self.config,
+        }
+    }
+
+    /// Saves every parameter and BatchNorm statistic (burn's names, e.g.
+    /// `waterfall.blocks.0.attn.qkv.weight`) as safetensors, atomically.
+    pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
+        let mut store = SafetensorsStore::from_bytes(None);
+        self.save_into(&mut store)
+            .map_err(|e| Error::invalid("model", "<state dict>", e.to_string()))?;
+        let bytes = store
+            .get_bytes()
+            .map_err(|e| Error::invalid("model", "<state dict>", e.to_string()))?;
+        mixq_core::write_atomic(path, &bytes)
+    }
+
+    /// Loads a checkpoint written by [`Self::save_safetensors`] for the same config; every
+    /// tensor must be present with the right shape.
+    pub fn load_safetensors(mut self, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let mut store = SafetensorsStore::from_file(path);
+        let result = self.load_from(&mut store).map_err(|e| Error::Weights {
+            path: path.into(),
+            problems: vec![e.to_string()],
+        })?;
+        let mut problems: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+        problems.extend(
+            result
+                .missing
+                .iter()
+                .map(|(k, _)| format!("missing key '{k}'")),
+        );
+        problems.extend(
+            result
+                .unused
+                .iter()
+                .filter(|k| !k.ends_with("relative_position_index") && !k.ends_with("attn_mask"))
+                .map(|k| format!("unexpected key '{k}'")),
+        );
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(Error::Weights {
+                path: path.into(),
+                problems,
+            })
+        }
+    }
+
+    /// Sets every BatchNorm's running statistics (tests, and checkpoints trained elsewhere).
+    pub fn map_batch_norms(self, f: &mut dyn FnMut(BatchNorm) -> BatchNorm) -> Self {
+        let mut cb = |c: ConvBn| ConvBn {
+            bn: c.bn.map(&mut *f),
+            ..c
+        };
+        let wf = self.waterfall;
+        WtPose {
+            stem: self.stem.into_iter().map(&mut cb).collect(),
+            layer1: self
+                .layer1
+                .into_iter()
+                .map(|b| Bottleneck {
+                    conv1: cb(b.conv1),
+                    conv2: cb(b.conv2),
+                    conv3: cb(b.conv3),
+                    downsample: b.downsample.map(&mut cb),
+                })
+                .collect(),
+            conv3: cb(self.conv3),
+            layers: self.layers,
+            norms: self.norms,
+            waterfall: Waterfall {
+                conv1: cb(wf.conv1),
+                blocks: wf.blocks,
+                pool: cb(wf.pool),
+                conv2: cb(wf.conv2),
+                low: cb(wf.low),
+                last: wf.last.into_iter().map(&mut cb).collect(),
+            },
+            head: self.head,
+            config: self.config,
+        }
+    }
+}
+
+/// Replaces a BatchNorm's running statistics.
+pub fn with_running_stats(mut bn: BatchNorm, mean: Tensor<1>, var: Tensor<1>) -> BatchNorm {
+    bn.running_mean = RunningState::new(mean);
+    bn.running_var = RunningState::new(var);
+    bn
+}

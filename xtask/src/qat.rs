@@ -1,0 +1,384 @@
+//! `cargo xtask qat`: quantization-aware training of a digits model with any bit plan (uniform,
+//! `--plan FILE`, or `--mixed` from the same allocator as `ptq --mixed`), resumable from the
+//! checkpoint every epoch writes, and a run folder with learning curves and the final table.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use mixq_core::{BitPlan, Error, Result, RunDir};
+use mixq_datasets::Digits;
+use mixq_datasets::digits::Split;
+use mixq_ptq::{PtqConfig, uniform_plan};
+use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, ImageSet, QatConfig, QatTrainer};
+use mixq_report::{LineChart, Series, line_chart};
+use serde::Serialize;
+
+use crate::common::{DIGITS_SPLIT_SEED, ModelArgs, calibration_images, data_error, progress};
+use crate::mixed::{CalibSource, MixedArgs, MixedPlans, make_plans, plan_averages};
+
+#[derive(Args, Debug)]
+pub struct QatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A bit plan (TOML, as `ptq`/`allocate` write) instead of uniform bits.
+    #[arg(long, conflicts_with_all = ["w_bits", "a_bits", "mixed"])]
+    pub plan: Option<PathBuf>,
+    /// Uniform weight bits (default 4).
+    #[arg(long)]
+    pub w_bits: Option<u8>,
+    /// Uniform activation bits (default 4).
+    #[arg(long)]
+    pub a_bits: Option<u8>,
+    /// Bits of the image input (the patch embedding's input).
+    #[arg(long, default_value_t = 8)]
+    pub image_bits: u8,
+    /// Mixed precision: the plan of the allocator at one --avg-bits budget with the first
+    /// --preset (default mix), exactly as `ptq --mixed` makes it.
+    #[arg(long, conflicts_with_all = ["w_bits", "a_bits"])]
+    pub mixed: bool,
+    #[command(flatten)]
+    pub mixed_args: MixedArgs,
+    /// Calibration images (initial steps and zero points; a seeded sample of the train split).
+    #[arg(long, default_value_t = 32)]
+    pub calib: usize,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Peak learning rate of the model's weights (AdamW, warm-up then cosine).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Peak learning rate of the quantizers' step sizes.
+    #[arg(long, default_value_t = 5e-3)]
+    pub step_lr: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f32,
+    /// Weight of the distillation loss (the label loss gets 1 - alpha).
+    #[arg(long, default_value_t = 0.7)]
+    pub kd_alpha: f64,
+    /// Softmax temperature of the distillation loss.
+    #[arg(long, default_value_t = 4.0)]
+    pub kd_temperature: f64,
+    /// Random shift of training images by up to this many pixels (0: none).
+    #[arg(long, default_value_t = 1)]
+    pub shift: usize,
+    /// Train on the first N training images only (quick runs).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    pub eval: Option<usize>,
+    /// Continue the run whose folder (finished, or an interrupted `.…-qat.partial`) holds
+    /// checkpoint.safetensors; every other option must be the same as in that run.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Where run folders are written.
+    #[arg(long, default_value = "runs")]
+    pub runs: PathBuf,
+    /// Stop after this many epochs in this invocation, leaving the run folder unfinished (as a
+    /// kill would): for testing --resume.
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Results<'a> {
+    model: &'a str,
+    plan: &'a str,
+    seed: u64,
+    avg_w_bits: f64,
+    avg_a_bits: f64,
+    train_images: usize,
+    test_images: usize,
+    fp_top1: f64,
+    ptq_top1: f64,
+    qat_top1: f64,
+    qat_top5: f64,
+    qat_loss: f64,
+    mean_epoch_seconds: f64,
+    epochs: &'a [EpochStats],
+    config: &'a QatConfig,
+    params_fingerprint: String,
+    resumed_from: Option<String>,
+}
+
+/// The checkpoint file of `--resume DIR` (DIR may also name the file itself).
+fn resume_file(dir: &Path) -> Result<PathBuf> {
+    let file = if dir.is_file() {
+        dir.to_path_buf()
+    } else {
+        dir.join(CHECKPOINT_FILE)
+    };
+    if !file.is_file() {
+        return Err(Error::invalid(
+            "--resume",
+            dir.display(),
+            format!(
+                "holds no {CHECKPOINT_FILE} (pass the folder of a qat run, finished or .partial)"
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+fn image_set(split: &Split, mean: f32, std: f32) -> Result<ImageSet> {
+    let batch = split
+        .batches(split.len().max(1), mean, std)
+        .map_err(|e| data_error(Path::new("digits"), e))?
+        .next()
+        .ok_or_else(|| data_error(Path::new("digits"), "no images"))?;
+    let [_, c, h, w] = batch.shape;
+    ImageSet::new(batch.images, [c, h, w], batch.labels)
+}
+
+pub fn run(args: QatArgs) -> Result<()> {
+    let card = args.model.card()?;
+    if card.dataset.as_deref() != Some("digits") {
+        return Err(Error::invalid(
+            "--model",
+            &args.model.model,
+            "qat trains on the digits data set only (digits-deit, digits-swin)",
+        ));
+    }
+    let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
+    let config = QatConfig {
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        step_lr: args.step_lr,
+        weight_decay: args.weight_decay,
+        kd_alpha: args.kd_alpha,
+        kd_temperature: args.kd_temperature,
+        seed: args.model.seed,
+        shift: args.shift,
+        shift_fill: (0.0 - mean) / std,
+    };
+    config.validate()?;
+    for (name, value) in [("--limit", args.limit), ("--eval", args.eval)] {
+        if value == Some(0) {
+            return Err(Error::invalid(name, 0, "must be at least 1"));
+        }
+    }
+    let resume = args.resume.as_deref().map(resume_file).transpose()?;
+
+    let device = args.model.device.device()?;
+    let fp = args.model.load(&card, &device)?;
+    let sites = fp.sites();
+    let seed = args.model.seed;
+    let (plan, label, calib) = if let Some(path) = &args.plan {
+        let plan = BitPlan::load(path)?;
+        let calib = calibration_images(&card, None, args.calib, seed, &device)?;
+        (plan, format!("plan {}", path.display()), calib)
+    } else if args.mixed {
+        let budget = &args.mixed_args.budget;
+        if budget.avg_bits.len() != 1 {
+            return Err(Error::invalid(
+                "--avg-bits",
+                format!("{:?}", budget.avg_bits),
+                "qat trains one plan: give one budget",
+            ));
+        }
+        let source = CalibSource {
+            calib: args.calib,
+            calib_data: None,
+            image_bits: args.image_bits,
+        };
+        let preset = budget.presets[0];
+        let mut mixed = args.mixed_args.clone();
+        mixed.budget.presets = vec![preset];
+        let MixedPlans { calib, plans, .. } =
+            make_plans(&fp, &card, seed, &mixed, &source, &args.runs, &device)?;
+        let want = format!("mixed {}", preset.name());
+        let (name, _, plan) = plans
+            .into_iter()
+            .find(|(n, _, _)| *n == want)
+            .expect("make_plans returns one plan per preset");
+        (
+            plan,
+            format!(
+                "{name} avg {} bits ({})",
+                budget.avg_bits[0], mixed.sweep.candidates
+            ),
+            calib,
+        )
+    } else {
+        let (w, a) = (args.w_bits.unwrap_or(4), args.a_bits.unwrap_or(4));
+        let plan = uniform_plan(&sites, w, a, args.image_bits)?;
+        let calib = calibration_images(&card, None, args.calib, seed, &device)?;
+        (plan, format!("W{w}A{a}"), calib)
+    };
+    let mut plan = plan;
+    plan.meta.insert("model".into(), card.name.clone());
+    plan.meta.insert("seed".into(), seed.to_string());
+    if plan.sites.is_empty() {
+        return Err(Error::invalid(
+            "plan",
+            &label,
+            "quantizes no site; QAT needs at least one",
+        ));
+    }
+    plan.check_sites(sites.iter().map(|s| &s.id))?;
+
+    let (train, test) = Digits::load().split(DIGITS_SPLIT_SEED);
+    let mut train = image_set(&train, mean, std)?;
+    let mut test = image_set(&test, mean, std)?;
+    if let Some(n) = args.limit {
+        train.truncate(n);
+    }
+    if let Some(n) = args.eval {
+        test.truncate(n);
+    }
+
+    let mut trainer = QatTrainer::new(
+        &card.name,
+        fp,
+        calib,
+        &plan,
+        &PtqConfig::default(),
+        config.clone(),
+    )?;
+    if let Some(file) = &resume {
+        trainer.load_checkpoint(file)?;
+        eprintln!(
+            "resumed {} at epoch {}/{}",
+            file.display(),
+            trainer.epochs_done(),
+            config.epochs
+        );
+    }
+    let run = RunDir::create(&args.runs, "qat")?;
+    let checkpoint = run.file(CHECKPOINT_FILE);
+    run.write("plan.toml", plan.to_toml()?.as_bytes())?;
+    eprintln!(
+        "checkpoints: {} (continue an interrupted run with --resume {})",
+        checkpoint.display(),
+        checkpoint.parent().unwrap_or(Path::new(".")).display()
+    );
+    if resume.is_some() {
+        // The resumed run folder starts with the checkpoint it continues from.
+        trainer.save_checkpoint(&checkpoint)?;
+    }
+
+    let eval_batch = 256;
+    let fp_metrics = trainer.evaluate_fp(&test, eval_batch)?;
+    let ptq_metrics = trainer.evaluate_ptq(&test, eval_batch)?;
+    let mut this_run = 0;
+    while !trainer.finished() {
+        if args.stop_after.is_some_and(|n| this_run >= n) {
+            println!(
+                "stopped after epoch {} of {} (run folder left unfinished: {})",
+                trainer.epochs_done(),
+                config.epochs,
+                checkpoint.parent().unwrap_or(Path::new(".")).display()
+            );
+            return Ok(());
+        }
+        let steps = train.len().div_ceil(config.batch);
+        let epoch = trainer.epochs_done() + 1;
+        let bar = progress(steps, &format!("epoch {epoch}/{}", config.epochs));
+        let stats = trainer.train_epoch(&train, &mut |s| {
+            bar.inc(1);
+            bar.set_message(format!("loss {:.4} acc {:.1}%", s.loss, s.train_top1));
+        })?;
+        bar.finish_and_clear();
+        let test_top1 = trainer.evaluate(&test, eval_batch)?.top1_pct();
+        trainer.record_test_top1(test_top1);
+        trainer.save_checkpoint(&checkpoint)?;
+        tracing::info!(
+            epoch,
+            loss = stats.train_loss,
+            train_top1 = stats.train_top1,
+            test_top1,
+            seconds = stats.seconds,
+            "epoch"
+        );
+        this_run += 1;
+    }
+
+    let qat = trainer.evaluate(&test, eval_batch)?;
+    let history = trainer.history().to_vec();
+    let mean_secs = if history.is_empty() {
+        0.0
+    } else {
+        history.iter().map(|e| e.seconds).sum::<f64>() / history.len() as f64
+    };
+    let (avg_w, avg_a) = plan_averages(&plan, &sites);
+    let alias = &card.aliases[0];
+    let table = format!(
+        "| model | plan | avg W bits | avg A bits | FP top-1 % | PTQ top-1 % | QAT top-1 % | epochs | s / epoch |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {alias} | {label} | {avg_w:.2} | {avg_a:.2} | {:.2} | {:.2} | {:.2} | {} | {mean_secs:.1} |\n",
+        fp_metrics.top1_pct(),
+        ptq_metrics.top1_pct(),
+        qat.top1_pct(),
+        config.epochs,
+    );
+    print!("{table}");
+
+    if !history.is_empty() {
+        let epochs = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<(f64, f64)> {
+            history
+                .iter()
+                .filter_map(|e| f(e).map(|v| (e.epoch as f64, v)))
+                .collect()
+        };
+        let flat = |v: f64| vec![(1.0, v), (history.len() as f64, v)];
+        line_chart(
+            run.file("curves.png"),
+            &LineChart {
+                title: format!("QAT learning curves — {alias}, {label}"),
+                x_label: "epoch".into(),
+                y_label: "train loss".into(),
+                y2_label: "top-1 %".into(),
+                series: vec![
+                    Series::line("train loss", epochs(&|e| Some(e.train_loss))),
+                    Series::line("train top-1", epochs(&|e| Some(e.train_top1))).on_right(),
+                    Series::line("test top-1", epochs(&|e| e.test_top1)).on_right(),
+                    Series::line("FP test top-1", flat(fp_metrics.top1_pct())).on_right(),
+                    Series::line("PTQ test top-1", flat(ptq_metrics.top1_pct())).on_right(),
+                ],
+                ..Default::default()
+            },
+        )?;
+    }
+    let results = Results {
+        model: &card.name,
+        plan: &label,
+        seed,
+        avg_w_bits: avg_w,
+        avg_a_bits: avg_a,
+        train_images: train.len(),
+        test_images: test.len(),
+        fp_top1: fp_metrics.top1_pct(),
+        ptq_top1: ptq_metrics.top1_pct(),
+        qat_top1: qat.top1_pct(),
+        qat_top5: qat.top5_pct(),
+        qat_loss: qat.loss(),
+        mean_epoch_seconds: mean_secs,
+        epochs: &history,
+        config: &config,
+        params_fingerprint: trainer.params_fingerprint(),
+        resumed_from: resume.as_ref().map(|p| p.display().to_string()),
+    };
+    let json = serde_json::to_string_pretty(&results)
+        .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
+    run.write("results.json", json.as_bytes())?;
+    let report = format!(
+        "# QAT: {alias} ({label})\n\nLSQ steps initialised from PTQ ({} calibration images, seed {seed}); \
+         distillation from the FP model (alpha {}, T {}); AdamW lr {} (steps {}), warm-up + cosine; \
+         {} training images, {} test images (digits split {DIGITS_SPLIT_SEED}).\n\n{table}\n\
+         ![learning curves](curves.png)\n\nReproduce:\n\n```\ncargo xtask qat {}\n```\n",
+        args.calib,
+        config.kd_alpha,
+        config.kd_temperature,
+        config.lr,
+        config.step_lr,
+        train.len(),
+        test.len(),
+        std::env::args().skip(2).collect::<Vec<_>>().join(" "),
+    );
+    run.write("report.md", report.as_bytes())?;
+    let path = run.finish()?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}
