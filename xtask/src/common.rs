@@ -41,8 +41,8 @@ impl DeviceName {
             other => Err(Error::invalid(
                 "--device",
                 format!("{other:?}").to_lowercase(),
-                "this build has no wgpu backend; rebuild with `cargo xtask --features wgpu` \
-                 (alias: cargo run --release -p xtask --features wgpu --)",
+                "this build has no wgpu backend; rebuild with the feature: \
+                 cargo run --release -p xtask --features wgpu -- <command> ...",
             )),
         }
     }

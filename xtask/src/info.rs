@@ -1,8 +1,8 @@
 //! `cargo xtask info`: a model's sites with parameters and MACs.
 
 use clap::Args;
-use mixq_core::{Result, summarize_sites};
-use mixq_vit_models::ModelCard;
+use mixq_core::{Result, SiteInfo, summarize_sites};
+use mixq_vit_models::{ModelCard, WtPoseConfig};
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
@@ -12,21 +12,14 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
+    if args.model.starts_with("wtpose") {
+        return pose_info(&args.model);
+    }
     let card = ModelCard::find(&args.model)?;
     let sites = card.arch.sites();
     println!("{} ({}): {}", card.aliases[0], card.name, card.description);
     println!();
-    println!("| site | kind | params | MMACs |");
-    println!("|---|---|---:|---:|");
-    for s in &sites {
-        println!(
-            "| {} | {:?} | {} | {:.2} |",
-            s.id,
-            s.kind,
-            s.params,
-            s.macs as f64 / 1e6
-        );
-    }
+    site_table(&sites);
     let t = summarize_sites(&sites);
     let device = burn::tensor::Device::flex();
     let total_params = card.arch.init(&device)?.num_params();
@@ -39,4 +32,38 @@ pub fn run(args: InfoArgs) -> Result<()> {
         t.macs as f64 / 1e9
     );
     Ok(())
+}
+
+/// WTPose variants have no model card: the config gives sites, parameters and GFLOPs.
+fn pose_info(name: &str) -> Result<()> {
+    let cfg = WtPoseConfig::variant(name)?;
+    let [h, w] = cfg.input_size;
+    println!("{name}: WTPose (Swin + waterfall module), {h}x{w} input, 17 heatmaps at stride 4");
+    println!();
+    let sites = cfg.sites();
+    site_table(&sites);
+    let t = summarize_sites(&sites);
+    println!();
+    println!(
+        "{} sites; {:.2} M parameters in total ({:.2} M in quantizable weights); {:.2} GFLOPs per image (mmpose's count)",
+        t.sites,
+        cfg.num_params() as f64 / 1e6,
+        t.params as f64 / 1e6,
+        cfg.gflops()
+    );
+    Ok(())
+}
+
+fn site_table(sites: &[SiteInfo]) {
+    println!("| site | kind | params | MMACs |");
+    println!("|---|---|---:|---:|");
+    for s in sites {
+        println!(
+            "| {} | {:?} | {} | {:.2} |",
+            s.id,
+            s.kind,
+            s.params,
+            s.macs as f64 / 1e6
+        );
+    }
 }

@@ -8,6 +8,7 @@ mod info;
 mod lrp;
 mod mixed;
 mod pose;
+mod pose_ptq;
 mod ptq;
 mod qat;
 mod train;

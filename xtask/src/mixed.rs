@@ -71,7 +71,7 @@ impl SweepArgs {
         }
     }
 
-    fn candidates(&self) -> Result<Vec<SiteBits>> {
+    pub(crate) fn candidates(&self) -> Result<Vec<SiteBits>> {
         parse_candidates(&self.candidates)
     }
 }
@@ -176,7 +176,7 @@ fn sweep(
 }
 
 /// The sensitivity heat map: sites (rows, forward order) x candidates.
-fn sensitivity_png(
+pub(crate) fn sensitivity_png(
     path: &Path,
     table: &SensitivityTable,
     sites: &[SiteInfo],
@@ -332,16 +332,17 @@ pub struct BudgetArgs {
 }
 
 impl BudgetArgs {
-    fn problem(
+    /// `scores` may be missing for the `sensitivity` preset (pose models have no LRP path).
+    pub(crate) fn problem(
         &self,
         sites: &[SiteInfo],
-        scores: &ContributionScores,
+        scores: Option<&ContributionScores>,
         table: &SensitivityTable,
         candidates: &[SiteBits],
         preset: mixq_allocator::Preset,
         avg: f64,
     ) -> Result<Problem> {
-        let mut p = Problem::from_tables(sites, Some(scores), Some(table), candidates)?
+        let mut p = Problem::from_tables(sites, scores, Some(table), candidates)?
             .with_preset(preset)
             .with_lambda(self.lambda)
             .with_budget(Budget::avg_w_bits(avg))
@@ -358,7 +359,7 @@ impl BudgetArgs {
 
 /// The image input stays at `image_bits` whatever the allocator chose for the patch embedding
 /// (its candidates were measured that way).
-fn fix_image_bits(plan: &mut BitPlan, sites: &[SiteInfo], image_bits: u8) -> Result<()> {
+pub(crate) fn fix_image_bits(plan: &mut BitPlan, sites: &[SiteInfo], image_bits: u8) -> Result<()> {
     let bits = BitWidth::new(image_bits)?;
     if let Some(first) = sites.first()
         && let Some(b) = plan.sites.get_mut(&first.id)
@@ -400,9 +401,9 @@ pub fn run_allocate(args: AllocateArgs) -> Result<()> {
     println!("|---|---:|---:|---:|---:|---|");
     for &avg in &args.budget.avg_bits {
         for &preset in &args.budget.presets {
-            let problem = args
-                .budget
-                .problem(&sites, &scores, &table, &candidates, preset, avg)?;
+            let problem =
+                args.budget
+                    .problem(&sites, Some(&scores), &table, &candidates, preset, avg)?;
             let a = allocate(&problem)?;
             let mut plan = a.plan.clone();
             fix_image_bits(&mut plan, &sites, args.image_bits)?;
@@ -460,6 +461,17 @@ pub(crate) fn plan_averages(plan: &BitPlan, sites: &[SiteInfo]) -> (f64, f64) {
         }
     }
     (wp / p.max(1.0), am / m.max(1.0))
+}
+
+/// The widest uniform WbAb candidate within an average-bits budget: the baseline every mixed
+/// plan is compared with.
+pub(crate) fn uniform_bits_within(candidates: &[SiteBits], avg: f64) -> Result<u8> {
+    candidates
+        .iter()
+        .filter(|b| b.w_bits == b.a_bits && b.w_bits.get() as f64 <= avg + 1e-9)
+        .map(|b| b.w_bits.get())
+        .max()
+        .ok_or_else(|| Error::invalid("--avg-bits", avg, "below every candidate bit-width"))
 }
 
 /// What steps 1-3 of `ptq --mixed` produce: the calibration and probe images, the LRP scores,
@@ -532,12 +544,7 @@ pub fn make_plans(
     // 3. Plans: uniform and each preset at each budget.
     let mut plans: Vec<(String, Option<f64>, BitPlan)> = Vec::new();
     for &avg in &mixed.budget.avg_bits {
-        let uniform_bits = candidates
-            .iter()
-            .filter(|b| b.w_bits == b.a_bits && b.w_bits.get() as f64 <= avg + 1e-9)
-            .map(|b| b.w_bits.get())
-            .max()
-            .ok_or_else(|| Error::invalid("--avg-bits", avg, "below every candidate bit-width"))?;
+        let uniform_bits = uniform_bits_within(&candidates, avg)?;
         plans.push((
             format!("uniform W{uniform_bits}A{uniform_bits}"),
             Some(avg),
@@ -547,7 +554,7 @@ pub fn make_plans(
             let problem =
                 mixed
                     .budget
-                    .problem(&sites, &scores, &table, &candidates, preset, avg)?;
+                    .problem(&sites, Some(&scores), &table, &candidates, preset, avg)?;
             let mut plan = allocate(&problem)?.plan;
             fix_image_bits(&mut plan, &sites, source.image_bits)?;
             plan.meta.insert("model".into(), card.name.clone());

@@ -19,7 +19,7 @@ use mixq_datasets::{
     Augment, CocoKeypoints, OksStats, PoseBatch, PoseMeta, SyntheticPoses, TopDownConfig,
     TopDownDataset, evaluate_keypoints, keypoint_results, load_image,
 };
-use mixq_vit_models::{WtPose, WtPoseConfig};
+use mixq_vit_models::{NoHook, SiteHook, WtPose, WtPoseConfig};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -125,7 +125,7 @@ pub fn run(args: PoseArgs) -> Result<()> {
 }
 
 /// The crop/heatmap geometry of a model.
-fn topdown(cfg: &WtPoseConfig, sigma: f64) -> TopDownConfig {
+pub(crate) fn topdown(cfg: &WtPoseConfig, sigma: f64) -> TopDownConfig {
     let [h, w] = cfg.input_size;
     let [hh, hw] = cfg.heatmap_size();
     TopDownConfig {
@@ -139,10 +139,10 @@ fn topdown(cfg: &WtPoseConfig, sigma: f64) -> TopDownConfig {
 }
 
 /// Train and held-out sets: `(coco, image folder)` each.
-struct PoseData {
-    train: (CocoKeypoints, PathBuf),
-    val: (CocoKeypoints, PathBuf),
-    description: String,
+pub(crate) struct PoseData {
+    pub train: (CocoKeypoints, PathBuf),
+    pub val: (CocoKeypoints, PathBuf),
+    pub description: String,
 }
 
 fn load_coco(dir: &Path) -> Result<CocoKeypoints> {
@@ -150,7 +150,7 @@ fn load_coco(dir: &Path) -> Result<CocoKeypoints> {
     CocoKeypoints::load(&json).map_err(|e| data_error(&json, e))
 }
 
-fn open_data(args: &DataArgs, seed: u64, run_dir: &Path) -> Result<PoseData> {
+pub(crate) fn open_data(args: &DataArgs, seed: u64, run_dir: &Path) -> Result<PoseData> {
     if let Some(dir) = &args.data {
         let val = dir.join("val");
         return Ok(PoseData {
@@ -189,11 +189,14 @@ fn open_data(args: &DataArgs, seed: u64, run_dir: &Path) -> Result<PoseData> {
     })
 }
 
-fn dataset(coco: &(CocoKeypoints, PathBuf), td: &TopDownConfig) -> Result<TopDownDataset> {
+pub(crate) fn dataset(
+    coco: &(CocoKeypoints, PathBuf),
+    td: &TopDownConfig,
+) -> Result<TopDownDataset> {
     TopDownDataset::from_gt(&coco.0, &coco.1, td.clone()).map_err(|e| data_error(&coco.1, e))
 }
 
-fn images_tensor(batch: &PoseBatch, device: &Device) -> Tensor<4> {
+pub(crate) fn images_tensor(batch: &PoseBatch, device: &Device) -> Tensor<4> {
     Tensor::from_data(
         TensorData::new(batch.images.clone(), batch.image_shape),
         device,
@@ -227,21 +230,23 @@ fn heatmap_loss(pred: Tensor<4>, batch: &PoseBatch, device: &Device) -> Tensor<1
 }
 
 /// Per crop: its geometry and `[x, y, score]` per keypoint in image pixels.
-type Predictions = Vec<(PoseMeta, Vec<[f64; 3]>)>;
+pub(crate) type Predictions = Vec<(PoseMeta, Vec<[f64; 3]>)>;
 
 #[derive(Debug, Serialize)]
-struct EvalResult {
-    persons: usize,
-    images: usize,
-    flip_test: bool,
-    seconds: f64,
+pub(crate) struct EvalResult {
+    pub persons: usize,
+    pub images: usize,
+    pub flip_test: bool,
+    pub seconds: f64,
     /// AP, AP50, AP75, AP(M), AP(L), AR, AR50, AR75, AR(M), AR(L).
-    stats: [f64; 10],
+    pub stats: [f64; 10],
 }
 
-/// Predicts every crop of `ds` (flip test optional) and scores it against `coco`.
-fn evaluate(
+/// Predicts every crop of `ds` (flip test optional) through `hook` (`&NoHook` for full
+/// precision, quantizers for a quantized model) and scores it against `coco`.
+pub(crate) fn evaluate(
     model: &WtPose,
+    hook: &dyn SiteHook,
     ds: &TopDownDataset,
     coco: &CocoKeypoints,
     batch: usize,
@@ -262,13 +267,13 @@ fn evaluate(
             .map_err(|e| Error::invalid("data", "<batch>", e.to_string()))?;
         let x = images_tensor(&b, device);
         let mut hm: Vec<f32> = model
-            .forward(x.clone())
+            .forward_with(x.clone(), hook)
             .into_data()
             .try_into_vec::<f32>()
             .map_err(|e| Error::invalid("heatmaps", "<tensor>", format!("{e:?}")))?;
         if flip {
             let hf: Vec<f32> = model
-                .forward(x.flip([3]))
+                .forward_with(x.flip([3]), hook)
                 .into_data()
                 .try_into_vec::<f32>()
                 .map_err(|e| Error::invalid("heatmaps", "<tensor>", format!("{e:?}")))?;
@@ -328,7 +333,7 @@ fn stats_table(rows: &[(String, &EvalResult)]) -> String {
 
 /// Skeletons of the predictions (instance score >= 0.3, keypoints >= 0.2) over the first
 /// `count` held-out images, ground truth in green under the prediction in red.
-fn skeleton_pictures(
+pub(crate) fn skeleton_pictures(
     coco: &(CocoKeypoints, PathBuf),
     predictions: &[(PoseMeta, Vec<[f64; 3]>)],
     count: usize,
@@ -392,7 +397,7 @@ fn run_dir(runs: &Path, name: String) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     mixq_core::write_atomic(path, text.as_bytes())
 }
 
@@ -451,6 +456,7 @@ fn train(args: TrainArgs) -> Result<()> {
     let steps_per_epoch = train_set.len().div_ceil(args.batch);
     let total = steps_per_epoch * args.epochs;
     let bar = progress(total, "train");
+    let ckpt = dir.join("model.safetensors");
     let (mut epoch_seconds, mut epoch_loss) = (Vec::new(), Vec::new());
     let mut step = 0;
     for epoch in 0..args.epochs {
@@ -480,15 +486,16 @@ fn train(args: TrainArgs) -> Result<()> {
         tracing::info!(epoch = epoch + 1, loss, secs, "epoch done");
         epoch_seconds.push(secs);
         epoch_loss.push(loss);
+        // Every epoch, so a run stopped early (killed, out of time) keeps its last weights.
+        model.valid().save_safetensors(&ckpt)?;
     }
     bar.finish_and_clear();
 
     let model = model.valid();
-    let ckpt = dir.join("model.safetensors");
-    model.save_safetensors(&ckpt)?;
     let eval_device = args.device.device()?;
     let (result, predictions) = evaluate(
         &model,
+        &NoHook,
         &val_set,
         &data.val.0,
         32,
@@ -554,6 +561,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     }
     let (result, predictions) = evaluate(
         &model,
+        &NoHook,
         &val_set,
         &data.val.0,
         args.batch,

@@ -40,6 +40,7 @@ pub struct PtqArgs {
     #[arg(long)]
     pub eval: Option<usize>,
     /// Evaluation folder (ImageNet layout); digits models default to the digits test split.
+    /// Pose models: a COCO-format folder (person_keypoints.json + val/), synthetic if absent.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Calibration folder (a training split in ImageNet layout); digits models use their train split.
@@ -65,6 +66,16 @@ pub struct PtqArgs {
     pub mixed: bool,
     #[command(flatten)]
     pub mixed_args: MixedArgs,
+    /// Images of the generated synthetic training set (without --data); calibration and probe
+    /// crops come from it, the held-out set (a fifth as many, or --val-images) is scored.
+    #[arg(long, default_value_t = 300, help_heading = "Pose models (wtpose-*)")]
+    pub synthetic: usize,
+    /// Held-out synthetic images.
+    #[arg(long, help_heading = "Pose models (wtpose-*)")]
+    pub val_images: Option<usize>,
+    /// Skip the flip test when scoring.
+    #[arg(long, help_heading = "Pose models (wtpose-*)")]
+    pub no_flip: bool,
 }
 
 /// One row of the results table.
@@ -111,6 +122,9 @@ fn table(rows: &[Row]) -> String {
 }
 
 pub fn run(args: PtqArgs) -> Result<()> {
+    if args.model.model.starts_with("wtpose") {
+        return crate::pose_ptq::run(&args);
+    }
     if args.mixed {
         let source = CalibSource {
             calib: args.calib,

@@ -53,24 +53,48 @@ pub(crate) fn sgemm(
 /// adding and subtracting `1.5 · 2^23` rounds half to even in the default rounding mode for
 /// `|y| ≤ 2^22`, and larger values clamp to the end codes either way.
 pub(crate) fn quantize_u8(q: &ActQuant, x: &[f32]) -> Vec<u8> {
-    const MAGIC: f32 = 12_582_912.0;
-    const LIMIT: f32 = 4_194_304.0;
-    let (s, z) = (q.scale(), q.zero_point() as f32);
-    let (lo, hi) = q.code_range();
-    let (lo, hi) = (lo as f32, hi as f32);
+    let r = U8Rounder::new(q);
     let mut out = vec![0u8; x.len()];
     out.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
         .for_each(|(o, x)| {
             for (o, &v) in o.iter_mut().zip(x) {
-                let y = (v / s).clamp(-LIMIT, LIMIT);
-                let r = (y + MAGIC) - MAGIC;
-                let c = (r + z).clamp(lo, hi);
-                // NaN fails both comparisons of `clamp` and maps to `lo`, as in `quantize_one`.
-                *o = if c.is_nan() { lo as u8 } else { c as u8 };
+                *o = r.code(v);
             }
         });
     out
+}
+
+/// The per-value arithmetic of [`quantize_u8`], for kernels that quantize as they copy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct U8Rounder {
+    s: f32,
+    z: f32,
+    lo: f32,
+    hi: f32,
+}
+
+impl U8Rounder {
+    pub fn new(q: &ActQuant) -> Self {
+        let (lo, hi) = q.code_range();
+        U8Rounder {
+            s: q.scale(),
+            z: q.zero_point() as f32,
+            lo: lo as f32,
+            hi: hi as f32,
+        }
+    }
+
+    #[inline]
+    pub fn code(&self, v: f32) -> u8 {
+        const MAGIC: f32 = 12_582_912.0;
+        const LIMIT: f32 = 4_194_304.0;
+        let y = (v / self.s).clamp(-LIMIT, LIMIT);
+        let r = (y + MAGIC) - MAGIC;
+        let c = (r + self.z).clamp(self.lo, self.hi);
+        // NaN fails both comparisons of `clamp` and maps to `lo`, as in `quantize_one`.
+        if c.is_nan() { self.lo as u8 } else { c as u8 }
+    }
 }
 
 /// How a linear (or the patch-embedding convolution, as a linear over patches) computes.
@@ -167,64 +191,78 @@ pub(crate) enum Operand {
     Log(FastLog),
 }
 
-/// [`LogQuantizer::fake_quant_host`] without its binary search: the level index is estimated
-/// from the float's exponent and mantissa, then corrected against the same thresholds
-/// (`τ_k = 2^(−(k + ½)/d)` rounded up to `f32`), so the result is identical (tested).
+/// [`LogQuantizer::fake_quant_host`] without its binary search: a table indexed by the top
+/// 12 bits of `x / s` (sign, exponent and 3 mantissa bits, so each bucket is at most 1/8 of an
+/// octave and holds at most one threshold, except among deep subnormals, which are searched) gives the number of thresholds above the bucket, and
+/// one comparison with the next threshold (`τ_k = 2^(−(k + ½)/d)` rounded up to `f32`, as the
+/// reference compares) finishes the count: identical results (tested), no branches to
+/// mispredict on the attention probabilities.
 #[derive(Clone, Debug)]
 pub(crate) struct FastLog {
     q: LogQuantizer,
-    /// Unit thresholds `T_k`, descending, `k = 0..N`.
+    /// Unit thresholds `T_k`, descending, `k = 0..N`, then 0 as a sentinel.
     thresholds: Vec<f32>,
+    /// Thresholds above each bucket's largest value, by `bits >> 20` of a positive `f32`.
+    above: Vec<u16>,
     /// Level values `s · 2^(−k/d)`, `k = 0..N`, then 0.
     values: Vec<f32>,
-    d: f32,
 }
+
+/// Buckets of positive `f32` bit patterns: `bits >> BUCKET_SHIFT`.
+const BUCKET_SHIFT: u32 = 20;
+/// A bucket holding more than one threshold: binary search there.
+const SEARCH: u16 = u16::MAX;
 
 impl FastLog {
     pub fn new(q: LogQuantizer) -> Self {
         let n = q.num_levels();
         let d = f64::from(q.base().levels_per_octave());
-        let thresholds = (0..n)
+        let mut thresholds: Vec<f32> = (0..n)
             .map(|k| {
                 let tau = (-(k as f64 + 0.5) / d).exp2();
                 let t = tau as f32;
                 if f64::from(t) < tau { t.next_up() } else { t }
             })
             .collect();
+        let buckets = 1usize << (31 - BUCKET_SHIFT);
+        let above = (0..buckets)
+            .map(|b| {
+                let low = f32::from_bits((b as u32) << BUCKET_SHIFT);
+                let top = f32::from_bits((((b as u32) + 1) << BUCKET_SHIFT) - 1);
+                // Infinity and NaN patterns: nothing lies above them.
+                let top = if top.is_finite() { top } else { f32::INFINITY };
+                let k = thresholds.partition_point(|&t| t > top);
+                let inside = thresholds.partition_point(|&t| t >= low) - k;
+                // Two thresholds in one bucket (deep subnormals of wide log-2 quantizers):
+                // that bucket is searched.
+                if inside > 1 { SEARCH } else { k as u16 }
+            })
+            .collect();
+        thresholds.push(0.0);
         let mut values = q.levels();
         values.push(0.0);
         FastLog {
             q,
             thresholds,
+            above,
             values,
-            d: d as f32,
         }
     }
 
     /// The level index: how many thresholds lie above `x / s`.
     #[inline]
     pub fn code(&self, x: f32) -> usize {
-        let n = self.thresholds.len();
         let y = x / self.q.scale();
         if y.is_nan() {
             return 0;
         }
         if y <= 0.0 {
-            return n;
+            return self.thresholds.len() - 1;
         }
-        // −d·log2(y) with log2(m) ≈ m − 1 on the mantissa: off by at most one level.
-        let bits = y.to_bits();
-        let e = ((bits >> 23) & 0xff) as i32 - 127;
-        let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-        let est = (-self.d * (e as f32 + (m - 1.0))).round();
-        let mut k = if est <= 0.0 { 0 } else { (est as usize).min(n) };
-        while k > 0 && self.thresholds[k - 1] <= y {
-            k -= 1;
+        match self.above[(y.to_bits() >> BUCKET_SHIFT) as usize] {
+            SEARCH => self.thresholds.partition_point(|&t| t > y),
+            k => k as usize + (self.thresholds[k as usize] > y) as usize,
         }
-        while k < n && self.thresholds[k] > y {
-            k += 1;
-        }
-        k
     }
 
     /// The fake-quantized value of `x`.
@@ -437,7 +475,7 @@ mod tests {
                     let fast = FastLog::new(q);
                     // Exactly on the thresholds and one ulp around them, too.
                     let mut all = xs.clone();
-                    for &t in &fast.thresholds {
+                    for &t in &fast.thresholds[..fast.thresholds.len() - 1] {
                         let x = t * scale;
                         all.extend([x, x.next_up(), x.next_down()]);
                     }

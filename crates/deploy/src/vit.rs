@@ -9,7 +9,8 @@ use rayon::prelude::*;
 
 use crate::format::{Header, Stored, Tensors, WeightInfo};
 use crate::ops::{
-    LinearKind, LinearOp, Norm, Operand, QuantOperand, add_in_place, gelu, matmul, softmax_rows,
+    LinearKind, LinearOp, Norm, Operand, QuantOperand, U8Rounder, add_in_place, gelu, matmul,
+    softmax_rows,
 };
 
 /// One pre-LN transformer block.
@@ -330,28 +331,22 @@ impl VitNet {
         let (d, n, heads) = (c.embed_dim, c.num_tokens(), c.num_heads);
         let hd = d / heads;
         let scale = (hd as f64).powf(-0.5) as f32;
-        // Split into head-major [batch, heads, n, hd] buffers (timm's reshape/permute).
-        let split = |part: usize, mul: Option<f32>| -> Vec<f32> {
-            let mut out = vec![0f32; batch * n * d];
-            out.par_chunks_mut(n * hd)
-                .enumerate()
-                .for_each(|(bh, dst)| {
-                    let (b, h) = (bh / heads, bh % heads);
-                    for t in 0..n {
-                        let src = (b * n + t) * 3 * d + part * d + h * hd;
-                        let row = &qkv[src..src + hd];
-                        let o = &mut dst[t * hd..(t + 1) * hd];
-                        match mul {
-                            Some(s) => o.iter_mut().zip(row).for_each(|(o, &v)| *o = v * s),
-                            None => o.copy_from_slice(row),
-                        }
-                    }
-                });
-            out
+        // Split into head-major [batch, heads, n, hd] buffers (timm's reshape/permute); uniform
+        // operands are quantized to u8 codes in the same pass.
+        let split = |part: usize, mul: Option<f32>, operand: &Operand| -> QuantOperand {
+            let scaled = move |v: f32| mul.map_or(v, |s| v * s);
+            let layout = HeadSplit { n, d, heads, part };
+            match operand {
+                Operand::Uniform(q) => {
+                    let r = U8Rounder::new(q);
+                    QuantOperand::Codes(layout.gather(qkv, batch, |v| r.code(scaled(v))), *q)
+                }
+                _ => operand.apply(layout.gather(qkv, batch, scaled)),
+            }
         };
-        let q = blk.qk[0].apply(split(0, Some(scale)));
-        let k = blk.qk[1].apply(split(1, None));
-        let v = blk.av[1].apply(split(2, None));
+        let q = split(0, Some(scale), &blk.qk[0]);
+        let k = split(1, None, &blk.qk[1]);
+        let v = split(2, None, &blk.av[1]);
 
         let per_head: Vec<Vec<f32>> = (0..batch * heads)
             .into_par_iter()
@@ -392,6 +387,41 @@ impl VitNet {
             }
         });
         Ok(merged)
+    }
+}
+
+/// Where one head's rows of the fused `qkv` output `[batch * n, 3 * d]` lie.
+struct HeadSplit {
+    n: usize,
+    d: usize,
+    heads: usize,
+    /// 0, 1, 2 for q, k, v.
+    part: usize,
+}
+
+impl HeadSplit {
+    /// `convert(v)` of every value, in head-major `[batch, heads, n, d / heads]` order.
+    fn gather<T: Copy + Default + Send>(
+        &self,
+        qkv: &[f32],
+        batch: usize,
+        convert: impl Fn(f32) -> T + Sync,
+    ) -> Vec<T> {
+        let (n, d, heads) = (self.n, self.d, self.heads);
+        let hd = d / heads;
+        let mut out = vec![T::default(); batch * n * d];
+        out.par_chunks_mut(n * hd)
+            .enumerate()
+            .for_each(|(bh, dst)| {
+                let (b, h) = (bh / heads, bh % heads);
+                for (t, o) in dst.chunks_exact_mut(hd).enumerate() {
+                    let src = (b * n + t) * 3 * d + self.part * d + h * hd;
+                    for (o, &v) in o.iter_mut().zip(&qkv[src..src + hd]) {
+                        *o = convert(v);
+                    }
+                }
+            });
+        out
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
-use mixq_core::{BitPlan, Error, Result, SiteId, SiteKind};
+use mixq_core::{BitPlan, Error, Result, SiteId, SiteInfo, SiteKind};
 use mixq_quant_kernels::{
     Granularity, LogBase, RangeMethod, UniformQuantizer, calibrate_log, calibrate_uniform,
     host_values,
@@ -51,17 +51,81 @@ impl QuantizedModel {
     }
 }
 
+/// Fake quantizers of any model whose forward pass routes its weights ([`Slot::Weight`]) and
+/// activations through a [`SiteHook`] (WTPose, or a user's own burn model built from
+/// mixq-vit-models' layers): pass them as the hook of that forward. Made by
+/// [`quantize_hooked`].
+#[derive(Clone, Debug)]
+pub struct HookQuantizers {
+    /// Activation quantizers.
+    pub state: QuantState,
+    /// Fake-quantized weights in the hook's 2-D view (linear `[in, out]`, conv
+    /// `[out, in*k*k]`).
+    pub weights: BTreeMap<SiteId, Tensor<2>>,
+    /// The per-output-channel quantizer of every weight (the integer codes' scales and zero
+    /// points, as in [`QuantizedModel::weights`]).
+    pub weight_quantizers: BTreeMap<SiteId, UniformQuantizer>,
+    pub plan: BitPlan,
+}
+
+/// Weights replaced by their fake-quantized copies, activations through `state`.
+fn substitute(
+    weights: &BTreeMap<SiteId, Tensor<2>>,
+    state: &dyn SiteHook,
+    site: &SiteId,
+    slot: Slot,
+    x: Tensor<2>,
+) -> Tensor<2> {
+    match slot {
+        Slot::Weight => match weights.get(site) {
+            Some(w) => w.clone(),
+            None => x,
+        },
+        _ => state.apply(site, slot, x),
+    }
+}
+
 /// Quantizes every site it has quantizers for: weights from [`IsolatedQuantizers::weights`],
 /// activations through the state. Wrap it to quantize one site at a time.
 impl SiteHook for IsolatedQuantizers {
     fn apply(&self, site: &SiteId, slot: Slot, x: Tensor<2>) -> Tensor<2> {
-        match slot {
-            Slot::Weight => match self.weights.get(site) {
-                Some(w) => w.clone(),
-                None => x,
-            },
-            _ => self.state.apply(site, slot, x),
+        substitute(&self.weights, &self.state, site, slot, x)
+    }
+}
+
+impl SiteHook for HookQuantizers {
+    fn apply(&self, site: &SiteId, slot: Slot, x: Tensor<2>) -> Tensor<2> {
+        substitute(&self.weights, &self.state, site, slot, x)
+    }
+}
+
+/// Keeps the weight tensors of the planned sites as they pass [`Slot::Weight`].
+struct WeightRecorder<'a> {
+    plan: &'a BitPlan,
+    seen: Mutex<BTreeMap<SiteId, Tensor<2>>>,
+}
+
+impl SiteHook for WeightRecorder<'_> {
+    fn apply(&self, site: &SiteId, slot: Slot, x: Tensor<2>) -> Tensor<2> {
+        if slot == Slot::Weight && self.plan.sites.contains_key(site) {
+            self.seen
+                .lock()
+                .expect("recorder lock")
+                .insert(site.clone(), x.clone());
         }
+        x
+    }
+}
+
+/// Quantized weights in place of the originals; everything else through `inner`.
+struct WithWeights<'a> {
+    weights: &'a BTreeMap<SiteId, Tensor<2>>,
+    inner: &'a dyn SiteHook,
+}
+
+impl SiteHook for WithWeights<'_> {
+    fn apply(&self, site: &SiteId, slot: Slot, x: Tensor<2>) -> Tensor<2> {
+        substitute(self.weights, self.inner, site, slot, x)
     }
 }
 
@@ -355,4 +419,76 @@ pub fn reparameterize(
     plan.check_sites(model.sites().iter().map(|s| &s.id))?;
     fold_post_ln(&mut model, &calib, plan, mode)?;
     Ok(model)
+}
+
+/// Post-training quantization through the site hook alone, for models other than the
+/// classification [`Model`]s: `forward(hook)` must run the model on the calibration images
+/// with `hook`. A first pass reads every planned weight at [`Slot::Weight`] and quantizes it
+/// per output channel; a second calibrates the activation quantizers, with the quantized
+/// weights in place (`isolated == false`, like [`quantize`]) or with full-precision weights
+/// (`true`, like [`quantize_isolated`], for a sensitivity sweep).
+///
+/// The post-LN reparameterization needs the model's LayerNorm/linear pairs and is not applied
+/// here: post-LN inputs get per-tensor quantizers whatever `config.post_ln` says.
+pub fn quantize_hooked(
+    sites: &[SiteInfo],
+    plan: &BitPlan,
+    config: &PtqConfig,
+    isolated: bool,
+    forward: impl Fn(&dyn SiteHook),
+) -> Result<HookQuantizers> {
+    plan.check_sites(sites.iter().map(|s| &s.id))?;
+    let recorder = WeightRecorder {
+        plan,
+        seen: Mutex::new(BTreeMap::new()),
+    };
+    forward(&recorder);
+    let seen = recorder.seen.into_inner().expect("recorder lock");
+    let mut weights = BTreeMap::new();
+    let mut weight_quantizers = BTreeMap::new();
+    for info in sites.iter().filter(|s| s.kind.has_weights()) {
+        let Some(bits) = plan.sites.get(&info.id) else {
+            continue;
+        };
+        let w = seen.get(&info.id).ok_or_else(|| {
+            Error::invalid(
+                "site",
+                &info.id,
+                "has weights but none passed the hook during the forward pass",
+            )
+        })?;
+        let axis_out = if info.kind == SiteKind::Linear { 1 } else { 0 };
+        let (q, quantizer) = quantize_weight(w.clone(), axis_out, bits.w_bits, config)?;
+        weights.insert(info.id.clone(), q);
+        weight_quantizers.insert(info.id.clone(), quantizer);
+    }
+
+    let calibrator = Calibrator {
+        plan,
+        config,
+        kinds: sites.iter().map(|s| (s.id.clone(), s.kind)).collect(),
+        skip: BTreeSet::new(),
+        state: Mutex::new(QuantState::default()),
+        error: Mutex::new(None),
+    };
+    let no_weights = BTreeMap::new();
+    forward(&WithWeights {
+        weights: if isolated { &no_weights } else { &weights },
+        inner: &calibrator,
+    });
+    if let Some(e) = calibrator.error.into_inner().expect("calibrator lock") {
+        return Err(e);
+    }
+    let state = calibrator.state.into_inner().expect("calibrator lock");
+    tracing::info!(
+        quantizers = state.len(),
+        weights = weights.len(),
+        "calibrated"
+    );
+    Ok(HookQuantizers {
+        state,
+        weights,
+        weight_quantizers,
+        plan: plan.clone(),
+    })
 }

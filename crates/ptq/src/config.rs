@@ -84,8 +84,8 @@ impl Default for PtqConfig {
     }
 }
 
-/// The same bits at every site, with the image input (the patch embedding's input) at
-/// `image_bits`. Matmul sites use `a_bits` for both operands; their `w_bits` is set equal and
+/// The same bits at every site, with the image input (the first site's input: the patch
+/// embedding, or WTPose's stem convolution) at `image_bits`. Matmul sites use `a_bits` for both operands; their `w_bits` is set equal and
 /// ignored.
 pub fn uniform_plan(sites: &[SiteInfo], w_bits: u8, a_bits: u8, image_bits: u8) -> Result<BitPlan> {
     let (w, a, img) = (
@@ -94,13 +94,15 @@ pub fn uniform_plan(sites: &[SiteInfo], w_bits: u8, a_bits: u8, image_bits: u8) 
         BitWidth::new(image_bits)?,
     );
     let mut plan = BitPlan::default();
-    for s in sites {
+    for (i, s) in sites.iter().enumerate() {
         let bits = match s.kind {
-            SiteKind::Conv => SiteBits {
+            // The first site reads the image (a patch embedding, or WTPose's stem); later
+            // convolutions read activations like any linear.
+            SiteKind::Conv if i == 0 => SiteBits {
                 w_bits: w,
                 a_bits: img,
             },
-            SiteKind::Linear => SiteBits {
+            SiteKind::Conv | SiteKind::Linear => SiteBits {
                 w_bits: w,
                 a_bits: a,
             },

@@ -28,7 +28,8 @@ pub mod state;
 pub mod sweep;
 
 pub use calibrate::{
-    IsolatedQuantizers, QuantizedModel, quantize, quantize_isolated, reparameterize,
+    HookQuantizers, IsolatedQuantizers, QuantizedModel, quantize, quantize_hooked,
+    quantize_isolated, reparameterize,
 };
 pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
 pub use eval::Metrics;

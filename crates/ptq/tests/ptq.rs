@@ -152,3 +152,60 @@ fn log_softmax_quantizers_are_used_for_attention_probabilities() {
         .unwrap();
     assert_eq!(img.bits(), 8, "the image input stays at 8 bits");
 }
+
+/// The hook-only PTQ (what WTPose and users' own models get) reproduces the model-specific
+/// path on the timm fixtures: same weight codes, same activation quantizers, same logits
+/// (post-LN inputs per tensor on both sides, since the hook path cannot fold LayerNorms).
+#[test]
+fn hooked_quantization_equals_the_model_path() {
+    use mixq_ptq::{quantize_hooked, quantize_isolated};
+    let device = Device::flex();
+    for name in FIXTURES {
+        let (model, input, _) = fixture(name, &device);
+        let sites = model.sites();
+        let plan = uniform_plan(&sites, 3, 4, 8).unwrap();
+        let config = PtqConfig {
+            post_ln: PostLnMode::Uniform,
+            ..PtqConfig::default()
+        };
+        let reference = quantize(model.clone(), input.clone(), &plan, &config).unwrap();
+        let forward = |hook: &dyn mixq_vit_models::SiteHook| {
+            let _ = model.forward_with(input.clone(), hook);
+        };
+        let hooked = quantize_hooked(&sites, &plan, &config, false, forward).unwrap();
+        assert_eq!(hooked.weight_quantizers, reference.weights, "{name}");
+        assert_eq!(hooked.state, reference.state, "{name}");
+        let err = max_abs_diff(
+            model.forward_with(input.clone(), &hooked),
+            reference.forward(input.clone()),
+        );
+        assert!(err < 1e-5, "{name}: max |hooked - model path| = {err}");
+        // Sanity: the quantized model is not the full-precision one.
+        assert!(
+            max_abs_diff(
+                model.forward(input.clone()),
+                reference.forward(input.clone())
+            ) > 1e-3
+        );
+
+        let isolated = quantize_hooked(&sites, &plan, &config, true, forward).unwrap();
+        let iso_ref = quantize_isolated(model.clone(), input.clone(), &plan, &config).unwrap();
+        assert_eq!(isolated.state, iso_ref.state, "{name} (isolated)");
+        for (site, w) in &iso_ref.weights {
+            let err = max_abs_diff(isolated.weights[site].clone(), w.clone());
+            assert_eq!(err, 0.0, "{name} {site}");
+        }
+    }
+}
+
+#[test]
+fn hooked_quantization_names_a_weight_that_never_passed() {
+    use mixq_ptq::quantize_hooked;
+    let device = Device::flex();
+    let (model, _, _) = fixture("vit_tiny", &device);
+    let sites = model.sites();
+    let plan = uniform_plan(&sites, 4, 4, 8).unwrap();
+    // A "forward" that runs nothing: no weight is seen.
+    let err = quantize_hooked(&sites, &plan, &PtqConfig::default(), false, |_| {}).unwrap_err();
+    assert!(err.to_string().contains(sites[0].id.as_str()), "{err}");
+}

@@ -24,9 +24,7 @@ use burn::module::{Module, Param, RunningState};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
@@ -772,17 +770,47 @@ pub struct Waterfall {
 }
 
 /// Bilinear resize with aligned corners (`F.interpolate(..., align_corners=True)`).
+///
+/// Written as two matmuls with interpolation matrices (rows, then columns) rather than burn's
+/// `interpolate`: the GPU (cubecl) backends have no bilinear backward, and this form trains on
+/// every backend with the same result (`resize_matches_burn_interpolate` checks it).
 pub fn resize_bilinear(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
-    let [_, _, h, w] = x.dims();
+    let [n, c, h, w] = x.dims();
+    let [oh, ow] = size;
     if [h, w] == size {
         return x;
     }
-    interpolate(
-        x,
-        InterpolateOptions::new(InterpolateMode::Bilinear)
-            .with_align_corners(true)
-            .with_output_size(size),
-    )
+    let device = x.device();
+    // [n, c, h, w] -> [n, c, h, ow]: resize along the last axis.
+    let x = x
+        .reshape([n * c * h, w])
+        .matmul(interpolation_matrix(w, ow, &device))
+        .reshape([n, c, h, ow]);
+    // Then along the rows, as the last axis of the transposed map.
+    x.swap_dims(2, 3)
+        .reshape([n * c * ow, h])
+        .matmul(interpolation_matrix(h, oh, &device))
+        .reshape([n, c, ow, oh])
+        .swap_dims(2, 3)
+}
+
+/// `[len_in, len_out]` weights of 1-D linear interpolation with aligned corners: output `i`
+/// samples input position `i * (len_in - 1) / (len_out - 1)`.
+fn interpolation_matrix(len_in: usize, len_out: usize, device: &Device) -> Tensor<2> {
+    let mut m = vec![0f32; len_in * len_out];
+    for i in 0..len_out {
+        let src = if len_out > 1 {
+            i as f64 * (len_in - 1) as f64 / (len_out - 1) as f64
+        } else {
+            0.0
+        };
+        let lo = (src.floor() as usize).min(len_in - 1);
+        let hi = (lo + 1).min(len_in - 1);
+        let frac = (src - lo as f64) as f32;
+        m[lo * len_out + i] += 1.0 - frac;
+        m[hi * len_out + i] += frac;
+    }
+    Tensor::from_data(TensorData::new(m, [len_in, len_out]), device)
 }
 
 impl Waterfall {

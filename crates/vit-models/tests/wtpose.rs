@@ -493,3 +493,39 @@ fn checkpoint_round_trips_with_batch_norm_statistics() {
     std::fs::remove_dir_all(&dir).ok();
     assert!(err < 1e-6, "reloaded model differs by {err}");
 }
+
+/// The matmul form of the waterfall's bilinear resize equals burn's own `interpolate`
+/// (bilinear, aligned corners) for up- and down-sampling, odd sizes and a 1-pixel axis.
+#[test]
+fn resize_matches_burn_interpolate() {
+    use burn::tensor::module::interpolate;
+    use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+    use mixq_vit_models::wtpose::resize_bilinear;
+    let device = Device::default();
+    for (from, to) in [
+        ([4, 3], [16, 12]),
+        ([5, 7], [32, 24]),
+        ([8, 6], [3, 5]),
+        ([1, 4], [4, 4]),
+        ([7, 5], [7, 9]),
+    ] {
+        let x = Tensor::<4>::random([2, 3, from[0], from[1]], Distribution::Default, &device);
+        let ours = values(resize_bilinear(x.clone(), to));
+        let burn = values(interpolate(
+            x,
+            InterpolateOptions::new(InterpolateMode::Bilinear)
+                .with_align_corners(true)
+                .with_output_size(to),
+        ));
+        assert_eq!(ours.len(), 2 * 3 * to[0] * to[1]);
+        let max = ours
+            .iter()
+            .zip(&burn)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max < 1e-5, "{from:?} -> {to:?}: max |diff| {max}");
+    }
+    // Hand check: [0, 1] sampled at three points.
+    let x = Tensor::<4>::from_floats([[[[0.0, 1.0]]]], &device);
+    assert_eq!(values(resize_bilinear(x, [1, 3])), vec![0.0, 0.5, 1.0]);
+}
