@@ -56,6 +56,7 @@
 
 pub mod format;
 mod ops;
+mod simd;
 mod vit;
 
 use std::collections::BTreeMap;

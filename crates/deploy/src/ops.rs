@@ -3,9 +3,10 @@
 //! also keep in `f32`.
 //!
 //! The float pieces follow burn-flex's formulas and operation order (two-pass LayerNorm,
-//! max-shifted softmax with one reciprocal, `0.5 · x · (1 + erf(x / √2))` with libm's `erff`),
-//! so that where the engine sees the same `f32` inputs as the fake-quant forward it produces
-//! the same outputs, and a quantizer downstream picks the same code.
+//! max-shifted softmax with one reciprocal, `0.5 · x · (1 + erf(x / √2))`). Where the CPU has
+//! AVX-512 they run in [`crate::simd`]: 16-lane sums and polynomial `exp`/`erf`, a few ulp from
+//! the scalar formulas, and LayerNorm / GELU fused with the quantization of the next integer
+//! linear's input. The scalar code is the fallback and the reference the tests compare with.
 
 use mixq_core::{Error, Result, SiteId};
 use mixq_quant_kernels::{ActQuant, IntGemm, LogQuantizer, PreparedWeights, RhsLayout};
@@ -13,9 +14,89 @@ use rayon::prelude::*;
 use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmOptions, PackedBMatrix};
 use rten_tensor::Matrix;
 
+use crate::simd;
+
 thread_local! {
     /// rten's executor is `!Send`; one per thread.
     static SGEMM: GemmExecutor<f32, f32, f32> = GemmExecutor::default();
+}
+
+/// Buffers of the forward pass, kept for the next block and the next call: every block needs
+/// the same few sizes, and fresh multi-megabyte allocations cost a page fault per 4 KiB
+/// (about a fifth of a DeiT-S batch-8 forward before this pool).
+pub(crate) mod pool {
+    use std::sync::Mutex;
+
+    /// Buffers kept per element type, at most.
+    const KEEP: usize = 32;
+
+    static F32: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+    static U8: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    fn take<T: Copy + Default>(pool: &Mutex<Vec<Vec<T>>>, len: usize) -> Vec<T> {
+        let mut v = {
+            let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
+            // The smallest buffer that fits, else any (it grows), else a new one.
+            let best = (0..p.len())
+                .filter(|&i| p[i].capacity() >= len)
+                .min_by_key(|&i| p[i].capacity());
+            match best.or(p.len().checked_sub(1)) {
+                Some(i) => p.swap_remove(i),
+                None => Vec::new(),
+            }
+        };
+        // No zeroing of a reused buffer (a memset per block cost ~5 % of a forward): its
+        // old values stay until the caller overwrites them, which every caller does.
+        v.truncate(len);
+        v.resize(len, T::default());
+        v
+    }
+
+    fn give<T>(pool: &Mutex<Vec<Vec<T>>>, v: Vec<T>) {
+        let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < KEEP {
+            p.push(v);
+        } else if let Some(i) = (0..p.len()).min_by_key(|&i| p[i].capacity())
+            && p[i].capacity() < v.capacity()
+        {
+            // Full: keep the larger buffers (their page faults are what the pool saves).
+            p[i] = v;
+        }
+    }
+
+    thread_local! {
+        /// Per-thread scratch for small per-task buffers (attention scores).
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `f` on this thread's scratch of `len` values (stale contents, see [`f32s`]).
+    pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        let mut v = SCRATCH.with(|s| s.take());
+        v.truncate(len);
+        v.resize(len, 0.0);
+        let r = f(&mut v);
+        SCRATCH.with(|s| s.replace(v));
+        r
+    }
+
+    /// An `f32` buffer of `len` values with unspecified (stale) contents: the caller writes
+    /// every value.
+    pub fn f32s(len: usize) -> Vec<f32> {
+        take(&F32, len)
+    }
+
+    /// A `u8` buffer of `len` values with unspecified contents (see [`f32s`]).
+    pub fn u8s(len: usize) -> Vec<u8> {
+        take(&U8, len)
+    }
+
+    pub fn give_f32(v: Vec<f32>) {
+        give(&F32, v)
+    }
+
+    pub fn give_u8(v: Vec<u8>) {
+        give(&U8, v)
+    }
 }
 
 /// Rows per rayon task in the element-wise kernels.
@@ -54,12 +135,56 @@ pub(crate) fn sgemm(
 /// `|y| ≤ 2^22`, and larger values clamp to the end codes either way.
 pub(crate) fn quantize_u8(q: &ActQuant, x: &[f32]) -> Vec<u8> {
     let r = U8Rounder::new(q);
-    let mut out = vec![0u8; x.len()];
+    let sq = simd::Quant::new(q);
+    let mut out = pool::u8s(x.len());
     out.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
         .for_each(|(o, x)| {
+            #[cfg(target_arch = "x86_64")]
+            if simd::available() {
+                // Safety: `available()` checked the CPU features.
+                return unsafe { simd::x86::quantize(x, &sq, o) };
+            }
+            let _ = &sq;
             for (o, &v) in o.iter_mut().zip(x) {
                 *o = r.code(v);
+            }
+        });
+    out
+}
+
+/// `x · mul` (or `x`) quantized with `q` into `out`, on the calling thread (head rows).
+pub(crate) fn quantize_scaled(q: &ActQuant, mul: Option<f32>, x: &[f32], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // Safety: `available()` checked the CPU features.
+        return unsafe {
+            simd::x86::quantize_scaled(x, mul.unwrap_or(1.0), &simd::Quant::new(q), out)
+        };
+    }
+    let r = U8Rounder::new(q);
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = r.code(mul.map_or(v, |s| v * s));
+    }
+}
+
+/// GELU of `x` quantized with `q` (the input of the next integer linear), without an `f32`
+/// buffer in between.
+pub(crate) fn gelu_u8(q: &ActQuant, x: &[f32]) -> Vec<u8> {
+    let r = U8Rounder::new(q);
+    let sq = simd::Quant::new(q);
+    let mut out = pool::u8s(x.len());
+    out.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(o, x)| {
+            #[cfg(target_arch = "x86_64")]
+            if simd::available() {
+                // Safety: `available()` checked the CPU features.
+                return unsafe { simd::x86::gelu_quantize(x, &sq, o) };
+            }
+            let _ = &sq;
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = r.code(gelu_one(v));
             }
         });
     out
@@ -141,14 +266,69 @@ impl LinearOp {
         })
     }
 
+    /// The quantizer of an integer site's input (`None` for a float site).
+    pub fn input_quant(&self) -> Option<&ActQuant> {
+        match &self.kind {
+            LinearKind::Int { act, .. } => Some(act),
+            LinearKind::F32 { .. } => None,
+        }
+    }
+
+    /// `y = LayerNorm(x) W + b`; an integer site quantizes the normalised rows directly.
+    pub fn forward_normed(
+        &self,
+        gemm: &IntGemm,
+        norm: &Norm,
+        x: &[f32],
+        m: usize,
+    ) -> Result<Vec<f32>> {
+        match self.input_quant() {
+            Some(q) => {
+                let a = norm.forward_u8(x, q);
+                let y = self.forward_codes(gemm, &a, m);
+                pool::give_u8(a);
+                y
+            }
+            None => self.forward(gemm, &norm.forward(x), m),
+        }
+    }
+
+    /// `y = GELU(x) W + b`; an integer site quantizes the GELU values directly.
+    pub fn forward_gelu(&self, gemm: &IntGemm, mut x: Vec<f32>, m: usize) -> Result<Vec<f32>> {
+        match self.input_quant() {
+            Some(q) => {
+                let a = gelu_u8(q, &x);
+                pool::give_f32(x);
+                let y = self.forward_codes(gemm, &a, m);
+                pool::give_u8(a);
+                y
+            }
+            None => {
+                gelu(&mut x);
+                self.forward(gemm, &x, m)
+            }
+        }
+    }
+
+    /// `y = a W + b` for an integer site's input codes `a` `[m, in]`.
+    fn forward_codes(&self, gemm: &IntGemm, a: &[u8], m: usize) -> Result<Vec<f32>> {
+        let LinearKind::Int { w, act } = &self.kind else {
+            unreachable!("codes are only made for integer sites")
+        };
+        let mut y = pool::f32s(m * self.out_features);
+        gemm.gemm_f32(a, m, *act, w, self.bias.as_deref(), &mut y)?;
+        Ok(y)
+    }
+
     /// `y = x W + b` for `x` `[m, in]`, into a new `[m, out]` buffer.
     pub fn forward(&self, gemm: &IntGemm, x: &[f32], m: usize) -> Result<Vec<f32>> {
         debug_assert_eq!(x.len(), m * self.in_features);
-        let mut y = vec![0f32; m * self.out_features];
+        let mut y = pool::f32s(m * self.out_features);
         match &self.kind {
             LinearKind::Int { w, act } => {
                 let a = quantize_u8(act, x);
                 gemm.gemm_f32(&a, m, *act, w, self.bias.as_deref(), &mut y)?;
+                pool::give_u8(a);
             }
             LinearKind::F32 { packed, .. } => {
                 let av =
@@ -206,6 +386,8 @@ pub(crate) struct FastLog {
     above: Vec<u16>,
     /// Level values `s · 2^(−k/d)`, `k = 0..N`, then 0.
     values: Vec<f32>,
+    /// `above` widened for AVX-512 gathers.
+    above_i32: Vec<i32>,
 }
 
 /// Buckets of positive `f32` bit patterns: `bits >> BUCKET_SHIFT`.
@@ -225,7 +407,7 @@ impl FastLog {
             })
             .collect();
         let buckets = 1usize << (31 - BUCKET_SHIFT);
-        let above = (0..buckets)
+        let above: Vec<u16> = (0..buckets)
             .map(|b| {
                 let low = f32::from_bits((b as u32) << BUCKET_SHIFT);
                 let top = f32::from_bits((((b as u32) + 1) << BUCKET_SHIFT) - 1);
@@ -241,11 +423,84 @@ impl FastLog {
         thresholds.push(0.0);
         let mut values = q.levels();
         values.push(0.0);
+        let above_i32 = above.iter().map(|&a: &u16| i32::from(a)).collect();
         FastLog {
             q,
             thresholds,
             above,
             values,
+            above_i32,
+        }
+    }
+
+    /// [`FastLog::fake_quant`] of every value in place (AVX-512 gathers where available).
+    pub fn fake_quant_slice(&self, x: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd::available() {
+            // Safety: `available()` checked the CPU features.
+            return unsafe { self.fake_quant_avx512(x) };
+        }
+        for v in x {
+            *v = self.fake_quant(*v);
+        }
+    }
+
+    /// # Safety
+    /// [`simd::available`] must hold.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn fake_quant_avx512(&self, x: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let last = (self.thresholds.len() - 1) as i32;
+        let s = _mm512_set1_ps(self.q.scale());
+        for xs in x.chunks_mut(16) {
+            let m = simd::x86::tail_mask(xs.len());
+            let mut orig = [0f32; 16];
+            orig[..xs.len()].copy_from_slice(xs);
+            // Safety: masked loads/stores touch only the chunk; gathers read `above_i32` at
+            // buckets of positive floats (< 2048 entries), `thresholds` at counts ≤ N and
+            // `values` at codes ≤ N, all inside the tables.
+            let search = unsafe {
+                let y = _mm512_div_ps(_mm512_maskz_loadu_ps(m, xs.as_ptr()), s);
+                let pos = m & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, _mm512_setzero_ps());
+                let nan = m & _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(y, y);
+                let bucket = _mm512_srli_epi32::<BUCKET_SHIFT>(_mm512_castps_si512(y));
+                let k = _mm512_mask_i32gather_epi32::<4>(
+                    _mm512_setzero_si512(),
+                    pos,
+                    bucket,
+                    self.above_i32.as_ptr().cast(),
+                );
+                let search = pos & _mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(i32::from(SEARCH)));
+                let ok = pos & !search;
+                let t = _mm512_mask_i32gather_ps::<4>(
+                    _mm512_setzero_ps(),
+                    ok,
+                    k,
+                    self.thresholds.as_ptr().cast(),
+                );
+                let up = ok & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t, y);
+                let code = _mm512_mask_add_epi32(k, up, k, _mm512_set1_epi32(1));
+                let rest = m & !pos & !nan;
+                let code = _mm512_mask_mov_epi32(code, rest, _mm512_set1_epi32(last));
+                let code = _mm512_mask_mov_epi32(code, nan, _mm512_setzero_si512());
+                let v = _mm512_mask_i32gather_ps::<4>(
+                    _mm512_setzero_ps(),
+                    m,
+                    code,
+                    self.values.as_ptr().cast(),
+                );
+                _mm512_mask_storeu_ps(xs.as_mut_ptr(), m, v);
+                search
+            };
+            // Buckets holding two thresholds (deep subnormals): the scalar search.
+            if search != 0 {
+                for (i, v) in xs.iter_mut().enumerate() {
+                    if search >> i & 1 == 1 {
+                        *v = self.fake_quant(orig[i]);
+                    }
+                }
+            }
         }
     }
 
@@ -278,30 +533,37 @@ pub(crate) enum QuantOperand {
     Values(Vec<f32>),
 }
 
-impl Operand {
-    /// Quantizes `x`: uniform operands to `u8` codes; log operands to their exact level values
-    /// (what the fake-quant forward multiplies with); float operands pass through.
-    pub fn apply(&self, x: Vec<f32>) -> QuantOperand {
+/// A borrowed part of a [`QuantOperand`] (one head).
+#[derive(Clone, Copy)]
+pub(crate) enum QuantRef<'a> {
+    Codes(&'a [u8], ActQuant),
+    Values(&'a [f32]),
+}
+
+impl QuantOperand {
+    /// The values in `range`, borrowed.
+    pub fn view(&self, range: std::ops::Range<usize>) -> QuantRef<'_> {
         match self {
-            Operand::F32 => QuantOperand::Values(x),
-            Operand::Uniform(q) => QuantOperand::Codes(quantize_u8(q, &x), *q),
-            Operand::Log(q) => {
-                let mut x = x;
-                for v in &mut x {
-                    *v = q.fake_quant(*v);
-                }
-                QuantOperand::Values(x)
-            }
+            QuantOperand::Codes(c, q) => QuantRef::Codes(&c[range], *q),
+            QuantOperand::Values(v) => QuantRef::Values(&v[range]),
+        }
+    }
+
+    /// Hands the buffer back to the [`pool`].
+    pub fn recycle(self) {
+        match self {
+            QuantOperand::Codes(c, _) => pool::give_u8(c),
+            QuantOperand::Values(v) => pool::give_f32(v),
         }
     }
 }
 
-impl QuantOperand {
+impl QuantRef<'_> {
     /// The dequantized values (for the float path when only one side is integer).
     fn values(&self) -> std::borrow::Cow<'_, [f32]> {
-        match self {
-            QuantOperand::Values(v) => v.into(),
-            QuantOperand::Codes(c, q) => c
+        match *self {
+            QuantRef::Values(v) => v.into(),
+            QuantRef::Codes(c, q) => c
                 .iter()
                 .map(|&c| q.dequantize(c))
                 .collect::<Vec<_>>()
@@ -314,16 +576,16 @@ impl QuantOperand {
 /// operands are `u8` codes, else `f32` on the dequantized values.
 pub(crate) fn matmul(
     gemm: &IntGemm,
-    a: &QuantOperand,
+    a: QuantRef<'_>,
     m: usize,
-    b: &QuantOperand,
+    b: QuantRef<'_>,
     n: usize,
     layout: RhsLayout,
     out: &mut [f32],
 ) -> Result<()> {
     match (a, b) {
-        (QuantOperand::Codes(a, qa), QuantOperand::Codes(b, qb)) => {
-            gemm.gemm_u8u8_f32(a, m, *qa, b, n, *qb, layout, out)
+        (QuantRef::Codes(a, qa), QuantRef::Codes(b, qb)) => {
+            gemm.gemm_u8u8_f32(a, m, qa, b, n, qb, layout, out)
         }
         _ => {
             let (av, bv) = (a.values(), b.values());
@@ -347,15 +609,70 @@ pub(crate) struct Norm {
 impl Norm {
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         let d = self.gamma.len();
-        let mut out = vec![0f32; x.len()];
+        let mut out = pool::f32s(x.len());
         out.par_chunks_mut(d * ROWS_PER_TASK)
             .zip(x.par_chunks(d * ROWS_PER_TASK))
             .for_each(|(o, x)| {
                 for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    #[cfg(target_arch = "x86_64")]
+                    if simd::available() {
+                        // Safety: `available()` checked the CPU features.
+                        unsafe { self.row_avx512(x, o) };
+                        continue;
+                    }
                     self.row(x, o);
                 }
             });
         out
+    }
+
+    /// The normalised rows quantized with `q` (the input of the next integer linear).
+    pub fn forward_u8(&self, x: &[f32], q: &ActQuant) -> Vec<u8> {
+        let d = self.gamma.len();
+        let r = U8Rounder::new(q);
+        let sq = simd::Quant::new(q);
+        let mut out = pool::u8s(x.len());
+        out.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK))
+            .for_each(|(o, x)| {
+                let mut row = vec![0f32; d];
+                for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    #[cfg(target_arch = "x86_64")]
+                    if simd::available() {
+                        // Safety: `available()` checked the CPU features.
+                        unsafe { self.row_u8_avx512(x, &sq, o) };
+                        continue;
+                    }
+                    let _ = &sq;
+                    self.row(x, &mut row);
+                    for (o, &v) in o.iter_mut().zip(&row) {
+                        *o = r.code(v);
+                    }
+                }
+            });
+        out
+    }
+
+    /// # Safety
+    /// [`simd::available`] must hold.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn row_avx512(&self, x: &[f32], out: &mut [f32]) {
+        simd::x86::layer_norm_row(x, &self.gamma, &self.beta, self.eps, |i, m, y| {
+            // Safety: `i` is a chunk start inside the row and the mask covers the chunk.
+            unsafe { std::arch::x86_64::_mm512_mask_storeu_ps(out.as_mut_ptr().add(i), m, y) }
+        });
+    }
+
+    /// # Safety
+    /// [`simd::available`] must hold.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn row_u8_avx512(&self, x: &[f32], q: &simd::Quant, out: &mut [u8]) {
+        simd::x86::layer_norm_row(x, &self.gamma, &self.beta, self.eps, |i, m, y| {
+            // Safety: `i` is a chunk start inside the row and the mask covers the chunk.
+            unsafe { simd::x86::store_u8(out.as_mut_ptr().add(i), m, simd::x86::quantize16(y, q)) }
+        });
     }
 
     fn row(&self, x: &[f32], out: &mut [f32]) {
@@ -370,8 +687,17 @@ impl Norm {
 }
 
 /// Softmax over rows of `len` values in place (burn-flex's order: max, `exp`, one reciprocal).
-pub(crate) fn softmax_rows(x: &mut [f32], len: usize) {
-    x.par_chunks_mut(len * ROWS_PER_TASK).for_each(|rows| {
+/// on the calling thread (the attention's tasks are already one per head).
+pub(crate) fn softmax_rows_here(rows: &mut [f32], len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        for row in rows.chunks_exact_mut(len) {
+            // Safety: `available()` checked the CPU features.
+            unsafe { simd::x86::softmax_row(row) };
+        }
+        return;
+    }
+    {
         for row in rows.chunks_exact_mut(len) {
             let max = row
                 .iter()
@@ -386,17 +712,27 @@ pub(crate) fn softmax_rows(x: &mut [f32], len: usize) {
                 *v *= inv;
             }
         }
+    }
+}
+
+/// Exact (erf) GELU in place: burn-flex's formula, with a polynomial `erf` where AVX-512 runs.
+pub(crate) fn gelu(x: &mut [f32]) {
+    x.par_chunks_mut(1 << 13).for_each(|c| {
+        #[cfg(target_arch = "x86_64")]
+        if simd::available() {
+            // Safety: `available()` checked the CPU features.
+            return unsafe { simd::x86::gelu(c) };
+        }
+        for v in c {
+            *v = gelu_one(*v);
+        }
     });
 }
 
-/// Exact (erf) GELU in place, as burn-flex computes it.
-pub(crate) fn gelu(x: &mut [f32]) {
-    x.par_chunks_mut(1 << 13).for_each(|c| {
-        for v in c {
-            let x = *v;
-            *v = 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2));
-        }
-    });
+/// `0.5 · x · (1 + erf(x / √2))` with libm's `erff`, as burn-flex computes it.
+#[inline]
+fn gelu_one(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2))
 }
 
 /// `x += y` element-wise (residual connections).
@@ -447,6 +783,117 @@ mod tests {
         }
     }
 
+    /// A deterministic stream of values in `[lo, hi)`.
+    fn values(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
+        let mut state = seed | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                lo + (hi - lo) * ((state >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_exp_and_erf_are_within_their_stated_error() {
+        use std::arch::x86_64::*;
+        if !simd::available() {
+            return;
+        }
+        let run = |f: unsafe fn(__m512) -> __m512, x: &[f32]| -> Vec<f32> {
+            x.chunks(16)
+                .flat_map(|c| {
+                    let mut buf = [0f32; 16];
+                    buf[..c.len()].copy_from_slice(c);
+                    // Safety: `available()` checked the features; the buffers hold 16 values.
+                    unsafe { _mm512_storeu_ps(buf.as_mut_ptr(), f(_mm512_loadu_ps(buf.as_ptr()))) };
+                    buf[..c.len()].to_vec()
+                })
+                .collect()
+        };
+        // exp: softmax's range, relative to the f64 value.
+        let mut x = values(100_000, -110.0, 0.0, 7);
+        x.extend([0.0, -0.0, -1e-8, -87.0, -103.0, -104.0, f32::NEG_INFINITY]);
+        let got = run(simd::x86::exp16, &x);
+        for (&x, &g) in x.iter().zip(&got) {
+            let want = f64::from(x).exp();
+            let err = (f64::from(g) - want).abs();
+            assert!(
+                err <= 3.0 * f64::from(f32::EPSILON) * want + 1e-44,
+                "exp({x}) = {g}, want {want}"
+            );
+        }
+        // erf: absolute error below 5e-7 (Abramowitz & Stegun 7.1.26: 1.5e-7, plus f32 rounding).
+        let mut x = values(100_000, -6.0, 6.0, 8);
+        x.extend([0.0, -0.0, 1e-6, -1e-6, 10.0, -10.0]);
+        let got = run(simd::x86::erf16, &x);
+        for (&x, &g) in x.iter().zip(&got) {
+            let want = libm::erf(f64::from(x));
+            assert!(
+                (f64::from(g) - want).abs() <= 5e-7,
+                "erf({x}) = {g}, want {want}"
+            );
+        }
+    }
+
+    /// The fused paths against the scalar formulas (libm `erff`, sequential sums): the same
+    /// code almost everywhere, never more than one step apart.
+    #[test]
+    fn fused_norm_gelu_and_softmax_match_the_scalar_path() {
+        let q = ActQuant::new(0.02, 128, BitWidth::new(8).unwrap()).unwrap();
+        let r = U8Rounder::new(&q);
+        let compare = |got: &[u8], want: &[u8], what: &str| {
+            let off = got.iter().zip(want).filter(|(a, b)| a != b).count();
+            let far = got.iter().zip(want).any(|(&a, &b)| a.abs_diff(b) > 1);
+            assert!(
+                !far && off * 1000 <= got.len(),
+                "{what}: {off} of {} codes differ",
+                got.len()
+            );
+        };
+        let d = 384;
+        let x = values(64 * d, -3.0, 3.0, 9);
+        let norm = Norm {
+            gamma: values(d, 0.5, 1.5, 10),
+            beta: values(d, -0.2, 0.2, 11),
+            eps: 1e-6,
+        };
+        let mut want = vec![0u8; x.len()];
+        let mut row = vec![0f32; d];
+        for (xs, o) in x.chunks(d).zip(want.chunks_mut(d)) {
+            norm.row(xs, &mut row);
+            for (o, &v) in o.iter_mut().zip(&row) {
+                *o = r.code(v);
+            }
+        }
+        compare(&norm.forward_u8(&x, &q), &want, "LayerNorm");
+        let want: Vec<u8> = x.iter().map(|&v| r.code(gelu_one(v))).collect();
+        compare(&gelu_u8(&q, &x), &want, "GELU");
+        let mut got = values(50 * 197, -20.0, 5.0, 12);
+        let mut want = got.clone();
+        softmax_rows_here(&mut got, 197);
+        for row in want.chunks_mut(197) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = row
+                .iter_mut()
+                .map(|v| {
+                    *v = (*v - max).exp();
+                    *v
+                })
+                .sum();
+            row.iter_mut().for_each(|v| *v /= sum);
+        }
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.max(1e-30) + 1e-12,
+                "softmax {g} vs {w}"
+            );
+        }
+    }
+
     #[test]
     fn fast_log_equals_the_reference() {
         let mut xs: Vec<f32> = vec![
@@ -480,6 +927,11 @@ mod tests {
                         all.extend([x, x.next_up(), x.next_down()]);
                     }
                     let want = q.fake_quant_host(&all);
+                    let mut sliced = all.clone();
+                    fast.fake_quant_slice(&mut sliced);
+                    for ((x, w), s) in all.iter().zip(&want).zip(&sliced) {
+                        assert_eq!(s.to_bits(), w.to_bits(), "slice: x = {x:e}, {bits} bits");
+                    }
                     for (x, w) in all.iter().zip(want) {
                         assert_eq!(
                             fast.fake_quant(*x).to_bits(),

@@ -9,8 +9,8 @@ use rayon::prelude::*;
 
 use crate::format::{Header, Stored, Tensors, WeightInfo};
 use crate::ops::{
-    LinearKind, LinearOp, Norm, Operand, QuantOperand, U8Rounder, add_in_place, gelu, matmul,
-    softmax_rows,
+    LinearKind, LinearOp, Norm, Operand, QuantOperand, QuantRef, add_in_place, matmul, pool,
+    quantize_scaled, quantize_u8, softmax_rows_here,
 };
 
 /// One pre-LN transformer block.
@@ -289,16 +289,17 @@ impl VitNet {
 
         let rows = batch * n;
         for blk in &self.blocks {
-            let h = blk.norm1.forward(&x);
-            let qkv = blk.qkv.forward(gemm, &h, rows)?;
+            let qkv = blk.qkv.forward_normed(gemm, &blk.norm1, &x, rows)?;
             let attn = self.attention(gemm, blk, &qkv, batch)?;
+            pool::give_f32(qkv);
             let y = blk.proj.forward(gemm, &attn, rows)?;
+            pool::give_f32(attn);
             add_in_place(&mut x, &y);
-            let h = blk.norm2.forward(&x);
-            let mut f = blk.fc1.forward(gemm, &h, rows)?;
-            gelu(&mut f);
-            let y = blk.fc2.forward(gemm, &f, rows)?;
+            pool::give_f32(y);
+            let f = blk.fc1.forward_normed(gemm, &blk.norm2, &x, rows)?;
+            let y = blk.fc2.forward_gelu(gemm, f, rows)?;
             add_in_place(&mut x, &y);
+            pool::give_f32(y);
         }
 
         // LayerNorm is per token, so only the pooled tokens need it.
@@ -334,58 +335,78 @@ impl VitNet {
         // Split into head-major [batch, heads, n, hd] buffers (timm's reshape/permute); uniform
         // operands are quantized to u8 codes in the same pass.
         let split = |part: usize, mul: Option<f32>, operand: &Operand| -> QuantOperand {
-            let scaled = move |v: f32| mul.map_or(v, |s| v * s);
             let layout = HeadSplit { n, d, heads, part };
             match operand {
                 Operand::Uniform(q) => {
-                    let r = U8Rounder::new(q);
-                    QuantOperand::Codes(layout.gather(qkv, batch, |v| r.code(scaled(v))), *q)
+                    let codes = layout.gather(qkv, batch, pool::u8s, |src, dst| {
+                        quantize_scaled(q, mul, src, dst)
+                    });
+                    QuantOperand::Codes(codes, *q)
                 }
-                _ => operand.apply(layout.gather(qkv, batch, scaled)),
+                Operand::F32 | Operand::Log(_) => {
+                    let mut values = layout.gather(qkv, batch, pool::f32s, |src, dst| {
+                        for (o, &v) in dst.iter_mut().zip(src) {
+                            *o = mul.map_or(v, |s| v * s);
+                        }
+                    });
+                    if let Operand::Log(l) = operand {
+                        l.fake_quant_slice(&mut values);
+                    }
+                    QuantOperand::Values(values)
+                }
             }
         };
         let q = split(0, Some(scale), &blk.qk[0]);
         let k = split(1, None, &blk.qk[1]);
         let v = split(2, None, &blk.av[1]);
 
-        let per_head: Vec<Vec<f32>> = (0..batch * heads)
-            .into_par_iter()
-            .map(|bh| -> Result<Vec<f32>> {
+        // One task per (image, head): the products, the softmax and the probability quantizer
+        // run back to back on a 197 × 197 block that stays in cache.
+        let mut per_head = pool::f32s(batch * heads * n * hd);
+        per_head
+            .par_chunks_mut(n * hd)
+            .enumerate()
+            .try_for_each(|(bh, out)| -> Result<()> {
                 let range = bh * n * hd..(bh + 1) * n * hd;
-                let mut scores = vec![0f32; n * n];
-                matmul(
-                    gemm,
-                    &q.slice(range.clone()),
-                    n,
-                    &k.slice(range.clone()),
-                    n,
-                    RhsLayout::NK,
-                    &mut scores,
-                )?;
-                softmax_rows(&mut scores, n);
-                let probs = blk.av[0].apply(scores);
-                let mut out = vec![0f32; n * hd];
-                matmul(
-                    gemm,
-                    &probs,
-                    n,
-                    &v.slice(range),
-                    hd,
-                    RhsLayout::KN,
-                    &mut out,
-                )?;
-                Ok(out)
-            })
-            .collect::<Result<_>>()?;
+                pool::with_scratch(n * n, |scores| {
+                    matmul(
+                        gemm,
+                        q.view(range.clone()),
+                        n,
+                        k.view(range.clone()),
+                        n,
+                        RhsLayout::NK,
+                        scores,
+                    )?;
+                    softmax_rows_here(scores, n);
+                    let codes;
+                    let probs = match &blk.av[0] {
+                        Operand::F32 => QuantRef::Values(scores),
+                        Operand::Log(l) => {
+                            l.fake_quant_slice(scores);
+                            QuantRef::Values(scores)
+                        }
+                        Operand::Uniform(q) => {
+                            codes = quantize_u8(q, scores);
+                            QuantRef::Codes(&codes, *q)
+                        }
+                    };
+                    matmul(gemm, probs, n, v.view(range), hd, RhsLayout::KN, out)
+                })
+            })?;
+        for x in [q, k, v] {
+            x.recycle();
+        }
         // Merge heads: [batch, heads, n, hd] -> [batch, n, heads * hd].
-        let mut merged = vec![0f32; batch * n * d];
+        let mut merged = pool::f32s(batch * n * d);
         merged.par_chunks_mut(d).enumerate().for_each(|(row, dst)| {
             let (b, t) = (row / n, row % n);
             for h in 0..heads {
-                let src = &per_head[b * heads + h][t * hd..(t + 1) * hd];
-                dst[h * hd..(h + 1) * hd].copy_from_slice(src);
+                let src = ((b * heads + h) * n + t) * hd;
+                dst[h * hd..(h + 1) * hd].copy_from_slice(&per_head[src..src + hd]);
             }
         });
+        pool::give_f32(per_head);
         Ok(merged)
     }
 }
@@ -400,25 +421,25 @@ struct HeadSplit {
 }
 
 impl HeadSplit {
-    /// `convert(v)` of every value, in head-major `[batch, heads, n, d / heads]` order.
-    fn gather<T: Copy + Default + Send>(
+    /// `convert(src, dst)` of every head row (`d / heads` values), into a buffer from `alloc`
+    /// in head-major `[batch, heads, n, d / heads]` order.
+    fn gather<T: Copy + Send>(
         &self,
         qkv: &[f32],
         batch: usize,
-        convert: impl Fn(f32) -> T + Sync,
+        alloc: impl FnOnce(usize) -> Vec<T>,
+        convert: impl Fn(&[f32], &mut [T]) + Sync,
     ) -> Vec<T> {
         let (n, d, heads) = (self.n, self.d, self.heads);
         let hd = d / heads;
-        let mut out = vec![T::default(); batch * n * d];
+        let mut out = alloc(batch * n * d);
         out.par_chunks_mut(n * hd)
             .enumerate()
             .for_each(|(bh, dst)| {
                 let (b, h) = (bh / heads, bh % heads);
                 for (t, o) in dst.chunks_exact_mut(hd).enumerate() {
                     let src = (b * n + t) * 3 * d + self.part * d + h * hd;
-                    for (o, &v) in o.iter_mut().zip(&qkv[src..src + hd]) {
-                        *o = convert(v);
-                    }
+                    convert(&qkv[src..src + hd], o);
                 }
             });
         out
@@ -431,15 +452,5 @@ pub(crate) fn weight_info(p: &PackedWeights) -> WeightInfo {
         bits: p.bits().get(),
         in_features: p.in_features(),
         out_features: p.out_features(),
-    }
-}
-
-/// Guards the shape assumption of [`QuantOperand`] slicing.
-impl QuantOperand {
-    pub(crate) fn slice(&self, range: std::ops::Range<usize>) -> QuantOperand {
-        match self {
-            QuantOperand::Codes(c, q) => QuantOperand::Codes(c[range].to_vec(), *q),
-            QuantOperand::Values(v) => QuantOperand::Values(v[range].to_vec()),
-        }
     }
 }

@@ -1,5 +1,5 @@
 //! Quick GOP/s check of the integer GEMM paths (the criterion bench is `benches/igemm.rs`).
-//! `cargo run -p mixq-quant-kernels --example igemm_speed`
+//! `cargo run --release -p mixq-quant-kernels --example igemm_speed`
 
 use std::time::Instant;
 
@@ -9,20 +9,29 @@ use mixq_quant_kernels::packing::PackedWeights;
 
 fn main() -> mixq_core::Result<()> {
     let g = IntGemm::new();
+    let rten = IntGemm::with_backend(Backend::Rten);
     println!("kernel {}", g.kernel_name());
+    if let Some(peak) = mixq_quant_kernels::igemm::measured_vnni_peak_gops() {
+        println!(
+            "measured VNNI peak on {} threads: {peak:.1} GOP/s",
+            rayon::current_num_threads()
+        );
+    }
     for (m, k, n) in [
         (197, 384, 1152),
         (197, 384, 1536),
         (197, 1536, 384),
         (1576, 384, 1536),
+        (1576, 1536, 384),
     ] {
         let a: Vec<u8> = (0..m * k).map(|i| (i * 7 % 251) as u8).collect();
         let aq = ActQuant::new(0.02, 128, BitWidth::new(8)?)?;
-        for (bits, g) in [
-            (8u8, g),
-            (4, g),
-            (4, IntGemm::with_backend(Backend::Rten)),
-            (2, g),
+        for (bits, g, name) in [
+            (8u8, g, "own"),
+            (8, rten, "rten"),
+            (4, g, "own"),
+            (4, rten, "rten"),
+            (2, g, "own"),
         ] {
             let qmax = (1i32 << bits) - 1;
             let codes: Vec<i32> = (0..n * k)
@@ -34,7 +43,7 @@ fn main() -> mixq_core::Result<()> {
                 BitWidth::new(bits)?,
                 &codes,
                 vec![0.01; n],
-                vec![qmax / 2; n],
+                vec![(qmax + 1) / 2; n],
             )?;
             let p = g.prepare(w)?;
             let mut out = vec![0f32; m * n];
@@ -46,7 +55,7 @@ fn main() -> mixq_core::Result<()> {
             }
             let gops = 2.0 * (m * n * k) as f64 / best / 1e9;
             println!(
-                "{m}x{k}x{n} int{bits}: {:.3} ms, {gops:.1} GOP/s",
+                "{m}x{k}x{n} int{bits} {name}: {:.3} ms, {gops:.1} GOP/s",
                 best * 1e3
             );
         }

@@ -16,13 +16,17 @@
 //!
 //! # How it is computed
 //!
-//! The dot products run in this crate's AVX-512 VNNI kernel or in
-//! [rten-gemm](https://docs.rs/rten-gemm)'s `u8 × i8 → i32` kernel (AVX-512 VNNI, AVX-512BW
-//! or AVX2 chosen at run time), both parallel over rayon's pool. Codes are
-//! fed to it **centred**: `w_s = q − 2^(b−1)` (an `i8`), with the zero point shifted the same
-//! way (`z_s = z_w − 2^(b−1)`), and rten is given no zero points. The zero-point terms are
-//! applied here, in `i32` with wrapping arithmetic (the true result fits in `i32`, see
-//! [`MAX_IN_FEATURES`], so the wrapped result is exact):
+//! On CPUs with AVX-512 VNNI, every container (and attention's `u8 × u8` products) runs this
+//! crate's own kernel (`igemm/vnni.rs`): weights re-laid once into 64-channel panels (8-bit
+//! ones centred to `i8`, 4- and 2-bit ones as nibbles unpacked in registers), a
+//! 6 × 64 tile of `vpdpbusd` accumulators, and the zero-point terms and the dequantize /
+//! requantize epilogue applied while the accumulators are still in registers. Everything else
+//! runs [rten-gemm](https://docs.rs/rten-gemm)'s `u8 × i8 → i32` kernel (AVX-512 VNNI,
+//! AVX-512BW or AVX2 chosen at run time) and a separate epilogue pass, both parallel over
+//! rayon's pool. Codes are fed to rten **centred**: `w_s = q − 2^(b−1)` (an `i8`), with the
+//! zero point shifted the same way (`z_s = z_w − 2^(b−1)`), and rten is given no zero points.
+//! The zero-point terms are applied in `i32` with wrapping arithmetic (the true result fits in
+//! `i32`, see [`MAX_IN_FEATURES`], so the wrapped result is exact):
 //!
 //! ```text
 //! acc = Σ a·w_s − z_a · colsum(w_s)[n] − z_s[n] · rowsum(a)[m] + K · z_a · z_s[n]
@@ -33,19 +37,15 @@
 //! `u8 × u8` attention products) can, so on a machine whose kernel [may
 //! saturate](IntGemm::may_saturate) (no VNNI) they take the exact portable kernel instead.
 //!
-//! * 8-bit containers (5–8 bits) are centred and pre-packed into rten's panel layout once, by
-//!   [`IntGemm::prepare`].
-//! * On CPUs with AVX-512 VNNI, 4-bit containers (3–4 bits) run this crate's own kernel
-//!   (`igemm/vnni.rs`): weights are re-laid once into 32-channel panels that stay 4-bit, and
-//!   the nibbles are unpacked in registers (one load, a shift, two masks per two `vpdpbusd`).
-//!   On the DeiT-S shapes it beat unpacking to `i8` and calling rten on every shape measured.
-//!   [`Backend::OwnVnni`] runs 8-bit containers on it too, for comparison with rten.
-//! * 2-bit containers, and 4-bit ones off the own kernel, stay bit-packed; each call unpacks them (SSE2 nibble/crumb
-//!   shuffles) into a per-thread `i8` scratch and runs rten's `i8` kernel. Unpacking costs
-//!   `N·K` byte operations against `2·M·N·K` GEMM operations.
+//! * 8-bit containers off the own kernel are centred and pre-packed into rten's panel layout
+//!   once, by [`IntGemm::prepare`].
+//! * 4- and 2-bit containers off the own kernel stay bit-packed; each call unpacks
+//!   them (SSE2 nibble/crumb shuffles) into a per-thread `i8` scratch and runs rten's `i8`
+//!   kernel. Unpacking costs `N·K` byte operations against `2·M·N·K` GEMM operations.
 //!
 //! Every path produces the same `i32` accumulators as [`reference::gemm_i32`], and the
-//! epilogues are one shared scalar formula, so all backends agree bit for bit.
+//! epilogues compute one formula with the same `f32` operations (the own kernel's SIMD
+//! epilogue and the scalar one agree bit for bit), so all backends agree bit for bit.
 
 use std::cell::RefCell;
 
@@ -189,15 +189,12 @@ impl ActQuant {
 /// Which kernel computes the `i32` dot products. Every backend gives identical results.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// This crate's AVX-512 VNNI kernel for 4-bit containers (nibbles unpacked in registers),
-    /// otherwise as [`Backend::Rten`].
+    /// On CPUs with AVX-512 VNNI, this crate's fused kernel for 8- and 4-bit containers and
+    /// for attention's `u8 × u8` products; otherwise as [`Backend::Rten`].
     #[default]
     Auto,
-    /// This crate's AVX-512 VNNI kernel for 8- and 4-bit containers (for comparison with
-    /// rten's int8 kernel), otherwise as [`Backend::Rten`].
-    OwnVnni,
-    /// rten-gemm's best kernel for this CPU (4/2-bit containers unpacked to `i8` per call);
-    /// the portable kernel where rten could saturate.
+    /// rten-gemm's best kernel for this CPU (4/2-bit containers unpacked to `i8` per call)
+    /// and a separate epilogue pass; the portable kernel where rten could saturate.
     Rten,
     /// Plain Rust loops over `u8 × i8` (auto-vectorised, rayon over rows). Exact everywhere.
     Portable,
@@ -310,7 +307,7 @@ enum RhsSrc<'a> {
     Prepacked(&'a PackedBMatrix<i8>),
     /// [`vnni`] panels, container bits and the code offset.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    Vnni(&'a [u8], u32, u8),
+    Vnni(&'a [u8], u32, i32),
     /// Centred `i8` values with `(row stride, column stride)` of the `[K, N]` view.
     Slice(&'a [i8], [usize; 2]),
 }
@@ -329,13 +326,14 @@ impl IntGemm {
         self.backend
     }
 
-    /// The rten kernel in use on this thread, e.g. `x86_64-u8i8i32-avx512`, or `portable`.
+    /// The kernels in use, e.g. `mixq-vnni-6x64 (8/4-bit), rten x86_64-u8i8i32-avx512` or
+    /// `portable`.
     pub fn kernel_name(&self) -> String {
+        let rten = || EXEC.with(|e| e.kernel_name().to_string());
         match self.backend {
             Backend::Portable => "portable".into(),
-            Backend::Auto | Backend::OwnVnni | Backend::Rten => {
-                EXEC.with(|e| e.kernel_name().to_string())
-            }
+            Backend::Auto if vnni_available() => format!("mixq-vnni-6x64, rten {}", rten()),
+            Backend::Auto | Backend::Rten => rten(),
         }
     }
 
@@ -345,12 +343,7 @@ impl IntGemm {
     }
 
     fn own_for(&self, container: u32) -> bool {
-        let wanted = match self.backend {
-            Backend::Auto => container == 4,
-            Backend::OwnVnni => container == 4 || container == 8,
-            Backend::Rten | Backend::Portable => false,
-        };
-        wanted && vnni_available()
+        self.backend == Backend::Auto && matches!(container, 2 | 4 | 8) && vnni_available()
     }
 
     /// Whether rten's kernel can saturate intermediate `i16` sums (AVX2 without VNNI). When it
@@ -409,7 +402,7 @@ impl IntGemm {
         out: &mut [i32],
     ) -> Result<()> {
         self.with_weights(a, m, w, |rhs| {
-            self.run(a, m, a_zero_point, &rhs, out, |acc, _| acc)
+            self.run(a, m, a_zero_point, &rhs, out, Epi::Raw)
         })
     }
 
@@ -425,10 +418,11 @@ impl IntGemm {
     ) -> Result<()> {
         check_bias(bias, w.out_features())?;
         self.with_weights(a, m, w, |rhs| {
-            let sa = a_quant.scale;
-            self.run(a, m, a_quant.zero_point, &rhs, out, |acc, n| {
-                dequant(acc, sa * rhs.scales[n], bias.map_or(0.0, |b| b[n]))
-            })
+            let epi = Epi::Dequant {
+                sa: a_quant.scale,
+                bias,
+            };
+            self.run(a, m, a_quant.zero_point, &rhs, out, epi)
         })
     }
 
@@ -446,10 +440,12 @@ impl IntGemm {
     ) -> Result<()> {
         check_bias(bias, w.out_features())?;
         self.with_weights(a, m, w, |rhs| {
-            let sa = a_quant.scale;
-            self.run(a, m, a_quant.zero_point, &rhs, out, |acc, n| {
-                out_quant.quantize_one(dequant(acc, sa * rhs.scales[n], bias.map_or(0.0, |b| b[n])))
-            })
+            let epi = Epi::Requant {
+                sa: a_quant.scale,
+                bias,
+                out: out_quant,
+            };
+            self.run(a, m, a_quant.zero_point, &rhs, out, epi)
         })
     }
 
@@ -501,24 +497,32 @@ impl IntGemm {
             RhsLayout::KN => [n, 1],
         };
         let scales = [b_quant.scale];
+        let own_panels;
+        let src = if self.own_for(8) {
+            own_panels = build_vnni_i8(&centred, n, k, strides);
+            RhsSrc::Vnni(&own_panels, 8, 0)
+        } else {
+            RhsSrc::Slice(&centred, strides)
+        };
         let rhs = Rhs {
             n,
             k,
-            src: RhsSrc::Slice(&centred, strides),
+            src,
             col_sums: &col_sums,
             zero_shifted: &zero_shifted,
             scales: &scales,
         };
-        let scale = a_quant.scale * b_quant.scale;
         let portable = !self.use_rten(8);
         let this = if portable {
             IntGemm::with_backend(Backend::Portable)
         } else {
             *self
         };
-        this.run(a, m, a_quant.zero_point, &rhs, out, |acc, _| {
-            dequant(acc, scale, 0.0)
-        })
+        let epi = Epi::Dequant {
+            sa: a_quant.scale,
+            bias: None,
+        };
+        this.run(a, m, a_quant.zero_point, &rhs, out, epi)
     }
 
     /// Validates `a` against `w` and hands a view of the weights to `f`.
@@ -539,16 +543,17 @@ impl IntGemm {
             zero_shifted: &w.zero_shifted,
             scales: w.packed.scales(),
         };
-        if let Some(p) = &w.prepacked
-            && self.use_rten(w.packed.bits().get())
-        {
-            return f(rhs(RhsSrc::Prepacked(p)));
-        }
         let container = w.packed.container_bits();
         if let Some(p) = &w.vnni
             && self.own_for(container)
         {
-            return f(rhs(RhsSrc::Vnni(p, container, w.offset as u8)));
+            let panel = if container == 8 { 8 } else { 4 };
+            return f(rhs(RhsSrc::Vnni(p, panel, w.offset)));
+        }
+        if let Some(p) = &w.prepacked
+            && self.use_rten(w.packed.bits().get())
+        {
+            return f(rhs(RhsSrc::Prepacked(p)));
         }
         // Unpack (4/2-bit) or centre (8-bit without prepacked panels) into the scratch.
         let mut scratch = SCRATCH.with(|s| s.take());
@@ -559,15 +564,15 @@ impl IntGemm {
         r
     }
 
-    /// Raw dot products, zero-point correction and `epilogue(acc, n)` into `out`.
-    fn run<T: Copy + Send + Default>(
+    /// Raw dot products, zero-point correction and the epilogue into `out`.
+    fn run<T: OutElem>(
         &self,
         a: &[u8],
         m: usize,
         a_zero: i32,
         rhs: &Rhs<'_>,
         out: &mut [T],
-        epilogue: impl Fn(i32, usize) -> T + Sync,
+        epi: Epi<'_>,
     ) -> Result<()> {
         let (n, k) = (rhs.n, rhs.k);
         if out.len() != m * n {
@@ -580,15 +585,60 @@ impl IntGemm {
         if m == 0 {
             return Ok(());
         }
+        let scale_of = |j: usize| rhs.scales[if rhs.scales.len() == 1 { 0 } else { j }];
+        #[cfg(target_arch = "x86_64")]
+        if let RhsSrc::Vnni(p, container, offset) = rhs.src {
+            // 4-bit panels hold raw codes: fold the centring offset back into the terms.
+            let shift = if container == 4 { offset } else { 0 };
+            let padded = n.div_ceil(vnni::NR) * vnni::NR;
+            let mut col_const = vec![0i32; padded];
+            let mut zero = vec![0i32; padded];
+            for j in 0..n {
+                let z = rhs.zero_shifted[j] + shift;
+                let col_sum = rhs.col_sums[j].wrapping_add((k as i32).wrapping_mul(shift));
+                zero[j] = z;
+                col_const[j] = zero_point_const(k, a_zero, z, col_sum);
+            }
+            let needs_rows = zero.iter().any(|&z| z != 0);
+            let row_sums: Vec<i32> = if needs_rows {
+                row_sums(a, k)
+            } else {
+                Vec::new()
+            };
+            let (mut scale, mut bias) = (vec![0f32; padded], vec![0f32; padded]);
+            let (sa, b, kind) = match epi {
+                Epi::Raw => (1.0, None, vnni::OutKind::I32),
+                Epi::Dequant { sa, bias } => (sa, bias, vnni::OutKind::F32),
+                Epi::Requant { sa, bias, out } => {
+                    let (lo, hi) = out.code_range();
+                    let kind = vnni::OutKind::U8 {
+                        s: out.scale,
+                        z: out.zero_point as f32,
+                        lo: lo as f32,
+                        hi: hi as f32,
+                    };
+                    (sa, bias, kind)
+                }
+            };
+            for j in 0..n {
+                scale[j] = sa * scale_of(j);
+                bias[j] = b.map_or(0.0, |b| b[j]);
+            }
+            let ep = vnni::Epilogue {
+                col_const: &col_const,
+                zero: needs_rows.then_some(zero.as_slice()),
+                row_sums: &row_sums,
+                scale: &scale,
+                bias: &bias,
+                out: kind,
+            };
+            vnni::gemm(a, m, k, n, p, container, &ep, out);
+            return Ok(());
+        }
         let mut raw = vec![0i32; m * n];
         let use_rten = self.backend != Backend::Portable;
         match (&rhs.src, use_rten) {
-            #[cfg(target_arch = "x86_64")]
-            (RhsSrc::Vnni(p, container, offset), _) => {
-                vnni::gemm(a, m, k, n, p, *container, *offset, &mut raw)
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            (RhsSrc::Vnni(..), _) => unreachable!("VNNI panels are only built on x86-64"),
+            (RhsSrc::Vnni(..), _) => unreachable!("VNNI panels are handled above"),
             (RhsSrc::Prepacked(p), _) => {
                 let av = Matrix::from_data([m, k], a);
                 rten_gemm(&mut raw, av, GemmInputB::Packed(p))?;
@@ -601,15 +651,22 @@ impl IntGemm {
             }
             (RhsSrc::Slice(b, strides), false) => portable_gemm(a, k, b, n, *strides, &mut raw),
         }
-        // Per-column constant `K · z_a · z_s[n] − z_a · colsum[n]`, wrapping (see module docs).
         let col_const: Vec<i32> = (0..n)
-            .map(|j| {
-                (k as i32)
-                    .wrapping_mul(a_zero)
-                    .wrapping_mul(rhs.zero_shifted[j])
-                    .wrapping_sub(a_zero.wrapping_mul(rhs.col_sums[j]))
-            })
+            .map(|j| zero_point_const(k, a_zero, rhs.zero_shifted[j], rhs.col_sums[j]))
             .collect();
+        let epilogue = |acc: i32, j: usize| -> T {
+            match epi {
+                Epi::Raw => T::from_i32(acc),
+                Epi::Dequant { sa, bias } => {
+                    T::from_f32(dequant(acc, sa * scale_of(j), bias.map_or(0.0, |b| b[j])))
+                }
+                Epi::Requant { sa, bias, out } => T::from_u8(out.quantize_one(dequant(
+                    acc,
+                    sa * scale_of(j),
+                    bias.map_or(0.0, |b| b[j]),
+                ))),
+            }
+        };
         let rows_per_task = (4096 / n).max(1);
         out.par_chunks_mut(rows_per_task * n)
             .zip(raw.par_chunks(rows_per_task * n))
@@ -633,14 +690,129 @@ impl IntGemm {
     }
 }
 
+/// What a GEMM call writes (see the module docs for the formulas).
+#[derive(Clone, Copy)]
+enum Epi<'a> {
+    /// The corrected `i32` accumulators.
+    Raw,
+    /// `acc · (s_a · s_w[n]) + bias[n]`.
+    Dequant { sa: f32, bias: Option<&'a [f32]> },
+    /// The dequantized value quantized with `out`.
+    Requant {
+        sa: f32,
+        bias: Option<&'a [f32]>,
+        out: ActQuant,
+    },
+}
+
+/// Output elements of the GEMM calls; each call site pairs the element with its epilogue
+/// (`Raw` → `i32`, `Dequant` → `f32`, `Requant` → `u8`), so the other conversions are never
+/// reached.
+trait OutElem: Copy + Send + Sync + Default + 'static {
+    /// 0, 1, 2 for `i32`, `f32`, `u8` (what the own kernel's epilogue stores).
+    const KIND: u8;
+    fn from_i32(v: i32) -> Self;
+    fn from_f32(v: f32) -> Self;
+    fn from_u8(v: u8) -> Self;
+}
+
+impl OutElem for i32 {
+    const KIND: u8 = 0;
+    fn from_i32(v: i32) -> Self {
+        v
+    }
+    fn from_f32(_: f32) -> Self {
+        unreachable!("an i32 output has no f32 epilogue")
+    }
+    fn from_u8(_: u8) -> Self {
+        unreachable!("an i32 output has no u8 epilogue")
+    }
+}
+
+impl OutElem for f32 {
+    const KIND: u8 = 1;
+    fn from_i32(_: i32) -> Self {
+        unreachable!("an f32 output has no i32 epilogue")
+    }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn from_u8(_: u8) -> Self {
+        unreachable!("an f32 output has no u8 epilogue")
+    }
+}
+
+impl OutElem for u8 {
+    const KIND: u8 = 2;
+    fn from_i32(_: i32) -> Self {
+        unreachable!("a u8 output has no i32 epilogue")
+    }
+    fn from_f32(_: f32) -> Self {
+        unreachable!("a u8 output has no f32 epilogue")
+    }
+    fn from_u8(v: u8) -> Self {
+        v
+    }
+}
+
+/// `K · z_a · z − z_a · col_sum`, wrapping (see the module docs).
+fn zero_point_const(k: usize, a_zero: i32, z: i32, col_sum: i32) -> i32 {
+    (k as i32)
+        .wrapping_mul(a_zero)
+        .wrapping_mul(z)
+        .wrapping_sub(a_zero.wrapping_mul(col_sum))
+}
+
+/// `Σ_k a[m, k]` for every row of `a` (`[M, K]`).
+fn row_sums(a: &[u8], k: usize) -> Vec<i32> {
+    let sum = |row: &[u8]| row.iter().map(|&v| v as u32).sum::<u32>() as i32;
+    if a.len() >= 1 << 16 {
+        a.par_chunks(k).map(sum).collect()
+    } else {
+        a.chunks(k).map(sum).collect()
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod vnni;
+
+/// The machine's measured `u8 × i8` peak in GOP/s on all rayon threads (a register-only
+/// `vpdpbusd` loop, see `igemm/vnni.rs`), or `None` without AVX-512 VNNI. What the integer
+/// GEMM's GOP/s are reported against.
+pub fn measured_vnni_peak_gops() -> Option<f64> {
+    if !vnni_available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Warm up (clocks ramp), then take the best of three.
+        vnni::measured_peak_gops(200_000);
+        return Some(
+            (0..3)
+                .map(|_| vnni::measured_peak_gops(2_000_000))
+                .fold(0.0, f64::max),
+        );
+    }
+    #[allow(unreachable_code)]
+    None
+}
 
 fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     return vnni::available();
     #[allow(unreachable_code)]
     false
+}
+
+/// Own-kernel panels of a centred `i8` right-hand side `[K, N]` with `strides`.
+fn build_vnni_i8(b: &[i8], n: usize, k: usize, strides: [usize; 2]) -> Vec<u8> {
+    #[cfg(target_arch = "x86_64")]
+    return vnni::build_panels_i8(b, n, k, strides);
+    #[allow(unreachable_code)]
+    {
+        let _ = (b, n, k, strides);
+        unreachable!("the own kernel is only used on x86-64")
+    }
 }
 
 fn build_vnni(w: &PackedWeights, offset: u8) -> Option<Vec<u8>> {

@@ -1,0 +1,327 @@
+//! AVX-512 versions of the engine's element-wise kernels, chosen at run time, with the scalar
+//! code of [`crate::ops`] as the fallback (and the reference the tests compare with).
+//!
+//! * `u8` quantization: bit-identical to [`ActQuant::quantize_one`] (IEEE division,
+//!   round-half-even by `vrndscaleps`, NaN → `qmin`).
+//! * LayerNorm and GELU fused with the quantization of the next linear's input: the `f32`
+//!   result never goes to memory. Sums run in 16 lanes, so a LayerNorm row differs from the
+//!   sequential sum by float rounding only.
+//! * `exp` (softmax) and `erf` (GELU): polynomial approximations, a few ulp from libm's (tests
+//!   bound them), about 20x faster than a libm call per value. The engine therefore matches the
+//!   fake-quant forward within a tolerance, not bit for bit (it never did after an integer
+//!   GEMM: exact integer sums vs `f32` matmuls).
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use mixq_quant_kernels::ActQuant;
+
+/// Whether the AVX-512 paths run on this CPU.
+pub(crate) fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        return is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512dq");
+        #[allow(unreachable_code)]
+        false
+    })
+}
+
+/// The constants of one `u8` quantizer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Quant {
+    s: f32,
+    z: f32,
+    lo: f32,
+    hi: f32,
+}
+
+impl Quant {
+    pub fn new(q: &ActQuant) -> Self {
+        let (lo, hi) = q.code_range();
+        Quant {
+            s: q.scale(),
+            z: q.zero_point() as f32,
+            lo: lo as f32,
+            hi: hi as f32,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use super::*;
+
+    /// Lanes of a `len`-value tail.
+    #[inline]
+    pub fn tail_mask(len: usize) -> __mmask16 {
+        if len >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << len) - 1) as u16
+        }
+    }
+
+    /// `clamp(round_half_even(y / s) + z, lo, hi)` as `i32` lanes (NaN → `lo`).
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub fn quantize16(y: __m512, q: &Quant) -> __m512i {
+        let c = _mm512_div_ps(y, _mm512_set1_ps(q.s));
+        let c = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(c);
+        let c = _mm512_add_ps(c, _mm512_set1_ps(q.z));
+        // `max` returns its second operand when the first is NaN.
+        let c = _mm512_max_ps(c, _mm512_set1_ps(q.lo));
+        let c = _mm512_min_ps(c, _mm512_set1_ps(q.hi));
+        _mm512_cvtps_epi32(c)
+    }
+
+    /// Stores the low byte of the masked lanes of `v` at `dst`.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `dst` must hold the masked lanes.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn store_u8(dst: *mut u8, mask: __mmask16, v: __m512i) {
+        // Safety: forwarded from the caller.
+        unsafe { _mm512_mask_cvtusepi32_storeu_epi8(dst.cast(), mask, v) }
+    }
+
+    /// `e^x` (Cephes' `expf` polynomial, scaled with `vscalefps`): within 2 ulp of libm for
+    /// the softmax's `x ≤ 0`, 0 below about −103.
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(x, _mm512_set1_ps(88.376_26));
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-103.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let r2 = _mm512_mul_ps(r, r);
+        let e = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
+        _mm512_scalef_ps(e, n)
+    }
+
+    /// `erf(x)` (Abramowitz & Stegun 7.1.26 with [`exp16`]): absolute error below 5e-7 (tested),
+    /// i.e. GELU within `2.5e-7 · |x|` of the libm-based formula.
+    ///
+    /// # Safety
+    /// AVX-512F/DQ must be available.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    #[inline]
+    pub fn erf16(x: __m512) -> __m512 {
+        let sign = _mm512_and_ps(x, _mm512_set1_ps(-0.0));
+        let ax = _mm512_andnot_ps(_mm512_set1_ps(-0.0), x);
+        let one = _mm512_set1_ps(1.0);
+        let t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.327_591_1), ax, one));
+        let mut p = _mm512_set1_ps(1.061_405_4);
+        for c in [-1.453_152, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
+            p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c));
+        }
+        let p = _mm512_mul_ps(p, t);
+        let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(ax, ax)));
+        let y = _mm512_fnmadd_ps(p, e, one);
+        _mm512_or_ps(y, sign)
+    }
+
+    /// `0.5 · x · (1 + erf(x / √2))`.
+    ///
+    /// # Safety
+    /// AVX-512F/DQ must be available.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    #[inline]
+    pub fn gelu16(x: __m512) -> __m512 {
+        let e = erf16(_mm512_div_ps(x, _mm512_set1_ps(std::f32::consts::SQRT_2)));
+        let h = _mm512_mul_ps(_mm512_set1_ps(0.5), x);
+        _mm512_mul_ps(h, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+    }
+
+    /// Quantizes `x` into `out` (same length).
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    pub fn quantize(x: &[f32], q: &Quant, out: &mut [u8]) {
+        assert_eq!(x.len(), out.len());
+        for (xs, os) in x.chunks(16).zip(out.chunks_mut(16)) {
+            let m = tail_mask(xs.len());
+            // Safety: the masked load and store touch only the chunk's `len` values.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(m, xs.as_ptr());
+                store_u8(os.as_mut_ptr(), m, quantize16(v, q));
+            }
+        }
+    }
+
+    /// `x · mul`, quantized into `out` (same length); `mul = 1` is exact, so it serves unscaled
+    /// operands too.
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    pub fn quantize_scaled(x: &[f32], mul: f32, q: &Quant, out: &mut [u8]) {
+        assert_eq!(x.len(), out.len());
+        let s = _mm512_set1_ps(mul);
+        for (xs, os) in x.chunks(16).zip(out.chunks_mut(16)) {
+            let m = tail_mask(xs.len());
+            // Safety: the masked load and store touch only the chunk's `len` values.
+            unsafe {
+                let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xs.as_ptr()), s);
+                store_u8(os.as_mut_ptr(), m, quantize16(v, q));
+            }
+        }
+    }
+
+    /// GELU of `x`, quantized into `out` (same length).
+    ///
+    /// # Safety
+    /// AVX-512F/DQ must be available.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub fn gelu_quantize(x: &[f32], q: &Quant, out: &mut [u8]) {
+        assert_eq!(x.len(), out.len());
+        for (xs, os) in x.chunks(16).zip(out.chunks_mut(16)) {
+            let m = tail_mask(xs.len());
+            // Safety: the masked load and store touch only the chunk's `len` values.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(m, xs.as_ptr());
+                store_u8(os.as_mut_ptr(), m, quantize16(gelu16(v), q));
+            }
+        }
+    }
+
+    /// GELU of `x` in place.
+    ///
+    /// # Safety
+    /// AVX-512F/DQ must be available.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub fn gelu(x: &mut [f32]) {
+        for xs in x.chunks_mut(16) {
+            let m = tail_mask(xs.len());
+            // Safety: the masked load and store touch only the chunk's `len` values.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(m, xs.as_ptr());
+                _mm512_mask_storeu_ps(xs.as_mut_ptr(), m, gelu16(v));
+            }
+        }
+    }
+
+    /// Sum of the lanes of `x` (16 partial sums).
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn sum(x: &[f32], shift: f32) -> (f32, f32) {
+        let (mut s, mut s2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let c = _mm512_set1_ps(shift);
+        for xs in x.chunks(16) {
+            let m = tail_mask(xs.len());
+            // Safety: the masked load reads only the chunk's values.
+            let v = unsafe { _mm512_maskz_loadu_ps(m, xs.as_ptr()) };
+            let d = _mm512_maskz_sub_ps(m, v, c);
+            s = _mm512_add_ps(s, v);
+            s2 = _mm512_fmadd_ps(d, d, s2);
+        }
+        (_mm512_reduce_add_ps(s), _mm512_reduce_add_ps(s2))
+    }
+
+    /// LayerNorm of one row (`x`, `gamma`, `beta` of one length): `(v − mean) · (inv_std · g)
+    /// + b` with the two-pass variance; `emit(i, y)` receives each 16-value chunk.
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub fn layer_norm_row(
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        mut emit: impl FnMut(usize, __mmask16, __m512),
+    ) {
+        let n = x.len() as f32;
+        let mean = sum(x, 0.0).0 / n;
+        let var = sum(x, mean).1 / n;
+        let inv_std = _mm512_set1_ps(1.0 / (var + eps).sqrt());
+        let mean = _mm512_set1_ps(mean);
+        for (i, ((xs, g), b)) in x
+            .chunks(16)
+            .zip(gamma.chunks(16))
+            .zip(beta.chunks(16))
+            .enumerate()
+        {
+            let m = tail_mask(xs.len());
+            // Safety: the masked loads read only the chunk's values.
+            let (v, g, b) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(m, xs.as_ptr()),
+                    _mm512_maskz_loadu_ps(m, g.as_ptr()),
+                    _mm512_maskz_loadu_ps(m, b.as_ptr()),
+                )
+            };
+            let y = _mm512_add_ps(
+                _mm512_mul_ps(_mm512_sub_ps(v, mean), _mm512_mul_ps(inv_std, g)),
+                b,
+            );
+            emit(16 * i, m, y);
+        }
+    }
+
+    /// Softmax of one row in place: max, `exp(v − max)`, one reciprocal.
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    pub fn softmax_row(row: &mut [f32]) {
+        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+        for xs in row.chunks(16) {
+            let m = tail_mask(xs.len());
+            // Safety: the masked load reads only the chunk's values.
+            let v =
+                unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), m, xs.as_ptr()) };
+            mx = _mm512_max_ps(mx, v);
+        }
+        let mx = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        let mut s = _mm512_setzero_ps();
+        for xs in row.chunks_mut(16) {
+            let m = tail_mask(xs.len());
+            // Safety: the masked load and store touch only the chunk's values.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(m, xs.as_ptr());
+                let e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(v, mx)));
+                s = _mm512_add_ps(s, e);
+                _mm512_mask_storeu_ps(xs.as_mut_ptr(), m, e);
+            }
+        }
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(s));
+        for xs in row.chunks_mut(16) {
+            let m = tail_mask(xs.len());
+            // Safety: as above.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(m, xs.as_ptr());
+                _mm512_mask_storeu_ps(xs.as_mut_ptr(), m, _mm512_mul_ps(v, inv));
+            }
+        }
+    }
+}
