@@ -36,11 +36,16 @@ pub(crate) mod pool {
     fn take<T: Copy + Default>(pool: &Mutex<Vec<Vec<T>>>, len: usize) -> Vec<T> {
         let mut v = {
             let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
-            // The smallest buffer that fits, else any (it grows), else a new one.
-            let best = (0..p.len())
+            // The shortest buffer already as long as `len` (usually the one this role had in
+            // the previous block: no fill), else the smallest that fits, else any (it grows),
+            // else a new one.
+            let by_len = (0..p.len())
+                .filter(|&i| p[i].len() >= len)
+                .min_by_key(|&i| p[i].len());
+            let by_capacity = (0..p.len())
                 .filter(|&i| p[i].capacity() >= len)
                 .min_by_key(|&i| p[i].capacity());
-            match best.or(p.len().checked_sub(1)) {
+            match by_len.or(by_capacity).or(p.len().checked_sub(1)) {
                 Some(i) => p.swap_remove(i),
                 None => Vec::new(),
             }
@@ -289,7 +294,39 @@ impl LinearOp {
                 pool::give_u8(a);
                 y
             }
-            None => self.forward(gemm, &norm.forward(x), m),
+            None => {
+                let h = norm.forward(x);
+                let y = self.forward(gemm, &h, m);
+                pool::give_f32(h);
+                y
+            }
+        }
+    }
+
+    /// `GELU(LayerNorm(x) W + b)` quantized with `q` (the next integer linear's input): one
+    /// fused GEMM epilogue when this site is integer.
+    pub fn forward_normed_gelu_u8(
+        &self,
+        gemm: &IntGemm,
+        norm: &Norm,
+        x: &[f32],
+        m: usize,
+        q: &ActQuant,
+    ) -> Result<Vec<u8>> {
+        match &self.kind {
+            LinearKind::Int { w, act } => {
+                let a = norm.forward_u8(x, act);
+                let mut out = pool::u8s(m * self.out_features);
+                gemm.gemm_gelu_u8(&a, m, *act, w, self.bias.as_deref(), *q, &mut out)?;
+                pool::give_u8(a);
+                Ok(out)
+            }
+            LinearKind::F32 { .. } => {
+                let f = self.forward_normed(gemm, norm, x, m)?;
+                let codes = gelu_u8(q, &f);
+                pool::give_f32(f);
+                Ok(codes)
+            }
         }
     }
 
@@ -311,7 +348,7 @@ impl LinearOp {
     }
 
     /// `y = a W + b` for an integer site's input codes `a` `[m, in]`.
-    fn forward_codes(&self, gemm: &IntGemm, a: &[u8], m: usize) -> Result<Vec<f32>> {
+    pub fn forward_codes(&self, gemm: &IntGemm, a: &[u8], m: usize) -> Result<Vec<f32>> {
         let LinearKind::Int { w, act } = &self.kind else {
             unreachable!("codes are only made for integer sites")
         };
@@ -388,6 +425,81 @@ pub(crate) struct FastLog {
     values: Vec<f32>,
     /// `above` widened for AVX-512 gathers.
     above_i32: Vec<i32>,
+    /// The count as arithmetic on the bit pattern, where it was verified (see [`Octaves`]).
+    octaves: Option<Octaves>,
+}
+
+/// The threshold count of a positive normal `y` as arithmetic on its bits: the unit thresholds
+/// are `2^(−(k + ½)/d)`, so every octave holds the same `d` thresholds at the same mantissas
+/// and the count grows by `d` per octave down. For exponent `e` and mantissa bucket `m3` (the
+/// top 3 mantissa bits, as in the bucket table): `count = clamp(base[m3] + d · (E − e) +
+/// (mant_thr[m3] > mant), 0, N)`. Two 8-entry register lookups replace the two table gathers;
+/// [`FastLog::new`] checks the formula against the exact count on every normal bucket (edges
+/// and every threshold ± 1 ulp) and keeps it only if it agrees everywhere.
+#[derive(Clone, Debug)]
+struct Octaves {
+    base: [i32; 8],
+    mant_thr: [u32; 8],
+    e_ref: i32,
+    per_octave: i32,
+}
+
+impl Octaves {
+    /// Derives the formula from the octave of the first threshold (where no count is clamped)
+    /// and verifies it (`None` if it does not hold on some normal bucket).
+    fn derive(f: &FastLog, per_octave: i32) -> Option<Self> {
+        let e_ref = (f.thresholds[0].to_bits() >> 23) as i32;
+        let n = (f.thresholds.len() - 1) as i32;
+        let mut base = [0i32; 8];
+        let mut mant_thr = [0u32; 8];
+        for m3 in 0..8u32 {
+            let b = ((e_ref as u32) << 3) | m3;
+            let k = f.above[b as usize];
+            if k == SEARCH {
+                return None;
+            }
+            base[m3 as usize] = i32::from(k);
+            let low = f32::from_bits(b << BUCKET_SHIFT);
+            if let Some(&t) = f.thresholds.get(usize::from(k))
+                && t >= low
+                && t.to_bits() >> BUCKET_SHIFT == b
+            {
+                mant_thr[m3 as usize] = t.to_bits() & 0x7F_FFFF;
+            }
+        }
+        let o = Octaves {
+            base,
+            mant_thr,
+            e_ref,
+            per_octave,
+        };
+        let count = |y: f32| -> i32 {
+            let bits = y.to_bits();
+            let (e, m3, mant) = (
+                (bits >> 23) as i32,
+                (bits >> 20 & 7) as usize,
+                bits & 0x7F_FFFF,
+            );
+            let k = o.base[m3] + o.per_octave * (o.e_ref - e) + i32::from(o.mant_thr[m3] > mant);
+            k.clamp(0, n)
+        };
+        let exact = |y: f32| f.unit_code(y) as i32;
+        let normal = |y: f32| y.is_normal() && y > 0.0;
+        let mut probes: Vec<f32> = Vec::new();
+        for b in (1u32 << 3)..(255u32 << 3) {
+            let low = f32::from_bits(b << BUCKET_SHIFT);
+            let top = f32::from_bits(((b + 1) << BUCKET_SHIFT) - 1);
+            probes.extend([low, low.next_up(), top, top.next_down()]);
+        }
+        for &t in &f.thresholds[..n as usize] {
+            probes.extend([t, t.next_up(), t.next_down()]);
+        }
+        let all_agree = probes
+            .into_iter()
+            .filter(|&y| normal(y))
+            .all(|y| count(y) == exact(y));
+        all_agree.then_some(o)
+    }
 }
 
 /// Buckets of positive `f32` bit patterns: `bits >> BUCKET_SHIFT`.
@@ -424,13 +536,16 @@ impl FastLog {
         let mut values = q.levels();
         values.push(0.0);
         let above_i32 = above.iter().map(|&a: &u16| i32::from(a)).collect();
-        FastLog {
+        let mut f = FastLog {
             q,
             thresholds,
             above,
             values,
             above_i32,
-        }
+            octaves: None,
+        };
+        f.octaves = Octaves::derive(&f, d as i32);
+        f
     }
 
     /// [`FastLog::fake_quant`] of every value in place (AVX-512 gathers where available).
@@ -453,6 +568,15 @@ impl FastLog {
         use std::arch::x86_64::*;
         let last = (self.thresholds.len() - 1) as i32;
         let s = _mm512_set1_ps(self.q.scale());
+        let octaves = self.octaves.as_ref().map(|o| {
+            let widen = |t: [i32; 8]| {
+                let mut v = [0i32; 16];
+                v[..8].copy_from_slice(&t);
+                // Safety: reads 16 `i32` from a 16-entry array.
+                unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
+            };
+            (o, widen(o.base), widen(o.mant_thr.map(|m| m as i32)))
+        });
         for xs in x.chunks_mut(16) {
             let m = simd::x86::tail_mask(xs.len());
             let mut orig = [0f32; 16];
@@ -464,23 +588,58 @@ impl FastLog {
                 let y = _mm512_div_ps(_mm512_maskz_loadu_ps(m, xs.as_ptr()), s);
                 let pos = m & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, _mm512_setzero_ps());
                 let nan = m & _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(y, y);
-                let bucket = _mm512_srli_epi32::<BUCKET_SHIFT>(_mm512_castps_si512(y));
-                let k = _mm512_mask_i32gather_epi32::<4>(
-                    _mm512_setzero_si512(),
-                    pos,
-                    bucket,
-                    self.above_i32.as_ptr().cast(),
-                );
-                let search = pos & _mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(i32::from(SEARCH)));
-                let ok = pos & !search;
-                let t = _mm512_mask_i32gather_ps::<4>(
-                    _mm512_setzero_ps(),
-                    ok,
-                    k,
-                    self.thresholds.as_ptr().cast(),
-                );
-                let up = ok & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t, y);
-                let code = _mm512_mask_add_epi32(k, up, k, _mm512_set1_epi32(1));
+                let bits = _mm512_castps_si512(y);
+                // Positive normals by the per-octave formula where it holds.
+                let (k_fast, fast) = match &octaves {
+                    Some((o, base, mant_thr)) => {
+                        let e = _mm512_srli_epi32::<23>(bits);
+                        let normal = pos
+                            & _mm512_cmpgt_epi32_mask(e, _mm512_setzero_si512())
+                            & _mm512_cmplt_epi32_mask(e, _mm512_set1_epi32(255));
+                        let m3 =
+                            _mm512_and_si512(_mm512_srli_epi32::<20>(bits), _mm512_set1_epi32(7));
+                        let mant = _mm512_and_si512(bits, _mm512_set1_epi32(0x7F_FFFF));
+                        let k = _mm512_add_epi32(
+                            _mm512_permutexvar_epi32(m3, *base),
+                            _mm512_mullo_epi32(
+                                _mm512_set1_epi32(o.per_octave),
+                                _mm512_sub_epi32(_mm512_set1_epi32(o.e_ref), e),
+                            ),
+                        );
+                        let up =
+                            _mm512_cmpgt_epu32_mask(_mm512_permutexvar_epi32(m3, *mant_thr), mant);
+                        let k = _mm512_mask_add_epi32(k, up, k, _mm512_set1_epi32(1));
+                        let k = _mm512_max_epi32(k, _mm512_setzero_si512());
+                        (_mm512_min_epi32(k, _mm512_set1_epi32(last)), normal)
+                    }
+                    None => (_mm512_setzero_si512(), 0),
+                };
+                // The rest of the positive values (subnormals, infinity, or no formula): the
+                // bucket table.
+                let slow = pos & !fast;
+                let (code, search) = if slow == 0 {
+                    (k_fast, 0)
+                } else {
+                    let bucket = _mm512_srli_epi32::<BUCKET_SHIFT>(bits);
+                    let k = _mm512_mask_i32gather_epi32::<4>(
+                        _mm512_setzero_si512(),
+                        slow,
+                        bucket,
+                        self.above_i32.as_ptr().cast(),
+                    );
+                    let search =
+                        slow & _mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(i32::from(SEARCH)));
+                    let ok = slow & !search;
+                    let t = _mm512_mask_i32gather_ps::<4>(
+                        _mm512_setzero_ps(),
+                        ok,
+                        k,
+                        self.thresholds.as_ptr().cast(),
+                    );
+                    let up = ok & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t, y);
+                    let k = _mm512_mask_add_epi32(k, up, k, _mm512_set1_epi32(1));
+                    (_mm512_mask_mov_epi32(k, fast, k_fast), search)
+                };
                 let rest = m & !pos & !nan;
                 let code = _mm512_mask_mov_epi32(code, rest, _mm512_set1_epi32(last));
                 let code = _mm512_mask_mov_epi32(code, nan, _mm512_setzero_si512());
@@ -507,7 +666,12 @@ impl FastLog {
     /// The level index: how many thresholds lie above `x / s`.
     #[inline]
     pub fn code(&self, x: f32) -> usize {
-        let y = x / self.q.scale();
+        self.unit_code(x / self.q.scale())
+    }
+
+    /// The level index of `y = x / s`.
+    #[inline]
+    fn unit_code(&self, y: f32) -> usize {
         if y.is_nan() {
             return 0;
         }
@@ -729,11 +893,7 @@ pub(crate) fn gelu(x: &mut [f32]) {
     });
 }
 
-/// `0.5 · x · (1 + erf(x / √2))` with libm's `erff`, as burn-flex computes it.
-#[inline]
-fn gelu_one(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2))
-}
+use mixq_quant_kernels::vmath::gelu as gelu_one;
 
 /// `x += y` element-wise (residual connections).
 pub(crate) fn add_in_place(x: &mut [f32], y: &[f32]) {
@@ -794,49 +954,6 @@ mod tests {
                 lo + (hi - lo) * ((state >> 40) as f32 / (1u64 << 24) as f32)
             })
             .collect()
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn simd_exp_and_erf_are_within_their_stated_error() {
-        use std::arch::x86_64::*;
-        if !simd::available() {
-            return;
-        }
-        let run = |f: unsafe fn(__m512) -> __m512, x: &[f32]| -> Vec<f32> {
-            x.chunks(16)
-                .flat_map(|c| {
-                    let mut buf = [0f32; 16];
-                    buf[..c.len()].copy_from_slice(c);
-                    // Safety: `available()` checked the features; the buffers hold 16 values.
-                    unsafe { _mm512_storeu_ps(buf.as_mut_ptr(), f(_mm512_loadu_ps(buf.as_ptr()))) };
-                    buf[..c.len()].to_vec()
-                })
-                .collect()
-        };
-        // exp: softmax's range, relative to the f64 value.
-        let mut x = values(100_000, -110.0, 0.0, 7);
-        x.extend([0.0, -0.0, -1e-8, -87.0, -103.0, -104.0, f32::NEG_INFINITY]);
-        let got = run(simd::x86::exp16, &x);
-        for (&x, &g) in x.iter().zip(&got) {
-            let want = f64::from(x).exp();
-            let err = (f64::from(g) - want).abs();
-            assert!(
-                err <= 3.0 * f64::from(f32::EPSILON) * want + 1e-44,
-                "exp({x}) = {g}, want {want}"
-            );
-        }
-        // erf: absolute error below 5e-7 (Abramowitz & Stegun 7.1.26: 1.5e-7, plus f32 rounding).
-        let mut x = values(100_000, -6.0, 6.0, 8);
-        x.extend([0.0, -0.0, 1e-6, -1e-6, 10.0, -10.0]);
-        let got = run(simd::x86::erf16, &x);
-        for (&x, &g) in x.iter().zip(&got) {
-            let want = libm::erf(f64::from(x));
-            assert!(
-                (f64::from(g) - want).abs() <= 5e-7,
-                "erf({x}) = {g}, want {want}"
-            );
-        }
     }
 
     /// The fused paths against the scalar formulas (libm `erff`, sequential sums): the same
@@ -920,6 +1037,10 @@ mod tests {
                 for scale in [1.0f32, 0.37, 0.9] {
                     let q = LogQuantizer::new(BitWidth::new(bits).unwrap(), base, scale).unwrap();
                     let fast = FastLog::new(q);
+                    assert!(
+                        fast.octaves.is_some(),
+                        "per-octave formula for {bits} bits {base:?}"
+                    );
                     // Exactly on the thresholds and one ulp around them, too.
                     let mut all = xs.clone();
                     for &t in &fast.thresholds[..fast.thresholds.len() - 1] {

@@ -6,10 +6,10 @@
 //! * LayerNorm and GELU fused with the quantization of the next linear's input: the `f32`
 //!   result never goes to memory. Sums run in 16 lanes, so a LayerNorm row differs from the
 //!   sequential sum by float rounding only.
-//! * `exp` (softmax) and `erf` (GELU): polynomial approximations, a few ulp from libm's (tests
-//!   bound them), about 20x faster than a libm call per value. The engine therefore matches the
-//!   fake-quant forward within a tolerance, not bit for bit (it never did after an integer
-//!   GEMM: exact integer sums vs `f32` matmuls).
+//! * `exp` (softmax) and `erf` (GELU): [`mixq_quant_kernels::vmath`]'s polynomials, a few ulp
+//!   from libm's (tests bound them), about 20x faster than a libm call per value. The engine
+//!   therefore matches the fake-quant forward within a tolerance, not bit for bit (it never
+//!   did after an integer GEMM: exact integer sums vs `f32` matmuls).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -55,6 +55,7 @@ impl Quant {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use super::*;
+    pub use mixq_quant_kernels::vmath::x86::{exp16, gelu16};
 
     /// Lanes of a `len`-value tail.
     #[inline]
@@ -91,70 +92,6 @@ pub(crate) mod x86 {
     pub unsafe fn store_u8(dst: *mut u8, mask: __mmask16, v: __m512i) {
         // Safety: forwarded from the caller.
         unsafe { _mm512_mask_cvtusepi32_storeu_epi8(dst.cast(), mask, v) }
-    }
-
-    /// `e^x` (Cephes' `expf` polynomial, scaled with `vscalefps`): within 2 ulp of libm for
-    /// the softmax's `x ≤ 0`, 0 below about −103.
-    ///
-    /// # Safety
-    /// AVX-512F must be available.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    pub fn exp16(x: __m512) -> __m512 {
-        let x = _mm512_min_ps(x, _mm512_set1_ps(88.376_26));
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-103.0));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_65,
-            0.5,
-        ] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        let r2 = _mm512_mul_ps(r, r);
-        let e = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
-        _mm512_scalef_ps(e, n)
-    }
-
-    /// `erf(x)` (Abramowitz & Stegun 7.1.26 with [`exp16`]): absolute error below 5e-7 (tested),
-    /// i.e. GELU within `2.5e-7 · |x|` of the libm-based formula.
-    ///
-    /// # Safety
-    /// AVX-512F/DQ must be available.
-    #[target_feature(enable = "avx512f,avx512dq")]
-    #[inline]
-    pub fn erf16(x: __m512) -> __m512 {
-        let sign = _mm512_and_ps(x, _mm512_set1_ps(-0.0));
-        let ax = _mm512_andnot_ps(_mm512_set1_ps(-0.0), x);
-        let one = _mm512_set1_ps(1.0);
-        let t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.327_591_1), ax, one));
-        let mut p = _mm512_set1_ps(1.061_405_4);
-        for c in [-1.453_152, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
-            p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c));
-        }
-        let p = _mm512_mul_ps(p, t);
-        let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(ax, ax)));
-        let y = _mm512_fnmadd_ps(p, e, one);
-        _mm512_or_ps(y, sign)
-    }
-
-    /// `0.5 · x · (1 + erf(x / √2))`.
-    ///
-    /// # Safety
-    /// AVX-512F/DQ must be available.
-    #[target_feature(enable = "avx512f,avx512dq")]
-    #[inline]
-    pub fn gelu16(x: __m512) -> __m512 {
-        let e = erf16(_mm512_div_ps(x, _mm512_set1_ps(std::f32::consts::SQRT_2)));
-        let h = _mm512_mul_ps(_mm512_set1_ps(0.5), x);
-        _mm512_mul_ps(h, _mm512_add_ps(_mm512_set1_ps(1.0), e))
     }
 
     /// Quantizes `x` into `out` (same length).

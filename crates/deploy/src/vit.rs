@@ -296,8 +296,20 @@ impl VitNet {
             pool::give_f32(attn);
             add_in_place(&mut x, &y);
             pool::give_f32(y);
-            let f = blk.fc1.forward_normed(gemm, &blk.norm2, &x, rows)?;
-            let y = blk.fc2.forward_gelu(gemm, f, rows)?;
+            let y = match blk.fc2.input_quant() {
+                Some(q) => {
+                    let h = blk
+                        .fc1
+                        .forward_normed_gelu_u8(gemm, &blk.norm2, &x, rows, q)?;
+                    let y = blk.fc2.forward_codes(gemm, &h, rows)?;
+                    pool::give_u8(h);
+                    y
+                }
+                None => {
+                    let f = blk.fc1.forward_normed(gemm, &blk.norm2, &x, rows)?;
+                    blk.fc2.forward_gelu(gemm, f, rows)?
+                }
+            };
             add_in_place(&mut x, &y);
             pool::give_f32(y);
         }

@@ -449,6 +449,33 @@ impl IntGemm {
         })
     }
 
+    /// Linear layer, GELU and requantization in one pass: `out_quant(GELU(acc · (s_a · s_w[n]) +
+    /// bias[n]))` — a transformer MLP's first linear writing the second one's input codes, with
+    /// no `f32` activation in memory. GELU is [`crate::vmath`]'s: the AVX-512 polynomial on the
+    /// own kernel (within 1e-6 of `erf`, so a code can differ by one step from the scalar
+    /// libm-based GELU of the other backends), libm elsewhere.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_gelu_u8(
+        &self,
+        a: &[u8],
+        m: usize,
+        a_quant: ActQuant,
+        w: &PreparedWeights,
+        bias: Option<&[f32]>,
+        out_quant: ActQuant,
+        out: &mut [u8],
+    ) -> Result<()> {
+        check_bias(bias, w.out_features())?;
+        self.with_weights(a, m, w, |rhs| {
+            let epi = Epi::GeluRequant {
+                sa: a_quant.scale,
+                bias,
+                out: out_quant,
+            };
+            self.run(a, m, a_quant.zero_point, &rhs, out, epi)
+        })
+    }
+
     /// `u8 × u8` product of two per-tensor quantized activations (attention's `Q · Kᵀ` with
     /// `b_layout = NK`, `P · V` with `KN`), dequantized: `acc · (s_a · s_b)`.
     /// `a` is `[M, K]`, `b` is `[N, K]` or `[K, N]`, `out` is `[M, N]`.
@@ -609,13 +636,13 @@ impl IntGemm {
             let (sa, b, kind) = match epi {
                 Epi::Raw => (1.0, None, vnni::OutKind::I32),
                 Epi::Dequant { sa, bias } => (sa, bias, vnni::OutKind::F32),
-                Epi::Requant { sa, bias, out } => {
+                Epi::Requant { sa, bias, out } | Epi::GeluRequant { sa, bias, out } => {
                     let (lo, hi) = out.code_range();
-                    let kind = vnni::OutKind::U8 {
-                        s: out.scale,
-                        z: out.zero_point as f32,
-                        lo: lo as f32,
-                        hi: hi as f32,
+                    let (s, z, lo, hi) = (out.scale, out.zero_point as f32, lo as f32, hi as f32);
+                    let kind = if matches!(epi, Epi::Requant { .. }) {
+                        vnni::OutKind::U8 { s, z, lo, hi }
+                    } else {
+                        vnni::OutKind::GeluU8 { s, z, lo, hi }
                     };
                     (sa, bias, kind)
                 }
@@ -665,6 +692,9 @@ impl IntGemm {
                     sa * scale_of(j),
                     bias.map_or(0.0, |b| b[j]),
                 ))),
+                Epi::GeluRequant { sa, bias, out } => T::from_u8(out.quantize_one(
+                    crate::vmath::gelu(dequant(acc, sa * scale_of(j), bias.map_or(0.0, |b| b[j]))),
+                )),
             }
         };
         let rows_per_task = (4096 / n).max(1);
@@ -699,6 +729,12 @@ enum Epi<'a> {
     Dequant { sa: f32, bias: Option<&'a [f32]> },
     /// The dequantized value quantized with `out`.
     Requant {
+        sa: f32,
+        bias: Option<&'a [f32]>,
+        out: ActQuant,
+    },
+    /// GELU of the dequantized value, quantized with `out`.
+    GeluRequant {
         sa: f32,
         bias: Option<&'a [f32]>,
         out: ActQuant,

@@ -47,6 +47,7 @@ pub mod log;
 pub mod observer;
 pub mod packing;
 pub mod uniform;
+pub mod vmath;
 
 pub use igemm::{ActQuant, Backend, IntGemm, PreparedWeights, RhsLayout};
 pub use log::{LogBase, LogQuantizer};

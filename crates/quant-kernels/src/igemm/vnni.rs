@@ -45,11 +45,17 @@ const MR: usize = 6;
 const ROW_BLOCK: usize = 48;
 /// Panels per rayon task.
 const PANELS_PER_TASK: usize = 4;
+/// Below this many panel bytes, or multiply-adds per GEMM, the work stays on the calling
+/// thread (a head's attention product already runs in its own task; splitting it further cost
+/// more in scheduling than it saved).
+const SMALL_BYTES: usize = 1 << 16;
+const SMALL_MACS: usize = 1 << 22;
 
 /// Whether this CPU runs the kernel.
 pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512dq")
         && is_x86_feature_detected!("avx512vnni")
 }
 
@@ -66,31 +72,41 @@ fn build(n: usize, k: usize, container: u32, row: impl Fn(usize, &mut [u8]) + Sy
     let groups = k.div_ceil(4);
     let panels = n.div_ceil(NR);
     let mut out = vec![0u8; panels * groups * gb];
-    out.par_chunks_mut(groups * gb)
-        .enumerate()
-        .for_each(|(p, dst)| {
-            let mut rows = vec![0u8; NR * groups * 4];
-            for (c, r) in rows.chunks_exact_mut(groups * 4).enumerate() {
-                if p * NR + c < n {
-                    row(p * NR + c, &mut r[..k]);
-                }
+    let fill = |rows: &mut Vec<u8>, p: usize, dst: &mut [u8]| {
+        rows.clear();
+        rows.resize(NR * groups * 4, 0);
+        for (c, r) in rows.chunks_exact_mut(groups * 4).enumerate() {
+            if p * NR + c < n {
+                row(p * NR + c, &mut r[..k]);
             }
-            let at = |c: usize, kk: usize| rows[c * groups * 4 + kk];
-            for (g, dst) in dst.chunks_exact_mut(gb).enumerate() {
-                for j in 0..64 {
-                    let (c, kk) = (j / 4, 4 * g + j % 4);
-                    if container == 8 {
-                        for v in 0..4 {
-                            dst[64 * v + j] = at(16 * v + c, kk);
-                        }
-                    } else {
-                        for h in 0..2 {
-                            dst[64 * h + j] = at(32 * h + c, kk) | (at(32 * h + 16 + c, kk) << 4);
-                        }
+        }
+        let at = |c: usize, kk: usize| rows[c * groups * 4 + kk];
+        for (g, dst) in dst.chunks_exact_mut(gb).enumerate() {
+            for j in 0..64 {
+                let (c, kk) = (j / 4, 4 * g + j % 4);
+                if container == 8 {
+                    for v in 0..4 {
+                        dst[64 * v + j] = at(16 * v + c, kk);
+                    }
+                } else {
+                    for h in 0..2 {
+                        dst[64 * h + j] = at(32 * h + c, kk) | (at(32 * h + 16 + c, kk) << 4);
                     }
                 }
             }
-        });
+        }
+    };
+    if out.len() < SMALL_BYTES {
+        // Attention operands, rebuilt per head inside a parallel task: stay on this thread.
+        let mut rows = Vec::new();
+        for (p, dst) in out.chunks_mut(groups * gb).enumerate() {
+            fill(&mut rows, p, dst);
+        }
+    } else {
+        out.par_chunks_mut(groups * gb)
+            .enumerate()
+            .for_each_init(Vec::new, |rows, (p, dst)| fill(rows, p, dst));
+    }
     out
 }
 
@@ -126,6 +142,8 @@ pub enum OutKind {
     F32,
     /// The `F32` value quantized: `clamp(round_half_even(y / s) + z, lo, hi)`.
     U8 { s: f32, z: f32, lo: f32, hi: f32 },
+    /// `GELU(F32 value)` ([`crate::vmath`]'s polynomial), quantized as `U8`.
+    GeluU8 { s: f32, z: f32, lo: f32, hi: f32 },
 }
 
 /// Per-call constants of the epilogue, every per-channel slice padded to whole panels.
@@ -185,7 +203,9 @@ pub(super) fn gemm<T: OutElem>(
         assert_eq!(ep.row_sums.len(), m);
     }
     match (T::KIND, ep.out) {
-        (0, OutKind::I32) | (1, OutKind::F32) | (2, OutKind::U8 { .. }) => {}
+        (0, OutKind::I32)
+        | (1, OutKind::F32)
+        | (2, OutKind::U8 { .. } | OutKind::GeluU8 { .. }) => {}
         _ => panic!("output element does not match the epilogue"),
     }
     // Rows padded to whole groups of 4 with zeros (which add nothing to the dot products).
@@ -219,8 +239,8 @@ pub(super) fn gemm<T: OutElem>(
         }
     };
     let tasks = row_blocks * col_blocks;
-    if tasks == 1 {
-        task(0);
+    if tasks == 1 || m * n * kp < SMALL_MACS {
+        (0..tasks).for_each(task);
     } else {
         (0..tasks).into_par_iter().for_each(task);
     }
@@ -232,7 +252,7 @@ pub(super) fn gemm<T: OutElem>(
 /// AVX-512F/BW/VNNI must be available; lengths as asserted in [`gemm`]; `out` points to an
 /// `M × n` buffer of `T` of which this call writes only rows `rows` × the panels' columns.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni")]
 unsafe fn block<const W8: bool, T: OutElem>(
     a: &[u8],
     kp: usize,
@@ -304,7 +324,7 @@ struct Tile<T> {
 /// AVX-512F/BW/VNNI must be available; `t.a` holds `R` rows of `kp` bytes, `t.panel` a whole
 /// panel, `t.out` `R` rows of at least `t.cols` writable values; the epilogue slices are
 /// padded to whole panels.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni")]
 #[inline]
 unsafe fn tile<const R: usize, const W8: bool, T: OutElem>(t: &Tile<T>, ep: &Epilogue<'_>) {
     let nib = _mm512_set1_epi8(0x0F);
@@ -372,7 +392,13 @@ unsafe fn tile<const R: usize, const W8: bool, T: OutElem>(t: &Tile<T>, ep: &Epi
                     continue;
                 }
                 let y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), scale), bias);
-                match ep.out {
+                let (y, out) = match ep.out {
+                    OutKind::GeluU8 { s, z, lo, hi } => {
+                        (crate::vmath::x86::gelu16(y), OutKind::U8 { s, z, lo, hi })
+                    }
+                    other => (y, other),
+                };
+                match out {
                     OutKind::U8 { s, z, lo, hi } => {
                         let q = _mm512_div_ps(y, _mm512_set1_ps(s));
                         let q = _mm512_roundscale_ps::<

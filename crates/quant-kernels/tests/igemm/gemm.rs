@@ -128,6 +128,44 @@ fn large_ragged_shapes_equal_the_reference() {
     }
 }
 
+/// The fused MLP epilogue: GELU of the dequantized value, requantized. The own kernel's
+/// polynomial GELU may put a value at a rounding boundary on the neighbouring code; never
+/// further, and rarely.
+#[test]
+fn gelu_epilogue_matches_the_scalar_gelu_within_one_code() {
+    let mut r = rng(13);
+    for (m, k, n) in [(97, 261, 300), (13, 64, 1000)] {
+        for b in [8u8, 4] {
+            let w = random_weights(&mut r, n, k, b);
+            let aq = random_act(&mut r);
+            let a = random_codes(&mut r, m * k, aq);
+            let bias: Vec<f32> = (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect();
+            let y = reference::gemm_f32(&a, m, aq, &w, Some(&bias));
+            // An output step fine enough that GELU's curvature is visible in the codes.
+            let max = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let oq = ActQuant::from_range(-0.2 * max, max, bits(8)).unwrap();
+            let want: Vec<u8> = y
+                .iter()
+                .map(|&v| oq.quantize_one(mixq_quant_kernels::vmath::gelu(v)))
+                .collect();
+            for g in engines() {
+                let p = g.prepare(w.clone()).unwrap();
+                let mut got = vec![0u8; m * n];
+                g.gemm_gelu_u8(&a, m, aq, &p, Some(&bias), oq, &mut got)
+                    .unwrap();
+                let off = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+                let far = got.iter().zip(&want).any(|(&a, &b)| a.abs_diff(b) > 1);
+                assert!(
+                    !far && off * 200 <= got.len(),
+                    "{:?} {b} bits: {off} of {} codes differ",
+                    g.backend(),
+                    got.len()
+                );
+            }
+        }
+    }
+}
+
 /// Extreme operands: `255 · ±128`-sized products everywhere, which saturate `vpmaddubsw`'s
 /// `i16` pair sums if 8-bit weights ever reached AVX2's kernel uncentred or unguarded.
 #[test]
