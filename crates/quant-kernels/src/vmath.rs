@@ -15,7 +15,8 @@ pub mod x86 {
     /// `e^x` (Cephes' `expf` polynomial, scaled with `vscalefps`): within 2 ulp of libm for
     /// the softmax's `x ≤ 0`, 0 below about −103.
     ///
-    /// Safe to call only from code compiled with AVX-512F.
+    /// # Safety
+    /// The CPU must have AVX-512F (callers compiled with it call it safely).
     #[target_feature(enable = "avx512f")]
     #[inline]
     pub fn exp16(x: __m512) -> __m512 {
@@ -44,7 +45,8 @@ pub mod x86 {
     /// `erf(x)` (Abramowitz & Stegun 7.1.26 with [`exp16`]): absolute error below 1e-6 (tested),
     /// i.e. GELU within `5e-7 · |x|` of the libm-based formula.
     ///
-    /// Safe to call only from code compiled with AVX-512F/DQ.
+    /// # Safety
+    /// The CPU must have AVX-512F and DQ (callers compiled with them call it safely).
     #[target_feature(enable = "avx512f,avx512dq")]
     #[inline]
     pub fn erf16(x: __m512) -> __m512 {
@@ -68,7 +70,8 @@ pub mod x86 {
 
     /// `0.5 · x · (1 + erf(x / √2))`.
     ///
-    /// Safe to call only from code compiled with AVX-512F/DQ.
+    /// # Safety
+    /// The CPU must have AVX-512F and DQ (callers compiled with them call it safely).
     #[target_feature(enable = "avx512f,avx512dq")]
     #[inline]
     pub fn gelu16(x: __m512) -> __m512 {
