@@ -341,6 +341,7 @@ pub fn bench_int(args: BenchIntArgs) -> Result<()> {
     let card = ModelCard::find(&args.model)?;
     let device = Device::flex();
     device.seed(args.seed);
+    gemm_table(&device, args.repeat)?;
     let model = card.arch.init(&device)?;
     if let Some(path) = &args.save_weights {
         model.save_safetensors(path)?;
@@ -446,6 +447,81 @@ pub fn bench_int(args: BenchIntArgs) -> Result<()> {
             .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
         mixq_core::write_atomic(path, json.as_bytes())?;
     }
+    Ok(())
+}
+
+/// GOP/s of the integer GEMM (int8 and int4 weights, `f32` output with the fused epilogue) and
+/// of burn-flex's `f32` matmul on DeiT-S's linear shapes, one image and a batch of 8, against
+/// the machine's measured `u8 × i8` peak.
+fn gemm_table(device: &Device, repeat: usize) -> Result<()> {
+    use mixq_quant_kernels::igemm::{ActQuant, IntGemm, measured_vnni_peak_gops};
+    use mixq_quant_kernels::packing::PackedWeights;
+    let gemm = IntGemm::new();
+    let peak = measured_vnni_peak_gops();
+    println!("integer GEMM: {}", gemm.kernel_name());
+    match peak {
+        Some(p) => println!(
+            "measured u8 x i8 peak: {p:.0} GOP/s on {} threads (vpdpbusd loop, real clock)",
+            rayon_threads()
+        ),
+        None => println!("no AVX-512 VNNI: no peak measured"),
+    }
+    println!(
+        "
+| M x K x N | int8 GOP/s | % of peak | int4 GOP/s | f32 burn-flex GOP/s |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let aq = ActQuant::new(0.02, 128, BitWidth::new(8)?)?;
+    for (m, k, n) in [
+        (197, 384, 1152),
+        (197, 384, 1536),
+        (197, 1536, 384),
+        (1576, 384, 1152),
+        (1576, 384, 1536),
+        (1576, 1536, 384),
+    ] {
+        let ops = 2.0 * (m * n * k) as f64;
+        let a: Vec<u8> = (0..m * k).map(|i| (i * 7 % 251) as u8).collect();
+        let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+            let mut best = f64::MAX;
+            for _ in 0..repeat.max(5) {
+                let t = Instant::now();
+                f()?;
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            Ok(ops / best / 1e9)
+        };
+        let mut int = Vec::new();
+        for bits in [8u8, 4] {
+            let qmax = (1i32 << bits) - 1;
+            let codes: Vec<i32> = (0..n * k)
+                .map(|i| (i * 13 % 97) as i32 % (qmax + 1))
+                .collect();
+            let w = PackedWeights::from_codes(
+                n,
+                k,
+                BitWidth::new(bits)?,
+                &codes,
+                vec![0.01; n],
+                vec![(qmax + 1) / 2; n],
+            )?;
+            let p = gemm.prepare(w)?;
+            let mut out = vec![0f32; m * n];
+            int.push(best(&mut || gemm.gemm_f32(&a, m, aq, &p, None, &mut out))?);
+        }
+        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), device);
+        let w = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), device);
+        let f32_gops = best(&mut || {
+            let _ = x.clone().matmul(w.clone()).into_data();
+            Ok(())
+        })?;
+        let pct = peak.map_or("-".into(), |p| format!("{:.0} %", 100.0 * int[0] / p));
+        println!(
+            "| {m} x {k} x {n} | {:.0} | {pct} | {:.0} | {f32_gops:.0} |",
+            int[0], int[1]
+        );
+    }
+    println!();
     Ok(())
 }
 

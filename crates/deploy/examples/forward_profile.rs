@@ -1,6 +1,6 @@
-//! Runs the integer engine's DeiT-S forward (random weights, W8A8) repeatedly, for profilers:
-//! `cargo run --release -p mixq-deploy --example forward_profile -- [batch] [runs]`, e.g. under
-//! `perf record`. Prints the time per batch.
+//! Runs the integer engine's DeiT-S forward (random weights, W8A8 or W`wbits`A8) repeatedly,
+//! for profilers: `cargo run --release -p mixq-deploy --example forward_profile -- [batch]
+//! [runs] [wbits]`, e.g. under `perf record`. Prints the time per batch.
 
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ fn main() {
         .map(|a| a.parse::<usize>().expect("a number"));
     let batch = args.next().unwrap_or(8);
     let runs = args.next().unwrap_or(10);
+    let wbits = args.next().unwrap_or(8) as u8;
     let device = Device::flex();
     device.seed(0);
     let card = ModelCard::find("deit-s").expect("built-in card");
@@ -27,7 +28,7 @@ fn main() {
         &device,
     );
     let host = host_values(&input).expect("f32");
-    let plan = uniform_plan(&model.sites(), 8, 8, 8).expect("plan");
+    let plan = uniform_plan(&model.sites(), wbits, 8, 8).expect("plan");
     let q = quantize(model, calib, &plan, &PtqConfig::default()).expect("quantize");
     let engine = IntModel::from_quantized(&q).expect("export");
     engine.forward(&host, batch).expect("forward");

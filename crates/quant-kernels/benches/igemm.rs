@@ -33,7 +33,8 @@ fn bench(c: &mut Criterion) {
     let gemm = IntGemm::new();
     let f32_exec = GemmExecutor::<f32, f32, f32>::default();
     eprintln!(
-        "own VNNI kernel for int4: {}, rten int8 kernel: {}, f32 kernel: {}, rayon threads: {}",
+        "own VNNI kernel for int8/int4: {}/{}, integer kernels: {}, f32 kernel: {}, rayon threads: {}",
+        gemm.uses_own_vnni(BitWidth::new(8).unwrap()),
         gemm.uses_own_vnni(BitWidth::new(4).unwrap()),
         gemm.kernel_name(),
         f32_exec.kernel_name(),
@@ -99,31 +100,15 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// Peak `u8 × i8` MAC rate from the clock in /proc/cpuinfo: each `vpdpbusd zmm` does 64 MACs
-/// (128 ops); the assumed issue rate per core per cycle is printed with the result.
+/// The machine's measured `u8 × i8` peak (a register-only `vpdpbusd` loop on every thread, at
+/// the real clock), what the GOP/s above are compared with.
 fn print_peak() {
-    let mhz = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    for (per_cycle, what) in [
-        (
-            1.0,
-            "1 vpdpbusd zmm / cycle / core (AMD Zen 4: two 256-bit pipes)",
+    match mixq_quant_kernels::igemm::measured_vnni_peak_gops() {
+        Some(p) => eprintln!(
+            "measured VNNI peak on {} threads: {p:.1} GOP/s",
+            rayon::current_num_threads()
         ),
-        (
-            2.0,
-            "2 vpdpbusd zmm / cycle / core (Intel server cores with two 512-bit FMA ports)",
-        ),
-    ] {
-        let gops = cores * per_cycle * 64.0 * 2.0 * mhz / 1e3;
-        eprintln!("VNNI peak, {cores} cores at {mhz:.0} MHz, {what}: {gops:.1} GOP/s");
+        None => eprintln!("no AVX-512 VNNI"),
     }
 }
 
