@@ -104,6 +104,31 @@ pub(crate) mod pool {
     }
 }
 
+/// Below this many values an element-wise pass runs on the calling thread: waking the pool
+/// and joining cost more than the pass itself (one DeiT-S image is 75 K values per activation;
+/// a batch-1 forward used to spend ~15 % of its time in the scheduler).
+pub(crate) const PARALLEL_FROM: usize = 1 << 17;
+
+/// `f(out_chunk, in_chunk)` over matching chunks of `out` and `x`; parallel only when `x` has
+/// at least [`PARALLEL_FROM`] values.
+pub(crate) fn zip_chunks<A: Send, B: Sync>(
+    out: &mut [A],
+    out_chunk: usize,
+    x: &[B],
+    in_chunk: usize,
+    f: impl Fn(&mut [A], &[B]) + Sync,
+) {
+    if x.len() < PARALLEL_FROM {
+        out.chunks_mut(out_chunk)
+            .zip(x.chunks(in_chunk))
+            .for_each(|(o, x)| f(o, x));
+    } else {
+        out.par_chunks_mut(out_chunk)
+            .zip(x.par_chunks(in_chunk))
+            .for_each(|(o, x)| f(o, x));
+    }
+}
+
 /// Rows per rayon task in the element-wise kernels.
 const ROWS_PER_TASK: usize = 16;
 
@@ -142,19 +167,17 @@ pub(crate) fn quantize_u8(q: &ActQuant, x: &[f32]) -> Vec<u8> {
     let r = U8Rounder::new(q);
     let sq = simd::Quant::new(q);
     let mut out = pool::u8s(x.len());
-    out.par_chunks_mut(1 << 14)
-        .zip(x.par_chunks(1 << 14))
-        .for_each(|(o, x)| {
-            #[cfg(target_arch = "x86_64")]
-            if simd::available() {
-                // Safety: `available()` checked the CPU features.
-                return unsafe { simd::x86::quantize(x, &sq, o) };
-            }
-            let _ = &sq;
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = r.code(v);
-            }
-        });
+    zip_chunks(&mut out, 1 << 14, x, 1 << 14, |o, x| {
+        #[cfg(target_arch = "x86_64")]
+        if simd::available() {
+            // Safety: `available()` checked the CPU features.
+            return unsafe { simd::x86::quantize(x, &sq, o) };
+        }
+        let _ = &sq;
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = r.code(v);
+        }
+    });
     out
 }
 
@@ -179,19 +202,17 @@ pub(crate) fn gelu_u8(q: &ActQuant, x: &[f32]) -> Vec<u8> {
     let r = U8Rounder::new(q);
     let sq = simd::Quant::new(q);
     let mut out = pool::u8s(x.len());
-    out.par_chunks_mut(1 << 14)
-        .zip(x.par_chunks(1 << 14))
-        .for_each(|(o, x)| {
-            #[cfg(target_arch = "x86_64")]
-            if simd::available() {
-                // Safety: `available()` checked the CPU features.
-                return unsafe { simd::x86::gelu_quantize(x, &sq, o) };
-            }
-            let _ = &sq;
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = r.code(gelu_one(v));
-            }
-        });
+    zip_chunks(&mut out, 1 << 14, x, 1 << 14, |o, x| {
+        #[cfg(target_arch = "x86_64")]
+        if simd::available() {
+            // Safety: `available()` checked the CPU features.
+            return unsafe { simd::x86::gelu_quantize(x, &sq, o) };
+        }
+        let _ = &sq;
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = r.code(gelu_one(v));
+        }
+    });
     out
 }
 
@@ -712,14 +733,6 @@ impl QuantOperand {
             QuantOperand::Values(v) => QuantRef::Values(&v[range]),
         }
     }
-
-    /// Hands the buffer back to the [`pool`].
-    pub fn recycle(self) {
-        match self {
-            QuantOperand::Codes(c, _) => pool::give_u8(c),
-            QuantOperand::Values(v) => pool::give_f32(v),
-        }
-    }
 }
 
 impl QuantRef<'_> {
@@ -774,19 +787,17 @@ impl Norm {
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         let d = self.gamma.len();
         let mut out = pool::f32s(x.len());
-        out.par_chunks_mut(d * ROWS_PER_TASK)
-            .zip(x.par_chunks(d * ROWS_PER_TASK))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    #[cfg(target_arch = "x86_64")]
-                    if simd::available() {
-                        // Safety: `available()` checked the CPU features.
-                        unsafe { self.row_avx512(x, o) };
-                        continue;
-                    }
-                    self.row(x, o);
+        zip_chunks(&mut out, d * ROWS_PER_TASK, x, d * ROWS_PER_TASK, |o, x| {
+            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                #[cfg(target_arch = "x86_64")]
+                if simd::available() {
+                    // Safety: `available()` checked the CPU features.
+                    unsafe { self.row_avx512(x, o) };
+                    continue;
                 }
-            });
+                self.row(x, o);
+            }
+        });
         out
     }
 
@@ -796,24 +807,22 @@ impl Norm {
         let r = U8Rounder::new(q);
         let sq = simd::Quant::new(q);
         let mut out = pool::u8s(x.len());
-        out.par_chunks_mut(d * ROWS_PER_TASK)
-            .zip(x.par_chunks(d * ROWS_PER_TASK))
-            .for_each(|(o, x)| {
-                let mut row = vec![0f32; d];
-                for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    #[cfg(target_arch = "x86_64")]
-                    if simd::available() {
-                        // Safety: `available()` checked the CPU features.
-                        unsafe { self.row_u8_avx512(x, &sq, o) };
-                        continue;
-                    }
-                    let _ = &sq;
-                    self.row(x, &mut row);
-                    for (o, &v) in o.iter_mut().zip(&row) {
-                        *o = r.code(v);
-                    }
+        zip_chunks(&mut out, d * ROWS_PER_TASK, x, d * ROWS_PER_TASK, |o, x| {
+            let mut row = vec![0f32; d];
+            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                #[cfg(target_arch = "x86_64")]
+                if simd::available() {
+                    // Safety: `available()` checked the CPU features.
+                    unsafe { self.row_u8_avx512(x, &sq, o) };
+                    continue;
                 }
-            });
+                let _ = &sq;
+                self.row(x, &mut row);
+                for (o, &v) in o.iter_mut().zip(&row) {
+                    *o = r.code(v);
+                }
+            }
+        });
         out
     }
 
@@ -897,13 +906,11 @@ use mixq_quant_kernels::vmath::gelu as gelu_one;
 
 /// `x += y` element-wise (residual connections).
 pub(crate) fn add_in_place(x: &mut [f32], y: &[f32]) {
-    x.par_chunks_mut(1 << 14)
-        .zip(y.par_chunks(1 << 14))
-        .for_each(|(x, y)| {
-            for (a, b) in x.iter_mut().zip(y) {
-                *a += b;
-            }
-        });
+    zip_chunks(x, 1 << 14, y, 1 << 14, |x, y| {
+        for (a, b) in x.iter_mut().zip(y) {
+            *a += b;
+        }
+    });
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use rayon::prelude::*;
 
 use crate::format::{Header, Stored, Tensors, WeightInfo};
 use crate::ops::{
-    LinearKind, LinearOp, Norm, Operand, QuantOperand, QuantRef, add_in_place, matmul, pool,
-    quantize_scaled, quantize_u8, softmax_rows_here,
+    LinearKind, LinearOp, Norm, Operand, PARALLEL_FROM, QuantOperand, QuantRef, add_in_place,
+    matmul, pool, quantize_scaled, quantize_u8, softmax_rows_here,
 };
 
 /// One pre-LN transformer block.
@@ -344,48 +344,52 @@ impl VitNet {
         let (d, n, heads) = (c.embed_dim, c.num_tokens(), c.num_heads);
         let hd = d / heads;
         let scale = (hd as f64).powf(-0.5) as f32;
-        // Split into head-major [batch, heads, n, hd] buffers (timm's reshape/permute); uniform
-        // operands are quantized to u8 codes in the same pass.
-        let split = |part: usize, mul: Option<f32>, operand: &Operand| -> QuantOperand {
-            let layout = HeadSplit { n, d, heads, part };
-            match operand {
+        // One task per (image, head): the head's q/k/v taken from the fused `qkv` rows (timm's
+        // reshape/permute) and quantized, the products, the softmax and the probability
+        // quantizer back to back on a 197 × 197 block that stays in cache.
+        let operand = |bh: usize, part: usize, mul: Option<f32>, op: &Operand| -> QuantOperand {
+            let (b, h) = (bh / heads, bh % heads);
+            let row = |t: usize| {
+                let src = (b * n + t) * 3 * d + part * d + h * hd;
+                &qkv[src..src + hd]
+            };
+            match op {
                 Operand::Uniform(q) => {
-                    let codes = layout.gather(qkv, batch, pool::u8s, |src, dst| {
-                        quantize_scaled(q, mul, src, dst)
-                    });
+                    let mut codes = vec![0u8; n * hd];
+                    for (t, dst) in codes.chunks_exact_mut(hd).enumerate() {
+                        quantize_scaled(q, mul, row(t), dst);
+                    }
                     QuantOperand::Codes(codes, *q)
                 }
                 Operand::F32 | Operand::Log(_) => {
-                    let mut values = layout.gather(qkv, batch, pool::f32s, |src, dst| {
-                        for (o, &v) in dst.iter_mut().zip(src) {
+                    let mut values = vec![0f32; n * hd];
+                    for (t, dst) in values.chunks_exact_mut(hd).enumerate() {
+                        for (o, &v) in dst.iter_mut().zip(row(t)) {
                             *o = mul.map_or(v, |s| v * s);
                         }
-                    });
-                    if let Operand::Log(l) = operand {
+                    }
+                    if let Operand::Log(l) = op {
                         l.fake_quant_slice(&mut values);
                     }
                     QuantOperand::Values(values)
                 }
             }
         };
-        let q = split(0, Some(scale), &blk.qk[0]);
-        let k = split(1, None, &blk.qk[1]);
-        let v = split(2, None, &blk.av[1]);
-
-        // One task per (image, head): the products, the softmax and the probability quantizer
-        // run back to back on a 197 × 197 block that stays in cache.
         let mut per_head = pool::f32s(batch * heads * n * hd);
         per_head
             .par_chunks_mut(n * hd)
             .enumerate()
             .try_for_each(|(bh, out)| -> Result<()> {
-                let range = bh * n * hd..(bh + 1) * n * hd;
+                let q = operand(bh, 0, Some(scale), &blk.qk[0]);
+                let k = operand(bh, 1, None, &blk.qk[1]);
+                let v = operand(bh, 2, None, &blk.av[1]);
+                let all = 0..n * hd;
                 pool::with_scratch(n * n, |scores| {
                     matmul(
                         gemm,
-                        q.view(range.clone()),
+                        q.view(all.clone()),
                         n,
-                        k.view(range.clone()),
+                        k.view(all.clone()),
                         n,
                         RhsLayout::NK,
                         scores,
@@ -403,58 +407,25 @@ impl VitNet {
                             QuantRef::Codes(&codes, *q)
                         }
                     };
-                    matmul(gemm, probs, n, v.view(range), hd, RhsLayout::KN, out)
+                    matmul(gemm, probs, n, v.view(all), hd, RhsLayout::KN, out)
                 })
             })?;
-        for x in [q, k, v] {
-            x.recycle();
-        }
         // Merge heads: [batch, heads, n, hd] -> [batch, n, heads * hd].
         let mut merged = pool::f32s(batch * n * d);
-        merged.par_chunks_mut(d).enumerate().for_each(|(row, dst)| {
+        let merge = |(row, dst): (usize, &mut [f32])| {
             let (b, t) = (row / n, row % n);
             for h in 0..heads {
                 let src = ((b * heads + h) * n + t) * hd;
                 dst[h * hd..(h + 1) * hd].copy_from_slice(&per_head[src..src + hd]);
             }
-        });
+        };
+        if merged.len() < PARALLEL_FROM {
+            merged.chunks_mut(d).enumerate().for_each(merge);
+        } else {
+            merged.par_chunks_mut(d).enumerate().for_each(merge);
+        }
         pool::give_f32(per_head);
         Ok(merged)
-    }
-}
-
-/// Where one head's rows of the fused `qkv` output `[batch * n, 3 * d]` lie.
-struct HeadSplit {
-    n: usize,
-    d: usize,
-    heads: usize,
-    /// 0, 1, 2 for q, k, v.
-    part: usize,
-}
-
-impl HeadSplit {
-    /// `convert(src, dst)` of every head row (`d / heads` values), into a buffer from `alloc`
-    /// in head-major `[batch, heads, n, d / heads]` order.
-    fn gather<T: Copy + Send>(
-        &self,
-        qkv: &[f32],
-        batch: usize,
-        alloc: impl FnOnce(usize) -> Vec<T>,
-        convert: impl Fn(&[f32], &mut [T]) + Sync,
-    ) -> Vec<T> {
-        let (n, d, heads) = (self.n, self.d, self.heads);
-        let hd = d / heads;
-        let mut out = alloc(batch * n * d);
-        out.par_chunks_mut(n * hd)
-            .enumerate()
-            .for_each(|(bh, dst)| {
-                let (b, h) = (bh / heads, bh % heads);
-                for (t, o) in dst.chunks_exact_mut(hd).enumerate() {
-                    let src = (b * n + t) * 3 * d + self.part * d + h * hd;
-                    convert(&qkv[src..src + hd], o);
-                }
-            });
-        out
     }
 }
 
