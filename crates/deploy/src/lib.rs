@@ -307,9 +307,12 @@ impl IntModel {
 
     /// Logits `[batch, num_classes]` (row-major) for normalized images `[batch, c, h, w]`.
     pub fn forward(&self, images: &[f32], batch: usize) -> Result<Vec<f32>> {
-        match &self.net {
+        // The whole forward runs on one of rayon's workers: its ~60 parallel regions then fork
+        // by work stealing instead of each injecting a job from outside the pool and parking
+        // the caller (the scheduler's share of a batch-1 forward).
+        rayon::scope(|_| match &self.net {
             Net::Vit(n) => n.forward(&self.gemm, images, batch),
-        }
+        })
     }
 
     /// [`IntModel::forward`] on a burn tensor (copied to the host and back).

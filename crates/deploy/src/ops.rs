@@ -104,10 +104,10 @@ pub(crate) mod pool {
     }
 }
 
-/// Below this many values an element-wise pass runs on the calling thread: waking the pool
-/// and joining cost more than the pass itself (one DeiT-S image is 75 K values per activation;
-/// a batch-1 forward used to spend ~15 % of its time in the scheduler).
-pub(crate) const PARALLEL_FROM: usize = 1 << 17;
+/// Below this many values an element-wise pass runs on the calling thread: splitting it costs
+/// more than the pass itself (a batch-1 forward spent ~15 % of its time in the scheduler
+/// before this and [`crate::IntModel::forward`]'s running on a pool worker).
+pub(crate) const PARALLEL_FROM: usize = 1 << 14;
 
 /// `f(out_chunk, in_chunk)` over matching chunks of `out` and `x`; parallel only when `x` has
 /// at least [`PARALLEL_FROM`] values.
