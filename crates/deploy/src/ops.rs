@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmOptions, PackedBMatrix};
 use rten_tensor::Matrix;
 
-use crate::simd;
+use crate::simd::{self, Quant};
 
 thread_local! {
     /// rten's executor is `!Send`; one per thread.
@@ -159,23 +159,30 @@ pub(crate) fn sgemm(
         .map_err(|e| bad("gemm", e.to_string()))
 }
 
-/// [`ActQuant::quantize_one`] for a whole slice, bit for bit, without `round_ties_even`'s
-/// libm call (x86-64's baseline has no SSE4.1 `roundss`, so it is a function call per value):
-/// adding and subtracting `1.5 · 2^23` rounds half to even in the default rounding mode for
-/// `|y| ≤ 2^22`, and larger values clamp to the end codes either way.
+/// [`ActQuant::quantize_one`] for a whole slice, bit for bit: AVX-512 where it runs, else
+/// [`Quant::code`] per value.
 pub(crate) fn quantize_u8(q: &ActQuant, x: &[f32]) -> Vec<u8> {
-    let r = U8Rounder::new(q);
-    let sq = simd::Quant::new(q);
+    map_quantize(q, x, false)
+}
+
+/// `x`, or `GELU(x)` with `gelu`, quantized with `q` into a pooled buffer.
+fn map_quantize(q: &ActQuant, x: &[f32], gelu: bool) -> Vec<u8> {
+    let r = Quant::new(q);
     let mut out = pool::u8s(x.len());
     zip_chunks(&mut out, 1 << 14, x, 1 << 14, |o, x| {
         #[cfg(target_arch = "x86_64")]
         if simd::available() {
             // Safety: `available()` checked the CPU features.
-            return unsafe { simd::x86::quantize(x, &sq, o) };
+            return unsafe {
+                if gelu {
+                    simd::x86::gelu_quantize(x, &r, o)
+                } else {
+                    simd::x86::quantize(x, &r, o)
+                }
+            };
         }
-        let _ = &sq;
         for (o, &v) in o.iter_mut().zip(x) {
-            *o = r.code(v);
+            *o = r.code(if gelu { gelu_one(v) } else { v });
         }
     });
     out
@@ -186,11 +193,9 @@ pub(crate) fn quantize_scaled(q: &ActQuant, mul: Option<f32>, x: &[f32], out: &m
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
         // Safety: `available()` checked the CPU features.
-        return unsafe {
-            simd::x86::quantize_scaled(x, mul.unwrap_or(1.0), &simd::Quant::new(q), out)
-        };
+        return unsafe { simd::x86::quantize_scaled(x, mul.unwrap_or(1.0), &Quant::new(q), out) };
     }
-    let r = U8Rounder::new(q);
+    let r = Quant::new(q);
     for (o, &v) in out.iter_mut().zip(x) {
         *o = r.code(mul.map_or(v, |s| v * s));
     }
@@ -199,53 +204,7 @@ pub(crate) fn quantize_scaled(q: &ActQuant, mul: Option<f32>, x: &[f32], out: &m
 /// GELU of `x` quantized with `q` (the input of the next integer linear), without an `f32`
 /// buffer in between.
 pub(crate) fn gelu_u8(q: &ActQuant, x: &[f32]) -> Vec<u8> {
-    let r = U8Rounder::new(q);
-    let sq = simd::Quant::new(q);
-    let mut out = pool::u8s(x.len());
-    zip_chunks(&mut out, 1 << 14, x, 1 << 14, |o, x| {
-        #[cfg(target_arch = "x86_64")]
-        if simd::available() {
-            // Safety: `available()` checked the CPU features.
-            return unsafe { simd::x86::gelu_quantize(x, &sq, o) };
-        }
-        let _ = &sq;
-        for (o, &v) in o.iter_mut().zip(x) {
-            *o = r.code(gelu_one(v));
-        }
-    });
-    out
-}
-
-/// The per-value arithmetic of [`quantize_u8`], for kernels that quantize as they copy.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct U8Rounder {
-    s: f32,
-    z: f32,
-    lo: f32,
-    hi: f32,
-}
-
-impl U8Rounder {
-    pub fn new(q: &ActQuant) -> Self {
-        let (lo, hi) = q.code_range();
-        U8Rounder {
-            s: q.scale(),
-            z: q.zero_point() as f32,
-            lo: lo as f32,
-            hi: hi as f32,
-        }
-    }
-
-    #[inline]
-    pub fn code(&self, v: f32) -> u8 {
-        const MAGIC: f32 = 12_582_912.0;
-        const LIMIT: f32 = 4_194_304.0;
-        let y = (v / self.s).clamp(-LIMIT, LIMIT);
-        let r = (y + MAGIC) - MAGIC;
-        let c = (r + self.z).clamp(self.lo, self.hi);
-        // NaN fails both comparisons of `clamp` and maps to `lo`, as in `quantize_one`.
-        if c.is_nan() { self.lo as u8 } else { c as u8 }
-    }
+    map_quantize(q, x, true)
 }
 
 /// How a linear (or the patch-embedding convolution, as a linear over patches) computes.
@@ -804,8 +763,7 @@ impl Norm {
     /// The normalised rows quantized with `q` (the input of the next integer linear).
     pub fn forward_u8(&self, x: &[f32], q: &ActQuant) -> Vec<u8> {
         let d = self.gamma.len();
-        let r = U8Rounder::new(q);
-        let sq = simd::Quant::new(q);
+        let r = Quant::new(q);
         let mut out = pool::u8s(x.len());
         zip_chunks(&mut out, d * ROWS_PER_TASK, x, d * ROWS_PER_TASK, |o, x| {
             let mut row = vec![0f32; d];
@@ -813,10 +771,9 @@ impl Norm {
                 #[cfg(target_arch = "x86_64")]
                 if simd::available() {
                     // Safety: `available()` checked the CPU features.
-                    unsafe { self.row_u8_avx512(x, &sq, o) };
+                    unsafe { self.row_u8_avx512(x, &r, o) };
                     continue;
                 }
-                let _ = &sq;
                 self.row(x, &mut row);
                 for (o, &v) in o.iter_mut().zip(&row) {
                     *o = r.code(v);
@@ -950,16 +907,11 @@ mod tests {
         }
     }
 
-    /// A deterministic stream of values in `[lo, hi)`.
+    /// `n` deterministic values spread over `[lo, hi)` (a golden-ratio sequence from `seed`).
     fn values(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
-        let mut state = seed | 1;
+        const PHI: f64 = 0.618_033_988_749_895;
         (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                lo + (hi - lo) * ((state >> 40) as f32 / (1u64 << 24) as f32)
-            })
+            .map(|i| lo + (hi - lo) * ((seed as f64 + i as f64) * PHI).fract() as f32)
             .collect()
     }
 
@@ -968,7 +920,7 @@ mod tests {
     #[test]
     fn fused_norm_gelu_and_softmax_match_the_scalar_path() {
         let q = ActQuant::new(0.02, 128, BitWidth::new(8).unwrap()).unwrap();
-        let r = U8Rounder::new(&q);
+        let r = Quant::new(&q);
         let compare = |got: &[u8], want: &[u8], what: &str| {
             let off = got.iter().zip(want).filter(|(a, b)| a != b).count();
             let far = got.iter().zip(want).any(|(&a, &b)| a.abs_diff(b) > 1);

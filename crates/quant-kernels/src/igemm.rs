@@ -438,12 +438,29 @@ impl IntGemm {
         out_quant: ActQuant,
         out: &mut [u8],
     ) -> Result<()> {
+        self.requantize(a, m, a_quant, w, bias, out_quant, false, out)
+    }
+
+    /// [`IntGemm::gemm_u8`] and [`IntGemm::gemm_gelu_u8`].
+    #[allow(clippy::too_many_arguments)]
+    fn requantize(
+        &self,
+        a: &[u8],
+        m: usize,
+        a_quant: ActQuant,
+        w: &PreparedWeights,
+        bias: Option<&[f32]>,
+        out_quant: ActQuant,
+        gelu: bool,
+        out: &mut [u8],
+    ) -> Result<()> {
         check_bias(bias, w.out_features())?;
         self.with_weights(a, m, w, |rhs| {
-            let epi = Epi::Requant {
-                sa: a_quant.scale,
-                bias,
-                out: out_quant,
+            let (sa, o) = (a_quant.scale, out_quant);
+            let epi = if gelu {
+                Epi::GeluRequant { sa, bias, out: o }
+            } else {
+                Epi::Requant { sa, bias, out: o }
             };
             self.run(a, m, a_quant.zero_point, &rhs, out, epi)
         })
@@ -465,15 +482,7 @@ impl IntGemm {
         out_quant: ActQuant,
         out: &mut [u8],
     ) -> Result<()> {
-        check_bias(bias, w.out_features())?;
-        self.with_weights(a, m, w, |rhs| {
-            let epi = Epi::GeluRequant {
-                sa: a_quant.scale,
-                bias,
-                out: out_quant,
-            };
-            self.run(a, m, a_quant.zero_point, &rhs, out, epi)
-        })
+        self.requantize(a, m, a_quant, w, bias, out_quant, true, out)
     }
 
     /// `u8 × u8` product of two per-tensor quantized activations (attention's `Q · Kᵀ` with
@@ -747,9 +756,15 @@ enum Epi<'a> {
 trait OutElem: Copy + Send + Sync + Default + 'static {
     /// 0, 1, 2 for `i32`, `f32`, `u8` (what the own kernel's epilogue stores).
     const KIND: u8;
-    fn from_i32(v: i32) -> Self;
-    fn from_f32(v: f32) -> Self;
-    fn from_u8(v: u8) -> Self;
+    fn from_i32(_: i32) -> Self {
+        unreachable!("this output has no i32 epilogue")
+    }
+    fn from_f32(_: f32) -> Self {
+        unreachable!("this output has no f32 epilogue")
+    }
+    fn from_u8(_: u8) -> Self {
+        unreachable!("this output has no u8 epilogue")
+    }
 }
 
 impl OutElem for i32 {
@@ -757,35 +772,17 @@ impl OutElem for i32 {
     fn from_i32(v: i32) -> Self {
         v
     }
-    fn from_f32(_: f32) -> Self {
-        unreachable!("an i32 output has no f32 epilogue")
-    }
-    fn from_u8(_: u8) -> Self {
-        unreachable!("an i32 output has no u8 epilogue")
-    }
 }
 
 impl OutElem for f32 {
     const KIND: u8 = 1;
-    fn from_i32(_: i32) -> Self {
-        unreachable!("an f32 output has no i32 epilogue")
-    }
     fn from_f32(v: f32) -> Self {
         v
-    }
-    fn from_u8(_: u8) -> Self {
-        unreachable!("an f32 output has no u8 epilogue")
     }
 }
 
 impl OutElem for u8 {
     const KIND: u8 = 2;
-    fn from_i32(_: i32) -> Self {
-        unreachable!("a u8 output has no i32 epilogue")
-    }
-    fn from_f32(_: f32) -> Self {
-        unreachable!("a u8 output has no f32 epilogue")
-    }
     fn from_u8(v: u8) -> Self {
         v
     }
