@@ -623,9 +623,11 @@ impl FastLog {
                 let rest = m & !pos & !nan;
                 let code = _mm512_mask_mov_epi32(code, rest, _mm512_set1_epi32(last));
                 let code = _mm512_mask_mov_epi32(code, nan, _mm512_setzero_si512());
+                // Searched lanes hold the `SEARCH` sentinel, not a code: they are not gathered
+                // (the scalar search below fills them).
                 let v = _mm512_mask_i32gather_ps::<4>(
                     _mm512_setzero_ps(),
-                    m,
+                    m & !search,
                     code,
                     self.values.as_ptr().cast(),
                 );
