@@ -361,6 +361,15 @@ unsafe fn tile<const R: usize, const W8: bool, T: OutElem>(t: &Tile<T>, ep: &Epi
             }
         }
     }
+    // The sums leave the registers once, into an uninitialised stash the epilogue reads: with
+    // the epilogue indexing `acc` itself, the array lived on the stack and every tile began
+    // with a `memset` of it.
+    let mut stash = [std::mem::MaybeUninit::<__m512i>::uninit(); 24];
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, a) in acc.iter().enumerate() {
+            stash[4 * r + v].write(*a);
+        }
+    }
     for (v, c) in (0..4).map(|v| (v, t.col0 + 16 * v)) {
         let valid = t.cols.saturating_sub(16 * v).min(16);
         if valid == 0 {
@@ -380,8 +389,9 @@ unsafe fn tile<const R: usize, const W8: bool, T: OutElem>(t: &Tile<T>, ep: &Epi
                 .map(|z| _mm512_loadu_si512(z.as_ptr().add(c).cast()));
             let scale = _mm512_loadu_ps(ep.scale.as_ptr().add(c));
             let bias = _mm512_loadu_ps(ep.bias.as_ptr().add(c));
-            for (r, acc) in acc.iter().enumerate() {
-                let mut s = _mm512_add_epi32(acc[v], cc);
+            for r in 0..R {
+                // Safety: the first `4 · R` entries were written above.
+                let mut s = _mm512_add_epi32(stash[4 * r + v].assume_init(), cc);
                 if let Some(zero) = zero {
                     let rs = _mm512_set1_epi32(ep.row_sums[t.row0 + r]);
                     s = _mm512_sub_epi32(s, _mm512_mullo_epi32(zero, rs));
