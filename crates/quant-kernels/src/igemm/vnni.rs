@@ -126,6 +126,25 @@ pub fn build_panels(w: &PackedWeights, offset: u8) -> Vec<u8> {
 /// Panels of an `i8` right-hand side given as a `[K, N]` view with `strides` (attention
 /// operands, rebuilt per call).
 pub fn build_panels_i8(b: &[i8], n: usize, k: usize, strides: [usize; 2]) -> Vec<u8> {
+    if strides == [1, k] && k.is_multiple_of(4) {
+        // `[N, K]` rows (attention's keys): in the 8-bit layout, 32-bit word `c` of group `g`
+        // is channel `c`'s inputs `4g..4g + 4`, i.e. word `g` of its row — a word transpose.
+        let groups = k / 4;
+        let panels = n.div_ceil(NR);
+        let mut out = vec![0u8; panels * groups * 256];
+        for (p, panel) in out.chunks_exact_mut(groups * 256).enumerate() {
+            for c in 0..NR.min(n - p * NR) {
+                let row = &b[(p * NR + c) * k..(p * NR + c + 1) * k];
+                for (g, word) in row.chunks_exact(4).enumerate() {
+                    let dst = &mut panel[g * 256 + 4 * c..g * 256 + 4 * c + 4];
+                    for (d, &v) in dst.iter_mut().zip(word) {
+                        *d = v as u8;
+                    }
+                }
+            }
+        }
+        return out;
+    }
     build(n, k, 8, |ch, r| {
         for (kk, v) in r.iter_mut().enumerate() {
             *v = b[kk * strides[0] + ch * strides[1]] as u8;
