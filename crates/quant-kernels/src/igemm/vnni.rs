@@ -421,15 +421,26 @@ unsafe fn tile<const R: usize, const W8: bool, T: OutElem>(t: &Tile<T>, ep: &Epi
                     continue;
                 }
                 let y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), scale), bias);
+                // The GELU path is approximate anyway: it scales by the reciprocal step (a
+                // multiplication, not a ~10-cycle division per vector); exact requantization
+                // divides, as `ActQuant::quantize_one` does.
                 let (y, out) = match ep.out {
                     OutKind::GeluU8 { s, z, lo, hi } => {
-                        (crate::vmath::x86::gelu16(y), OutKind::U8 { s, z, lo, hi })
+                        let g = crate::vmath::x86::gelu16(y);
+                        (
+                            _mm512_mul_ps(g, _mm512_set1_ps(1.0 / s)),
+                            OutKind::U8 { s: 1.0, z, lo, hi },
+                        )
                     }
                     other => (y, other),
                 };
                 match out {
                     OutKind::U8 { s, z, lo, hi } => {
-                        let q = _mm512_div_ps(y, _mm512_set1_ps(s));
+                        let q = if s == 1.0 {
+                            y
+                        } else {
+                            _mm512_div_ps(y, _mm512_set1_ps(s))
+                        };
                         let q = _mm512_roundscale_ps::<
                             { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
                         >(q);
