@@ -407,6 +407,10 @@ pub(crate) struct FastLog {
     above_i32: Vec<i32>,
     /// The count as arithmetic on the bit pattern, where it was verified (see [`Octaves`]).
     octaves: Option<Octaves>,
+    /// Codes `0..=scaled_upto` whose level equals `values[code % d] · 2^(−⌊code / d⌋)` bit for
+    /// bit (all normal levels: rounding commutes with scaling by powers of 2), so the vector
+    /// path computes them with `vscalefps` instead of a gather; `None`: always gather.
+    scaled_upto: Option<i32>,
 }
 
 /// The threshold count of a positive normal `y` as arithmetic on its bits: the unit thresholds
@@ -523,8 +527,22 @@ impl FastLog {
             values,
             above_i32,
             octaves: None,
+            scaled_upto: None,
         };
         f.octaves = Octaves::derive(&f, d as i32);
+        let per = d as usize;
+        // `values[k % d] · 2^(−⌊k / d⌋)`, exact while the power of 2 is normal.
+        let scaled = |k: usize| {
+            let j = (k / per) as u32;
+            (j < 126).then(|| f.values[k % per] * f32::from_bits((127 - j) << 23))
+        };
+        f.scaled_upto = (0..n)
+            .take_while(|&k| {
+                f.values[k].is_normal()
+                    && scaled(k).is_some_and(|v| v.to_bits() == f.values[k].to_bits())
+            })
+            .last()
+            .map(|k| k as i32);
         f
     }
 
@@ -557,6 +575,15 @@ impl FastLog {
             };
             (o, widen(o.base), widen(o.mant_thr.map(|m| m as i32)))
         });
+        let scaled_upto = self.scaled_upto;
+        let two_per_octave = self.q.base().levels_per_octave() == 2;
+        let level01 = {
+            let mut v = [0f32; 16];
+            v[0] = self.values[0];
+            v[1] = self.values[1];
+            // Safety: reads 16 `f32` from a 16-entry array.
+            unsafe { _mm512_loadu_ps(v.as_ptr()) }
+        };
         for xs in x.chunks_mut(16) {
             let m = simd::x86::tail_mask(xs.len());
             let mut orig = [0f32; 16];
@@ -625,9 +652,30 @@ impl FastLog {
                 let code = _mm512_mask_mov_epi32(code, nan, _mm512_setzero_si512());
                 // Searched lanes hold the `SEARCH` sentinel, not a code: they are not gathered
                 // (the scalar search below fills them).
+                // Levels by scaling where verified, else (deep levels, no formula) gathered.
+                let (by_scale, v) = match scaled_upto {
+                    Some(upto) => {
+                        let by_scale =
+                            m & !search & _mm512_cmple_epi32_mask(code, _mm512_set1_epi32(upto));
+                        // d is 1 or 2: ⌊code / d⌋ is a shift, `code % d` a mask.
+                        let j = _mm512_srli_epi32::<1>(code);
+                        let (j, r) = if two_per_octave {
+                            (j, _mm512_and_si512(code, _mm512_set1_epi32(1)))
+                        } else {
+                            (code, _mm512_setzero_si512())
+                        };
+                        let base = _mm512_permutexvar_ps(r, level01);
+                        let v = _mm512_scalef_ps(
+                            base,
+                            _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_setzero_si512(), j)),
+                        );
+                        (by_scale, _mm512_maskz_mov_ps(by_scale, v))
+                    }
+                    None => (0, _mm512_setzero_ps()),
+                };
                 let v = _mm512_mask_i32gather_ps::<4>(
-                    _mm512_setzero_ps(),
-                    m & !search,
+                    v,
+                    m & !search & !by_scale,
                     code,
                     self.values.as_ptr().cast(),
                 );
@@ -1001,6 +1049,13 @@ mod tests {
                     assert!(
                         fast.octaves.is_some(),
                         "per-octave formula for {bits} bits {base:?}"
+                    );
+                    // Level values by scaling, at least over the normal levels of 4 bits.
+                    assert!(
+                        fast.scaled_upto
+                            .is_some_and(|k| k as usize >= (1usize << bits).min(16) - 1),
+                        "scaled levels for {bits} bits {base:?}: {:?}",
+                        fast.scaled_upto
                     );
                     // Exactly on the thresholds and one ulp around them, too.
                     let mut all = xs.clone();
