@@ -482,12 +482,15 @@ fn gemm_table(device: &Device, repeat: usize) -> Result<()> {
     ] {
         let ops = 2.0 * (m * n * k) as f64;
         let a: Vec<u8> = (0..m * k).map(|i| (i * 7 % 251) as u8).collect();
+        // Best of at least `repeat` calls spread over at least 0.3 s: a single call is ~1 ms,
+        // and a shared machine's interruptions last longer than a few of them.
         let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-            let mut best = f64::MAX;
-            for _ in 0..repeat.max(5) {
+            let (mut best, start, mut calls) = (f64::MAX, Instant::now(), 0);
+            while calls < repeat.max(5) || start.elapsed().as_secs_f64() < 0.3 {
                 let t = Instant::now();
                 f()?;
                 best = best.min(t.elapsed().as_secs_f64());
+                calls += 1;
             }
             Ok(ops / best / 1e9)
         };
