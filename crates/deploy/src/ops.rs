@@ -816,14 +816,17 @@ impl Norm {
         let r = Quant::new(q);
         let mut out = pool::u8s(x.len());
         zip_chunks(&mut out, d * ROWS_PER_TASK, x, d * ROWS_PER_TASK, |o, x| {
-            let mut row = vec![0f32; d];
-            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                #[cfg(target_arch = "x86_64")]
-                if simd::available() {
+            #[cfg(target_arch = "x86_64")]
+            if simd::available() {
+                for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                     // Safety: `available()` checked the CPU features.
                     unsafe { self.row_u8_avx512(x, &r, o) };
-                    continue;
                 }
+                return;
+            }
+            // The scalar fallback normalises into a scratch row, then quantizes it.
+            let mut row = vec![0f32; d];
+            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                 self.row(x, &mut row);
                 for (o, &v) in o.iter_mut().zip(&row) {
                     *o = r.code(v);
