@@ -100,6 +100,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ));
     }
     let card = ModelCard::find(&args.model)?;
+    crate::common::print_build();
     match args.suite {
         Suite::Forward => {
             println!("| model | device | batch | images/s | ms per batch |");

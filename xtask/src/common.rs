@@ -7,12 +7,15 @@ use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mixq_core::{Error, Result};
-use mixq_datasets::{Batch, Digits, EvalTransform, ImageFolder, Loader};
+use mixq_datasets::{
+    Batch, ClassificationData, DataError, EvalTransform, IdxDataset, ImageFolder, KnownDataset,
+    LabelledImages, Loader,
+};
+use mixq_qat_trainer::ImageSet;
 use mixq_vit_models::{Model, ModelCard, WeightsSource};
 
-/// The digits train/test split is fixed: the shipped checkpoints were trained on split 0, and
-/// every `--seed` must evaluate on the same held-out images (seeds vary sampling and init only).
-pub const DIGITS_SPLIT_SEED: u64 = 0;
+/// Separates the calibration sample's shuffle from other uses of the same `--seed`.
+const CALIBRATION_SALT: u64 = 0x00ca_11b0;
 
 /// The compute backend, chosen at the command line only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -126,7 +129,110 @@ impl ModelArgs {
     }
 }
 
-/// Images for evaluation: the digits test split or an ImageNet-style folder.
+/// What `--data` names, resolved: an in-memory data set with its fixed splits, or an
+/// ImageNet-style folder.
+pub enum DataSource {
+    /// digits, Fashion-MNIST, MNIST or a folder of IDX files.
+    InMemory(Box<ClassificationData>),
+    /// An ImageNet-style folder (one sub-folder per class).
+    Folder(PathBuf),
+}
+
+/// Resolves `--data` for `card`: a known data set's name (`digits`, `fashion-mnist`,
+/// `mnist`; a folder of that name needs a path such as `./mnist`), a folder holding the four
+/// IDX files, or an ImageNet-style folder; without `--data`, the data set the card names.
+pub fn open_data(card: &ModelCard, data: Option<&Path>) -> Result<DataSource> {
+    let known = |name: &str| {
+        KnownDataset::from_name(name).filter(|_| !name.contains(std::path::MAIN_SEPARATOR))
+    };
+    let source = match data {
+        Some(dir) => match dir.to_str().and_then(known) {
+            Some(set) => in_memory(set.open(), Path::new(set.name()))?,
+            None if IdxDataset::is_idx_dir(dir) || holds_idx_file(dir) => {
+                in_memory(ClassificationData::from_idx(dir, None), dir)?
+            }
+            None => DataSource::Folder(dir.to_path_buf()),
+        },
+        None => match card.dataset.as_deref().and_then(KnownDataset::from_name) {
+            Some(set) => in_memory(set.open(), Path::new(set.name()))?,
+            None => {
+                return Err(Error::invalid(
+                    "--data",
+                    "(none)",
+                    format!(
+                        "model '{}' needs data: pass --data DIR (an ImageNet-style folder or \
+                         a folder of IDX files) or --data fashion-mnist|mnist|digits",
+                        card.aliases[0]
+                    ),
+                ));
+            }
+        },
+    };
+    if let DataSource::InMemory(set) = &source {
+        let want = [
+            card.arch.in_chans(),
+            card.preprocess.img_size,
+            card.preprocess.img_size,
+        ];
+        if set.test.image_shape != want {
+            return Err(Error::invalid(
+                "--data",
+                &set.name,
+                format!(
+                    "holds {:?} images, model '{}' takes {want:?}",
+                    set.test.image_shape, card.aliases[0]
+                ),
+            ));
+        }
+    }
+    Ok(source)
+}
+
+fn in_memory(
+    set: std::result::Result<ClassificationData, DataError>,
+    path: &Path,
+) -> Result<DataSource> {
+    set.map(|s| DataSource::InMemory(Box::new(s)))
+        .map_err(|e| data_error(path, e))
+}
+
+/// Whether `dir` holds at least one of the four IDX files (so a missing one is an error, not
+/// a fall-back to an image folder).
+fn holds_idx_file(dir: &Path) -> bool {
+    mixq_datasets::idx::IDX_FILES
+        .iter()
+        .any(|n| dir.join(n).is_file() || dir.join(format!("{n}.gz")).is_file())
+}
+
+/// The in-memory data set of `card` (or `--data`) with its fixed splits; `command` names the
+/// command that needs one in the error for an image folder.
+pub fn classification_data(
+    card: &ModelCard,
+    data: Option<&Path>,
+    command: &str,
+) -> Result<ClassificationData> {
+    match open_data(card, data)? {
+        DataSource::InMemory(set) => Ok(*set),
+        DataSource::Folder(dir) => Err(Error::invalid(
+            "--data",
+            dir.display(),
+            format!(
+                "{command} needs a data set in memory: digits, fashion-mnist, mnist or a folder \
+                 of the four IDX files"
+            ),
+        )),
+    }
+}
+
+/// Normalised images of `set` (`(v / max - mean) / std`) for the trainers.
+pub fn image_set(set: &LabelledImages, name: &str, mean: f32, std: f32) -> Result<ImageSet> {
+    let images = set
+        .normalised(mean, std)
+        .map_err(|e| data_error(Path::new(name), e))?;
+    ImageSet::new(images, set.image_shape, set.labels.clone())
+}
+
+/// Images for evaluation: the test split of an in-memory data set or an ImageNet-style folder.
 pub struct EvalData {
     pub batches: Box<dyn Iterator<Item = Batch>>,
     pub len: usize,
@@ -147,55 +253,73 @@ impl EvalData {
             return Err(Error::invalid("--limit", 0, "must be at least 1"));
         }
         let pre = &card.preprocess;
-        match data {
-            Some(dir) => {
-                let folder = ImageFolder::new(dir).map_err(|e| data_error(dir, e))?;
-                let transform = EvalTransform {
-                    img_size: pre.img_size,
-                    crop_pct: pre.crop_pct,
-                    mean: channel3(&pre.mean),
-                    std: channel3(&pre.std),
-                    channels: card.arch.in_chans(),
-                };
-                let loader =
-                    Loader::new(folder, transform, batch, limit).map_err(|e| data_error(dir, e))?;
+        match open_data(card, data)? {
+            DataSource::Folder(dir) => {
+                let folder = ImageFolder::new(&dir).map_err(|e| data_error(&dir, e))?;
+                let mut loader = Loader::new(folder, eval_transform(card), batch, limit)
+                    .map_err(|e| data_error(&dir, e))?;
                 let len = loader.num_samples();
+                // The loader skips unreadable files; decoding the first batch now turns a folder
+                // in which none is readable into an error instead of a table of 0 images.
+                let first = loader
+                    .next()
+                    .ok_or_else(|| no_readable_image(&dir, &loader))?;
                 Ok(EvalData {
-                    batches: Box::new(loader),
+                    batches: Box::new(std::iter::once(first).chain(loader)),
                     len,
                     describe: format!("{} ({len} images)", dir.display()),
                 })
             }
-            None if card.dataset.as_deref() == Some("digits") => {
-                let (_, mut test) = Digits::load().split(DIGITS_SPLIT_SEED);
+            DataSource::InMemory(set) => {
+                let mut test = set.test;
                 if let Some(n) = limit {
                     test.truncate(n);
                 }
                 let len = test.len();
                 let batches: Vec<Batch> = test
                     .batches(batch, pre.mean[0], pre.std[0])
-                    .map_err(|e| data_error(Path::new("digits"), e))?
+                    .map_err(|e| data_error(Path::new(&set.name), e))?
                     .collect();
                 Ok(EvalData {
                     batches: Box::new(batches.into_iter()),
                     len,
-                    describe: format!("digits test split ({len} images)"),
+                    describe: format!("{} test split ({len} images)", set.name),
                 })
             }
-            None => Err(Error::invalid(
-                "--data",
-                "(none)",
-                format!(
-                    "model '{}' needs an ImageNet-style folder: pass --data DIR",
-                    card.aliases[0]
-                ),
-            )),
         }
     }
 }
 
 fn channel3(v: &[f32]) -> [f32; 3] {
     [v[0], *v.get(1).unwrap_or(&v[0]), *v.get(2).unwrap_or(&v[0])]
+}
+
+/// Prints which build a benchmark measures, and warns when its kernels are not optimised.
+pub fn print_build() {
+    let build = mixq_deploy::BuildInfo::current();
+    println!("build: {build}");
+    if !build.is_optimised() {
+        tracing::warn!(
+            "this build is not optimised ({build}): timings are not representative; \
+             build as the README does (cargo xtask ...) with the workspace's profile settings"
+        );
+    }
+}
+
+/// The error for a folder whose every file the loader had to skip.
+fn no_readable_image(dir: &Path, loader: &Loader) -> Error {
+    let first = loader
+        .skipped_files()
+        .first()
+        .map(|(p, why)| format!("; first: {} ({why})", p.display()))
+        .unwrap_or_default();
+    data_error(
+        dir,
+        format!(
+            "no readable image: all {} files were skipped as unreadable or corrupt{first}",
+            loader.skipped()
+        ),
+    )
 }
 
 pub fn data_error(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -225,7 +349,8 @@ pub fn progress(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// `n` calibration images, a seeded sample: from the digits train split, or from `folder`
+/// `n` calibration images, a seeded sample: from the in-memory data set's calibration pool
+/// (the validation split; digits: the train split), or from `folder`
 /// (a training-split folder). Fewer available than asked is a warning, not an error.
 pub fn calibration_images(
     card: &ModelCard,
@@ -249,51 +374,46 @@ pub fn sample_batch(
     seed: u64,
     what: &str,
 ) -> Result<Batch> {
-    use rand::SeedableRng;
-    use rand::seq::SliceRandom;
     if n == 0 {
         return Err(Error::invalid(what, 0, "must be at least 1"));
     }
     let pre = &card.preprocess;
-    let batch = match folder {
-        Some(dir) => {
-            let folder = ImageFolder::new(dir).map_err(|e| data_error(dir, e))?;
+    let source = match folder {
+        Some(dir) => open_data(card, Some(dir))?,
+        None => match open_data(card, None) {
+            Ok(source) => source,
+            Err(_) if card.dataset.is_none() => {
+                return Err(Error::invalid(
+                    "--calib-data",
+                    "(none)",
+                    format!(
+                        "model '{}' needs calibration images: pass --calib-data DIR (a \
+                         training-split folder)",
+                        card.aliases[0]
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let batch = match source {
+        DataSource::Folder(dir) => {
+            let folder = ImageFolder::new(&dir).map_err(|e| data_error(&dir, e))?;
             let available = folder.len();
             let folder = folder.subset(n.min(available), seed);
-            let transform = eval_transform(card);
-            let mut loader =
-                Loader::new(folder, transform, n, None).map_err(|e| data_error(dir, e))?;
+            let mut loader = Loader::new(folder, eval_transform(card), n, None)
+                .map_err(|e| data_error(&dir, e))?;
             loader
                 .next()
-                .ok_or_else(|| data_error(dir, "no decodable calibration image"))?
+                .ok_or_else(|| no_readable_image(&dir, &loader))?
         }
-        None if card.dataset.as_deref() == Some("digits") => {
-            let (train, _) = Digits::load().split(DIGITS_SPLIT_SEED);
-            let mut order: Vec<usize> = (0..train.len()).collect();
-            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-                seed ^ 0x00ca_11b0,
-            ));
-            order.truncate(n);
-            let pick = mixq_datasets::Split {
-                indices: order.iter().map(|&i| train.indices[i]).collect(),
-                images: order.iter().map(|&i| train.images[i]).collect(),
-                labels: order.iter().map(|&i| train.labels[i]).collect(),
-            };
-            pick.batches(n, pre.mean[0], pre.std[0])
-                .map_err(|e| data_error(Path::new("digits"), e))?
-                .next()
-                .expect("the digits train split is not empty")
-        }
-        None => {
-            return Err(Error::invalid(
-                "--calib-data",
-                "(none)",
-                format!(
-                    "model '{}' needs calibration images: pass --calib-data DIR (a training-split folder)",
-                    card.aliases[0]
-                ),
-            ));
-        }
+        DataSource::InMemory(set) => set
+            .calibration_pool()
+            .sample(n, seed, CALIBRATION_SALT)
+            .batches(n, pre.mean[0], pre.std[0])
+            .map_err(|e| data_error(Path::new(&set.name), e))?
+            .next()
+            .ok_or_else(|| data_error(Path::new(&set.name), "no calibration image"))?,
     };
     if batch.len() < n {
         tracing::warn!(

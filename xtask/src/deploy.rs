@@ -341,6 +341,7 @@ pub fn bench_int(args: BenchIntArgs) -> Result<()> {
     let card = ModelCard::find(&args.model)?;
     let device = Device::flex();
     device.seed(args.seed);
+    crate::common::print_build();
     gemm_table(&device, args.repeat)?;
     let model = card.arch.init(&device)?;
     if let Some(path) = &args.save_weights {

@@ -1,11 +1,11 @@
 //! `cargo xtask eval`: accuracy, loss and throughput of a model on a data set.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Tensor;
 use clap::Args;
-use mixq_core::Result;
+use mixq_core::{Error, Result, write_atomic};
 use mixq_ptq::Metrics;
 
 use crate::common::{EvalData, ModelArgs, batch_tensor, progress};
@@ -14,7 +14,8 @@ use crate::common::{EvalData, ModelArgs, batch_tensor, progress};
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// ImageNet-style folder (class sub-folders); digits models default to the digits test split.
+    /// Data: digits, fashion-mnist, mnist, a folder of the four IDX files or an ImageNet-style
+    /// folder; models of a known data set default to its test split.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Evaluate only the first N images.
@@ -23,6 +24,10 @@ pub struct EvalArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Also write every image's logits and label to this safetensors file (`logits` F32
+    /// `[n, classes]`, `labels` I64 `[n]`), for peer checks such as tools/timm_peer_check.py.
+    #[arg(long)]
+    pub logits: Option<PathBuf>,
 }
 
 /// Logits as host values (this also waits for the device).
@@ -43,6 +48,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let bar = progress(data.len, "eval");
     let mut metrics = Metrics::default();
     let mut forward_secs = 0.0;
+    let (mut all_logits, mut all_labels) = (Vec::new(), Vec::new());
     for batch in data.batches {
         if batch.is_empty() {
             continue;
@@ -52,10 +58,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let logits = logits_vec(model.forward(x));
         forward_secs += start.elapsed().as_secs_f64();
         metrics.add(&logits, &batch.labels, None);
+        if args.logits.is_some() {
+            all_logits.extend_from_slice(&logits);
+            all_labels.extend(batch.labels.iter().map(|&l| l as i64));
+        }
         bar.inc(batch.len() as u64);
         bar.set_message(format!("top-1 {:.2}%", metrics.top1_pct()));
     }
     bar.finish_and_clear();
+    if let Some(path) = &args.logits {
+        write_logits(path, &all_logits, &all_labels)?;
+    }
 
     println!("| model | data | device | batch | images | top-1 % | top-5 % | CE loss | images/s |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -72,4 +85,26 @@ pub fn run(args: EvalArgs) -> Result<()> {
         metrics.images as f64 / forward_secs.max(1e-9),
     );
     Ok(())
+}
+
+fn write_logits(path: &Path, logits: &[f32], labels: &[i64]) -> Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let n = labels.len().max(1);
+    let (lb, yb): (Vec<u8>, Vec<u8>) = (
+        logits.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        labels.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    );
+    let bad = |e: safetensors::SafeTensorError| Error::parse(path, e.to_string());
+    let views = vec![
+        (
+            "logits",
+            TensorView::new(Dtype::F32, vec![labels.len(), logits.len() / n], &lb).map_err(bad)?,
+        ),
+        (
+            "labels",
+            TensorView::new(Dtype::I64, vec![labels.len()], &yb).map_err(bad)?,
+        ),
+    ];
+    let bytes = safetensors::serialize(views, None).map_err(bad)?;
+    write_atomic(path, &bytes)
 }

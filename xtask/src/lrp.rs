@@ -37,7 +37,8 @@ pub struct LrpArgs {
     /// Read site relevance at the site's input instead of its output.
     #[arg(long)]
     pub at_inputs: bool,
-    /// Digits: intensity (0..1) from which a pixel counts as ink in the ink-share figure.
+    /// Grayscale data sets (digits, Fashion-MNIST, MNIST): intensity (0..1) from which a pixel
+    /// counts as ink (foreground) in the ink-share figure.
     #[arg(long, default_value_t = 0.5)]
     pub ink_threshold: f32,
     /// How many images get a heatmap.
@@ -78,7 +79,7 @@ struct ImageResult {
     target: usize,
     target_logit: f32,
     pixel_relevance: f32,
-    /// Digits only: share of |pixel relevance| on ink pixels, and the ink pixels' area share.
+    /// Grayscale data sets only: share of |pixel relevance| on ink pixels, and their area share.
     ink_relevance_share: Option<f64>,
     ink_area_share: Option<f64>,
 }
@@ -196,7 +197,7 @@ pub fn run(args: LrpArgs) -> Result<()> {
         let totals = e.pixel_totals();
         for (i, map) in e.pixel_maps().into_iter().enumerate() {
             let raw = raw_pixels(&chunk.images[i * per_image..(i + 1) * per_image], &card);
-            let (ink_rel, ink_area) = if card.dataset.as_deref() == Some("digits") {
+            let (ink_rel, ink_area) = if card.dataset.is_some() && card.arch.in_chans() == 1 {
                 let (r, a) = ink_shares(&map, &raw, args.ink_threshold);
                 (Some(r), Some(a))
             } else {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod data;
 mod deploy;
 mod eval;
 mod info;
@@ -31,6 +32,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Integer engine vs burn-flex f32 on random weights: images/s and model bytes.
     BenchInt(deploy::BenchIntArgs),
+    /// The data sets mixq knows: where each was found (or how to install it) and its splits.
+    Data(data::DataArgs),
     /// Evaluate a model: top-1/top-5, cross-entropy and images/s.
     Eval(eval::EvalArgs),
     /// Quantize a model and write it for the integer engine (one .safetensors file).
@@ -51,7 +54,7 @@ enum Command {
     RunInt(deploy::RunIntArgs),
     /// Per-site sensitivity sweep (resumable, shardable with --shard k/n, --merge).
     Sensitivity(mixed::SensitivityArgs),
-    /// Train a digits model (reproduces the checkpoints shipped in models/).
+    /// Train a shipped model from its card's recipe (reproduces the checkpoints in models/).
     Train(train::TrainArgs),
 }
 
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::BenchInt(args) => deploy::bench_int(args),
         Command::Export(args) => deploy::export(args),
         Command::RunInt(args) => deploy::run_int(args),
+        Command::Data(args) => data::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Info(args) => info::run(args),
         Command::Allocate(args) => mixed::run_allocate(args),

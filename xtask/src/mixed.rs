@@ -230,7 +230,8 @@ pub struct SensitivityArgs {
     /// Calibration images (a seeded sample of the training split).
     #[arg(long, default_value_t = 32)]
     pub calib: usize,
-    /// Training-split folder for calibration and probe images; digits models use their train split.
+    /// Folder for calibration and probe images (IDX or ImageNet-style); models of a known data set
+    /// use its validation split (digits: its train split).
     #[arg(long)]
     pub calib_data: Option<PathBuf>,
     /// Bits of the image input.
@@ -499,7 +500,7 @@ pub fn make_plans(
 ) -> Result<MixedPlans> {
     let sites = model.sites();
     let candidates = mixed.sweep.candidates()?;
-    if source.calib_data.is_none() && card.dataset.as_deref() != Some("digits") {
+    if source.calib_data.is_none() && card.dataset.is_none() {
         return Err(Error::invalid(
             "--calib-data",
             "(none)",

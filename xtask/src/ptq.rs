@@ -142,6 +142,8 @@ pub fn run(args: PtqArgs) -> Result<()> {
         );
     }
     let card = args.model.card()?;
+    // Bad evaluation data fails before the minutes of calibration.
+    let data = EvalData::open(&card, args.data.as_deref(), args.eval, args.batch)?;
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;
     let sites = model.sites();
@@ -209,7 +211,6 @@ pub fn run(args: PtqArgs) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let data = EvalData::open(&card, args.data.as_deref(), args.eval, args.batch)?;
     let describe = data.describe.clone();
     let bar = progress(data.len, "evaluate");
     let mut fp = Metrics::default();

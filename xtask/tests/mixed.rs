@@ -1,8 +1,6 @@
 //! `ptq --mixed`, `sensitivity` and `allocate` end to end on the shipped digits model.
 
-mod common;
-
-use common::{fails, only_run, tmpdir, xtask};
+use crate::common::{fails, only_run, tmpdir, xtask};
 
 const SMALL: [&str; 12] = [
     "--calib",

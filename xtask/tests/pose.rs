@@ -1,9 +1,7 @@
 //! `cargo xtask pose` and `cargo xtask ptq --model wtpose-*` end to end on small synthetic
 //! sets, with the shipped wtpose-tiny checkpoint where a trained model matters.
 
-mod common;
-
-use common::{fails, ok, only_run, tmpdir};
+use crate::common::{fails, ok, only_run, tmpdir};
 
 const CHECKPOINT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

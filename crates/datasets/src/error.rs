@@ -54,6 +54,27 @@ pub enum DataError {
         source: image::ImageError,
     },
 
+    /// A data file is malformed: wrong magic number, truncated, inconsistent counts, labels
+    /// out of range.
+    #[error("{}: {message}", path.display())]
+    Format {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// A named data set is not installed; the message says how to install it.
+    #[error("data set '{name}' not found (looked in {looked}); {install}")]
+    NotInstalled {
+        /// The data set's name (`fashion-mnist`).
+        name: String,
+        /// The places searched, in order.
+        looked: String,
+        /// How to install it.
+        install: String,
+    },
+
     /// An argument is out of its valid range (batch size 0, limit 0, bad transform).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

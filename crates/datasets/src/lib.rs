@@ -1,4 +1,4 @@
-//! Evaluation data for mixq: image folders, the embedded digits set, and
+//! Evaluation data for mixq: image folders, the embedded digits set, IDX data sets and
 //! timm-exact preprocessing.
 //!
 //! Measuring what quantisation costs means comparing a quantised model with
@@ -12,8 +12,10 @@
 //!
 //! - [`ImageFolder`] + [`Loader`]: ImageNet-style folders (or a flat folder
 //!   with a labels file), decoded and preprocessed in parallel;
-//! - [`Digits`]: the 8x8 handwritten digits set, embedded in the crate, with a
-//!   seeded stratified train/test split, for quick end-to-end runs.
+//! - [`LabelledImages`]: labelled images in memory — the 8x8 digits set
+//!   embedded in the crate ([`Digits`]), and MNIST-style IDX files
+//!   ([`IdxDataset`], raw or gzip) such as Fashion-MNIST and MNIST, opened by
+//!   name with their fixed, seeded, stratified splits ([`KnownDataset`]).
 //!
 //! Both yield [`Batch`]es laid out `[B, C, H, W]`.
 //!
@@ -24,13 +26,24 @@
 //! ```rust
 //! use mixq_datasets::Digits;
 //!
-//! let digits = Digits::load();
-//! let (train, test) = digits.split(42);
+//! let (train, test) = Digits::split(42);
 //! assert_eq!((train.len(), test.len()), (1437, 360));
 //! for batch in test.batches(64, 0.5, 0.5)? {
 //!     assert_eq!(batch.shape[1..], [1, 8, 8]);
 //!     assert_eq!(batch.images.len(), batch.len() * 64);
 //! }
+//! # Ok::<(), mixq_datasets::DataError>(())
+//! ```
+//!
+//! Fashion-MNIST, from Debian's `dataset-fashion-mnist` or `$MIXQ_DATA/fashion-mnist`:
+//!
+//! ```rust,no_run
+//! use mixq_datasets::KnownDataset;
+//!
+//! let data = KnownDataset::FashionMnist.open()?;
+//! assert_eq!((data.train.len(), data.test.len()), (55_000, 10_000));
+//! let calib = data.calibration_pool().sample(32, 0, 0); // from the 5,000 validation images
+//! assert_eq!(calib.image_shape, [1, 28, 28]);
 //! # Ok::<(), mixq_datasets::DataError>(())
 //! ```
 //!
@@ -63,7 +76,10 @@ pub mod coco;
 pub mod cocoeval;
 pub mod digits;
 mod error;
+pub mod idx;
 pub mod image_folder;
+pub mod known;
+mod labelled;
 pub mod pose_dataset;
 pub mod pose_transform;
 pub mod preprocess;
@@ -75,9 +91,12 @@ pub use coco::{
     load_detections, load_keypoint_results, save_keypoint_results,
 };
 pub use cocoeval::{OksParams, OksStats, evaluate_keypoints, evaluate_keypoints_with};
-pub use digits::{Digits, DigitsBatches, Split};
+pub use digits::Digits;
 pub use error::DataError;
+pub use idx::{IdxArray, IdxDataset, read_idx, read_idx_pair};
 pub use image_folder::{ImageFolder, Loader};
+pub use known::{ClassificationData, KnownDataset};
+pub use labelled::{LabelledBatches, LabelledImages};
 pub use pose_dataset::{
     Augment, PoseBatch, PoseItem, PoseMeta, TopDownConfig, TopDownDataset, keypoint_results,
 };

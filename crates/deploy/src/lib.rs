@@ -73,6 +73,46 @@ pub use format::{FORMAT_NAME, FORMAT_VERSION, Header, WeightInfo};
 use format::{Stored, Tensors};
 use vit::VitNet;
 
+/// How the engine was compiled. Its kernels are only fast when optimised without debug
+/// assertions; benchmarks print this and warn otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// Cargo's base profile: `dev` (the README's commands, `cargo test`) or `release`.
+    pub profile: &'static str,
+    /// This crate's optimisation level (`0`..`3`, `s`, `z`).
+    pub opt_level: &'static str,
+    /// Whether this crate was compiled with debug assertions.
+    pub debug_assertions: bool,
+}
+
+impl BuildInfo {
+    /// The build of this crate.
+    pub const fn current() -> Self {
+        BuildInfo {
+            profile: env!("MIXQ_BUILD_PROFILE"),
+            opt_level: env!("MIXQ_BUILD_OPT_LEVEL"),
+            debug_assertions: cfg!(debug_assertions),
+        }
+    }
+
+    /// Whether the kernels run at full speed (opt-level 3, no debug assertions).
+    pub fn is_optimised(&self) -> bool {
+        self.opt_level == "3" && !self.debug_assertions
+    }
+}
+
+impl std::fmt::Display for BuildInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} profile (engine opt-level {}, debug assertions {})",
+            self.profile,
+            self.opt_level,
+            if self.debug_assertions { "on" } else { "off" }
+        )
+    }
+}
+
 /// A linear site's host weights: `[out, in]` values, `(in, out)`, bias.
 type SiteWeights = (Vec<f32>, (usize, usize), Option<Vec<f32>>);
 
@@ -408,5 +448,19 @@ impl IntModel {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::from_bytes(&bytes, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BuildInfo;
+
+    /// The README's commands (and `cargo test`) build the dev profile; the workspace's profile
+    /// settings must keep the engine compiled as in release there.
+    #[test]
+    fn the_dev_and_test_builds_compile_the_engine_as_release() {
+        let build = BuildInfo::current();
+        assert!(build.is_optimised(), "{build}");
+        assert!(["dev", "release"].contains(&build.profile), "{build}");
     }
 }

@@ -32,7 +32,7 @@ struct Digits8 {
 fn digits(device: &Device) -> Digits8 {
     let card = ModelCard::find("digits-deit").unwrap();
     let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
-    let (mut train, test) = Digits::load().split(0);
+    let (mut train, test) = Digits::split(0);
     let mut images = Vec::new();
     let mut labels = Vec::new();
     for b in test.batches(256, mean, std).unwrap() {

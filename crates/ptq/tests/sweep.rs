@@ -26,8 +26,8 @@ fn setup(name: &str) -> (Model, Tensor<4>, Probe) {
         .unwrap()
         .load_weights(&WeightsSource::Safetensors(card.shipped_path().unwrap()))
         .unwrap();
-    let (train, test) = Digits::load().split(0);
-    let tensor = |split: &mixq_datasets::Split, n: usize| {
+    let (train, test) = Digits::split(0);
+    let tensor = |split: &mixq_datasets::LabelledImages, n: usize| {
         let batch = split
             .batches(n, card.preprocess.mean[0], card.preprocess.std[0])
             .unwrap()

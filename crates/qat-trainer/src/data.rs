@@ -1,5 +1,6 @@
-//! Training images in memory, with the per-epoch order and shift augmentation derived from
-//! `(seed, epoch)` alone, so that a resumed run needs no random-generator state.
+//! Training images in memory and their augmentation. QAT derives epoch `e`'s order and shifts
+//! from `(seed, e)` alone, so a resumed run needs no random-generator state; FP training draws
+//! from one generator whose position its checkpoints keep.
 
 use mixq_core::{Error, Result};
 use rand::seq::SliceRandom;
@@ -87,23 +88,48 @@ impl ImageSet {
     ) -> Vec<TrainBatch> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(epoch as u64);
+        self.augmented_batches(
+            batch,
+            &mut rng,
+            Augment {
+                shift,
+                fill,
+                hflip: false,
+            },
+        )
+    }
+
+    /// One epoch of batches drawn from `rng`: first the shuffle, then per image (in the new
+    /// order) the translation `dy`, `dx` (when `shift > 0`) and a coin for the mirror image
+    /// (when `hflip`). Translating by up to `shift` pixels with `fill` shifted in is exactly
+    /// torchvision's `RandomCrop(size, padding=shift, fill)`.
+    pub fn augmented_batches(
+        &self,
+        batch: usize,
+        rng: &mut ChaCha8Rng,
+        augment: Augment,
+    ) -> Vec<TrainBatch> {
         let mut order: Vec<usize> = (0..self.len()).collect();
-        order.shuffle(&mut rng);
+        order.shuffle(rng);
         let per = self.per_image();
         let [c, h, w] = self.image_shape;
-        let s = shift as i32;
+        let s = augment.shift as i32;
         order
             .chunks(batch.max(1))
             .map(|idx| {
                 let mut images = Vec::with_capacity(idx.len() * per);
                 for &i in idx {
                     let img = &self.images[i * per..(i + 1) * per];
-                    if shift == 0 {
-                        images.extend_from_slice(img);
+                    let mut out = if augment.shift == 0 {
+                        img.to_vec()
                     } else {
                         let (dy, dx) = (rng.random_range(-s..=s), rng.random_range(-s..=s));
-                        images.extend(shift_image(img, self.image_shape, dy, dx, fill));
+                        shift_image(img, self.image_shape, dy, dx, augment.fill)
+                    };
+                    if augment.hflip && rng.random_bool(0.5) {
+                        flip_horizontal(&mut out, self.image_shape);
                     }
+                    images.extend(out);
                 }
                 TrainBatch {
                     images,
@@ -112,6 +138,25 @@ impl ImageSet {
                 }
             })
             .collect()
+    }
+}
+
+/// Training-time augmentation of [`ImageSet::augmented_batches`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Augment {
+    /// Random translation by up to this many pixels each way (0: none).
+    pub shift: usize,
+    /// Value of pixels shifted in from outside (the normalised background).
+    pub fill: f32,
+    /// Mirror half of the images left-right.
+    pub hflip: bool,
+}
+
+/// Mirrors a `[c, h, w]` image left-right in place.
+pub fn flip_horizontal(img: &mut [f32], shape: [usize; 3]) {
+    let w = shape[2];
+    for row in img.chunks_exact_mut(w.max(1)) {
+        row.reverse();
     }
 }
 
@@ -148,6 +193,43 @@ mod tests {
         assert_eq!(s[9], 16.0);
         assert_eq!(s[0], -1.0, "vacated pixels take the fill value");
         assert!(!s.contains(&5.0), "the corner pixel leaves the image");
+    }
+
+    #[test]
+    fn flip_mirrors_each_row() {
+        let mut img: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        flip_horizontal(&mut img, [2, 2, 3]);
+        assert_eq!(img, [2., 1., 0., 5., 4., 3., 8., 7., 6., 11., 10., 9.]);
+    }
+
+    #[test]
+    fn hflip_mirrors_about_half_the_images_and_keeps_labels() {
+        let n = 400;
+        let images: Vec<f32> = (0..n).flat_map(|i| [i as f32, 0.0]).collect();
+        let set = ImageSet::new(images, [1, 1, 2], (0..n).map(|i| i % 10).collect()).unwrap();
+        let augment = Augment {
+            shift: 0,
+            fill: 0.0,
+            hflip: true,
+        };
+        let batches = set.augmented_batches(64, &mut ChaCha8Rng::seed_from_u64(1), augment);
+        let mut flipped = 0;
+        for b in &batches {
+            for (k, px) in b.images.chunks(2).enumerate() {
+                let (value, mirrored) = if px[1] == 0.0 && px[0] != 0.0 {
+                    (px[0], false)
+                } else {
+                    (px[1], true)
+                };
+                flipped += mirrored as usize;
+                assert_eq!(
+                    value as usize % 10,
+                    b.labels[k],
+                    "label travels with its image"
+                );
+            }
+        }
+        assert!((150..250).contains(&flipped), "{flipped} of {n} mirrored");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! # mixq-qat-trainer
 //!
-//! Quantization-aware training for any [`BitPlan`](mixq_core::BitPlan), uniform or mixed:
+//! Training for mixq: [`FpTrainer`] trains the full-precision models mixq ships from scratch
+//! (`cargo xtask train`), and [`QatTrainer`] does quantization-aware training for any
+//! [`BitPlan`](mixq_core::BitPlan), uniform or mixed:
 //!
 //! * **LSQ quantizers** ([`LsqQuantizers`]): a learned step size per weight output channel and
 //!   per activation tensor, straight-through rounding, gradient scale `1/sqrt(N·Qp)`, each
@@ -44,13 +46,15 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod fp;
 pub mod loss;
 pub mod lsq;
 pub mod schedule;
 pub mod trainer;
 
 pub use checkpoint::{CHECKPOINT_FILE, CHECKPOINT_FORMAT, plan_fingerprint};
-pub use data::{ImageSet, TrainBatch, shift_image};
+pub use data::{Augment, ImageSet, TrainBatch, flip_horizontal, shift_image};
+pub use fp::{FP_CHECKPOINT_FORMAT, FpConfig, FpTrainer};
 pub use loss::distillation_loss;
 pub use lsq::{
     LsqQuantizers, QuantRule, QuantSpec, grad_scale, log_fake_quant, lsq_fake_quant,

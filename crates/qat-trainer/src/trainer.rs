@@ -117,7 +117,8 @@ impl QatModule {
 const PARAM_ID_BASE: u64 = 0x5147_0000_0000;
 
 /// Gives every float parameter a fixed id and makes it a trainable autodiff leaf.
-struct MakeTrainable {
+#[derive(Default)]
+pub(crate) struct MakeTrainable {
     next: u64,
 }
 
@@ -280,7 +281,7 @@ impl QatTrainer {
             model: student,
             quant,
         }
-        .map(&mut MakeTrainable { next: 0 });
+        .map(&mut MakeTrainable::default());
         let weight_optim = AdamWConfig::new()
             .with_weight_decay(config.weight_decay)
             .init();
@@ -492,7 +493,7 @@ impl QatTrainer {
     }
 }
 
-fn count_correct(logits: &[f32], labels: &[usize]) -> usize {
+pub(crate) fn count_correct(logits: &[f32], labels: &[usize]) -> usize {
     let k = logits.len() / labels.len().max(1);
     logits
         .chunks_exact(k.max(1))

@@ -20,6 +20,38 @@ pub struct Preprocess {
     pub std: Vec<f32>,
 }
 
+/// How mixq trains a shipped model from scratch (`cargo xtask train` defaults; its flags
+/// override them). Part of the card so that the card alone says how its checkpoint was made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRecipe {
+    pub epochs: usize,
+    pub batch: usize,
+    /// Peak AdamW learning rate (linear warm-up over 5 % of the steps, then cosine to 0).
+    pub lr: f64,
+    pub weight_decay: f32,
+    /// Random crop with this much padding (a translation by up to this many pixels each way,
+    /// background shifted in), as torchvision's `RandomCrop(size, padding)`.
+    pub pad: usize,
+    /// Random horizontal flips (only where a mirrored image keeps its class).
+    #[serde(default)]
+    pub hflip: bool,
+}
+
+impl Default for TrainRecipe {
+    /// The recipe of the digits checkpoints.
+    fn default() -> Self {
+        TrainRecipe {
+            epochs: 100,
+            batch: 64,
+            lr: 3e-3,
+            weight_decay: 0.05,
+            pad: 1,
+            hflip: false,
+        }
+    }
+}
+
 /// One model card.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,11 +70,14 @@ pub struct ModelCard {
     /// A checkpoint the project ships in models/ (digits models); used when no weights are given.
     #[serde(default)]
     pub shipped: Option<String>,
-    /// The data set the shipped checkpoint was trained on (`digits`).
+    /// The data set the shipped checkpoint was trained on (`digits`, `fashion-mnist`, `mnist`).
     #[serde(default)]
     pub dataset: Option<String>,
     pub arch: ArchConfig,
     pub preprocess: Preprocess,
+    /// The training recipe of the shipped checkpoint (models mixq trains itself).
+    #[serde(default)]
+    pub train: Option<TrainRecipe>,
 }
 
 /// The cards compiled into the library, by file name.
@@ -66,6 +101,10 @@ const BUILTIN: &[(&str, &str)] = &[
     (
         "digits-swin.toml",
         include_str!("../../../models/digits-swin.toml"),
+    ),
+    (
+        "fmnist-deit.toml",
+        include_str!("../../../models/fmnist-deit.toml"),
     ),
 ];
 

@@ -31,7 +31,7 @@ pub mod vit;
 pub mod weights;
 pub mod wtpose;
 
-pub use card::{ModelCard, Preprocess, models_dir};
+pub use card::{ModelCard, Preprocess, TrainRecipe, models_dir};
 pub use explain::{ExplainOptions, Explanation, SiteRelevance, Target, contribution_scores};
 pub use hooks::{NoHook, SiteHook, Slot};
 pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};

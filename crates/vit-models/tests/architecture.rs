@@ -1,8 +1,7 @@
 //! Full-size architectures match timm's parameter counts, and the sites add up to the known
 //! MAC figures.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 
 use burn::tensor::Device;

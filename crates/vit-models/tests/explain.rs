@@ -1,10 +1,8 @@
 //! LRP explanations against an independent numpy implementation of the rules
 //! (tools/lrp_reference.py), conservation, and backend agreement.
 
-mod common;
-
+use crate::common::*;
 use burn::tensor::{Device, Tensor};
-use common::*;
 use mixq_lrp::{AttentionRule, Preset};
 use mixq_vit_models::{ExplainOptions, Explanation, Model, Target, contribution_scores};
 

@@ -1,10 +1,8 @@
 //! The models reproduce timm's logits (and block-0 outputs) on the committed fixtures: random
 //! weights with a wide spread, made by tools/make_fixtures.py from timm itself.
 
-mod common;
-
+use crate::common::*;
 use burn::tensor::{Device, Tensor};
-use common::*;
 use mixq_vit_models::weights::WeightsSource;
 use mixq_vit_models::{Model, NoHook};
 

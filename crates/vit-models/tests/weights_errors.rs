@@ -1,11 +1,9 @@
 //! Bad weight files get one error naming the file and every key at fault.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
+use crate::common::*;
 use burn::tensor::Device;
-use common::*;
 use mixq_vit_models::weights::WeightsSource;
 
 fn tmp(name: &str) -> PathBuf {

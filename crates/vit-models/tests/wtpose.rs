@@ -501,7 +501,7 @@ fn resize_matches_burn_interpolate() {
     use burn::tensor::module::interpolate;
     use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
     use mixq_vit_models::wtpose::resize_bilinear;
-    let device = Device::default();
+    let device = Device::flex();
     for (from, to) in [
         ([4, 3], [16, 12]),
         ([5, 7], [32, 24]),

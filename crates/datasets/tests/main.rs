@@ -1,0 +1,8 @@
+//! All integration tests of this crate in one binary: one link instead of one per file
+//! (linking burn into each test binary was a large part of the cold build).
+
+mod coco_pose;
+mod cocoeval_parity;
+mod image_folder;
+mod pillow_parity;
+mod timm_preprocess;
