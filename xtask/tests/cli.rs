@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::common::{fails, ok, tmpdir, xtask};
+use crate::common::{fails, ok, tmpdir, xtask, xtask_with_data_root};
 
 #[test]
 fn unknown_model_lists_the_known_ones() {
@@ -641,13 +641,10 @@ fn bad_idx_data_is_one_error_naming_the_file() {
 #[test]
 fn a_data_set_that_is_not_installed_says_how_to_install_it() {
     let root = tmpdir("no-mnist");
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["eval", "--model", "digits-deit", "--data", "mnist"])
-        .env("MIXQ_DATA", &root)
-        .env("RUST_LOG", "error")
-        .current_dir(&root)
-        .output()
-        .unwrap();
+    let out = xtask_with_data_root(
+        &["eval", "--model", "digits-deit", "--data", "mnist"],
+        &root,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
@@ -683,12 +680,7 @@ fn data_lists_every_known_set_with_its_splits() {
     }
     // An empty $MIXQ_DATA: MNIST is reported missing with its install command.
     let root = tmpdir("data-empty");
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("data")
-        .env("MIXQ_DATA", &root)
-        .current_dir(&root)
-        .output()
-        .unwrap();
+    let out = xtask_with_data_root(&["data"], &root);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(

@@ -547,7 +547,7 @@ fn same_values(a: &FpTrainer, b: &FpTrainer) -> bool {
 #[test]
 fn fp_training_learns_and_resumes_bitwise() {
     let card = ModelCard::find("digits-deit").unwrap();
-    let (train, test, _) = digits(&card, 160, 64);
+    let (train, _, _) = digits(&card, 160, 64);
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("train.safetensors");
 

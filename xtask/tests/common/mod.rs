@@ -12,6 +12,18 @@ pub fn xtask(args: &[&str]) -> Output {
         .expect("xtask runs")
 }
 
+/// Runs the CLI in `dir` with `$MIXQ_DATA` pointing at it (so only the data sets placed there
+/// are found).
+pub fn xtask_with_data_root(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("MIXQ_DATA", dir)
+        .env("RUST_LOG", "error")
+        .current_dir(dir)
+        .output()
+        .expect("xtask runs")
+}
+
 /// Runs a command expected to succeed and returns its stdout.
 pub fn ok(args: &[&str]) -> String {
     let out = xtask(args);
