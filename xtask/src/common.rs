@@ -105,6 +105,17 @@ impl ModelArgs {
             return WeightsSource::resolve(path, card.hf_repo.as_deref()).map(Some);
         }
         match card.shipped_path() {
+            Some(path) if !path.exists() && card.train.is_some() => Err(Error::invalid(
+                "--weights",
+                "(none)",
+                format!(
+                    "model '{}' names {} but it is not there yet: make it with `cargo xtask \
+                     train --model {}`, or pass --weights FILE or --random-weights",
+                    card.aliases[0],
+                    path.display(),
+                    card.aliases[0]
+                ),
+            )),
             Some(path) => WeightsSource::resolve(&path, None).map(Some),
             None => Err(Error::invalid(
                 "--weights",
@@ -194,6 +205,25 @@ fn in_memory(
 ) -> Result<DataSource> {
     set.map(|s| DataSource::InMemory(Box::new(s)))
         .map_err(|e| data_error(path, e))
+}
+
+/// Whether `--data` names a data set held in memory (a known name or a folder of IDX files),
+/// whose calibration pool is its validation split: such a `--data` may also serve calibration,
+/// an ImageNet-style evaluation folder may not.
+pub fn is_in_memory(data: &Path) -> bool {
+    data.to_str().is_some_and(|n| {
+        KnownDataset::from_name(n).is_some() && !n.contains(std::path::MAIN_SEPARATOR)
+    }) || IdxDataset::is_idx_dir(data)
+        || holds_idx_file(data)
+}
+
+/// Where calibration (and probe) images come from: `--calib-data`, else `--data` when it is an
+/// in-memory data set (its validation split), else the card's data set.
+pub fn calibration_source<'a>(
+    calib_data: Option<&'a Path>,
+    data: Option<&'a Path>,
+) -> Option<&'a Path> {
+    calib_data.or(data.filter(|d| is_in_memory(d)))
 }
 
 /// Whether `dir` holds at least one of the four IDX files (so a missing one is an error, not

@@ -230,9 +230,10 @@ pub struct SensitivityArgs {
     /// Calibration images (a seeded sample of the training split).
     #[arg(long, default_value_t = 32)]
     pub calib: usize,
-    /// Folder for calibration and probe images (IDX or ImageNet-style); models of a known data set
-    /// use its validation split (digits: its train split).
-    #[arg(long)]
+    /// Calibration and probe images: digits, fashion-mnist, mnist (their validation split;
+    /// digits: its train split), a folder of IDX files or an ImageNet-style training folder;
+    /// default: the card's data set.
+    #[arg(long, alias = "data")]
     pub calib_data: Option<PathBuf>,
     /// Bits of the image input.
     #[arg(long, default_value_t = 8)]

@@ -1,7 +1,7 @@
 //! `cargo xtask ptq`: post-training quantization with a fixed bit plan (or `--plan FILE`),
 //! full precision and quantized side by side, and the run folder with plan, results, report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
@@ -10,7 +10,10 @@ use mixq_ptq::{
 };
 use serde::Serialize;
 
-use crate::common::{EvalData, ModelArgs, batch_tensor, calibration_images, progress};
+use crate::common::{
+    EvalData, ModelArgs, batch_tensor, calibration_images, calibration_source, is_in_memory,
+    progress,
+};
 use crate::eval::logits_vec;
 use crate::mixed::{CalibSource, MixedArgs, run_mixed};
 
@@ -128,7 +131,8 @@ pub fn run(args: PtqArgs) -> Result<()> {
     if args.mixed {
         let source = CalibSource {
             calib: args.calib,
-            calib_data: args.calib_data.clone(),
+            calib_data: calibration_source(args.calib_data.as_deref(), args.data.as_deref())
+                .map(Path::to_path_buf),
             image_bits: args.image_bits,
         };
         return run_mixed(
@@ -170,7 +174,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
         args.model.seed,
         &device,
     )?;
-    if args.calib_data.is_none() && args.data.is_some() {
+    if args.calib_data.is_none() && args.data.as_deref().is_some_and(|d| !is_in_memory(d)) {
         tracing::warn!(
             "no --calib-data: calibrating on a seeded sample of --data (evaluation images)"
         );

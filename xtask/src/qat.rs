@@ -18,6 +18,10 @@ use crate::mixed::{CalibSource, MixedArgs, MixedPlans, make_plans, plan_averages
 pub struct QatArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Data set: digits, fashion-mnist, mnist or a folder of the four IDX files (default: the
+    /// card's). Training uses its train split, validation its val split, final figures its test.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// A bit plan (TOML, as `ptq`/`allocate` write) instead of uniform bits.
     #[arg(long, conflicts_with_all = ["w_bits", "a_bits", "mixed"])]
     pub plan: Option<PathBuf>,
@@ -121,7 +125,7 @@ fn resume_file(dir: &Path) -> Result<PathBuf> {
 
 pub fn run(args: QatArgs) -> Result<()> {
     let card = args.model.card()?;
-    let data = classification_data(&card, None, "qat")?;
+    let data = classification_data(&card, args.data.as_deref(), "qat")?;
     let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
     let config = QatConfig {
         epochs: args.epochs,
@@ -149,7 +153,7 @@ pub fn run(args: QatArgs) -> Result<()> {
     let seed = args.model.seed;
     let (plan, label, calib) = if let Some(path) = &args.plan {
         let plan = BitPlan::load(path)?;
-        let calib = calibration_images(&card, None, args.calib, seed, &device)?;
+        let calib = calibration_images(&card, args.data.as_deref(), args.calib, seed, &device)?;
         (plan, format!("plan {}", path.display()), calib)
     } else if args.mixed {
         let budget = &args.mixed_args.budget;
@@ -162,7 +166,7 @@ pub fn run(args: QatArgs) -> Result<()> {
         }
         let source = CalibSource {
             calib: args.calib,
-            calib_data: None,
+            calib_data: args.data.clone(),
             image_bits: args.image_bits,
         };
         let preset = budget.presets[0];
@@ -186,7 +190,7 @@ pub fn run(args: QatArgs) -> Result<()> {
     } else {
         let (w, a) = (args.w_bits.unwrap_or(4), args.a_bits.unwrap_or(4));
         let plan = uniform_plan(&sites, w, a, args.image_bits)?;
-        let calib = calibration_images(&card, None, args.calib, seed, &device)?;
+        let calib = calibration_images(&card, args.data.as_deref(), args.calib, seed, &device)?;
         (plan, format!("W{w}A{a}"), calib)
     };
     let mut plan = plan;

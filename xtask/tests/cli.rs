@@ -688,3 +688,28 @@ fn data_lists_every_known_set_with_its_splits() {
         "{stdout}"
     );
 }
+
+#[test]
+fn data_overrides_the_cards_data_set() {
+    // fmnist-deit's card names fashion-mnist; --data mnist evaluates on MNIST's test split.
+    let out = xtask(&[
+        "eval",
+        "--model",
+        "fmnist-deit",
+        "--random-weights",
+        "--data",
+        "mnist",
+        "--limit",
+        "50",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("not found") {
+        assert!(std::env::var_os("MIXQ_REQUIRE_DATA").is_none(), "{stderr}");
+        eprintln!("SKIPPED: MNIST is not installed");
+        return;
+    }
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("mnist test split (50 images)"), "{stdout}");
+    assert!(!stdout.contains("fashion-mnist"), "{stdout}");
+}
