@@ -40,6 +40,9 @@ pub struct TrainArgs {
     /// Random-crop padding in pixels (0: no crop).
     #[arg(long)]
     pub pad: Option<usize>,
+    /// Label smoothing of the cross-entropy, 0 to 1 (default: the card's recipe, else 0).
+    #[arg(long)]
+    pub label_smoothing: Option<f32>,
     /// Turn random horizontal flips off (on in the recipe of data sets where they keep the class).
     #[arg(long)]
     pub no_flip: bool,
@@ -129,6 +132,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         shift: args.pad.unwrap_or(recipe.pad),
         shift_fill: (0.0 - mean) / std,
         hflip: recipe.hflip && flips_ok && !args.no_flip,
+        label_smoothing: args.label_smoothing.unwrap_or(recipe.label_smoothing),
     };
     config.validate()?;
     let out = match &args.out {

@@ -50,6 +50,9 @@ pub struct FpConfig {
     pub shift_fill: f32,
     /// Random horizontal flips.
     pub hflip: bool,
+    /// Label smoothing of the cross-entropy (0: none; timm's recipes use 0.1).
+    #[serde(default)]
+    pub label_smoothing: f32,
 }
 
 impl FpConfig {
@@ -71,6 +74,13 @@ impl FpConfig {
                 "must be >= 0",
             ));
         }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::invalid(
+                "--label-smoothing",
+                self.label_smoothing,
+                "must be in [0, 1)",
+            ));
+        }
         Ok(())
     }
 }
@@ -85,7 +95,7 @@ impl FpConfig {
 /// let card = ModelCard::find("digits-deit")?;
 /// let config = FpConfig {
 ///     epochs: 1, batch: 4, lr: 1e-3, weight_decay: 0.05, seed: 0,
-///     shift: 1, shift_fill: -1.0, hflip: false,
+///     shift: 1, shift_fill: -1.0, hflip: false, label_smoothing: 0.1,
 /// };
 /// let mut trainer = FpTrainer::new("digits-deit", &card.arch, &Device::flex(), config)?;
 /// let train = ImageSet::new(vec![0.5; 8 * 64], [1, 8, 8], vec![3; 8])?;
@@ -197,7 +207,9 @@ impl FpTrainer {
         let total = data.len().div_ceil(c.batch) * c.epochs;
         let warmup = default_warmup(total);
         let ad = self.device.clone().autodiff();
-        let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+        let loss_fn = CrossEntropyLossConfig::new()
+            .with_smoothing((c.label_smoothing > 0.0).then_some(c.label_smoothing))
+            .init(&ad);
         let augment = Augment {
             shift: c.shift,
             fill: c.shift_fill,

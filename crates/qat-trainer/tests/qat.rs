@@ -516,6 +516,7 @@ fn fp_config(epochs: usize) -> FpConfig {
         shift: 1,
         shift_fill: -1.0,
         hflip: true,
+        label_smoothing: 0.1,
     }
 }
 
@@ -627,4 +628,48 @@ fn fp_training_learns_and_resumes_bitwise() {
         e.contains("mixq-train-checkpoint/1") && e.contains("mixq-qat-checkpoint/1"),
         "{e}"
     );
+}
+
+#[test]
+fn fp_config_errors_name_the_flag() {
+    for (config, flag) in [
+        (
+            FpConfig {
+                epochs: 0,
+                ..fp_config(1)
+            },
+            "--epochs",
+        ),
+        (
+            FpConfig {
+                batch: 0,
+                ..fp_config(1)
+            },
+            "--batch",
+        ),
+        (
+            FpConfig {
+                lr: -1.0,
+                ..fp_config(1)
+            },
+            "--lr",
+        ),
+        (
+            FpConfig {
+                label_smoothing: 1.0,
+                ..fp_config(1)
+            },
+            "--label-smoothing",
+        ),
+        (
+            FpConfig {
+                label_smoothing: -0.1,
+                ..fp_config(1)
+            },
+            "--label-smoothing",
+        ),
+    ] {
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains(flag), "{e}");
+    }
 }

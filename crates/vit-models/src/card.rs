@@ -36,6 +36,9 @@ pub struct TrainRecipe {
     /// Random horizontal flips (only where a mirrored image keeps its class).
     #[serde(default)]
     pub hflip: bool,
+    /// Label smoothing of the cross-entropy (0: none).
+    #[serde(default)]
+    pub label_smoothing: f32,
 }
 
 impl Default for TrainRecipe {
@@ -48,6 +51,7 @@ impl Default for TrainRecipe {
             weight_decay: 0.05,
             pad: 1,
             hflip: false,
+            label_smoothing: 0.0,
         }
     }
 }
