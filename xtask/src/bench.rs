@@ -7,7 +7,10 @@ use burn::tensor::{Device, Distribution, Tensor};
 use clap::{Args, ValueEnum};
 use mixq_core::{Error, Result};
 use mixq_ptq::{PtqConfig, quantize, uniform_plan};
+use mixq_qat_trainer::{FpConfig, FpTrainer, ImageSet};
 use mixq_vit_models::{ExplainOptions, Model, ModelCard, SiteHook, Target};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::common::DeviceName;
 
@@ -19,6 +22,9 @@ pub enum Suite {
     Ptq,
     /// LRP (forward in LRP mode + one backward) vs plain forwards of the same images.
     Lrp,
+    /// Full-precision training steps (forward, backward, AdamW, augmentation) images/s at each
+    /// batch size, with the card's training recipe (`--images` images per epoch).
+    Train,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +181,52 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 args.images,
                 lrp / fp
             );
+        }
+        Suite::Train => {
+            println!("| model | device | batch | train images/s | ms per step |");
+            println!("|---|---|---:|---:|---:|");
+            let recipe = card.train.clone().unwrap_or_default();
+            let [c, s] = [card.arch.in_chans(), card.arch.img_size()];
+            for &name in &args.devices {
+                let device = name.device()?;
+                for &batch in &args.batches {
+                    let n = args.images.max(batch);
+                    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+                    let classes = card.arch.num_classes();
+                    let data = ImageSet::new(
+                        (0..n * c * s * s)
+                            .map(|_| rng.random_range(-1.0..1.0))
+                            .collect(),
+                        [c, s, s],
+                        (0..n).map(|_| rng.random_range(0..classes)).collect(),
+                    )?;
+                    let config = FpConfig {
+                        epochs: args.repeat + 1,
+                        batch,
+                        lr: recipe.lr,
+                        weight_decay: recipe.weight_decay,
+                        seed: args.seed,
+                        shift: recipe.pad,
+                        shift_fill: -1.0,
+                        hflip: recipe.hflip,
+                        label_smoothing: recipe.label_smoothing,
+                    };
+                    let mut trainer = FpTrainer::new(&card.name, &card.arch, &device, config)?;
+                    trainer.train_epoch(&data, &mut |_| {})?; // warm-up
+                    let secs = median(
+                        (0..args.repeat)
+                            .map(|_| trainer.train_epoch(&data, &mut |_| {}).map(|e| e.seconds))
+                            .collect::<Result<Vec<_>>>()?,
+                    );
+                    let steps = n.div_ceil(batch) as f64;
+                    println!(
+                        "| {} | {name:?} | {batch} | {:.0} | {:.1} |",
+                        card.aliases[0],
+                        n as f64 / secs,
+                        1e3 * secs / steps
+                    );
+                }
+            }
         }
         Suite::Ptq => {
             let device = args.devices[0].device()?;

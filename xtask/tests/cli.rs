@@ -713,3 +713,33 @@ fn data_overrides_the_cards_data_set() {
     assert!(stdout.contains("mnist test split (50 images)"), "{stdout}");
     assert!(!stdout.contains("fashion-mnist"), "{stdout}");
 }
+
+#[test]
+fn bench_train_prints_the_build_and_a_row_per_batch() {
+    let out = ok(&[
+        "bench",
+        "train",
+        "--model",
+        "digits-deit",
+        "--images",
+        "16",
+        "--batches",
+        "4,8",
+        "--repeat",
+        "1",
+    ]);
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .starts_with("build: dev profile"),
+        "{out}"
+    );
+    for batch in [4, 8] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("| digits-deit | Flex | {batch} |"))),
+            "{out}"
+        );
+    }
+}
