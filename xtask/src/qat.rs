@@ -276,7 +276,7 @@ pub fn run(args: QatArgs) -> Result<()> {
         let test_top1 = trainer
             .evaluate(monitor.as_ref().unwrap_or(&test), eval_batch)?
             .top1_pct();
-        trainer.record_test_top1(test_top1);
+        trainer.record_monitor_top1(test_top1);
         trainer.save_checkpoint(&checkpoint)?;
         tracing::info!(
             epoch,
@@ -327,7 +327,7 @@ pub fn run(args: QatArgs) -> Result<()> {
                 series: vec![
                     Series::line("train loss", epochs(&|e| Some(e.train_loss))),
                     Series::line("train top-1", epochs(&|e| Some(e.train_top1))).on_right(),
-                    Series::line(format!("{monitor_name} top-1"), epochs(&|e| e.test_top1))
+                    Series::line(format!("{monitor_name} top-1"), epochs(&|e| e.monitor_top1))
                         .on_right(),
                     Series::line("FP test top-1", flat(fp_metrics.top1_pct())).on_right(),
                     Series::line("PTQ test top-1", flat(ptq_metrics.top1_pct())).on_right(),

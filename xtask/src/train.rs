@@ -85,6 +85,22 @@ struct Results<'a> {
     checkpoint: String,
 }
 
+/// The per-epoch log beside the checkpoint, rewritten after every epoch.
+const TRAIN_LOG: &str = "train-log.tsv";
+
+/// One line per finished epoch: what the progress bar showed, kept.
+fn training_log(history: &[mixq_qat_trainer::EpochStats]) -> String {
+    let mut log = String::from("epoch\ttrain_loss\ttrain_top1\tval_top1\tseconds\n");
+    for e in history {
+        let val = e.monitor_top1.map_or("-".into(), |v| format!("{v:.2}"));
+        log += &format!(
+            "{}\t{:.4}\t{:.2}\t{val}\t{:.1}\n",
+            e.epoch, e.train_loss, e.train_top1, e.seconds
+        );
+    }
+    log
+}
+
 fn resume_file(dir: &Path) -> Result<PathBuf> {
     let file = if dir.is_file() {
         dir.to_path_buf()
@@ -203,20 +219,27 @@ pub fn run(args: TrainArgs) -> Result<()> {
             train.len().div_ceil(config.batch),
             &format!("epoch {epoch}/{}", config.epochs),
         );
+        let start = std::time::Instant::now();
         let stats = trainer.train_epoch(&train, &mut |s| {
             bar.inc(1);
-            bar.set_message(format!("loss {:.4} acc {:.1}%", s.loss, s.train_top1));
+            let per_sec =
+                (bar.position() as usize * config.batch) as f64 / start.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.4} acc {:.1}% {per_sec:.0} images/s",
+                s.loss, s.train_top1
+            ));
         })?;
         bar.finish_and_clear();
         let val_top1 = match &val {
             Some(v) => {
                 let top1 = trainer.evaluate(v, eval_batch)?.top1_pct();
-                trainer.record_test_top1(top1);
+                trainer.record_monitor_top1(top1);
                 Some(top1)
             }
             None => None,
         };
         trainer.save_checkpoint(&checkpoint)?;
+        run.write(TRAIN_LOG, training_log(trainer.history()).as_bytes())?;
         tracing::info!(
             epoch,
             loss = stats.train_loss,

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::common::{fails, ok, tmpdir, xtask, xtask_with_data_root};
+use crate::common::{fails, ok, only_run, tmpdir, xtask, xtask_with_data_root};
 
 #[test]
 fn unknown_model_lists_the_known_ones() {
@@ -742,4 +742,58 @@ fn bench_train_prints_the_build_and_a_row_per_batch() {
             "{out}"
         );
     }
+}
+
+#[test]
+fn train_resumed_after_a_stop_equals_the_straight_run_byte_for_byte() {
+    let root = tmpdir("train-resume");
+    let runs = root.join("runs");
+    let args = |out: &str| {
+        [
+            "train",
+            "--model",
+            "digits-deit",
+            "--limit",
+            "64",
+            "--epochs",
+            "3",
+            "--batch",
+            "16",
+            "--runs",
+            runs.to_str().unwrap(),
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([root.join(out).to_str().unwrap().to_string()])
+        .collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    run(args("straight.safetensors"));
+    let straight = only_run(&runs, "-train");
+    let log = std::fs::read_to_string(straight.join("train-log.tsv")).unwrap();
+    assert_eq!(log.lines().count(), 4, "{log}");
+    assert!(
+        log.starts_with("epoch\ttrain_loss\ttrain_top1\tval_top1\tseconds\n"),
+        "{log}"
+    );
+    std::fs::remove_dir_all(&straight).unwrap();
+
+    let mut stopped = args("resumed.safetensors");
+    stopped.extend(["--stop-after".into(), "2".into()]);
+    run(stopped);
+    assert!(!root.join("resumed.safetensors").exists());
+    let partial = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_str().unwrap().ends_with("-train.partial"))
+        .expect("an unfinished run folder");
+    let mut resumed = args("resumed.safetensors");
+    resumed.extend(["--resume".into(), partial.to_str().unwrap().into()]);
+    run(resumed);
+    assert_eq!(
+        std::fs::read(root.join("straight.safetensors")).unwrap(),
+        std::fs::read(root.join("resumed.safetensors")).unwrap(),
+        "the resumed run's weights differ from the straight run's"
+    );
 }

@@ -256,17 +256,17 @@ impl FpTrainer {
             epoch: self.epoch,
             train_loss: loss_sum / seen.max(1) as f64,
             train_top1: 100.0 * correct as f64 / seen.max(1) as f64,
-            test_top1: None,
+            monitor_top1: None,
             seconds: start.elapsed().as_secs_f64(),
         };
         self.history.push(stats.clone());
         Ok(stats)
     }
 
-    /// Records the held-out top-1 of the last finished epoch in the history.
-    pub fn record_test_top1(&mut self, top1: f64) {
+    /// Records the monitoring split's top-1 of the last finished epoch in the history.
+    pub fn record_monitor_top1(&mut self, top1: f64) {
         if let Some(last) = self.history.last_mut() {
-            last.test_top1 = Some(top1);
+            last.monitor_top1 = Some(top1);
         }
     }
 

@@ -225,8 +225,10 @@ pub struct EpochStats {
     pub epoch: usize,
     pub train_loss: f64,
     pub train_top1: f64,
-    /// Test top-1 % of the fake-quantized model after the epoch, when evaluated.
-    pub test_top1: Option<f64>,
+    /// Top-1 % on the monitoring split after the epoch, when evaluated: the validation split
+    /// (digits, which has none: its test split).
+    #[serde(alias = "test_top1")]
+    pub monitor_top1: Option<f64>,
     pub seconds: f64,
 }
 
@@ -462,17 +464,17 @@ impl QatTrainer {
             epoch: self.epoch,
             train_loss: loss_sum / seen.max(1) as f64,
             train_top1: 100.0 * correct as f64 / seen.max(1) as f64,
-            test_top1: None,
+            monitor_top1: None,
             seconds: start.elapsed().as_secs_f64(),
         };
         self.history.push(stats.clone());
         Ok(stats)
     }
 
-    /// Records the test top-1 of the last finished epoch in the history.
-    pub fn record_test_top1(&mut self, top1: f64) {
+    /// Records the monitoring split's top-1 of the last finished epoch in the history.
+    pub fn record_monitor_top1(&mut self, top1: f64) {
         if let Some(last) = self.history.last_mut() {
-            last.test_top1 = Some(top1);
+            last.monitor_top1 = Some(top1);
         }
     }
 
