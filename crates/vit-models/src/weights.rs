@@ -173,6 +173,15 @@ fn check_safetensors_file(path: &Path) -> Result<()> {
         .map_err(|e| bad(format!("not a valid safetensors file ({e})")))
 }
 
+/// A store that writes safetensors with one metadata key, `format: pt` (what Hugging Face's
+/// loaders look for). burn's default writes three keys from a `HashMap`, whose order changes
+/// from run to run, so the same weights would give different files.
+pub(crate) fn safetensors_writer() -> SafetensorsStore {
+    SafetensorsStore::from_bytes(None)
+        .clear_metadata()
+        .metadata("format", "pt")
+}
+
 fn load_module<M: ModuleSnapshot>(module: &mut M, source: &WeightsSource) -> Result<()> {
     let path = source.path();
     let store_err = |e: String| Error::Weights {
@@ -234,8 +243,7 @@ impl Model {
     /// The state dict in timm's layout and names, as safetensors bytes.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
         fn bytes<M: ModuleSnapshot>(m: &M) -> std::result::Result<Vec<u8>, String> {
-            let mut store =
-                SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter);
+            let mut store = safetensors_writer().with_to_adapter(BurnToPyTorchAdapter);
             m.save_into(&mut store).map_err(|e| e.to_string())?;
             store.get_bytes().map_err(|e| e.to_string())
         }

@@ -928,7 +928,7 @@ impl WtPose {
     /// Saves every parameter and BatchNorm statistic (burn's names, e.g.
     /// `waterfall.blocks.0.attn.qkv.weight`) as safetensors, atomically.
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
-        let mut store = SafetensorsStore::from_bytes(None);
+        let mut store = crate::weights::safetensors_writer();
         self.save_into(&mut store)
             .map_err(|e| Error::invalid("model", "<state dict>", e.to_string()))?;
         let bytes = store

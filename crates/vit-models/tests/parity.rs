@@ -84,6 +84,22 @@ fn saved_state_dict_reloads_to_the_same_logits() {
 }
 
 #[test]
+fn the_same_weights_give_the_same_file_bytes() {
+    // A HashMap-ordered header would differ between saves (each map gets fresh hash keys).
+    let device = Device::flex();
+    let (model, _, _) = fixture("vit_tiny", &device);
+    let first = model.to_safetensors_bytes().unwrap();
+    for _ in 0..8 {
+        assert!(model.to_safetensors_bytes().unwrap() == first);
+    }
+    let (_, header) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+    assert_eq!(
+        header.metadata().clone().unwrap(),
+        std::collections::HashMap::from([("format".to_string(), "pt".to_string())])
+    );
+}
+
+#[test]
 fn pytorch_pickle_nested_under_model_loads_like_safetensors() {
     let device = Device::flex();
     let (reference, input, _) = fixture("vit_tiny", &device);
