@@ -104,7 +104,11 @@ pub struct BenchIntArgs {
 #[derive(Debug, serde::Deserialize)]
 struct RunResults {
     model: String,
-    seed: u64,
+    /// The calibration seeds (runs before `--seeds` wrote one `seed`).
+    #[serde(default)]
+    seeds: Vec<u64>,
+    #[serde(default)]
+    seed: Option<u64>,
     calib_images: usize,
     #[serde(default)]
     rows: Vec<RunRow>,
@@ -127,7 +131,23 @@ fn read_run(dir: &Path) -> Result<(BitPlan, RunResults)> {
     let plan = BitPlan::load(dir.join("plan.toml"))?;
     let path = dir.join("results.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let results: RunResults = serde_json::from_str(&text).map_err(|e| Error::parse(&path, e))?;
+    let mut results: RunResults =
+        serde_json::from_str(&text).map_err(|e| Error::parse(&path, e))?;
+    match (results.seeds.as_slice(), results.seed) {
+        ([seed], _) => results.seed = Some(*seed),
+        ([], Some(_)) => {}
+        (seeds, _) => {
+            return Err(Error::invalid(
+                "--run",
+                dir.display(),
+                format!(
+                    "the run calibrated with {} seeds ({seeds:?}); export calibrates once: \
+                     pass a run of one seed",
+                    seeds.len()
+                ),
+            ));
+        }
+    }
     Ok((plan, results))
 }
 
@@ -137,7 +157,7 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
         Some(dir) => {
             let (plan, results) = read_run(dir)?;
             args.model.model = results.model.clone();
-            args.model.seed = results.seed;
+            args.model.seed = results.seed.unwrap_or(args.model.seed);
             args.calib = results.calib_images;
             let quantized: Vec<&RunRow> = results
                 .rows

@@ -123,10 +123,7 @@ fn plans(
             plan.check_sites(sites.iter().map(|s| &s.id))?;
             return Ok(vec![(format!("plan {}", path.display()), None, plan)]);
         }
-        let (w, a) = (
-            args.wbits.unwrap_or(args.bits),
-            args.abits.unwrap_or(args.bits),
-        );
+        let (w, a) = args.single_bit_pair()?;
         return Ok(vec![(
             format!("W{w}A{a}"),
             None,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
 use mixq_ptq::{
-    Metrics, PostLnMode, PtqConfig, QuantizedModel, SoftmaxMode, quantize, uniform_plan,
+    Metrics, PostLnMode, PtqConfig, QuantizedModel, SoftmaxMode, Spread, quantize, uniform_plan,
 };
 use serde::Serialize;
 
@@ -21,9 +21,10 @@ use crate::mixed::{CalibSource, MixedArgs, run_mixed};
 pub struct PtqArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Weight and activation bits (sets both).
-    #[arg(long, default_value_t = 4)]
-    pub bits: u8,
+    /// Weight and activation bits (sets both). A list (`--bits 8,6,4,3`) quantizes at each,
+    /// evaluated in the same pass over the data.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    pub bits: Vec<u8>,
     /// Weight bits (overrides --bits).
     #[arg(long)]
     pub wbits: Option<u8>,
@@ -36,9 +37,14 @@ pub struct PtqArgs {
     /// A bit plan (TOML, as written by every run) instead of uniform bits.
     #[arg(long, conflicts_with_all = ["wbits", "abits"])]
     pub plan: Option<PathBuf>,
-    /// Calibration images (seeded sample of the train split).
+    /// Calibration images (seeded sample of the validation split, or of the train split where
+    /// the data set has none).
     #[arg(long, default_value_t = 32)]
     pub calib: usize,
+    /// Calibration seeds (`--seeds 0,1,2`; default: `--seed`): one calibration sample per seed,
+    /// every figure reported as mean ± std over them.
+    #[arg(long, value_delimiter = ',', conflicts_with = "mixed")]
+    pub seeds: Vec<u64>,
     /// Evaluate on the first N images only.
     #[arg(long)]
     pub eval: Option<usize>,
@@ -81,19 +87,52 @@ pub struct PtqArgs {
     pub no_flip: bool,
 }
 
-/// One row of the results table.
+/// One configuration's figures for one calibration seed (`None`: full precision, which no
+/// seed changes).
+#[derive(Debug, Serialize)]
+struct SeedMetrics {
+    seed: Option<u64>,
+    metrics: Metrics,
+}
+
+/// One row of the results table: a configuration over every calibration seed.
 #[derive(Debug, Serialize)]
 struct Row {
     name: String,
     post_ln: Option<PostLnMode>,
     softmax: Option<SoftmaxMode>,
-    metrics: Metrics,
+    seeds: Vec<SeedMetrics>,
+    top1: Spread,
+    top5: Spread,
+    loss: Spread,
+    /// Mean KL(FP || quantized); none for the full-precision row.
+    kl: Option<Spread>,
+}
+
+impl Row {
+    fn new(
+        name: String,
+        modes: Option<(PostLnMode, SoftmaxMode)>,
+        seeds: Vec<SeedMetrics>,
+    ) -> Self {
+        let spread = |f: fn(&Metrics) -> f64| Spread::of(seeds.iter().map(|s| f(&s.metrics)));
+        Self {
+            name,
+            post_ln: modes.map(|m| m.0),
+            softmax: modes.map(|m| m.1),
+            top1: spread(Metrics::top1_pct),
+            top5: spread(Metrics::top5_pct),
+            loss: spread(Metrics::loss),
+            kl: modes.map(|_| spread(Metrics::kl)),
+            seeds,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
 struct Results<'a> {
     model: &'a str,
-    seed: u64,
+    seeds: &'a [u64],
     calib_images: usize,
     eval_images: usize,
     data: &'a str,
@@ -107,25 +146,75 @@ fn table(rows: &[Row]) -> String {
     for r in rows {
         let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
         s.push_str(&format!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:.4} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             opt(r.post_ln.map(|m| m.to_string())),
             opt(r.softmax.map(|m| m.to_string())),
-            r.metrics.top1_pct(),
-            r.metrics.top5_pct(),
-            r.metrics.loss(),
-            if r.post_ln.is_some() {
-                format!("{:.4}", r.metrics.kl())
-            } else {
-                "-".into()
-            },
+            r.top1.format(2),
+            r.top5.format(2),
+            r.loss.format(4),
+            opt(r.kl.map(|k| k.format(4))),
         ));
     }
     s
 }
 
+impl PtqArgs {
+    /// The (weight, activation) bits asked for, one pair per `--bits` value.
+    pub fn bit_pairs(&self) -> Result<Vec<(u8, u8)>> {
+        if self.bits.len() > 1 && (self.wbits.is_some() || self.abits.is_some()) {
+            return Err(Error::invalid(
+                "--bits",
+                self.bits
+                    .iter()
+                    .map(u8::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                "--wbits/--abits override one --bits value, not a list",
+            ));
+        }
+        Ok(self
+            .bits
+            .iter()
+            .map(|&b| (self.wbits.unwrap_or(b), self.abits.unwrap_or(b)))
+            .collect())
+    }
+
+    /// The one (weight, activation) pair of commands that take a single one.
+    pub fn single_bit_pair(&self) -> Result<(u8, u8)> {
+        match self.bit_pairs()?.as_slice() {
+            [pair] => Ok(*pair),
+            _ => Err(Error::invalid(
+                "--bits",
+                self.bits
+                    .iter()
+                    .map(u8::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                "this model takes one --bits value",
+            )),
+        }
+    }
+
+    /// The calibration seeds: `--seeds`, else `--seed`.
+    fn calibration_seeds(&self) -> Vec<u64> {
+        if self.seeds.is_empty() {
+            vec![self.model.seed]
+        } else {
+            self.seeds.clone()
+        }
+    }
+}
+
 pub fn run(args: PtqArgs) -> Result<()> {
     if args.model.model.starts_with("wtpose") {
+        if args.seeds.len() > 1 {
+            return Err(Error::invalid(
+                "--seeds",
+                args.seeds.len(),
+                "pose models take one calibration seed (--seed)",
+            ));
+        }
         return crate::pose_ptq::run(&args);
     }
     if args.mixed {
@@ -151,35 +240,29 @@ pub fn run(args: PtqArgs) -> Result<()> {
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;
     let sites = model.sites();
-    let (w, a) = (
-        args.wbits.unwrap_or(args.bits),
-        args.abits.unwrap_or(args.bits),
-    );
-    let mut plan = match &args.plan {
-        Some(path) => BitPlan::load(path)?,
-        None => uniform_plan(&sites, w, a, args.image_bits)?,
+    let seeds = args.calibration_seeds();
+    // One (label, plan) per bit width, or the --plan file.
+    let plans: Vec<(String, BitPlan)> = match &args.plan {
+        Some(path) => vec![(format!("plan {}", path.display()), BitPlan::load(path)?)],
+        None => args
+            .bit_pairs()?
+            .into_iter()
+            .map(|(w, a)| {
+                Ok((
+                    format!("W{w}A{a}"),
+                    uniform_plan(&sites, w, a, args.image_bits)?,
+                ))
+            })
+            .collect::<Result<_>>()?,
     };
-    plan.check_sites(sites.iter().map(|s| &s.id))?;
-    plan.meta.insert("model".into(), card.name.clone());
-    plan.meta.insert("seed".into(), args.model.seed.to_string());
-    let label = match &args.plan {
-        Some(p) => format!("plan {}", p.display()),
-        None => format!("W{w}A{a}"),
-    };
-
-    let calib = calibration_images(
-        &card,
-        args.calib_data.as_deref().or(args.data.as_deref()),
-        args.calib,
-        args.model.seed,
-        &device,
-    )?;
-    if args.calib_data.is_none() && args.data.as_deref().is_some_and(|d| !is_in_memory(d)) {
-        tracing::warn!(
-            "no --calib-data: calibrating on a seeded sample of --data (evaluation images)"
-        );
+    for (_, plan) in &plans {
+        plan.check_sites(sites.iter().map(|s| &s.id))?;
     }
-    let n_calib = calib.dims()[0];
+    let label = plans
+        .iter()
+        .map(|(l, _)| l.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
 
     let grid: Vec<(PostLnMode, SoftmaxMode)> = if args.ablation {
         let post = [
@@ -198,20 +281,41 @@ pub fn run(args: PtqArgs) -> Result<()> {
     } else {
         vec![(args.post_ln, args.softmax)]
     };
-    let bar = progress(grid.len(), "calibrate");
-    let mut quantized: Vec<(PostLnMode, SoftmaxMode, QuantizedModel)> = Vec::new();
-    for &(post_ln, softmax) in &grid {
-        let config = PtqConfig {
-            post_ln,
-            softmax,
-            ..PtqConfig::default()
-        };
-        quantized.push((
-            post_ln,
-            softmax,
-            quantize(model.clone(), calib.clone(), &plan, &config)?,
-        ));
-        bar.inc(1);
+    if args.calib_data.is_none() && args.data.as_deref().is_some_and(|d| !is_in_memory(d)) {
+        tracing::warn!(
+            "no --calib-data: calibrating on a seeded sample of --data (evaluation images)"
+        );
+    }
+    // Every configuration for every seed, calibrated first and evaluated in one pass.
+    let configs: Vec<(usize, (PostLnMode, SoftmaxMode))> = (0..plans.len())
+        .flat_map(|p| grid.iter().map(move |&m| (p, m)))
+        .collect();
+    let bar = progress(seeds.len() * configs.len(), "calibrate");
+    let mut quantized: Vec<QuantizedModel> = Vec::new();
+    let mut n_calib = 0;
+    for &seed in &seeds {
+        let calib = calibration_images(
+            &card,
+            args.calib_data.as_deref().or(args.data.as_deref()),
+            args.calib,
+            seed,
+            &device,
+        )?;
+        n_calib = calib.dims()[0];
+        for &(p, (post_ln, softmax)) in &configs {
+            let config = PtqConfig {
+                post_ln,
+                softmax,
+                ..PtqConfig::default()
+            };
+            quantized.push(quantize(
+                model.clone(),
+                calib.clone(),
+                &plans[p].1,
+                &config,
+            )?);
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
 
@@ -226,7 +330,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
         let x = batch_tensor(&batch, &device);
         let fp_logits = logits_vec(model.forward(x.clone()));
         fp.add(&fp_logits, &batch.labels, None);
-        for ((_, _, q), m) in quantized.iter().zip(&mut qm) {
+        for (q, m) in quantized.iter().zip(&mut qm) {
             m.add(
                 &logits_vec(q.forward(x.clone())),
                 &batch.labels,
@@ -243,19 +347,30 @@ pub fn run(args: PtqArgs) -> Result<()> {
         });
     }
 
-    let mut rows = vec![Row {
-        name: format!("{} FP32", card.aliases[0]),
-        post_ln: None,
-        softmax: None,
-        metrics: fp,
-    }];
-    for ((post_ln, softmax, _), metrics) in quantized.iter().zip(qm) {
-        rows.push(Row {
-            name: format!("{} {label}", card.aliases[0]),
-            post_ln: Some(*post_ln),
-            softmax: Some(*softmax),
-            metrics,
-        });
+    let name = &card.aliases[0];
+    let mut rows = vec![Row::new(
+        format!("{name} FP32"),
+        None,
+        vec![SeedMetrics {
+            seed: None,
+            metrics: fp,
+        }],
+    )];
+    // `qm` is seed-major: seed i's configurations are qm[i * configs.len()..].
+    for (c, &(p, modes)) in configs.iter().enumerate() {
+        let per_seed = seeds
+            .iter()
+            .enumerate()
+            .map(|(i, &seed)| SeedMetrics {
+                seed: Some(seed),
+                metrics: qm[i * configs.len() + c].clone(),
+            })
+            .collect();
+        rows.push(Row::new(
+            format!("{name} {}", plans[p].0),
+            Some(modes),
+            per_seed,
+        ));
     }
     let table = table(&rows);
     print!("{table}");
@@ -266,21 +381,43 @@ pub fn run(args: PtqArgs) -> Result<()> {
     )?;
     let results = Results {
         model: &card.name,
-        seed: args.model.seed,
+        seeds: &seeds,
         calib_images: n_calib,
-        eval_images: rows[0].metrics.images,
+        eval_images: rows[0].seeds[0].metrics.images,
         data: &describe,
         rows: &rows,
     };
     let json = serde_json::to_string_pretty(&results)
         .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
     run.write("results.json", json.as_bytes())?;
-    run.write("plan.toml", plan.to_toml()?.as_bytes())?;
+    let seed_list = seeds
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    for (label, plan) in &plans {
+        let mut plan = plan.clone();
+        plan.meta.insert("model".into(), card.name.clone());
+        plan.meta.insert("seed".into(), seed_list.clone());
+        let file = if plans.len() == 1 {
+            "plan.toml".to_string()
+        } else {
+            format!("plan-{label}.toml")
+        };
+        run.write(&file, plan.to_toml()?.as_bytes())?;
+    }
+    let spread_note = if seeds.len() > 1 {
+        format!(
+            " Figures are mean ± std (sample standard deviation) over the {} calibration seeds.",
+            seeds.len()
+        )
+    } else {
+        String::new()
+    };
     let report = format!(
-        "# PTQ: {} ({label})\n\nCalibration: {n_calib} images (seed {}). Evaluation: {describe}.\n\n{table}\n\
+        "# PTQ: {name} ({label})\n\nCalibration: {n_calib} images per seed (seeds {seed_list}). \
+         Evaluation: {describe}.{spread_note}\n\n{table}\n\
          KL is the mean KL(FP || quantized) over the evaluation images. Reproduce:\n\n```\ncargo xtask ptq {}\n```\n",
-        card.aliases[0],
-        args.model.seed,
         std::env::args().skip(2).collect::<Vec<_>>().join(" "),
     );
     run.write("report.md", report.as_bytes())?;

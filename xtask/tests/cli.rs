@@ -1,6 +1,7 @@
 //! The CLI end to end: bad input gets one `error:` line and exit code 2, never a panic; the
 //! shipped digits checkpoints evaluate at their reported accuracy.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::common::{fails, ok, only_run, tmpdir, xtask, xtask_with_data_root};
@@ -257,7 +258,7 @@ fn ptq_writes_a_complete_run_that_can_be_replayed_with_its_plan() {
         serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
     let rows = results["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0]["metrics"]["images"], 64);
+    assert_eq!(rows[0]["seeds"][0]["metrics"]["images"], 64);
 
     // Replaying the written plan gives the same table (same seed, same plan).
     let replay_dir = tmpdir("replay");
@@ -286,6 +287,58 @@ fn ptq_writes_a_complete_run_that_can_be_replayed_with_its_plan() {
         numbers(&stdout),
         numbers(&String::from_utf8_lossy(&out.stdout))
     );
+}
+
+#[test]
+fn ptq_over_bits_and_seeds_reports_mean_and_std_per_configuration() {
+    let dir = tmpdir("ptq-seeds");
+    let runs = dir.to_str().unwrap();
+    let common = ["ptq", "--calib", "8", "--eval", "64", "--runs", runs];
+    let out = ok(&[&common[..], &["--bits", "8,3", "--seeds", "0,1,2"]].concat());
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| digits")).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(rows[0].starts_with("| digits-deit FP32 |") && !rows[0].contains('±'));
+    assert!(rows[1].starts_with("| digits-deit W8A8 |") && rows[1].contains('±'));
+    assert!(rows[2].starts_with("| digits-deit W3A3 |") && rows[2].contains('±'));
+
+    let run = only_run(Path::new(runs), "-ptq");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["seeds"], serde_json::json!([0, 1, 2]));
+    let w3 = &results["rows"][2];
+    let per_seed: Vec<f64> = (0..3)
+        .map(|i| {
+            let m = &w3["seeds"][i]["metrics"];
+            assert_eq!(w3["seeds"][i]["seed"], i);
+            100.0 * m["top1"].as_f64().unwrap() / m["images"].as_f64().unwrap()
+        })
+        .collect();
+    let mean = per_seed.iter().sum::<f64>() / 3.0;
+    assert!((w3["top1"]["mean"].as_f64().unwrap() - mean).abs() < 1e-9);
+    // Each seed calibrates on its own sample: at 3 bits their outputs differ.
+    let kl = |i: usize| w3["seeds"][i]["metrics"]["kl_sum"].as_f64().unwrap();
+    assert!(kl(0) != kl(1) && kl(1) != kl(2), "{w3}");
+    for file in ["plan-W8A8.toml", "plan-W3A3.toml", "report.md"] {
+        assert!(run.join(file).is_file(), "{file}");
+    }
+    std::fs::remove_dir_all(&run).unwrap();
+
+    // One seed in --seeds is the same run as --seed.
+    let one = ok(&[&common[..], &["--bits", "3", "--seeds", "1"]].concat());
+    let seed = ok(&[&common[..], &["--bits", "3", "--seed", "1"]].concat());
+    let table = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.starts_with("| digits"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(table(&one), table(&seed));
+    // The W3A3 row of seed 1 alone is that seed's figures in the 3-seed run.
+    let top1 = per_seed[1];
+    assert!(table(&one)[1].contains(&format!("| {top1:.2} |")), "{one}");
+
+    let err = fails(&[&common[..], &["--bits", "8,4", "--wbits", "4"]].concat());
+    assert!(err.contains("--wbits") && err.contains("8,4"), "{err}");
 }
 
 #[test]

@@ -64,9 +64,58 @@ impl Metrics {
     }
 }
 
+/// One figure over several calibration seeds: mean and sample standard deviation (n - 1 in
+/// the denominator, as numpy's `std(ddof=1)`; 0 for a single seed). A difference between two
+/// configurations counts only where it exceeds this spread.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    /// The spread of `values` (empty: mean and std are NaN, n = 0).
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let values: Vec<f64> = values.into_iter().collect();
+        let n = values.len();
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let std = if n > 1 {
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else if n == 1 {
+            0.0
+        } else {
+            f64::NAN
+        };
+        Self { mean, std, n }
+    }
+
+    /// `mean ± std` with `decimals` places; the mean alone for a single value.
+    pub fn format(&self, decimals: usize) -> String {
+        if self.n > 1 {
+            format!("{:.decimals$} ± {:.decimals$}", self.mean, self.std)
+        } else {
+            format!("{:.decimals$}", self.mean)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_is_numpys_mean_and_std_with_ddof_1() {
+        // numpy: np.mean([88.5, 88.9, 88.1]) = 88.5, np.std([88.5, 88.9, 88.1], ddof=1) = 0.4
+        let s = Spread::of([88.5, 88.9, 88.1]);
+        assert_eq!(s.n, 3);
+        assert!((s.mean - 88.5).abs() < 1e-12);
+        assert!((s.std - 0.4).abs() < 1e-12, "{}", s.std);
+        assert_eq!(s.format(2), "88.50 ± 0.40");
+        assert_eq!(Spread::of([91.25]).format(2), "91.25");
+        assert_eq!(Spread::of([91.25]).std, 0.0);
+        assert!(Spread::of([]).mean.is_nan());
+    }
 
     #[test]
     fn ranks_cross_entropy_and_kl_by_hand() {
