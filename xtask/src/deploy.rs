@@ -13,7 +13,7 @@ use mixq_ptq::{Metrics, PostLnMode, PtqConfig, SoftmaxMode, quantize, uniform_pl
 use mixq_vit_models::{ModelCard, SiteInfo};
 
 use crate::common::{EvalData, ModelArgs, calibration_images, progress};
-use crate::eval::logits_vec;
+use mixq_ptq::host_logits;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -209,7 +209,7 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
     let engine = IntModel::from_quantized(&q)?;
     // A check on the calibration images: the engine against the fake-quant model.
     let n = calib.dims()[0];
-    let fq = logits_vec(q.forward(calib.clone()));
+    let fq = host_logits(q.forward(calib.clone()));
     let int = engine.forward(&host_values(&calib)?, n)?;
     let max_d = fq
         .iter()
@@ -390,7 +390,7 @@ pub fn bench_int(args: BenchIntArgs) -> Result<()> {
     for &b in &args.batches {
         let x = input.clone().narrow(0, 0, b);
         let spi = time_it(args.images, b, args.repeat, &mut |_| {
-            let _ = logits_vec(model.forward(x.clone()));
+            let _ = host_logits(model.forward(x.clone()));
             Ok(())
         })?;
         speeds.push((b, 1.0 / spi, spi * b as f64 * 1e3));

@@ -3,10 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::Tensor;
 use clap::Args;
 use mixq_core::{Error, Result, write_atomic};
-use mixq_ptq::Metrics;
+use mixq_ptq::{Metrics, host_logits};
 
 use crate::common::{EvalData, ModelArgs, batch_tensor, progress};
 
@@ -30,14 +29,6 @@ pub struct EvalArgs {
     pub logits: Option<PathBuf>,
 }
 
-/// Logits as host values (this also waits for the device).
-pub fn logits_vec(logits: Tensor<2>) -> Vec<f32> {
-    logits
-        .into_data()
-        .try_into_vec::<f32>()
-        .expect("logits are f32")
-}
-
 pub fn run(args: EvalArgs) -> Result<()> {
     let card = args.model.card()?;
     let device = args.model.device.device()?;
@@ -55,7 +46,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         let x = batch_tensor(&batch, &device);
         let start = Instant::now();
-        let logits = logits_vec(model.forward(x));
+        let logits = host_logits(model.forward(x));
         forward_secs += start.elapsed().as_secs_f64();
         metrics.add(&logits, &batch.labels, None);
         if args.logits.is_some() {

@@ -14,8 +14,8 @@ use mixq_core::{
 };
 use mixq_datasets::Batch;
 use mixq_ptq::{
-    Baseline, Metrics, PtqConfig, SweepOptions, quantize, sensitivity_sweep, sweep_fingerprint,
-    uniform_plan,
+    Baseline, Comparison, PtqConfig, SweepOptions, compare, quantize, sensitivity_sweep,
+    sweep_fingerprint, uniform_plan,
 };
 use mixq_report::{Bar, BarChart, HeatMap, LineChart, Series, bar_chart, heat_map, line_chart};
 use mixq_sensitivity::{Metric, Probe, Shard, SweepCache, merge_tables, to_table};
@@ -23,7 +23,6 @@ use mixq_vit_models::{ExplainOptions, Model, ModelCard, Target, contribution_sco
 use serde::Serialize;
 
 use crate::common::{EvalData, ModelArgs, batch_tensor, progress, sample_batch};
-use crate::eval::logits_vec;
 
 /// Where calibration images come from (`ptq` has its own flags for these).
 #[derive(Clone, Debug)]
@@ -607,24 +606,9 @@ pub fn run_mixed(
     let eval = EvalData::open(&card, data, eval_limit, batch)?;
     let describe = eval.describe.clone();
     let bar = progress(eval.len, "evaluate");
-    let mut fp = Metrics::default();
-    let mut qm = vec![Metrics::default(); quantized.len()];
-    for b in eval.batches {
-        if b.is_empty() {
-            continue;
-        }
-        let x = batch_tensor(&b, &device);
-        let fp_logits = logits_vec(model.forward(x.clone()));
-        fp.add(&fp_logits, &b.labels, None);
-        for (q, m) in quantized.iter().zip(&mut qm) {
-            m.add(
-                &logits_vec(q.forward(x.clone())),
-                &b.labels,
-                Some(&fp_logits),
-            );
-        }
-        bar.inc(b.len() as u64);
-    }
+    let batches = eval.batches.map(|b| (batch_tensor(&b, &device), b.labels));
+    let Comparison { fp, quantized: qm } =
+        compare(&model, &quantized, batches, |n| bar.inc(n as u64));
     bar.finish_and_clear();
     if fp.images == 0 {
         return Err(Error::Data {

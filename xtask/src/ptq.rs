@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
 use mixq_ptq::{
-    Metrics, PostLnMode, PtqConfig, QuantizedModel, SoftmaxMode, Spread, quantize, uniform_plan,
+    Comparison, Metrics, PostLnMode, PtqConfig, QuantizedModel, SoftmaxMode, Spread, compare,
+    quantize, uniform_plan,
 };
 use serde::Serialize;
 
@@ -14,7 +15,6 @@ use crate::common::{
     EvalData, ModelArgs, batch_tensor, calibration_images, calibration_source, is_in_memory,
     progress,
 };
-use crate::eval::logits_vec;
 use crate::mixed::{CalibSource, MixedArgs, run_mixed};
 
 #[derive(Args, Debug)]
@@ -321,24 +321,9 @@ pub fn run(args: PtqArgs) -> Result<()> {
 
     let describe = data.describe.clone();
     let bar = progress(data.len, "evaluate");
-    let mut fp = Metrics::default();
-    let mut qm = vec![Metrics::default(); quantized.len()];
-    for batch in data.batches {
-        if batch.is_empty() {
-            continue;
-        }
-        let x = batch_tensor(&batch, &device);
-        let fp_logits = logits_vec(model.forward(x.clone()));
-        fp.add(&fp_logits, &batch.labels, None);
-        for (q, m) in quantized.iter().zip(&mut qm) {
-            m.add(
-                &logits_vec(q.forward(x.clone())),
-                &batch.labels,
-                Some(&fp_logits),
-            );
-        }
-        bar.inc(batch.len() as u64);
-    }
+    let batches = data.batches.map(|b| (batch_tensor(&b, &device), b.labels));
+    let Comparison { fp, quantized: qm } =
+        compare(&model, &quantized, batches, |n| bar.inc(n as u64));
     bar.finish_and_clear();
     if fp.images == 0 {
         return Err(Error::Data {

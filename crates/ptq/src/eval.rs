@@ -1,6 +1,58 @@
-//! Classification metrics: top-1/top-5, cross-entropy, and KL divergence to reference logits.
+//! Classification metrics: top-1/top-5, cross-entropy, and KL divergence to reference logits;
+//! full precision and quantized variants compared in one pass over the data.
 
+use burn::tensor::Tensor;
+use mixq_vit_models::Model;
 use serde::{Deserialize, Serialize};
+
+use crate::QuantizedModel;
+
+/// Logits as host values, row-major `[batch, classes]` (this also waits for the device).
+pub fn host_logits(logits: Tensor<2>) -> Vec<f32> {
+    logits
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("logits are f32")
+}
+
+/// Full precision and each quantized variant on the same images.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Comparison {
+    pub fp: Metrics,
+    /// One per variant, in the order given; KL is measured against the FP logits.
+    pub quantized: Vec<Metrics>,
+}
+
+/// Evaluates `model` and every variant over `batches` (`[b, c, h, w]` images and their labels)
+/// in one pass, so each batch is prepared once however many variants there are. `progress`
+/// gets the size of each batch done.
+pub fn compare(
+    model: &Model,
+    variants: &[QuantizedModel],
+    batches: impl IntoIterator<Item = (Tensor<4>, Vec<usize>)>,
+    mut progress: impl FnMut(usize),
+) -> Comparison {
+    let mut out = Comparison {
+        fp: Metrics::default(),
+        quantized: vec![Metrics::default(); variants.len()],
+    };
+    for (x, labels) in batches {
+        if labels.is_empty() {
+            continue;
+        }
+        let fp_logits = host_logits(model.forward(x.clone()));
+        out.fp.add(&fp_logits, &labels, None);
+        for (q, m) in variants.iter().zip(&mut out.quantized) {
+            m.add(
+                &host_logits(q.forward(x.clone())),
+                &labels,
+                Some(&fp_logits),
+            );
+        }
+        progress(labels.len());
+    }
+    out
+}
 
 /// Accumulated over batches of logits.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -32,6 +32,6 @@ pub use calibrate::{
     quantize_isolated, reparameterize,
 };
 pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
-pub use eval::{Metrics, Spread};
+pub use eval::{Comparison, Metrics, Spread, compare, host_logits};
 pub use state::{ActQuantizer, QuantState};
 pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};

@@ -3,7 +3,7 @@
 use burn::tensor::{Device, Tensor};
 use mixq_core::{BitPlan, BitWidth, SiteBits, SiteId};
 use mixq_ptq::{
-    Metrics, PostLnMode, PtqConfig, SoftmaxMode, quantize, reparameterize, uniform_plan,
+    Metrics, PostLnMode, PtqConfig, SoftmaxMode, compare, quantize, reparameterize, uniform_plan,
 };
 use mixq_vit_models::testing::{FIXTURES, fixture, max_abs_diff};
 
@@ -78,6 +78,46 @@ fn eight_bit_everything_stays_close_to_full_precision() {
             assert!(m.kl() < 0.01, "{name}: KL {}", m.kl());
         }
     }
+}
+
+#[test]
+fn one_pass_comparison_equals_each_model_alone() {
+    // The fixture's two images as batches of one (and an empty batch, skipped): every variant
+    // keeps its place and scores as it does alone on the whole input; KL is against FP.
+    let device = Device::flex();
+    let (model, input, _) = fixture("vit_tiny", &device);
+    let labels = vec![3, 7];
+    let variants: Vec<_> = [8, 2]
+        .map(|bits| {
+            let plan = uniform_plan(&model.sites(), bits, bits, 8).unwrap();
+            quantize(model.clone(), input.clone(), &plan, &PtqConfig::default()).unwrap()
+        })
+        .into();
+    let batches = vec![
+        (input.clone().slice(0..1), vec![labels[0]]),
+        (input.clone().slice(0..0), vec![]),
+        (input.clone().slice(1..2), vec![labels[1]]),
+    ];
+    let mut done = Vec::new();
+    let got = compare(&model, &variants, batches, |n| done.push(n));
+    assert_eq!(done, [1, 1]);
+
+    let fp = host(model.forward(input.clone()));
+    let mut alone = Metrics::default();
+    alone.add(&fp, &labels, None);
+    let close = |a: &Metrics, b: &Metrics| {
+        assert_eq!((a.images, a.top1, a.top5), (b.images, b.top1, b.top5));
+        assert!((a.loss() - b.loss()).abs() < 1e-4, "{} vs {}", a.loss(), b.loss());
+        assert!((a.kl() - b.kl()).abs() < 1e-4, "{} vs {}", a.kl(), b.kl());
+    };
+    close(&got.fp, &alone);
+    assert_eq!(got.quantized.len(), 2);
+    for (q, m) in variants.iter().zip(&got.quantized) {
+        let mut alone = Metrics::default();
+        alone.add(&host(q.forward(input.clone())), &labels, Some(&fp));
+        close(m, &alone);
+    }
+    assert!(got.quantized[0].kl() < got.quantized[1].kl());
 }
 
 #[test]
