@@ -12,7 +12,9 @@ use mixq_deploy::IntModel;
 use mixq_ptq::{Metrics, PostLnMode, PtqConfig, SoftmaxMode, quantize, uniform_plan};
 use mixq_vit_models::{ModelCard, SiteInfo};
 
-use crate::common::{EvalData, ModelArgs, calibration_images, progress};
+use crate::common::{ModelArgs, progress};
+use mixq_datasets::EvalData;
+use mixq_ptq::calibration_images;
 use mixq_ptq::host_logits;
 
 #[derive(Args, Debug)]
@@ -194,7 +196,7 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
     plan.meta.insert("softmax".into(), softmax.to_string());
 
     let calib = calibration_images(
-        &card,
+        &card.data_spec(),
         args.calib_data.as_deref(),
         args.calib,
         args.model.seed,
@@ -249,7 +251,12 @@ pub fn run_int(args: RunIntArgs) -> Result<()> {
             format!("header key 'arch' differs from model card '{name}'"),
         ));
     }
-    let data = EvalData::open(&card, args.data.as_deref(), args.limit, args.batch)?;
+    let data = EvalData::open(
+        &card.data_spec(),
+        args.data.as_deref(),
+        args.limit,
+        args.batch,
+    )?;
     let describe = data.describe.clone();
     let bar = progress(data.len, "run-int");
     let mut metrics = Metrics::default();

@@ -7,7 +7,9 @@ use clap::Args;
 use mixq_core::{Error, Result, write_atomic};
 use mixq_ptq::{Metrics, host_logits};
 
-use crate::common::{EvalData, ModelArgs, batch_tensor, progress};
+use crate::common::{ModelArgs, progress};
+use mixq_datasets::EvalData;
+use mixq_vit_models::batch_tensor;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -33,7 +35,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let card = args.model.card()?;
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;
-    let data = EvalData::open(&card, args.data.as_deref(), args.limit, args.batch)?;
+    let data = EvalData::open(
+        &card.data_spec(),
+        args.data.as_deref(),
+        args.limit,
+        args.batch,
+    )?;
     tracing::info!(model = %card.name, data = %data.describe, "evaluating");
 
     let bar = progress(data.len, "eval");

@@ -13,7 +13,9 @@ use mixq_report::{Bar, BarChart, bar_chart, image_grid, overlay_heatmap_gray, sa
 use mixq_vit_models::{ExplainOptions, ModelCard, Target};
 use serde::Serialize;
 
-use crate::common::{ModelArgs, batch_tensor, eval_transform, progress, sample_batch};
+use crate::common::{ModelArgs, progress};
+use mixq_datasets::sample_batch;
+use mixq_vit_models::batch_tensor;
 
 #[derive(Args, Debug)]
 pub struct LrpArgs {
@@ -121,7 +123,7 @@ pub fn run(args: LrpArgs) -> Result<()> {
     }
     let data = if args.files.is_empty() {
         sample_batch(
-            &card,
+            &card.data_spec(),
             args.data.as_deref(),
             args.images,
             args.model.seed,
@@ -327,7 +329,7 @@ pub fn run(args: LrpArgs) -> Result<()> {
 /// The given files through the model's eval transform; a file that does not decode is an
 /// error naming it.
 fn load_files(card: &ModelCard, files: &[PathBuf]) -> Result<Batch> {
-    let transform = eval_transform(card);
+    let transform = card.data_spec().transform;
     let mut images = Vec::new();
     for path in files {
         let img = load_image(path).map_err(|e| Error::parse(path, e))?;

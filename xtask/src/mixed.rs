@@ -22,7 +22,9 @@ use mixq_sensitivity::{Metric, Probe, Shard, SweepCache, merge_tables, to_table}
 use mixq_vit_models::{ExplainOptions, Model, ModelCard, Target, contribution_scores};
 use serde::Serialize;
 
-use crate::common::{EvalData, ModelArgs, batch_tensor, progress, sample_batch};
+use crate::common::{ModelArgs, progress};
+use mixq_datasets::{EvalData, sample_batch};
+use mixq_vit_models::batch_tensor;
 
 /// Where calibration images come from (`ptq` has its own flags for these).
 #[derive(Clone, Debug)]
@@ -87,8 +89,14 @@ fn calib_and_probe(
         return Err(Error::invalid("--probe", 0, "must be at least 1"));
     }
     let folder = source.calib_data.as_deref();
-    let calib = sample_batch(card, folder, source.calib, seed, "--calib")?;
-    let both = sample_batch(card, folder, source.calib + args.probe, seed, "--probe")?;
+    let calib = sample_batch(&card.data_spec(), folder, source.calib, seed, "--calib")?;
+    let both = sample_batch(
+        &card.data_spec(),
+        folder,
+        source.calib + args.probe,
+        seed,
+        "--probe",
+    )?;
     let in_calib = |i: usize| {
         if both.paths.is_empty() {
             calib.indices.contains(&both.indices[i])
@@ -603,7 +611,7 @@ pub fn run_mixed(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let eval = EvalData::open(&card, data, eval_limit, batch)?;
+    let eval = EvalData::open(&card.data_spec(), data, eval_limit, batch)?;
     let describe = eval.describe.clone();
     let bar = progress(eval.len, "evaluate");
     let batches = eval.batches.map(|b| (batch_tensor(&b, &device), b.labels));

@@ -25,7 +25,8 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::common::{DeviceName, data_error, progress};
+use crate::common::{DeviceName, progress};
+use mixq_datasets::data_error;
 
 #[derive(Args, Debug)]
 pub struct PoseArgs {

@@ -11,11 +11,11 @@ use mixq_ptq::{
 };
 use serde::Serialize;
 
-use crate::common::{
-    EvalData, ModelArgs, batch_tensor, calibration_images, calibration_source, is_in_memory,
-    progress,
-};
+use crate::common::{ModelArgs, progress};
 use crate::mixed::{CalibSource, MixedArgs, run_mixed};
+use mixq_datasets::{EvalData, calibration_source, is_in_memory};
+use mixq_ptq::calibration_images;
+use mixq_vit_models::batch_tensor;
 
 #[derive(Args, Debug)]
 pub struct PtqArgs {
@@ -236,7 +236,12 @@ pub fn run(args: PtqArgs) -> Result<()> {
     }
     let card = args.model.card()?;
     // Bad evaluation data fails before the minutes of calibration.
-    let data = EvalData::open(&card, args.data.as_deref(), args.eval, args.batch)?;
+    let data = EvalData::open(
+        &card.data_spec(),
+        args.data.as_deref(),
+        args.eval,
+        args.batch,
+    )?;
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;
     let sites = model.sites();
@@ -295,7 +300,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
     let mut n_calib = 0;
     for &seed in &seeds {
         let calib = calibration_images(
-            &card,
+            &card.data_spec(),
             args.calib_data.as_deref().or(args.data.as_deref()),
             args.calib,
             seed,

@@ -11,8 +11,10 @@ use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, QatConfig, QatTrainer};
 use mixq_report::{LineChart, Series, line_chart};
 use serde::Serialize;
 
-use crate::common::{ModelArgs, calibration_images, classification_data, image_set, progress};
+use crate::common::{ModelArgs, image_set, progress};
 use crate::mixed::{CalibSource, MixedArgs, MixedPlans, make_plans, plan_averages};
+use mixq_datasets::classification_data;
+use mixq_ptq::calibration_images;
 
 #[derive(Args, Debug)]
 pub struct QatArgs {
@@ -125,7 +127,7 @@ fn resume_file(dir: &Path) -> Result<PathBuf> {
 
 pub fn run(args: QatArgs) -> Result<()> {
     let card = args.model.card()?;
-    let data = classification_data(&card, args.data.as_deref(), "qat")?;
+    let data = classification_data(&card.data_spec(), args.data.as_deref(), "qat")?;
     let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
     let config = QatConfig {
         epochs: args.epochs,
@@ -153,7 +155,13 @@ pub fn run(args: QatArgs) -> Result<()> {
     let seed = args.model.seed;
     let (plan, label, calib) = if let Some(path) = &args.plan {
         let plan = BitPlan::load(path)?;
-        let calib = calibration_images(&card, args.data.as_deref(), args.calib, seed, &device)?;
+        let calib = calibration_images(
+            &card.data_spec(),
+            args.data.as_deref(),
+            args.calib,
+            seed,
+            &device,
+        )?;
         (plan, format!("plan {}", path.display()), calib)
     } else if args.mixed {
         let budget = &args.mixed_args.budget;
@@ -190,7 +198,13 @@ pub fn run(args: QatArgs) -> Result<()> {
     } else {
         let (w, a) = (args.w_bits.unwrap_or(4), args.a_bits.unwrap_or(4));
         let plan = uniform_plan(&sites, w, a, args.image_bits)?;
-        let calib = calibration_images(&card, args.data.as_deref(), args.calib, seed, &device)?;
+        let calib = calibration_images(
+            &card.data_spec(),
+            args.data.as_deref(),
+            args.calib,
+            seed,
+            &device,
+        )?;
         (plan, format!("W{w}A{a}"), calib)
     };
     let mut plan = plan;

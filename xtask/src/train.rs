@@ -10,7 +10,8 @@ use mixq_core::{Error, Result, RunDir};
 use mixq_qat_trainer::{FpConfig, FpTrainer};
 use serde::Serialize;
 
-use crate::common::{DeviceName, classification_data, image_set, progress};
+use crate::common::{DeviceName, image_set, progress};
+use mixq_datasets::classification_data;
 
 /// The checkpoint file inside a train run folder.
 const TRAIN_CHECKPOINT: &str = "train-checkpoint.safetensors";
@@ -136,7 +137,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.limit == Some(0) {
         return Err(Error::invalid("--limit", 0, "must be at least 1"));
     }
-    let data = classification_data(&card, args.data.as_deref(), "train")?;
+    let data = classification_data(&card.data_spec(), args.data.as_deref(), "train")?;
     let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
     let flips_ok = data.dataset.is_some_and(|d| d.flips_keep_class());
     let config = FpConfig {

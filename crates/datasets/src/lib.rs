@@ -83,6 +83,7 @@ mod labelled;
 pub mod pose_dataset;
 pub mod pose_transform;
 pub mod preprocess;
+pub mod resolve;
 pub mod synthetic_pose;
 
 pub use batch::Batch;
@@ -101,4 +102,8 @@ pub use pose_dataset::{
     Augment, PoseBatch, PoseItem, PoseMeta, TopDownConfig, TopDownDataset, keypoint_results,
 };
 pub use preprocess::{EvalTransform, PassOrder, eval_transform_image, load_image};
+pub use resolve::{
+    DataSource, DataSpec, EvalData, calibration_source, classification_data, data_error,
+    is_in_memory, open_data, sample_batch,
+};
 pub use synthetic_pose::SyntheticPoses;

@@ -492,3 +492,17 @@ pub fn quantize_hooked(
         plan: plan.clone(),
     })
 }
+
+/// A seeded sample of `n` calibration images as one `[n, c, h, w]` tensor: from `folder` (a
+/// training-split image folder, or an in-memory data set's validation split), else from the
+/// model's data set (see [`mixq_datasets::sample_batch`]).
+pub fn calibration_images(
+    spec: &mixq_datasets::DataSpec,
+    folder: Option<&std::path::Path>,
+    n: usize,
+    seed: u64,
+    device: &burn::tensor::Device,
+) -> Result<Tensor<4>> {
+    let batch = mixq_datasets::sample_batch(spec, folder, n, seed, "--calib")?;
+    Ok(mixq_vit_models::batch_tensor(&batch, device))
+}

@@ -28,8 +28,8 @@ pub mod state;
 pub mod sweep;
 
 pub use calibrate::{
-    HookQuantizers, IsolatedQuantizers, QuantizedModel, quantize, quantize_hooked,
-    quantize_isolated, reparameterize,
+    HookQuantizers, IsolatedQuantizers, QuantizedModel, calibration_images, quantize,
+    quantize_hooked, quantize_isolated, reparameterize,
 };
 pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
 pub use eval::{Comparison, Metrics, Spread, compare, host_logits};

@@ -107,7 +107,12 @@ fn one_pass_comparison_equals_each_model_alone() {
     alone.add(&fp, &labels, None);
     let close = |a: &Metrics, b: &Metrics| {
         assert_eq!((a.images, a.top1, a.top5), (b.images, b.top1, b.top5));
-        assert!((a.loss() - b.loss()).abs() < 1e-4, "{} vs {}", a.loss(), b.loss());
+        assert!(
+            (a.loss() - b.loss()).abs() < 1e-4,
+            "{} vs {}",
+            a.loss(),
+            b.loss()
+        );
         assert!((a.kl() - b.kl()).abs() < 1e-4, "{} vs {}", a.kl(), b.kl());
     };
     close(&got.fp, &alone);

@@ -113,6 +113,23 @@ const BUILTIN: &[(&str, &str)] = &[
 ];
 
 impl ModelCard {
+    /// What the model needs from its data: its data set and timm's eval transform.
+    pub fn data_spec(&self) -> mixq_datasets::DataSpec {
+        let pre = &self.preprocess;
+        let channel3 = |v: &[f32]| [v[0], *v.get(1).unwrap_or(&v[0]), *v.get(2).unwrap_or(&v[0])];
+        mixq_datasets::DataSpec {
+            model: self.aliases[0].clone(),
+            dataset: self.dataset.clone(),
+            transform: mixq_datasets::EvalTransform {
+                img_size: pre.img_size,
+                crop_pct: pre.crop_pct,
+                mean: channel3(&pre.mean),
+                std: channel3(&pre.std),
+                channels: self.arch.in_chans(),
+            },
+        }
+    }
+
     /// Parses a card; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
         let card: ModelCard =

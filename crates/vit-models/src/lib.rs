@@ -40,3 +40,14 @@ pub use swin::{SwinConfig, SwinTransformer};
 pub use vit::{VisionTransformer, VitConfig};
 pub use weights::WeightsSource;
 pub use wtpose::{MacCount, WTPOSE_VARIANTS, WtPose, WtPoseConfig};
+
+/// A batch of images as the models' `[b, c, h, w]` input on `device`.
+pub fn batch_tensor(
+    batch: &mixq_datasets::Batch,
+    device: &burn::tensor::Device,
+) -> burn::tensor::Tensor<4> {
+    burn::tensor::Tensor::from_data(
+        burn::tensor::TensorData::new(batch.images.clone(), batch.shape),
+        device,
+    )
+}
