@@ -6,10 +6,10 @@ use std::time::Duration;
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use mixq_core::{Error, Result};
+use mixq_core::Result;
 use mixq_datasets::{LabelledImages, data_error};
 use mixq_qat_trainer::ImageSet;
-use mixq_vit_models::{Model, ModelCard, WeightsSource};
+use mixq_vit_models::{Model, ModelCard, WeightsChoice};
 
 /// The compute backend, chosen at the command line only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -35,7 +35,7 @@ impl DeviceName {
             #[cfg(feature = "wgpu")]
             DeviceName::WgpuCpu => Ok(Device::wgpu(burn::tensor::DeviceKind::Cpu)),
             #[cfg(not(feature = "wgpu"))]
-            other => Err(Error::invalid(
+            other => Err(mixq_core::Error::invalid(
                 "--device",
                 format!("{other:?}").to_lowercase(),
                 "this build has no wgpu backend; rebuild with the feature: \
@@ -73,64 +73,18 @@ impl ModelArgs {
         ModelCard::find(&self.model)
     }
 
-    /// Where the weights come from, or `None` for random weights.
-    pub fn weights_source(&self, card: &ModelCard) -> Result<Option<WeightsSource>> {
-        if self.random_weights {
-            return Ok(None);
-        }
-        if let Some(dir) = &self.hf_cache {
-            let repo = card.hf_repo.as_deref().ok_or_else(|| {
-                Error::invalid(
-                    "--hf-cache",
-                    dir.display(),
-                    format!("model '{}' has no hf_repo", card.name),
-                )
-            })?;
-            return Ok(Some(WeightsSource::Safetensors(
-                mixq_vit_models::weights::hf_cache_file(dir, repo)?,
-            )));
-        }
-        if let Some(path) = &self.weights {
-            if path.is_dir()
-                && let Some(file) = card.weights_in_folder(path)
-            {
-                return WeightsSource::resolve(&file, None).map(Some);
-            }
-            return WeightsSource::resolve(path, card.hf_repo.as_deref()).map(Some);
-        }
-        match card.shipped_path() {
-            Some(path) if !path.exists() && card.train.is_some() => Err(Error::invalid(
-                "--weights",
-                "(none)",
-                format!(
-                    "model '{}' names {} but it is not there yet: make it with `cargo xtask \
-                     train --model {}`, or pass --weights FILE or --random-weights",
-                    card.aliases[0],
-                    path.display(),
-                    card.aliases[0]
-                ),
-            )),
-            Some(path) => WeightsSource::resolve(&path, None).map(Some),
-            None => Err(Error::invalid(
-                "--weights",
-                "(none)",
-                format!(
-                    "model '{}' ships no checkpoint: pass --weights FILE, --hf-cache DIR or --random-weights",
-                    card.aliases[0]
-                ),
-            )),
+    /// Where the weights come from, as the library takes it.
+    pub fn weights_choice(&self) -> WeightsChoice {
+        WeightsChoice {
+            weights: self.weights.clone(),
+            hf_cache: self.hf_cache.clone(),
+            random: self.random_weights,
         }
     }
 
     /// The model with its weights on the chosen device.
     pub fn load(&self, card: &ModelCard, device: &Device) -> Result<Model> {
-        let source = self.weights_source(card)?;
-        device.seed(self.seed);
-        let model = card.arch.init(device)?;
-        match source {
-            Some(source) => model.load_weights(&source),
-            None => Ok(model),
-        }
+        card.load(&self.weights_choice(), self.seed, device)
     }
 }
 

@@ -38,7 +38,7 @@ pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};
 pub use model::{ArchConfig, Model};
 pub use swin::{SwinConfig, SwinTransformer};
 pub use vit::{VisionTransformer, VitConfig};
-pub use weights::WeightsSource;
+pub use weights::{WeightsChoice, WeightsSource};
 pub use wtpose::{MacCount, WTPOSE_VARIANTS, WtPose, WtPoseConfig};
 
 /// A batch of images as the models' `[b, c, h, w]` input on `device`.

@@ -10,8 +10,11 @@ use burn::store::{
     ApplyError, ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
     PytorchStore, SafetensorsStore,
 };
+use burn::tensor::Device;
 use mixq_core::{Error, Result};
+use serde::{Deserialize, Serialize};
 
+use crate::card::ModelCard;
 use crate::model::Model;
 
 /// State-dict entries that timm may write but that mixq recomputes instead of loading.
@@ -171,6 +174,78 @@ fn check_safetensors_file(path: &Path) -> Result<()> {
     safetensors::SafeTensors::deserialize(&bytes)
         .map(|_| ())
         .map_err(|e| bad(format!("not a valid safetensors file ({e})")))
+}
+
+/// Where a model's weights come from (the CLI's `--weights`, `--hf-cache`,
+/// `--random-weights`); all unset means the card's shipped checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightsChoice {
+    /// A timm `.safetensors` or `.pth` file, or a folder holding one of the card's files.
+    pub weights: Option<PathBuf>,
+    /// A Hugging Face hub cache folder searched for the card's `hf_repo`.
+    pub hf_cache: Option<PathBuf>,
+    /// Random weights (seeded); for speed measurements only.
+    pub random: bool,
+}
+
+impl ModelCard {
+    /// Where the weights come from, or `None` for random weights. Errors say which option to
+    /// pass when the card has nothing to offer.
+    pub fn weights_source(&self, choice: &WeightsChoice) -> Result<Option<WeightsSource>> {
+        if choice.random {
+            return Ok(None);
+        }
+        if let Some(dir) = &choice.hf_cache {
+            let repo = self.hf_repo.as_deref().ok_or_else(|| {
+                Error::invalid(
+                    "--hf-cache",
+                    dir.display(),
+                    format!("model '{}' has no hf_repo", self.name),
+                )
+            })?;
+            return Ok(Some(WeightsSource::Safetensors(hf_cache_file(dir, repo)?)));
+        }
+        if let Some(path) = &choice.weights {
+            if path.is_dir()
+                && let Some(file) = self.weights_in_folder(path)
+            {
+                return WeightsSource::resolve(&file, None).map(Some);
+            }
+            return WeightsSource::resolve(path, self.hf_repo.as_deref()).map(Some);
+        }
+        let name = &self.aliases[0];
+        match self.shipped_path() {
+            Some(path) if !path.exists() && self.train.is_some() => Err(Error::invalid(
+                "--weights",
+                "(none)",
+                format!(
+                    "model '{name}' names {} but it is not there yet: make it with `cargo xtask \
+                     train --model {name}`, or pass --weights FILE or --random-weights",
+                    path.display(),
+                ),
+            )),
+            Some(path) => WeightsSource::resolve(&path, None).map(Some),
+            None => Err(Error::invalid(
+                "--weights",
+                "(none)",
+                format!(
+                    "model '{name}' ships no checkpoint: pass --weights FILE, --hf-cache DIR or \
+                     --random-weights"
+                ),
+            )),
+        }
+    }
+
+    /// The model with its weights on `device`; `seed` seeds the initial (random) weights.
+    pub fn load(&self, choice: &WeightsChoice, seed: u64, device: &Device) -> Result<Model> {
+        let source = self.weights_source(choice)?;
+        device.seed(seed);
+        let model = self.arch.init(device)?;
+        match source {
+            Some(source) => model.load_weights(&source),
+            None => Ok(model),
+        }
+    }
 }
 
 /// A store that writes safetensors with one metadata key, `format: pt` (what Hugging Face's

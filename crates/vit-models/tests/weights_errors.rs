@@ -149,3 +149,33 @@ fn missing_and_extra_keys_are_all_listed() {
         "{err}"
     );
 }
+
+#[test]
+fn weights_choice_resolves_shipped_random_and_missing() {
+    use mixq_vit_models::{ModelCard, WeightsChoice};
+    let digits = ModelCard::find("digits-deit").unwrap();
+    match digits.weights_source(&WeightsChoice::default()).unwrap() {
+        Some(WeightsSource::Safetensors(p)) => assert_eq!(Some(p), digits.shipped_path()),
+        other => panic!("{other:?}"),
+    }
+    let random = WeightsChoice {
+        random: true,
+        ..WeightsChoice::default()
+    };
+    assert!(digits.weights_source(&random).unwrap().is_none());
+    let err = ModelCard::find("deit-s")
+        .unwrap()
+        .weights_source(&WeightsChoice::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ships no checkpoint") && err.contains("--weights"),
+        "{err}"
+    );
+    let hf = WeightsChoice {
+        hf_cache: Some(tmp("no-hf-repo")),
+        ..WeightsChoice::default()
+    };
+    let err = digits.weights_source(&hf).unwrap_err().to_string();
+    assert!(err.contains("has no hf_repo"), "{err}");
+}
