@@ -14,8 +14,7 @@ use mixq_core::{
 };
 use mixq_datasets::Batch;
 use mixq_ptq::{
-    Baseline, Comparison, PtqConfig, SweepOptions, compare, quantize, sensitivity_sweep,
-    sweep_fingerprint, uniform_plan,
+    Baseline, PtqConfig, SweepOptions, Variant, sensitivity_sweep, sweep_fingerprint, uniform_plan,
 };
 use mixq_report::{Bar, BarChart, HeatMap, LineChart, Series, bar_chart, heat_map, line_chart};
 use mixq_sensitivity::{Metric, Probe, Shard, SweepCache, merge_tables, to_table};
@@ -23,6 +22,7 @@ use mixq_vit_models::{ExplainOptions, Model, ModelCard, Target, contribution_sco
 use serde::Serialize;
 
 use crate::common::{ModelArgs, progress};
+use crate::ptq::evaluate_variants;
 use mixq_datasets::{EvalData, sample_batch};
 use mixq_vit_models::batch_tensor;
 
@@ -603,27 +603,25 @@ pub fn run_mixed(
     let n_calib = calib.dims()[0];
 
     // 4. PTQ with every plan, then one evaluation pass for all.
-    let config = PtqConfig::default();
-    let bar = progress(plans.len(), "calibrate");
-    let mut quantized = Vec::new();
-    for (_, _, plan) in &plans {
-        quantized.push(quantize(model.clone(), calib.clone(), plan, &config)?);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
     let eval = EvalData::open(&card.data_spec(), data, eval_limit, batch)?;
     let describe = eval.describe.clone();
-    let bar = progress(eval.len, "evaluate");
-    let batches = eval.batches.map(|b| (batch_tensor(&b, &device), b.labels));
-    let Comparison { fp, quantized: qm } =
-        compare(&model, &quantized, batches, |n| bar.inc(n as u64));
-    bar.finish_and_clear();
-    if fp.images == 0 {
-        return Err(Error::Data {
-            path: data.map(Path::to_path_buf).unwrap_or_default(),
-            message: "no image could be evaluated".into(),
-        });
-    }
+    let variants: Vec<Variant> = plans
+        .iter()
+        .map(|(name, _, plan)| Variant {
+            label: name.clone(),
+            plan: plan.clone(),
+            config: PtqConfig::default(),
+        })
+        .collect();
+    let result = evaluate_variants(
+        &model,
+        &variants,
+        &[(model_args.seed, calib.clone())],
+        eval,
+        data,
+        &device,
+    )?;
+    let fp = &result.fp;
     let mut rows = vec![MixedRow {
         name: format!("{} FP32", card.aliases[0]),
         budget: None,
@@ -633,8 +631,9 @@ pub fn run_mixed(
         top5: fp.top5_pct(),
         kl: 0.0,
     }];
-    for ((name, budget, plan), m) in plans.iter().zip(&qm) {
+    for ((name, budget, plan), r) in plans.iter().zip(&result.variants) {
         let (w, a) = plan_averages(plan, &sites);
+        let m = &r.seeds[0].metrics;
         rows.push(MixedRow {
             name: name.clone(),
             budget: *budget,

@@ -3,18 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::{Device, Tensor};
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
 use mixq_ptq::{
-    Comparison, Metrics, PostLnMode, PtqConfig, QuantizedModel, SoftmaxMode, Spread, compare,
-    quantize, uniform_plan,
+    Metrics, PostLnMode, PtqConfig, SeedMetrics, SoftmaxMode, Spread, Variant, VariantTable,
+    calibration_images, compare_variants, uniform_plan,
 };
+use mixq_vit_models::Model;
 use serde::Serialize;
 
 use crate::common::{ModelArgs, progress};
 use crate::mixed::{CalibSource, MixedArgs, run_mixed};
 use mixq_datasets::{EvalData, calibration_source, is_in_memory};
-use mixq_ptq::calibration_images;
 use mixq_vit_models::batch_tensor;
 
 #[derive(Args, Debug)]
@@ -85,14 +86,6 @@ pub struct PtqArgs {
     /// Skip the flip test when scoring.
     #[arg(long, help_heading = "Pose models (wtpose-*)")]
     pub no_flip: bool,
-}
-
-/// One configuration's figures for one calibration seed (`None`: full precision, which no
-/// seed changes).
-#[derive(Debug, Serialize)]
-struct SeedMetrics {
-    seed: Option<u64>,
-    metrics: Metrics,
 }
 
 /// One row of the results table: a configuration over every calibration seed.
@@ -206,6 +199,49 @@ impl PtqArgs {
     }
 }
 
+/// [`compare_variants`] with progress bars; an evaluation in which no image could be read is
+/// an error naming `data_path`.
+pub fn evaluate_variants(
+    model: &Model,
+    variants: &[Variant],
+    calibrations: &[(u64, Tensor<4>)],
+    data: EvalData,
+    data_path: Option<&Path>,
+    device: &Device,
+) -> Result<VariantTable> {
+    let total = calibrations.len() * variants.len();
+    let calib_bar = progress(total, "calibrate");
+    let mut eval_bar = None;
+    let batches = data.batches.map(|b| (batch_tensor(&b, device), b.labels));
+    let result = compare_variants(
+        model,
+        variants,
+        calibrations,
+        batches,
+        |done| {
+            calib_bar.set_position(done as u64);
+            if done == total {
+                calib_bar.finish_and_clear();
+            }
+        },
+        |n| {
+            eval_bar
+                .get_or_insert_with(|| progress(data.len, "evaluate"))
+                .inc(n as u64)
+        },
+    )?;
+    if let Some(bar) = eval_bar {
+        bar.finish_and_clear();
+    }
+    if result.fp.images == 0 {
+        return Err(Error::Data {
+            path: data_path.map(Path::to_path_buf).unwrap_or_default(),
+            message: "no image could be evaluated".into(),
+        });
+    }
+    Ok(result)
+}
+
 pub fn run(args: PtqArgs) -> Result<()> {
     if args.model.model.starts_with("wtpose") {
         if args.seeds.len() > 1 {
@@ -292,50 +328,43 @@ pub fn run(args: PtqArgs) -> Result<()> {
         );
     }
     // Every configuration for every seed, calibrated first and evaluated in one pass.
-    let configs: Vec<(usize, (PostLnMode, SoftmaxMode))> = (0..plans.len())
-        .flat_map(|p| grid.iter().map(move |&m| (p, m)))
+    let variants: Vec<Variant> = plans
+        .iter()
+        .flat_map(|(label, plan)| {
+            grid.iter().map(|&(post_ln, softmax)| Variant {
+                label: label.clone(),
+                plan: plan.clone(),
+                config: PtqConfig {
+                    post_ln,
+                    softmax,
+                    ..PtqConfig::default()
+                },
+            })
+        })
         .collect();
-    let bar = progress(seeds.len() * configs.len(), "calibrate");
-    let mut quantized: Vec<QuantizedModel> = Vec::new();
-    let mut n_calib = 0;
-    for &seed in &seeds {
-        let calib = calibration_images(
-            &card.data_spec(),
-            args.calib_data.as_deref().or(args.data.as_deref()),
-            args.calib,
-            seed,
-            &device,
-        )?;
-        n_calib = calib.dims()[0];
-        for &(p, (post_ln, softmax)) in &configs {
-            let config = PtqConfig {
-                post_ln,
-                softmax,
-                ..PtqConfig::default()
-            };
-            quantized.push(quantize(
-                model.clone(),
-                calib.clone(),
-                &plans[p].1,
-                &config,
-            )?);
-            bar.inc(1);
-        }
-    }
-    bar.finish_and_clear();
-
+    let calibrations = seeds
+        .iter()
+        .map(|&seed| {
+            let images = calibration_images(
+                &card.data_spec(),
+                args.calib_data.as_deref().or(args.data.as_deref()),
+                args.calib,
+                seed,
+                &device,
+            )?;
+            Ok((seed, images))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let n_calib = calibrations[0].1.dims()[0];
     let describe = data.describe.clone();
-    let bar = progress(data.len, "evaluate");
-    let batches = data.batches.map(|b| (batch_tensor(&b, &device), b.labels));
-    let Comparison { fp, quantized: qm } =
-        compare(&model, &quantized, batches, |n| bar.inc(n as u64));
-    bar.finish_and_clear();
-    if fp.images == 0 {
-        return Err(Error::Data {
-            path: args.data.clone().unwrap_or_default(),
-            message: "no image could be evaluated".into(),
-        });
-    }
+    let result = evaluate_variants(
+        &model,
+        &variants,
+        &calibrations,
+        data,
+        args.data.as_deref(),
+        &device,
+    )?;
 
     let name = &card.aliases[0];
     let mut rows = vec![Row::new(
@@ -343,23 +372,15 @@ pub fn run(args: PtqArgs) -> Result<()> {
         None,
         vec![SeedMetrics {
             seed: None,
-            metrics: fp,
+            metrics: result.fp,
         }],
     )];
-    // `qm` is seed-major: seed i's configurations are qm[i * configs.len()..].
-    for (c, &(p, modes)) in configs.iter().enumerate() {
-        let per_seed = seeds
-            .iter()
-            .enumerate()
-            .map(|(i, &seed)| SeedMetrics {
-                seed: Some(seed),
-                metrics: qm[i * configs.len() + c].clone(),
-            })
-            .collect();
+    for (v, r) in variants.iter().zip(result.variants) {
+        let modes = (v.config.post_ln, v.config.softmax);
         rows.push(Row::new(
-            format!("{name} {}", plans[p].0),
+            format!("{name} {}", r.label),
             Some(modes),
-            per_seed,
+            r.seeds,
         ));
     }
     let table = table(&rows);

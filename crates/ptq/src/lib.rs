@@ -26,6 +26,7 @@ pub mod eval;
 pub mod reparam;
 pub mod state;
 pub mod sweep;
+pub mod table;
 
 pub use calibrate::{
     HookQuantizers, IsolatedQuantizers, QuantizedModel, calibration_images, quantize,
@@ -35,3 +36,4 @@ pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
 pub use eval::{Comparison, Metrics, Spread, compare, host_logits};
 pub use state::{ActQuantizer, QuantState};
 pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};
+pub use table::{SeedMetrics, Variant, VariantResult, VariantTable, compare_variants};

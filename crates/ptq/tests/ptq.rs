@@ -3,7 +3,8 @@
 use burn::tensor::{Device, Tensor};
 use mixq_core::{BitPlan, BitWidth, SiteBits, SiteId};
 use mixq_ptq::{
-    Metrics, PostLnMode, PtqConfig, SoftmaxMode, compare, quantize, reparameterize, uniform_plan,
+    Metrics, PostLnMode, PtqConfig, SoftmaxMode, Variant, compare, compare_variants, quantize,
+    reparameterize, uniform_plan,
 };
 use mixq_vit_models::testing::{FIXTURES, fixture, max_abs_diff};
 
@@ -123,6 +124,56 @@ fn one_pass_comparison_equals_each_model_alone() {
         close(m, &alone);
     }
     assert!(got.quantized[0].kl() < got.quantized[1].kl());
+}
+
+#[test]
+fn every_variant_and_seed_scores_as_it_does_alone() {
+    // Two calibration sets (the fixture's images, and the same at half scale) x two variants:
+    // each (variant, seed) cell equals quantizing with that calibration alone, and the spread
+    // is over the cells of one variant.
+    let device = Device::flex();
+    let (model, input, _) = fixture("vit_tiny", &device);
+    let labels = vec![3, 7];
+    let variants: Vec<Variant> = [(8, PostLnMode::ClippedChannel), (3, PostLnMode::Uniform)]
+        .into_iter()
+        .map(|(bits, post_ln)| Variant {
+            label: format!("W{bits}A{bits}"),
+            plan: uniform_plan(&model.sites(), bits, bits, 8).unwrap(),
+            config: PtqConfig {
+                post_ln,
+                ..PtqConfig::default()
+            },
+        })
+        .collect();
+    let calibrations = vec![(10, input.clone()), (11, input.clone() * 0.5)];
+    let mut calibrated = 0;
+    let table = compare_variants(
+        &model,
+        &variants,
+        &calibrations,
+        [(input.clone(), labels.clone())],
+        |n| calibrated = n,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(calibrated, 4);
+    let fp = host(model.forward(input.clone()));
+    assert_eq!(table.variants.len(), 2);
+    for (v, result) in variants.iter().zip(&table.variants) {
+        assert_eq!(result.label, v.label);
+        let mut top1 = Vec::new();
+        for ((seed, calib), cell) in calibrations.iter().zip(&result.seeds) {
+            assert_eq!(cell.seed, Some(*seed));
+            let q = quantize(model.clone(), calib.clone(), &v.plan, &v.config).unwrap();
+            let mut alone = Metrics::default();
+            alone.add(&host(q.forward(input.clone())), &labels, Some(&fp));
+            assert_eq!(cell.metrics, alone, "{} seed {seed}", v.label);
+            top1.push(alone.top1_pct());
+        }
+        assert_eq!(result.top1.mean, (top1[0] + top1[1]) / 2.0);
+    }
+    let kl = |v: usize, i: usize| table.variants[v].seeds[i].metrics.kl();
+    assert!(kl(1, 0) != kl(1, 1), "the two calibrations give different 3-bit models");
 }
 
 #[test]

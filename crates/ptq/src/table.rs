@@ -1,0 +1,130 @@
+//! A PTQ comparison as one call: full precision against every quantized variant (plans ×
+//! quantizer options), each calibrated once per seed, all evaluated in one pass over the data,
+//! every figure summarised over the seeds.
+//!
+//! ```no_run
+//! use mixq_ptq::{PtqConfig, Variant, compare_variants, uniform_plan};
+//! use mixq_vit_models::{ModelCard, WeightsChoice, batch_tensor};
+//! use mixq_datasets::EvalData;
+//!
+//! let card = ModelCard::find("fmnist-deit")?;
+//! let device = burn::tensor::Device::flex();
+//! let model = card.load(&WeightsChoice::default(), 0, &device)?;
+//! let spec = card.data_spec();
+//! let variants: Vec<Variant> = [8, 4]
+//!     .into_iter()
+//!     .map(|b| {
+//!         Ok(Variant {
+//!             label: format!("W{b}A{b}"),
+//!             plan: uniform_plan(&model.sites(), b, b, 8)?,
+//!             config: PtqConfig::default(),
+//!         })
+//!     })
+//!     .collect::<mixq_core::Result<_>>()?;
+//! let calibrations = [0, 1, 2]
+//!     .into_iter()
+//!     .map(|seed| Ok((seed, mixq_ptq::calibration_images(&spec, None, 32, seed, &device)?)))
+//!     .collect::<mixq_core::Result<Vec<_>>>()?;
+//! let data = EvalData::open(&spec, None, None, 250)?;
+//! let batches = data.batches.map(|b| (batch_tensor(&b, &device), b.labels));
+//! let table = compare_variants(&model, &variants, &calibrations, batches, |_| {}, |_| {})?;
+//! for v in &table.variants {
+//!     println!("{}: top-1 {}", v.label, v.top1.format(2));
+//! }
+//! # Ok::<(), mixq_core::Error>(())
+//! ```
+
+use burn::tensor::Tensor;
+use mixq_core::{BitPlan, Result};
+use mixq_vit_models::Model;
+use serde::Serialize;
+
+use crate::{Comparison, Metrics, PtqConfig, QuantizedModel, Spread, compare, quantize};
+
+/// One quantized configuration: a plan and the quantizer options.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    /// How reports name it (`W4A4`, `mix 4`, ...).
+    pub label: String,
+    pub plan: BitPlan,
+    pub config: PtqConfig,
+}
+
+/// One configuration's figures for one calibration seed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SeedMetrics {
+    /// `None` for full precision, which no seed changes.
+    pub seed: Option<u64>,
+    pub metrics: Metrics,
+}
+
+/// A configuration over every calibration seed, with the spread of each figure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VariantResult {
+    pub label: String,
+    pub seeds: Vec<SeedMetrics>,
+    pub top1: Spread,
+    pub top5: Spread,
+    pub loss: Spread,
+    /// Mean KL(FP || quantized).
+    pub kl: Spread,
+}
+
+impl VariantResult {
+    fn new(label: String, seeds: Vec<SeedMetrics>) -> Self {
+        let spread = |f: fn(&Metrics) -> f64| Spread::of(seeds.iter().map(|s| f(&s.metrics)));
+        Self {
+            label,
+            top1: spread(Metrics::top1_pct),
+            top5: spread(Metrics::top5_pct),
+            loss: spread(Metrics::loss),
+            kl: spread(Metrics::kl),
+            seeds,
+        }
+    }
+}
+
+/// Full precision and every variant, in the order given.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VariantTable {
+    pub fp: Metrics,
+    pub variants: Vec<VariantResult>,
+}
+
+/// Quantizes `model` with every variant for every `(seed, calibration images)` pair, then
+/// evaluates full precision and all of them over `batches` in one pass. `calibrated` is called
+/// after each quantization, `evaluated` with each batch's size.
+pub fn compare_variants(
+    model: &Model,
+    variants: &[Variant],
+    calibrations: &[(u64, Tensor<4>)],
+    batches: impl IntoIterator<Item = (Tensor<4>, Vec<usize>)>,
+    mut calibrated: impl FnMut(usize),
+    evaluated: impl FnMut(usize),
+) -> Result<VariantTable> {
+    // Seed-major: seed i's variants are quantized[i * variants.len()..].
+    let mut quantized: Vec<QuantizedModel> = Vec::new();
+    for (_, calib) in calibrations {
+        for v in variants {
+            quantized.push(quantize(model.clone(), calib.clone(), &v.plan, &v.config)?);
+            calibrated(quantized.len());
+        }
+    }
+    let Comparison { fp, quantized: qm } = compare(model, &quantized, batches, evaluated);
+    let variants = variants
+        .iter()
+        .enumerate()
+        .map(|(v, variant)| {
+            let seeds = calibrations
+                .iter()
+                .enumerate()
+                .map(|(i, (seed, _))| SeedMetrics {
+                    seed: Some(*seed),
+                    metrics: qm[i * variants.len() + v].clone(),
+                })
+                .collect();
+            VariantResult::new(variant.label.clone(), seeds)
+        })
+        .collect();
+    Ok(VariantTable { fp, variants })
+}
