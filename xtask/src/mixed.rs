@@ -334,7 +334,7 @@ pub struct BudgetArgs {
         value_delimiter = ',',
         default_value = "mix,lrp,sensitivity"
     )]
-    pub presets: Vec<mixq_allocator::Preset>,
+    pub presets: Vec<mixq_allocator::Criterion>,
     /// Weight of importance in the `mix` cost: damage x (1 + lambda x importance).
     #[arg(long, default_value_t = 1.0)]
     pub lambda: f64,
@@ -348,11 +348,11 @@ impl BudgetArgs {
         scores: Option<&ContributionScores>,
         table: &SensitivityTable,
         candidates: &[SiteBits],
-        preset: mixq_allocator::Preset,
+        preset: mixq_allocator::Criterion,
         avg: f64,
     ) -> Result<Problem> {
         let mut p = Problem::from_tables(sites, scores, Some(table), candidates)?
-            .with_preset(preset)
+            .with_criterion(preset)
             .with_lambda(self.lambda)
             .with_budget(Budget::avg_w_bits(avg))
             .with_budget(Budget::avg_a_bits(self.avg_a_bits.unwrap_or(avg)));

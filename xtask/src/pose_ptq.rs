@@ -10,7 +10,7 @@
 //! path, so no contribution scores), and compares it with the uniform plan at that budget.
 
 use burn::tensor::{Device, Tensor};
-use mixq_allocator::{Preset, allocate};
+use mixq_allocator::{Criterion, allocate};
 use mixq_core::{BitPlan, Error, Result, RunDir, SensitivityPoint, SensitivityTable, SiteInfo};
 use mixq_datasets::TopDownDataset;
 use mixq_ptq::{PtqConfig, quantize_hooked, uniform_plan};
@@ -140,7 +140,8 @@ fn plans(
             Some(avg),
             uniform_plan(sites, uniform, uniform, args.image_bits)?,
         ));
-        let problem = budget.problem(sites, None, table, &candidates, Preset::Sensitivity, avg)?;
+        let problem =
+            budget.problem(sites, None, table, &candidates, Criterion::Sensitivity, avg)?;
         let mut plan = allocate(&problem)?.plan;
         fix_image_bits(&mut plan, sites, args.image_bits)?;
         out.push(("mixed sensitivity".into(), Some(avg), plan));

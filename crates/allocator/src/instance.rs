@@ -2,7 +2,7 @@
 
 use mixq_core::{Error, Result, SiteBits};
 
-use crate::problem::{Budget, BudgetKind, Preset, Problem, label};
+use crate::problem::{Budget, BudgetKind, Criterion, Problem, label};
 
 /// Largest integer every f64 holds exactly: resource sums must stay below it so that the
 /// integer check and the f64 `used <= value` check agree.
@@ -83,20 +83,20 @@ impl Instance {
             allowed.push(ks);
         }
 
-        let importance = match p.preset {
-            Preset::Sensitivity => None,
-            Preset::Lrp | Preset::Mix => {
+        let importance = match p.criterion {
+            Criterion::Sensitivity => None,
+            Criterion::Lrp | Criterion::Mix => {
                 let scores = p.scores.as_ref().ok_or_else(|| {
                     Error::invalid(
                         "preset",
-                        p.preset,
+                        p.criterion,
                         "needs contribution scores (LRP); none were given",
                     )
                 })?;
                 Some(normalised_importance(scores))
             }
         };
-        if p.preset == Preset::Lrp
+        if p.criterion == Criterion::Lrp
             && importance
                 .as_ref()
                 .is_some_and(|v| v.iter().all(|&x| x == 0.0))
@@ -107,15 +107,17 @@ impl Instance {
                 "every contribution score is 0, so the lrp objective cannot rank sites",
             ));
         }
-        let damage = match p.preset {
-            Preset::Lrp => None,
-            Preset::Sensitivity | Preset::Mix => Some(p.damage.as_ref().ok_or_else(|| {
-                Error::invalid(
-                    "preset",
-                    p.preset,
-                    "needs a sensitivity table; none was given",
-                )
-            })?),
+        let damage = match p.criterion {
+            Criterion::Lrp => None,
+            Criterion::Sensitivity | Criterion::Mix => {
+                Some(p.damage.as_ref().ok_or_else(|| {
+                    Error::invalid(
+                        "preset",
+                        p.criterion,
+                        "needs a sensitivity table; none was given",
+                    )
+                })?)
+            }
         };
 
         let mut cost = Vec::with_capacity(p.sites.len());
@@ -137,10 +139,10 @@ impl Instance {
                         )
                     })?,
                 };
-                let c = match p.preset {
-                    Preset::Sensitivity => d,
-                    Preset::Mix => d * (1.0 + p.lambda * importance.as_ref().unwrap()[s]),
-                    Preset::Lrp => importance.as_ref().unwrap()[s] * noise_proxy(bits),
+                let c = match p.criterion {
+                    Criterion::Sensitivity => d,
+                    Criterion::Mix => d * (1.0 + p.lambda * importance.as_ref().unwrap()[s]),
+                    Criterion::Lrp => importance.as_ref().unwrap()[s] * noise_proxy(bits),
                 };
                 row.push(c);
             }

@@ -21,7 +21,7 @@
 //! left side with the largest integer whose `used` is `<= value` in f64); a returned plan is
 //! never over a budget.
 //!
-//! ## Costs (objective presets, [`Preset`])
+//! ## Costs (objective criteria, [`Criterion`])
 //! With `importance_s = score_s / mean_t(score_t)` (mean over the problem's sites, so the
 //! average site has importance 1; all-zero scores stay 0) and `damage(s, b)` the sensitivity
 //! table's value for site `s` alone at candidate `b`:
@@ -29,7 +29,7 @@
 //!   an importance-weighted quantization-noise proxy (noise power of a uniform quantizer
 //!   scales as `4^-bits`; 1 at W2A2), so more important sites get more bits.
 //! - `sensitivity` (measured damage only): `cost(s, b) = damage(s, b)`.
-//! - `mix` (default, DESIGN.md): `cost(s, b) = damage(s, b) * (1 + lambda * importance_s)`,
+//! - `mix` (default: both signals): `cost(s, b) = damage(s, b) * (1 + lambda * importance_s)`,
 //!   `lambda` default 1.
 //!
 //! The objective value is `sum_s cost(s, b_s)`. A missing sensitivity point for a candidate a
@@ -91,7 +91,7 @@ use crate::problem::label;
 use crate::solve::{Goal, Outcome, dp, greedy, milp, scale_row};
 
 pub use crate::problem::{
-    BitLimits, Budget, BudgetKind, Preset, Problem, default_candidates, parse_candidates,
+    BitLimits, Budget, BudgetKind, Criterion, Problem, default_candidates, parse_candidates,
 };
 
 /// How trustworthy the returned plan is.
@@ -147,10 +147,10 @@ pub struct BudgetUse {
 /// A solved allocation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Allocation {
-    /// Bits for every site; `meta` records preset, lambda, budget, objective, solver, status,
-    /// candidates (and the sensitivity metric when a table was used).
+    /// Bits for every site; `meta` records the criterion (key `preset`), lambda, budget,
+    /// objective, solver, status, candidates (and the sensitivity metric when a table was used).
     pub plan: BitPlan,
-    /// `sum_s cost(s, b_s)` (see the crate docs for the cost of each preset).
+    /// `sum_s cost(s, b_s)` (see the crate docs for the cost of each criterion).
     pub objective: f64,
     /// One entry per budget, in [`BudgetKind`] order.
     pub budgets: Vec<BudgetUse>,
@@ -326,7 +326,7 @@ fn finish(
         plan.sites.insert(site.id.clone(), bits);
     }
     let meta = &mut plan.meta;
-    meta.insert("preset".into(), problem.preset.name().into());
+    meta.insert("preset".into(), problem.criterion.name().into());
     meta.insert("lambda".into(), problem.lambda.to_string());
     meta.insert(
         "budget".into(),
@@ -356,7 +356,7 @@ fn finish(
     if let Some(metric) = problem
         .metric
         .as_ref()
-        .filter(|_| problem.preset != Preset::Lrp)
+        .filter(|_| problem.criterion != Criterion::Lrp)
     {
         meta.insert("metric".into(), metric.clone());
     }

@@ -10,42 +10,42 @@ use mixq_core::{
 };
 use serde::{Deserialize, Serialize};
 
-/// What the objective rewards. See the crate docs for the exact cost of each preset.
+/// What the objective rewards. See the crate docs for the exact cost of each criterion.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Preset {
+pub enum Criterion {
     /// LRP-QViT: importance only (no sensitivity sweep needed).
     Lrp,
     /// Measured damage only (no LRP scores needed).
     Sensitivity,
-    /// DESIGN.md default: damage weighted up by importance.
+    /// The default: measured damage weighted up by LRP importance.
     #[default]
     Mix,
 }
 
-impl Preset {
+impl Criterion {
     pub fn name(self) -> &'static str {
         match self {
-            Preset::Lrp => "lrp",
-            Preset::Sensitivity => "sensitivity",
-            Preset::Mix => "mix",
+            Criterion::Lrp => "lrp",
+            Criterion::Sensitivity => "sensitivity",
+            Criterion::Mix => "mix",
         }
     }
 }
 
-impl std::fmt::Display for Preset {
+impl std::fmt::Display for Criterion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
 }
 
-impl FromStr for Preset {
+impl FromStr for Criterion {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "lrp" => Ok(Preset::Lrp),
-            "sensitivity" => Ok(Preset::Sensitivity),
-            "mix" => Ok(Preset::Mix),
+            "lrp" => Ok(Criterion::Lrp),
+            "sensitivity" => Ok(Criterion::Sensitivity),
+            "mix" => Ok(Criterion::Mix),
             _ => Err(Error::invalid(
                 "preset",
                 s,
@@ -277,7 +277,7 @@ fn parse_one(item: &str) -> Option<Result<SiteBits>> {
 }
 
 /// Everything the solvers need. Build it with [`Problem::from_tables`] (or
-/// [`Problem::from_files`]), then set preset, budgets and limits with the `with_*` methods.
+/// [`Problem::from_files`]), then set criterion, budgets and limits with the `with_*` methods.
 #[derive(Clone, Debug)]
 pub struct Problem {
     pub(crate) sites: Vec<SiteInfo>,
@@ -287,7 +287,7 @@ pub struct Problem {
     /// Damage per site and candidate (None: not measured; an error only if it is needed).
     pub(crate) damage: Option<Vec<Vec<Option<f64>>>>,
     pub(crate) metric: Option<String>,
-    pub(crate) preset: Preset,
+    pub(crate) criterion: Criterion,
     pub(crate) lambda: f64,
     pub(crate) budgets: Vec<Budget>,
     pub(crate) limits: Vec<BitLimits>,
@@ -300,7 +300,7 @@ impl Problem {
     pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(60);
 
     /// Checks that scores and sensitivity table cover exactly the given sites (each is only
-    /// needed by the presets that use it, so either may be `None`). A sensitivity point missing
+    /// needed by the criteria that use it, so either may be `None`). A sensitivity point missing
     /// for a candidate is reported by [`crate::allocate`] only if a site could use it.
     pub fn from_tables(
         sites: &[SiteInfo],
@@ -412,7 +412,7 @@ impl Problem {
             scores,
             damage,
             metric: sensitivity.map(|t| t.metric.clone()),
-            preset: Preset::default(),
+            criterion: Criterion::default(),
             lambda: 1.0,
             budgets: Vec::new(),
             limits: vec![BitLimits::default(); sites.len()],
@@ -432,13 +432,13 @@ impl Problem {
         Self::from_tables(sites, scores.as_ref(), sensitivity.as_ref(), candidates)
     }
 
-    /// Objective preset (default [`Preset::Mix`]).
-    pub fn with_preset(mut self, preset: Preset) -> Self {
-        self.preset = preset;
+    /// Objective criterion (default [`Criterion::Mix`]).
+    pub fn with_criterion(mut self, criterion: Criterion) -> Self {
+        self.criterion = criterion;
         self
     }
 
-    /// Importance weight of the `mix` preset (default 1; must be finite and >= 0).
+    /// Importance weight of the `mix` criterion (default 1; must be finite and >= 0).
     pub fn with_lambda(mut self, lambda: f64) -> Self {
         self.lambda = lambda;
         self
@@ -483,8 +483,8 @@ impl Problem {
     pub fn budgets(&self) -> &[Budget] {
         &self.budgets
     }
-    pub fn preset(&self) -> Preset {
-        self.preset
+    pub fn criterion(&self) -> Criterion {
+        self.criterion
     }
     pub fn lambda(&self) -> f64 {
         self.lambda

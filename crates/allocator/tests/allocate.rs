@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use common::{bits, brute_force, deit_s, plan_vec, range, small, used, within};
 use mixq_allocator::{
-    BitLimits, Budget, BudgetKind, Preset, Problem, SolveStatus, allocate, allocate_dp,
+    BitLimits, Budget, BudgetKind, Criterion, Problem, SolveStatus, allocate, allocate_dp,
     parse_candidates, smallest_feasible,
 };
 use mixq_core::{BitWidth, Error, SiteBits, SiteId};
@@ -31,7 +31,7 @@ fn reported_value(err: &Error) -> f64 {
     tail.trim().parse().unwrap_or_else(|_| panic!("{text}"))
 }
 
-const PRESETS: [Preset; 3] = [Preset::Mix, Preset::Sensitivity, Preset::Lrp];
+const CRITERIA: [Criterion; 3] = [Criterion::Mix, Criterion::Sensitivity, Criterion::Lrp];
 
 #[test]
 fn equals_brute_force_on_small_random_instances() {
@@ -52,7 +52,7 @@ fn equals_brute_force_on_small_random_instances() {
         let n = 3 + (seed as usize % 6);
         let inst = small(seed, n, 2 + (seed as usize % 3));
         let mut rng = common::rng(1000 + seed);
-        let preset = PRESETS[seed as usize % 3];
+        let criterion = CRITERIA[seed as usize % 3];
         let lambda = rng.random_range(0.0..3.0);
         // Every third instance keeps site 0 at >= 4 bits.
         let limit = seed % 3 == 0;
@@ -77,14 +77,14 @@ fn equals_brute_force_on_small_random_instances() {
                     }
                 })
                 .collect();
-            let mut p = problem(&inst).with_preset(preset).with_lambda(lambda);
+            let mut p = problem(&inst).with_criterion(criterion).with_lambda(lambda);
             if limit {
                 p = p.with_limit(inst.sites[0].id.as_str(), min4).unwrap();
             }
             for b in &budgets {
                 p = p.with_budget(*b);
             }
-            let best = brute_force(&inst, preset, lambda, &budgets, &allowed);
+            let best = brute_force(&inst, criterion, lambda, &budgets, &allowed);
             let got = allocate(&p);
             let Some(best) = best else {
                 let err = got.unwrap_err();
@@ -104,12 +104,15 @@ fn equals_brute_force_on_small_random_instances() {
             );
             assert!(plan.iter().enumerate().all(|(s, &b)| allowed(s, b)));
             assert!(
-                close(a.objective, common::objective(&inst, preset, lambda, &plan)),
+                close(
+                    a.objective,
+                    common::objective(&inst, criterion, lambda, &plan)
+                ),
                 "reported objective is the plan's"
             );
             assert!(
                 close(a.objective, best),
-                "seed {seed} {kinds:?} {preset}: milp {} brute force {best}",
+                "seed {seed} {kinds:?} {criterion}: milp {} brute force {best}",
                 a.objective
             );
             assert_eq!(a.status, SolveStatus::Optimal);
@@ -189,7 +192,7 @@ fn infeasible_budget_names_a_feasible_smallest_value() {
     };
     let p = Problem::from_tables(&inst.sites, Some(&inst.scores), None, &inst.candidates)
         .unwrap()
-        .with_preset(Preset::Lrp)
+        .with_criterion(Criterion::Lrp)
         .with_budget(Budget::avg_w_bits(1.5));
     assert_eq!(
         allocate(&p).unwrap_err().to_string(),
@@ -236,7 +239,7 @@ fn jointly_infeasible_budgets_name_the_value_given_the_others() {
     let a = allocate(&fixed).unwrap_or_else(|e| panic!("{text} / {e}"));
     let plan = plan_vec(&inst, &a.plan);
     assert!(within(fixed.budgets(), &inst.sites, &plan));
-    assert!(brute_force(&inst, Preset::Mix, 1.0, p.budgets(), &|_, _| true).is_none());
+    assert!(brute_force(&inst, Criterion::Mix, 1.0, p.budgets(), &|_, _| true).is_none());
 }
 
 #[test]
@@ -244,7 +247,7 @@ fn dp_and_milp_agree_on_deit_s_size() {
     for seed in 0..6u64 {
         let inst = deit_s(100 + seed);
         let mut rng = common::rng(seed);
-        let preset = PRESETS[seed as usize % 3];
+        let criterion = CRITERIA[seed as usize % 3];
         let budget = if seed == 5 {
             let (lo, hi) = range(&inst, BudgetKind::ModelBytes);
             Budget::model_bytes(lo + (hi - lo) * rng.random_range(0.1..0.9))
@@ -252,7 +255,7 @@ fn dp_and_milp_agree_on_deit_s_size() {
             Budget::avg_w_bits(rng.random_range(2.2..7.5))
         };
         let p = problem(&inst)
-            .with_preset(preset)
+            .with_criterion(criterion)
             .with_lambda(rng.random_range(0.0..4.0))
             .with_budget(budget);
         let m = allocate(&p).unwrap();
@@ -395,7 +398,7 @@ fn mismatched_inputs_are_errors_naming_the_site() {
         .unwrap()
         .retain(|pt| pt.bits != missing);
     let p = Problem::from_tables(&inst.sites, Some(&inst.scores), Some(&table), cands).unwrap();
-    let err = allocate(&p.with_preset(Preset::Sensitivity))
+    let err = allocate(&p.with_criterion(Criterion::Sensitivity))
         .unwrap_err()
         .to_string();
     let label = format!("W{}A{}", missing.w_bits, missing.a_bits);
@@ -406,8 +409,8 @@ fn mismatched_inputs_are_errors_naming_the_site() {
 
     // Presets need their inputs; values are range-checked.
     let only_scores = Problem::from_tables(&inst.sites, Some(&inst.scores), None, cands).unwrap();
-    assert!(allocate(&only_scores.clone().with_preset(Preset::Lrp)).is_ok());
-    let err = allocate(&only_scores.clone().with_preset(Preset::Mix)).unwrap_err();
+    assert!(allocate(&only_scores.clone().with_criterion(Criterion::Lrp)).is_ok());
+    let err = allocate(&only_scores.clone().with_criterion(Criterion::Mix)).unwrap_err();
     assert!(err.to_string().contains("sensitivity table"), "{err}");
     let err = allocate(&problem(&inst).with_lambda(-1.0)).unwrap_err();
     assert!(err.to_string().contains("lambda"), "{err}");
@@ -444,8 +447,8 @@ fn candidates_parse_plain_and_pairs() {
     for bad in ["", "1", "9", "4/9", "x", "w4"] {
         assert!(parse_candidates(bad).is_err(), "{bad}");
     }
-    assert_eq!("mix".parse::<Preset>().unwrap(), Preset::Mix);
-    assert!("lrp-qvit".parse::<Preset>().is_err());
+    assert_eq!("mix".parse::<Criterion>().unwrap(), Criterion::Mix);
+    assert!("lrp-qvit".parse::<Criterion>().is_err());
     assert_eq!(
         "avg_w_bits".parse::<BudgetKind>().unwrap(),
         BudgetKind::AvgWeightBits

@@ -3,7 +3,7 @@
 //! Layer-wise Relevance Propagation for burn models, in the gradient × input form of AttnLRP:
 //! each rule ([`rules`]) keeps a layer's forward value and rewrites its gradient with
 //! `detach`, so one autodiff backward pass from the target logit gives every tensor's
-//! relevance as `activation * gradient`. A [`Probe`] reads it at any activation; a
+//! relevance as `activation * gradient`. A [`RelevanceTap`] reads it at any activation; a
 //! [`ContributionAccumulator`] turns per-site relevance into the contribution scores the
 //! mixed-precision allocator takes. [`Rules`] bundles the rules of a [`Preset`]
 //! (`attnlrp`, the default, or `chefer`) for a model to call in place of its plain layers.
@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
-//! use mixq_lrp::{Probe, rules};
+//! use mixq_lrp::{RelevanceTap, rules};
 //!
 //! let device = Device::flex();
 //! let w1 = Tensor::<2>::from_floats([[1.0, -0.5], [0.25, 2.0], [-1.0, 0.5]], &device);
@@ -23,7 +23,7 @@
 //!
 //! // LRP mode: the epsilon rule on both linears; ReLU is piecewise linear and needs none.
 //! let hidden = rules::epsilon(x.clone().matmul(w1), 1e-9).clamp_min(0.0);
-//! let (hidden, probe) = Probe::attach(hidden);
+//! let (hidden, probe) = RelevanceTap::attach(hidden);
 //! let logit = rules::epsilon(hidden.matmul(w2), 1e-9);
 //!
 //! let grads = logit.clone().sum().backward();
@@ -39,4 +39,4 @@ mod probe;
 pub mod rules;
 
 pub use preset::{AttentionRule, DEFAULT_EPSILON, LinearRule, PixelBounds, Preset, Rules};
-pub use probe::{ContributionAccumulator, Probe, per_image_sums};
+pub use probe::{ContributionAccumulator, RelevanceTap, per_image_sums};

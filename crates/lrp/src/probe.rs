@@ -8,16 +8,16 @@ use mixq_core::{ContributionScores, Error, Result, SiteId};
 /// A zero leaf added to an activation: after backward, `grad(leaf) * activation` is the
 /// relevance of that activation (the leaf's gradient is the gradient arriving there).
 #[derive(Clone, Debug)]
-pub struct Probe<const D: usize> {
+pub struct RelevanceTap<const D: usize> {
     leaf: Tensor<D>,
     value: Tensor<D>,
 }
 
-impl<const D: usize> Probe<D> {
+impl<const D: usize> RelevanceTap<D> {
     /// Returns `x + 0` (continue the forward with it) and the probe reading it.
     pub fn attach(x: Tensor<D>) -> (Tensor<D>, Self) {
         let leaf = x.zeros_like().detach().autodiff().require_grad();
-        let probe = Probe {
+        let probe = RelevanceTap {
             leaf: leaf.clone(),
             value: x.clone().detach(),
         };

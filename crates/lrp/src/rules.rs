@@ -98,7 +98,7 @@ pub fn alpha1_beta0<const DI: usize, const DW: usize, const DO: usize>(
 /// (the normalised pixel range), `R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / z^B_j R_j`.
 ///
 /// `low` and `high` are tensors of `x`'s shape. Give them autodiff and `require_grad` to read
-/// the pixel relevance as `x g_x + low g_low + high g_high` (see [`Probe`](crate::Probe) for
+/// the pixel relevance as `x g_x + low g_low + high g_high` (see [`RelevanceTap`](crate::RelevanceTap) for
 /// the read-out); the sum over pixels then equals the relevance at the output.
 pub fn z_beta<const DI: usize, const DW: usize, const DO: usize>(
     x: Tensor<DI>,

@@ -1,7 +1,7 @@
 //! The rules against relevance written out by hand, and their conservation identities.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use mixq_lrp::{Probe, rules};
+use mixq_lrp::{RelevanceTap, rules};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -292,7 +292,7 @@ fn conservation_identities_hold_rule_by_rule() {
 #[test]
 fn probe_reads_gradient_times_activation() {
     let x = leaf(&[1.0, -2.0, 3.0, 0.5], [2, 2]);
-    let (y, probe) = Probe::attach(x.clone().mul_scalar(2.0));
+    let (y, probe) = RelevanceTap::attach(x.clone().mul_scalar(2.0));
     let w = tensor2(&[1.0, 0.0, 0.5, -1.0], [2, 2]);
     let grads = y.matmul(w).sum().backward();
     // d/dy sum(y W) = row sums of W = [1, -0.5]; y = 2x.

@@ -173,7 +173,10 @@ fn every_variant_and_seed_scores_as_it_does_alone() {
         assert_eq!(result.top1.mean, (top1[0] + top1[1]) / 2.0);
     }
     let kl = |v: usize, i: usize| table.variants[v].seeds[i].metrics.kl();
-    assert!(kl(1, 0) != kl(1, 1), "the two calibrations give different 3-bit models");
+    assert!(
+        kl(1, 0) != kl(1, 1),
+        "the two calibrations give different 3-bit models"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use burn::tensor::{Tensor, TensorData};
 use mixq_core::{ContributionScores, Error, Result, SiteId};
 use mixq_lrp::{
-    AttentionRule, ContributionAccumulator, LinearRule, PixelBounds, Preset, Probe, Rules,
+    AttentionRule, ContributionAccumulator, LinearRule, PixelBounds, Preset, RelevanceTap, Rules,
     per_image_sums,
 };
 
@@ -122,7 +122,7 @@ impl Explanation {
 struct LrpHook {
     rules: Rules,
     read_inputs: bool,
-    probes: Mutex<Vec<(SiteId, Slot, Probe<2>)>>,
+    probes: Mutex<Vec<(SiteId, Slot, RelevanceTap<2>)>>,
 }
 
 impl SiteHook for LrpHook {
@@ -135,7 +135,7 @@ impl SiteHook for LrpHook {
         if !wanted {
             return x;
         }
-        let (x, probe) = Probe::attach(x);
+        let (x, probe) = RelevanceTap::attach(x);
         self.probes
             .lock()
             .expect("probe list poisoned")
@@ -194,7 +194,7 @@ impl Model {
         let x = images.detach().autodiff().require_grad();
         let mut boundaries = Vec::new();
         let logits = self.forward_with_boundaries(x.clone(), &hook, &mut |t| {
-            let (t, probe) = Probe::attach(t);
+            let (t, probe) = RelevanceTap::attach(t);
             boundaries.push(probe);
             t
         });

@@ -1,7 +1,7 @@
 //! Instance generators and an independent reference (brute force) for the allocator tests.
 #![allow(dead_code)]
 
-use mixq_allocator::{Budget, BudgetKind, Preset};
+use mixq_allocator::{Budget, BudgetKind, Criterion};
 use mixq_core::{
     BitWidth, ContributionScores, SensitivityPoint, SensitivityTable, SiteBits, SiteId, SiteInfo,
     SiteKind,
@@ -186,7 +186,7 @@ pub fn used(kind: BudgetKind, sites: &[SiteInfo], plan: &[SiteBits]) -> f64 {
 }
 
 /// Cost of one site at `b`, from the documented formulas.
-pub fn cost(inst: &Instance, preset: Preset, lambda: f64, s: usize, b: SiteBits) -> f64 {
+pub fn cost(inst: &Instance, criterion: Criterion, lambda: f64, s: usize, b: SiteBits) -> f64 {
     let id = &inst.sites[s].id;
     let mean = inst
         .sites
@@ -202,10 +202,10 @@ pub fn cost(inst: &Instance, preset: Preset, lambda: f64, s: usize, b: SiteBits)
             .unwrap()
             .damage
     };
-    match preset {
-        Preset::Sensitivity => damage(),
-        Preset::Mix => damage() * (1.0 + lambda * imp),
-        Preset::Lrp => {
+    match criterion {
+        Criterion::Sensitivity => damage(),
+        Criterion::Mix => damage() * (1.0 + lambda * imp),
+        Criterion::Lrp => {
             imp * 0.5
                 * (4f64.powi(2 - i32::from(b.w_bits.get()))
                     + 4f64.powi(2 - i32::from(b.a_bits.get())))
@@ -213,10 +213,10 @@ pub fn cost(inst: &Instance, preset: Preset, lambda: f64, s: usize, b: SiteBits)
     }
 }
 
-pub fn objective(inst: &Instance, preset: Preset, lambda: f64, plan: &[SiteBits]) -> f64 {
+pub fn objective(inst: &Instance, criterion: Criterion, lambda: f64, plan: &[SiteBits]) -> f64 {
     plan.iter()
         .enumerate()
-        .map(|(s, &b)| cost(inst, preset, lambda, s, b))
+        .map(|(s, &b)| cost(inst, criterion, lambda, s, b))
         .sum()
 }
 
@@ -228,7 +228,7 @@ pub fn within(budgets: &[Budget], sites: &[SiteInfo], plan: &[SiteBits]) -> bool
 /// candidates); `None` if none fits.
 pub fn brute_force(
     inst: &Instance,
-    preset: Preset,
+    criterion: Criterion,
     lambda: f64,
     budgets: &[Budget],
     allowed: &dyn Fn(usize, SiteBits) -> bool,
@@ -248,7 +248,7 @@ pub fn brute_force(
     loop {
         let plan: Vec<SiteBits> = (0..n).map(|s| options[s][idx[s]]).collect();
         if within(budgets, &inst.sites, &plan) {
-            let o = objective(inst, preset, lambda, &plan);
+            let o = objective(inst, criterion, lambda, &plan);
             if best.is_none_or(|b| o < b) {
                 best = Some(o);
             }
