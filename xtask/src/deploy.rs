@@ -471,8 +471,7 @@ pub fn bench_int(args: BenchIntArgs) -> Result<()> {
         args.calib
     );
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&rows)
-            .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
+        let json = mixq_core::to_json(&rows, "results")?;
         mixq_core::write_atomic(path, json.as_bytes())?;
     }
     Ok(())

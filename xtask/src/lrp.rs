@@ -302,17 +302,19 @@ pub fn run(args: LrpArgs) -> Result<()> {
             &image_grid(&tiles, tiles.len().min(4), &captions)?,
         )?;
     }
-    let json = serde_json::to_string_pretty(&Results {
-        model: &card.name,
-        preset: args.preset.to_string(),
-        seed: args.model.seed,
-        images: n,
-        read_at: if args.at_inputs { "input" } else { "output" },
-        mean_ink_relevance_share: ink_rel,
-        mean_ink_area_share: ink_area,
-        per_image: results,
-    })
-    .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
+    let json = mixq_core::to_json(
+        &Results {
+            model: &card.name,
+            preset: args.preset.to_string(),
+            seed: args.model.seed,
+            images: n,
+            read_at: if args.at_inputs { "input" } else { "output" },
+            mean_ink_relevance_share: ink_rel,
+            mean_ink_area_share: ink_area,
+            per_image: results,
+        },
+        "results",
+    )?;
     run.write("results.json", json.as_bytes())?;
     let report = format!(
         "# LRP: {}\n\n{summary}\n{table}\n![contribution per site](contribution.png)\n\n\

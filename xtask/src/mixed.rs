@@ -735,17 +735,19 @@ pub fn run_mixed(
             },
         )?;
     }
-    let json = serde_json::to_string_pretty(&serde_json::json!({
-        "model": card.name,
-        "seed": model_args.seed,
-        "calib_images": n_calib,
-        "probe_images": probe.len(),
-        "eval": describe,
-        "candidates": mixed.sweep.candidates,
-        "lambda": mixed.budget.lambda,
-        "rows": rows,
-    }))
-    .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
+    let json = mixq_core::to_json(
+        &serde_json::json!({
+            "model": card.name,
+            "seed": model_args.seed,
+            "calib_images": n_calib,
+            "probe_images": probe.len(),
+            "eval": describe,
+            "candidates": mixed.sweep.candidates,
+            "lambda": mixed.budget.lambda,
+            "rows": rows,
+        }),
+        "results",
+    )?;
     run.write("results.json", json.as_bytes())?;
     let mut pictures =
         String::from("![relevance](relevance.png)\n\n![sensitivity](sensitivity.png)\n\n");

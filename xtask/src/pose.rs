@@ -523,8 +523,7 @@ fn train(args: TrainArgs) -> Result<()> {
     };
     write(
         &dir.join("results.json"),
-        &serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::invalid("json", "", e.to_string()))?,
+        &mixq_core::to_json(&report, "report")?,
     )?;
     let mut md = format!(
         "# pose train {}\n\n{}\n\ntrain persons {}, held-out persons {}, {} epochs, batch {}, \
@@ -572,8 +571,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     skeleton_pictures(&data.val, &predictions, 8, &dir.join("skeletons.png"))?;
     write(
         &dir.join("results.json"),
-        &serde_json::to_string_pretty(&result)
-            .map_err(|e| Error::invalid("json", "", e.to_string()))?,
+        &mixq_core::to_json(&result, "report")?,
     )?;
     let md = format!(
         "# pose eval {}\n\n{}; checkpoint {}; {:.1} s\n\n{}",

@@ -365,18 +365,20 @@ pub fn run(args: &PtqArgs) -> Result<()> {
         skeleton_pictures(&data.val, pred, 8, &run.file(&file))?;
         pictures += &format!("{}: ![{}]({file})\n\n", row.name, row.name);
     }
-    let json = serde_json::to_string_pretty(&serde_json::json!({
-        "model": args.model.model,
-        "weights": weights,
-        "seed": seed,
-        "data": data.description,
-        "calib_crops": args.calib,
-        "probe_crops": n_probe,
-        "flip_test": flip,
-        "stats_order": mixq_datasets::OksStats::NAMES,
-        "rows": rows,
-    }))
-    .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
+    let json = mixq_core::to_json(
+        &serde_json::json!({
+            "model": args.model.model,
+            "weights": weights,
+            "seed": seed,
+            "data": data.description,
+            "calib_crops": args.calib,
+            "probe_crops": n_probe,
+            "flip_test": flip,
+            "stats_order": mixq_datasets::OksStats::NAMES,
+            "rows": rows,
+        }),
+        "results",
+    )?;
     run.write("results.json", json.as_bytes())?;
     let report = format!(
         "# PTQ: {} (pose)\n\n{}; checkpoint {} (BatchNorm folded); calibration {} crops, \

@@ -398,8 +398,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
         data: &describe,
         rows: &rows,
     };
-    let json = serde_json::to_string_pretty(&results)
-        .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
+    let json = mixq_core::to_json(&results, "results")?;
     run.write("results.json", json.as_bytes())?;
     let seed_list = seeds
         .iter()

@@ -369,8 +369,7 @@ pub fn run(args: QatArgs) -> Result<()> {
         params_fingerprint: trainer.params_fingerprint(),
         resumed_from: resume.as_ref().map(|p| p.display().to_string()),
     };
-    let json = serde_json::to_string_pretty(&results)
-        .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
+    let json = mixq_core::to_json(&results, "results")?;
     run.write("results.json", json.as_bytes())?;
     let report = format!(
         "# QAT: {alias} ({label})\n\nLSQ steps initialised from PTQ ({} calibration images, seed {seed}); \

@@ -282,8 +282,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         epochs: trainer.history(),
         checkpoint: out.display().to_string(),
     };
-    let json = serde_json::to_string_pretty(&results)
-        .map_err(|e| Error::invalid("results", "json", e.to_string()))?;
+    let json = mixq_core::to_json(&results, "results")?;
     run.write("results.json", json.as_bytes())?;
     let path = run.finish()?;
     println!(

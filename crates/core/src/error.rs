@@ -42,6 +42,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// A value that could not be written as JSON or TOML (a non-finite float in a report, say).
+    #[error("cannot write {what} as {format}: {message}")]
+    Serialize {
+        what: String,
+        format: &'static str,
+        message: String,
+    },
+
     /// A site named in a plan or score file that the model does not have.
     #[error("unknown site '{site}' (the model has {count} sites, e.g. {example})")]
     UnknownSite {
@@ -62,6 +70,15 @@ impl Error {
             name: name.into(),
             value: value.to_string(),
             reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Serialize`].
+    pub fn serialize(what: impl Into<String>, format: &'static str, e: impl ToString) -> Self {
+        Error::Serialize {
+            what: what.into(),
+            format,
+            message: e.to_string(),
         }
     }
 

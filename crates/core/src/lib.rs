@@ -25,7 +25,25 @@ mod scores;
 mod site;
 
 pub use error::{Error, Result};
+
+/// `value` as pretty-printed JSON; `what` names it in the error.
+pub fn to_json<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::serialize(what, "JSON", e))
+}
 pub use fsutil::{RunDir, utc_stamp, write_atomic};
 pub use plan::{BitPlan, BitWidth, SiteBits};
 pub use scores::{ContributionScores, SensitivityPoint, SensitivityTable};
 pub use site::{SiteId, SiteInfo, SiteKind, SiteTotals, summarize_sites};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_value_json_cannot_hold_is_a_serialization_error_naming_it() {
+        let map = std::collections::BTreeMap::from([((1u8, 2u8), 3u8)]);
+        let err = super::to_json(&map, "results").unwrap_err();
+        assert!(matches!(err, super::Error::Serialize { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with("cannot write results as JSON: "), "{text}");
+        assert_eq!(super::to_json(&[1, 2], "x").unwrap(), "[\n  1,\n  2\n]");
+    }
+}

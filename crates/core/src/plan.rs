@@ -75,8 +75,7 @@ pub struct BitPlan {
 
 impl BitPlan {
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self)
-            .map_err(|e| Error::invalid("bit plan", "<plan>", e.to_string()))
+        toml::to_string_pretty(self).map_err(|e| Error::serialize("bit plan", "TOML", e))
     }
 
     /// Parses a plan; `origin` names the file in errors.

@@ -46,10 +46,9 @@ pub struct SensitivityTable {
 fn save_as<T: Serialize>(value: &T, path: &Path) -> Result<()> {
     let text = if is_toml(path) {
         toml::to_string_pretty(value)
-            .map_err(|e| Error::invalid("file", path.display(), e.to_string()))?
+            .map_err(|e| Error::serialize(path.display().to_string(), "TOML", e))?
     } else {
-        serde_json::to_string_pretty(value)
-            .map_err(|e| Error::invalid("file", path.display(), e.to_string()))?
+        crate::to_json(value, &path.display().to_string())?
     };
     crate::write_atomic(path, text.as_bytes())
 }

@@ -88,3 +88,56 @@ impl DataError {
         }
     }
 }
+
+impl DataError {
+    /// The file or folder at fault, where the error has one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            DataError::NotFound(p)
+            | DataError::NotADirectory(p)
+            | DataError::EmptyFolder(p)
+            | DataError::EmptyClass(p) => Some(p),
+            DataError::Labels { file, .. } => Some(file),
+            DataError::Io { path, .. }
+            | DataError::Decode { path, .. }
+            | DataError::Format { path, .. } => Some(path),
+            DataError::NotInstalled { .. } | DataError::InvalidArgument(_) => None,
+        }
+    }
+}
+
+/// Lets `?` turn a data error into mixq's error ([`mixq_core::Error::Data`], naming the path).
+impl From<DataError> for mixq_core::Error {
+    fn from(e: DataError) -> Self {
+        let path = match &e {
+            DataError::NotInstalled { name, .. } => PathBuf::from(name),
+            other => other.path().map(PathBuf::from).unwrap_or_default(),
+        };
+        mixq_core::Error::Data {
+            path,
+            message: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_to_mixq_error_naming_the_path() {
+        let e: mixq_core::Error = DataError::EmptyClass("/d/cat".into()).into();
+        match &e {
+            mixq_core::Error::Data { path, message } => {
+                assert_eq!(path, &PathBuf::from("/d/cat"));
+                assert!(
+                    message.contains("class folder holds no image files"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let e: mixq_core::Error = DataError::InvalidArgument("batch 0".into()).into();
+        assert!(e.to_string().contains("batch 0"), "{e}");
+    }
+}

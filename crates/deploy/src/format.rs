@@ -196,8 +196,7 @@ pub(crate) fn to_bytes(header: &Header, tensors: &Tensors) -> Result<Vec<u8>> {
         .map(|(k, _, _, data)| (k.clone(), checksum(data)))
         .collect();
     header.header_checksum = HEADER_CHECKSUM_PLACEHOLDER.into();
-    let json = serde_json::to_string_pretty(&header)
-        .map_err(|e| Error::invalid("header", "json", e.to_string()))?;
+    let json = mixq_core::to_json(&header, "header")?;
     // `header_checksum` precedes every tensor checksum, so the first placeholder is its value.
     let placeholder = format!("\"{HEADER_CHECKSUM_PLACEHOLDER}\"");
     let json = json.replacen(
