@@ -22,21 +22,21 @@ pub struct ExportArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// A bit plan (TOML) instead of uniform bits.
-    #[arg(long, conflicts_with_all = ["bits", "wbits", "abits", "run"])]
+    #[arg(long, conflicts_with_all = ["bits", "w_bits", "a_bits", "run"])]
     pub plan: Option<PathBuf>,
     /// A `cargo xtask ptq` run folder: its plan.toml, and the model, seed, calibration size and
     /// quantizer options recorded in its results.json (these override --model/--seed/--calib).
-    #[arg(long, conflicts_with_all = ["bits", "wbits", "abits"])]
+    #[arg(long, conflicts_with_all = ["bits", "w_bits", "a_bits"])]
     pub run: Option<PathBuf>,
     /// Weight and activation bits (sets both; default 8).
     #[arg(long)]
     pub bits: Option<u8>,
     /// Weight bits (overrides --bits).
-    #[arg(long)]
-    pub wbits: Option<u8>,
+    #[arg(long, alias = "wbits")]
+    pub w_bits: Option<u8>,
     /// Activation bits (overrides --bits).
-    #[arg(long)]
-    pub abits: Option<u8>,
+    #[arg(long, alias = "abits")]
+    pub a_bits: Option<u8>,
     /// Bits of the image input (the patch embedding's input).
     #[arg(long, default_value_t = 8)]
     pub image_bits: u8,
@@ -66,8 +66,8 @@ pub struct RunIntArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Evaluate only the first N images.
-    #[arg(long)]
-    pub limit: Option<usize>,
+    #[arg(long, alias = "limit")]
+    pub eval: Option<usize>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -184,8 +184,8 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
         (None, Some(path)) => BitPlan::load(path)?,
         (None, None) => uniform_plan(
             &sites,
-            args.wbits.unwrap_or(bits),
-            args.abits.unwrap_or(bits),
+            args.w_bits.unwrap_or(bits),
+            args.a_bits.unwrap_or(bits),
             args.image_bits,
         )?,
     };
@@ -254,7 +254,7 @@ pub fn run_int(args: RunIntArgs) -> Result<()> {
     let data = EvalData::open(
         &card.data_spec(),
         args.data.as_deref(),
-        args.limit,
+        args.eval,
         args.batch,
     )?;
     let describe = data.describe.clone();

@@ -20,8 +20,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Evaluate only the first N images.
-    #[arg(long)]
-    pub limit: Option<usize>,
+    #[arg(long, alias = "limit")]
+    pub eval: Option<usize>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -38,7 +38,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let data = EvalData::open(
         &card.data_spec(),
         args.data.as_deref(),
-        args.limit,
+        args.eval,
         args.batch,
     )?;
     tracing::info!(model = %card.name, data = %data.describe, "evaluating");

@@ -27,16 +27,16 @@ pub struct PtqArgs {
     #[arg(long, value_delimiter = ',', default_value = "4")]
     pub bits: Vec<u8>,
     /// Weight bits (overrides --bits).
-    #[arg(long)]
-    pub wbits: Option<u8>,
+    #[arg(long, alias = "wbits")]
+    pub w_bits: Option<u8>,
     /// Activation bits (overrides --bits).
-    #[arg(long)]
-    pub abits: Option<u8>,
+    #[arg(long, alias = "abits")]
+    pub a_bits: Option<u8>,
     /// Bits of the image input (the patch embedding's input).
     #[arg(long, default_value_t = 8)]
     pub image_bits: u8,
     /// A bit plan (TOML, as written by every run) instead of uniform bits.
-    #[arg(long, conflicts_with_all = ["wbits", "abits"])]
+    #[arg(long, conflicts_with_all = ["w_bits", "a_bits"])]
     pub plan: Option<PathBuf>,
     /// Calibration images (seeded sample of the validation split, or of the train split where
     /// the data set has none).
@@ -72,7 +72,7 @@ pub struct PtqArgs {
     pub runs: PathBuf,
     /// Mixed precision: LRP scores + sensitivity sweep + allocation at --avg-bits, compared
     /// with the uniform plan at the same budget.
-    #[arg(long, conflicts_with_all = ["plan", "ablation", "wbits", "abits"])]
+    #[arg(long, conflicts_with_all = ["plan", "ablation", "w_bits", "a_bits"])]
     pub mixed: bool,
     #[command(flatten)]
     pub mixed_args: MixedArgs,
@@ -155,7 +155,7 @@ fn table(rows: &[Row]) -> String {
 impl PtqArgs {
     /// The (weight, activation) bits asked for, one pair per `--bits` value.
     pub fn bit_pairs(&self) -> Result<Vec<(u8, u8)>> {
-        if self.bits.len() > 1 && (self.wbits.is_some() || self.abits.is_some()) {
+        if self.bits.len() > 1 && (self.w_bits.is_some() || self.a_bits.is_some()) {
             return Err(Error::invalid(
                 "--bits",
                 self.bits
@@ -163,13 +163,13 @@ impl PtqArgs {
                     .map(u8::to_string)
                     .collect::<Vec<_>>()
                     .join(","),
-                "--wbits/--abits override one --bits value, not a list",
+                "--w-bits/--a-bits override one --bits value, not a list",
             ));
         }
         Ok(self
             .bits
             .iter()
-            .map(|&b| (self.wbits.unwrap_or(b), self.abits.unwrap_or(b)))
+            .map(|&b| (self.w_bits.unwrap_or(b), self.a_bits.unwrap_or(b)))
             .collect())
     }
 

@@ -67,8 +67,11 @@ fn weights_of_another_model_list_the_mismatches() {
 
 #[test]
 fn limit_and_batch_zero_are_rejected() {
+    let err = fails(&["eval", "--eval", "0"]);
+    assert!(err.contains("--eval"), "{err}");
+    // The old spelling is a hidden alias.
     let err = fails(&["eval", "--limit", "0"]);
-    assert!(err.contains("--limit"), "{err}");
+    assert!(err.contains("--eval"), "{err}");
     let err = fails(&["eval", "--batch", "0"]);
     assert!(err.contains("--batch"), "{err}");
 }
@@ -337,8 +340,8 @@ fn ptq_over_bits_and_seeds_reports_mean_and_std_per_configuration() {
     let top1 = per_seed[1];
     assert!(table(&one)[1].contains(&format!("| {top1:.2} |")), "{one}");
 
-    let err = fails(&[&common[..], &["--bits", "8,4", "--wbits", "4"]].concat());
-    assert!(err.contains("--wbits") && err.contains("8,4"), "{err}");
+    let err = fails(&[&common[..], &["--bits", "8,4", "--w-bits", "4"]].concat());
+    assert!(err.contains("--w-bits") && err.contains("8,4"), "{err}");
 }
 
 #[test]

@@ -172,7 +172,7 @@ impl EvalData {
             return Err(Error::invalid("--batch", 0, "must be at least 1"));
         }
         if limit == Some(0) {
-            return Err(Error::invalid("--limit", 0, "must be at least 1"));
+            return Err(Error::invalid("--eval", 0, "must be at least 1"));
         }
         let t = &spec.transform;
         match open_data(spec, data)? {
