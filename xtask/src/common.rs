@@ -122,3 +122,28 @@ pub fn progress(len: usize, what: &str) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
+
+/// Progress bars for work reported as (stage, done, total): one bar per stage, made when its
+/// first report arrives and cleared when the next stage starts.
+#[derive(Default)]
+pub struct StageBars {
+    current: Option<(String, ProgressBar)>,
+}
+
+impl StageBars {
+    pub fn update(&mut self, stage: &str, done: usize, total: usize) {
+        if self.current.as_ref().is_none_or(|(s, _)| s != stage) {
+            self.finish();
+            self.current = Some((stage.to_string(), progress(total, stage)));
+        }
+        let (_, bar) = self.current.as_ref().expect("set above");
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    }
+
+    pub fn finish(&mut self) {
+        if let Some((_, bar)) = self.current.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -2,37 +2,24 @@
 //! whole `cargo xtask ptq --mixed` pipeline (calibration, LRP scores, the sensitivity sweep,
 //! allocation, PTQ with each plan, evaluation against FP and the uniform plan).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor};
 use clap::Args;
-use mixq_allocator::{Budget, Problem, allocate, parse_candidates};
-use mixq_core::{
-    BitPlan, BitWidth, ContributionScores, Error, Result, RunDir, SensitivityTable, SiteBits,
-    SiteInfo,
+use mixq_allocator::{allocate, parse_candidates};
+use mixq_core::{ContributionScores, Result, RunDir, SensitivityTable, SiteBits, SiteInfo};
+use mixq_datasets::EvalData;
+use mixq_ptq::mixed::{
+    BudgetConfig, CalibrationConfig, MixedConfig, MixedPlans, SweepConfig, calib_and_probe,
+    fix_image_bits, make_plans, plan_averages, sensitivity_table,
 };
-use mixq_datasets::Batch;
-use mixq_ptq::{
-    Baseline, PtqConfig, SweepOptions, Variant, sensitivity_sweep, sweep_fingerprint, uniform_plan,
-};
+use mixq_ptq::{PtqConfig, Variant};
 use mixq_report::{Bar, BarChart, HeatMap, LineChart, Series, bar_chart, heat_map, line_chart};
-use mixq_sensitivity::{Metric, Probe, Shard, SweepCache, merge_tables, to_table};
-use mixq_vit_models::{ExplainOptions, Model, ModelCard, Target, contribution_scores};
+use mixq_sensitivity::{Metric, Shard, merge_tables};
+use mixq_vit_models::ModelCard;
 use serde::Serialize;
 
-use crate::common::{ModelArgs, progress};
+use crate::common::{ModelArgs, StageBars};
 use crate::ptq::evaluate_variants;
-use mixq_datasets::{EvalData, sample_batch};
-use mixq_vit_models::batch_tensor;
-
-/// Where calibration images come from (`ptq` has its own flags for these).
-#[derive(Clone, Debug)]
-pub struct CalibSource {
-    pub calib: usize,
-    pub calib_data: Option<PathBuf>,
-    pub image_bits: u8,
-}
 
 /// Options shared by `sensitivity` and `ptq --mixed`.
 #[derive(Args, Debug, Clone)]
@@ -61,125 +48,25 @@ pub struct SweepArgs {
 }
 
 impl SweepArgs {
-    fn baseline(&self) -> Result<Baseline> {
-        match self.baseline.as_str() {
-            "fp" | "fp32" => Ok(Baseline::FullPrecision),
-            b => b
-                .parse::<u8>()
-                .map_err(|_| Error::invalid("--baseline", b, "expected fp or a bit-width"))
-                .and_then(BitWidth::new)
-                .map(Baseline::Bits),
+    /// The library's sweep options; the point cache defaults to `<runs>/.sensitivity-cache`.
+    pub fn config(&self, runs: &Path) -> SweepConfig {
+        SweepConfig {
+            probe: self.probe,
+            candidates: self.candidates.clone(),
+            baseline: self.baseline.clone(),
+            metric: self.metric,
+            block_cache: !self.no_block_cache,
+            cache_dir: self
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| runs.join(".sensitivity-cache")),
+            batch: self.sweep_batch,
         }
     }
 
     pub(crate) fn candidates(&self) -> Result<Vec<SiteBits>> {
         parse_candidates(&self.candidates)
     }
-}
-
-/// Calibration images and a disjoint probe set (the next images of the same seeded order).
-fn calib_and_probe(
-    card: &ModelCard,
-    source: &CalibSource,
-    args: &SweepArgs,
-    seed: u64,
-    device: &Device,
-) -> Result<(Tensor<4>, Probe)> {
-    if args.probe == 0 {
-        return Err(Error::invalid("--probe", 0, "must be at least 1"));
-    }
-    let folder = source.calib_data.as_deref();
-    let calib = sample_batch(&card.data_spec(), folder, source.calib, seed, "--calib")?;
-    let both = sample_batch(
-        &card.data_spec(),
-        folder,
-        source.calib + args.probe,
-        seed,
-        "--probe",
-    )?;
-    let in_calib = |i: usize| {
-        if both.paths.is_empty() {
-            calib.indices.contains(&both.indices[i])
-        } else {
-            calib.paths.contains(&both.paths[i])
-        }
-    };
-    let keep: Vec<usize> = (0..both.len()).filter(|&i| !in_calib(i)).collect();
-    if keep.is_empty() {
-        return Err(Error::invalid(
-            "--probe",
-            args.probe,
-            "no training image is left for probing after the calibration images",
-        ));
-    }
-    let per = both.images.len() / both.len();
-    let probe = Batch {
-        images: keep
-            .iter()
-            .flat_map(|&i| both.images[i * per..(i + 1) * per].iter().copied())
-            .collect(),
-        shape: [keep.len(), both.shape[1], both.shape[2], both.shape[3]],
-        labels: keep.iter().map(|&i| both.labels[i]).collect(),
-        paths: keep
-            .iter()
-            .filter_map(|&i| both.paths.get(i).cloned())
-            .collect(),
-        indices: keep.iter().map(|&i| both.indices[i]).collect(),
-    };
-    let probe = Probe::new(batch_tensor(&probe, device), probe.labels, args.sweep_batch)?;
-    Ok((batch_tensor(&calib, device), probe))
-}
-
-/// Runs (or resumes) the sweep with a progress bar; returns the table.
-#[allow(clippy::too_many_arguments)]
-fn sweep(
-    model: &Model,
-    card: &ModelCard,
-    calib: &Tensor<4>,
-    probe: &Probe,
-    args: &SweepArgs,
-    image_bits: u8,
-    shard: Shard,
-    runs: &Path,
-    seed: u64,
-) -> Result<SensitivityTable> {
-    let config = PtqConfig::default();
-    let options = SweepOptions {
-        candidates: args.candidates()?,
-        baseline: args.baseline()?,
-        image_bits,
-        use_cache: !args.no_block_cache,
-        shard,
-    };
-    let key = sweep_fingerprint(model, calib, probe, &config, &options);
-    let dir = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| runs.join(".sensitivity-cache"));
-    let mut cache = SweepCache::open(&dir, &key)?;
-    let bar = progress(0, "sensitivity");
-    let records = sensitivity_sweep(
-        model,
-        calib,
-        probe,
-        &config,
-        &options,
-        &mut cache,
-        |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-    )?;
-    bar.finish_and_clear();
-    let mut meta = BTreeMap::new();
-    meta.insert("fingerprint".into(), key);
-    meta.insert("model".into(), card.name.clone());
-    meta.insert("seed".into(), seed.to_string());
-    meta.insert("probe_images".into(), probe.len().to_string());
-    meta.insert("baseline".into(), args.baseline.clone());
-    meta.insert("candidates".into(), args.candidates.clone());
-    meta.insert("shard".into(), shard.to_string());
-    Ok(to_table(&records, args.metric, meta))
 }
 
 /// The sensitivity heat map: sites (rows, forward order) x candidates.
@@ -261,24 +148,33 @@ pub fn run_sensitivity(args: SensitivityArgs) -> Result<()> {
     let table = if args.merge.is_empty() {
         let device = args.model.device.device()?;
         let model = args.model.load(&card, &device)?;
-        let source = CalibSource {
-            calib: args.calib,
-            calib_data: args.calib_data.clone(),
+        let calibration = CalibrationConfig {
+            images: args.calib,
+            data: args.calib_data.clone(),
             image_bits: args.image_bits,
         };
-        let (calib, probe) =
-            calib_and_probe(&card, &source, &args.sweep, args.model.seed, &device)?;
-        sweep(
+        let sweep = args.sweep.config(&args.runs);
+        let (calib, probe) = calib_and_probe(
+            &card.data_spec(),
+            &calibration,
+            &sweep,
+            args.model.seed,
+            &device,
+        )?;
+        let mut bars = StageBars::default();
+        let table = sensitivity_table(
             &model,
-            &card,
+            &card.name,
             &calib,
             &probe,
-            &args.sweep,
+            &sweep,
             args.image_bits,
             args.shard,
-            &args.runs,
             args.model.seed,
-        )?
+            |done, total| bars.update("sensitivity", done, total),
+        )?;
+        bars.finish();
+        table
     } else {
         let tables = args
             .merge
@@ -341,41 +237,16 @@ pub struct BudgetArgs {
 }
 
 impl BudgetArgs {
-    /// `scores` may be missing for the `sensitivity` preset (pose models have no LRP path).
-    pub(crate) fn problem(
-        &self,
-        sites: &[SiteInfo],
-        scores: Option<&ContributionScores>,
-        table: &SensitivityTable,
-        candidates: &[SiteBits],
-        preset: mixq_allocator::Criterion,
-        avg: f64,
-    ) -> Result<Problem> {
-        let mut p = Problem::from_tables(sites, scores, Some(table), candidates)?
-            .with_criterion(preset)
-            .with_lambda(self.lambda)
-            .with_budget(Budget::avg_w_bits(avg))
-            .with_budget(Budget::avg_a_bits(self.avg_a_bits.unwrap_or(avg)));
-        if let Some(b) = self.model_bytes {
-            p = p.with_budget(Budget::model_bytes(b));
+    pub fn config(&self) -> BudgetConfig {
+        BudgetConfig {
+            avg_bits: self.avg_bits.clone(),
+            avg_a_bits: self.avg_a_bits,
+            model_bytes: self.model_bytes,
+            bit_ops: self.bit_ops,
+            criteria: self.presets.clone(),
+            lambda: self.lambda,
         }
-        if let Some(b) = self.bit_ops {
-            p = p.with_budget(Budget::bit_ops(b));
-        }
-        Ok(p)
     }
-}
-
-/// The image input stays at `image_bits` whatever the allocator chose for the patch embedding
-/// (its candidates were measured that way).
-pub(crate) fn fix_image_bits(plan: &mut BitPlan, sites: &[SiteInfo], image_bits: u8) -> Result<()> {
-    let bits = BitWidth::new(image_bits)?;
-    if let Some(first) = sites.first()
-        && let Some(b) = plan.sites.get_mut(&first.id)
-    {
-        b.a_bits = bits;
-    }
-    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -410,9 +281,14 @@ pub fn run_allocate(args: AllocateArgs) -> Result<()> {
     println!("|---|---:|---:|---:|---:|---|");
     for &avg in &args.budget.avg_bits {
         for &preset in &args.budget.presets {
-            let problem =
-                args.budget
-                    .problem(&sites, Some(&scores), &table, &candidates, preset, avg)?;
+            let problem = args.budget.config().problem(
+                &sites,
+                Some(&scores),
+                &table,
+                &candidates,
+                preset,
+                avg,
+            )?;
             let a = allocate(&problem)?;
             let mut plan = a.plan.clone();
             fix_image_bits(&mut plan, &sites, args.image_bits)?;
@@ -458,132 +334,21 @@ struct MixedRow {
     kl: f64,
 }
 
-/// Parameter-weighted average weight bits and MAC-weighted activation bits of a plan.
-pub(crate) fn plan_averages(plan: &BitPlan, sites: &[SiteInfo]) -> (f64, f64) {
-    let (mut wp, mut p, mut am, mut m) = (0.0, 0.0, 0.0, 0.0);
-    for s in sites {
-        if let Some(b) = plan.sites.get(&s.id) {
-            wp += s.params as f64 * b.w_bits.get() as f64;
-            p += s.params as f64;
-            am += s.macs as f64 * b.a_bits.get() as f64;
-            m += s.macs as f64;
+impl MixedArgs {
+    pub fn config(&self, runs: &Path) -> MixedConfig {
+        MixedConfig {
+            sweep: self.sweep.config(runs),
+            budget: self.budget.config(),
+            lrp_preset: self.lrp_preset,
         }
     }
-    (wp / p.max(1.0), am / m.max(1.0))
-}
-
-/// The widest uniform WbAb candidate within an average-bits budget: the baseline every mixed
-/// plan is compared with.
-pub(crate) fn uniform_bits_within(candidates: &[SiteBits], avg: f64) -> Result<u8> {
-    candidates
-        .iter()
-        .filter(|b| b.w_bits == b.a_bits && b.w_bits.get() as f64 <= avg + 1e-9)
-        .map(|b| b.w_bits.get())
-        .max()
-        .ok_or_else(|| Error::invalid("--avg-bits", avg, "below every candidate bit-width"))
-}
-
-/// What steps 1-3 of `ptq --mixed` produce: the calibration and probe images, the LRP scores,
-/// the sensitivity table and, per budget, the uniform plan and one plan per preset.
-pub struct MixedPlans {
-    pub calib: Tensor<4>,
-    pub probe: Probe,
-    pub scores: ContributionScores,
-    pub table: SensitivityTable,
-    /// `(name, budget, plan)`: `uniform WbAb` then `mixed <preset>` for every budget.
-    pub plans: Vec<(String, Option<f64>, BitPlan)>,
-}
-
-/// LRP scores on the calibration images, the sensitivity sweep, then the allocator's plans at
-/// every budget (and the uniform plan at the same budget): the plans `ptq --mixed` compares and
-/// `qat --mixed` trains.
-pub fn make_plans(
-    model: &Model,
-    card: &ModelCard,
-    seed: u64,
-    mixed: &MixedArgs,
-    source: &CalibSource,
-    runs: &Path,
-    device: &Device,
-) -> Result<MixedPlans> {
-    let sites = model.sites();
-    let candidates = mixed.sweep.candidates()?;
-    if source.calib_data.is_none() && card.dataset.is_none() {
-        return Err(Error::invalid(
-            "--calib-data",
-            "(none)",
-            "mixed precision needs training images for calibration and probing: pass --calib-data DIR",
-        ));
-    }
-    let (calib, probe) = calib_and_probe(card, source, &mixed.sweep, seed, device)?;
-    let n_calib = calib.dims()[0];
-
-    // 1. LRP contribution scores on the calibration images.
-    let pre = &card.preprocess;
-    let options = ExplainOptions::new(mixed.lrp_preset, &pre.mean, &pre.std);
-    let bar = progress(n_calib, "lrp");
-    let batches: Vec<(Tensor<4>, Target)> = (0..n_calib)
-        .step_by(16)
-        .map(|s| {
-            (
-                calib.clone().narrow(0, s, 16.min(n_calib - s)),
-                Target::Predicted,
-            )
-        })
-        .collect();
-    let mut scores = contribution_scores(model, batches, &options, false, |done| {
-        bar.set_position(done as u64)
-    })?;
-    bar.finish_and_clear();
-    scores.meta.insert("model".into(), card.name.clone());
-
-    // 2. Sensitivity.
-    let table = sweep(
-        model,
-        card,
-        &calib,
-        &probe,
-        &mixed.sweep,
-        source.image_bits,
-        Shard::WHOLE,
-        runs,
-        seed,
-    )?;
-
-    // 3. Plans: uniform and each preset at each budget.
-    let mut plans: Vec<(String, Option<f64>, BitPlan)> = Vec::new();
-    for &avg in &mixed.budget.avg_bits {
-        let uniform_bits = uniform_bits_within(&candidates, avg)?;
-        plans.push((
-            format!("uniform W{uniform_bits}A{uniform_bits}"),
-            Some(avg),
-            uniform_plan(&sites, uniform_bits, uniform_bits, source.image_bits)?,
-        ));
-        for &preset in &mixed.budget.presets {
-            let problem =
-                mixed
-                    .budget
-                    .problem(&sites, Some(&scores), &table, &candidates, preset, avg)?;
-            let mut plan = allocate(&problem)?.plan;
-            fix_image_bits(&mut plan, &sites, source.image_bits)?;
-            plan.meta.insert("model".into(), card.name.clone());
-            plans.push((format!("mixed {}", preset.name()), Some(avg), plan));
-        }
-    }
-    Ok(MixedPlans {
-        calib,
-        probe,
-        scores,
-        table,
-        plans,
-    })
 }
 
 /// `cargo xtask ptq --mixed`.
 pub fn run_mixed(
     model_args: &ModelArgs,
     mixed: &MixedArgs,
-    source: &CalibSource,
+    calibration: &CalibrationConfig,
     data: Option<&Path>,
     eval_limit: Option<usize>,
     batch: usize,
@@ -599,7 +364,20 @@ pub fn run_mixed(
         scores,
         table,
         plans,
-    } = make_plans(&model, &card, model_args.seed, mixed, source, runs, &device)?;
+    } = {
+        let mut bars = StageBars::default();
+        let plans = make_plans(
+            &model,
+            &card,
+            model_args.seed,
+            &mixed.config(runs),
+            calibration,
+            &device,
+            |stage, done, total| bars.update(stage.name(), done, total),
+        )?;
+        bars.finish();
+        plans
+    };
     let n_calib = calib.dims()[0];
 
     // 4. PTQ with every plan, then one evaluation pass for all.

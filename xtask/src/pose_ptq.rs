@@ -22,11 +22,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::common::progress;
-use crate::mixed::{fix_image_bits, plan_averages, sensitivity_png, uniform_bits_within};
+use crate::mixed::sensitivity_png;
 use crate::pose::{
     DataArgs, EvalResult, dataset, evaluate, images_tensor, open_data, skeleton_pictures, topdown,
 };
 use crate::ptq::PtqArgs;
+use mixq_ptq::mixed::{fix_image_bits, plan_averages, uniform_bits_within};
 
 /// Crops `idx` of `ds` as one image tensor (no augmentation).
 fn crops(ds: &TopDownDataset, idx: &[usize], device: &Device) -> Result<Tensor<4>> {
@@ -130,7 +131,7 @@ fn plans(
             uniform_plan(sites, w, a, args.image_bits)?,
         )]);
     };
-    let budget = &args.mixed_args.budget;
+    let budget = args.mixed_args.budget.config();
     let candidates = args.mixed_args.sweep.candidates()?;
     let mut out = Vec::new();
     for &avg in &budget.avg_bits {

@@ -14,8 +14,9 @@ use mixq_vit_models::Model;
 use serde::Serialize;
 
 use crate::common::{ModelArgs, progress};
-use crate::mixed::{CalibSource, MixedArgs, run_mixed};
+use crate::mixed::{MixedArgs, run_mixed};
 use mixq_datasets::{EvalData, calibration_source, is_in_memory};
+use mixq_ptq::mixed::CalibrationConfig;
 use mixq_vit_models::batch_tensor;
 
 #[derive(Args, Debug)]
@@ -254,16 +255,16 @@ pub fn run(args: PtqArgs) -> Result<()> {
         return crate::pose_ptq::run(&args);
     }
     if args.mixed {
-        let source = CalibSource {
-            calib: args.calib,
-            calib_data: calibration_source(args.calib_data.as_deref(), args.data.as_deref())
+        let calibration = CalibrationConfig {
+            images: args.calib,
+            data: calibration_source(args.calib_data.as_deref(), args.data.as_deref())
                 .map(Path::to_path_buf),
             image_bits: args.image_bits,
         };
         return run_mixed(
             &args.model,
             &args.mixed_args,
-            &source,
+            &calibration,
             args.data.as_deref(),
             args.eval,
             args.batch,

@@ -11,10 +11,11 @@ use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, QatConfig, QatTrainer};
 use mixq_report::{LineChart, Series, line_chart};
 use serde::Serialize;
 
-use crate::common::{ModelArgs, image_set, progress};
-use crate::mixed::{CalibSource, MixedArgs, MixedPlans, make_plans, plan_averages};
+use crate::common::{ModelArgs, StageBars, image_set, progress};
+use crate::mixed::MixedArgs;
 use mixq_datasets::classification_data;
 use mixq_ptq::calibration_images;
+use mixq_ptq::mixed::{CalibrationConfig, MixedPlans, make_plans, plan_averages};
 
 #[derive(Args, Debug)]
 pub struct QatArgs {
@@ -172,16 +173,25 @@ pub fn run(args: QatArgs) -> Result<()> {
                 "qat trains one plan: give one budget",
             ));
         }
-        let source = CalibSource {
-            calib: args.calib,
-            calib_data: args.data.clone(),
+        let calibration = CalibrationConfig {
+            images: args.calib,
+            data: args.data.clone(),
             image_bits: args.image_bits,
         };
         let preset = budget.presets[0];
         let mut mixed = args.mixed_args.clone();
         mixed.budget.presets = vec![preset];
-        let MixedPlans { calib, plans, .. } =
-            make_plans(&fp, &card, seed, &mixed, &source, &args.runs, &device)?;
+        let mut bars = StageBars::default();
+        let MixedPlans { calib, plans, .. } = make_plans(
+            &fp,
+            &card,
+            seed,
+            &mixed.config(&args.runs),
+            &calibration,
+            &device,
+            |stage, done, total| bars.update(stage.name(), done, total),
+        )?;
+        bars.finish();
         let want = format!("mixed {}", preset.name());
         let (name, _, plan) = plans
             .into_iter()

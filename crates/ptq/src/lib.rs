@@ -23,6 +23,7 @@
 pub mod calibrate;
 pub mod config;
 pub mod eval;
+pub mod mixed;
 pub mod reparam;
 pub mod state;
 pub mod sweep;

@@ -1,0 +1,400 @@
+//! Mixed precision (Mix-QViT) as library calls: calibration and probe images, LRP contribution
+//! scores, the sensitivity sweep, and the allocator's plan at every budget next to the uniform
+//! plan of the same size. [`make_plans`] runs the three; each is also callable alone.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor};
+use mixq_allocator::{Budget, Criterion, Problem, allocate, parse_candidates};
+use mixq_core::{
+    BitPlan, BitWidth, ContributionScores, Error, Result, SensitivityTable, SiteBits, SiteInfo,
+};
+use mixq_datasets::{Batch, DataSpec, sample_batch};
+use mixq_sensitivity::{Metric, Probe, Shard, SweepCache, to_table};
+use mixq_vit_models::{
+    ExplainOptions, Model, ModelCard, Target, batch_tensor, contribution_scores,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Baseline, PtqConfig, SweepOptions, sensitivity_sweep, sweep_fingerprint, uniform_plan,
+};
+
+/// Where calibration (and probe) images come from, and the bits of the image input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationConfig {
+    /// Calibration images (a seeded sample).
+    pub images: usize,
+    /// A training-split image folder or an in-memory data set; `None`: the model's data set
+    /// (its validation split).
+    pub data: Option<PathBuf>,
+    /// Bits of the image input (the patch embedding's input).
+    pub image_bits: u8,
+}
+
+/// The sensitivity sweep: each site alone at each candidate, damage measured on probe images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepConfig {
+    /// Probe images, disjoint from the calibration images.
+    pub probe: usize,
+    /// Candidate bit-widths: `2,3,4,6,8` (WbAb pairs) or pairs like `4/8`.
+    pub candidates: String,
+    /// What the other sites run at while one is measured: `fp` or a bit-width.
+    pub baseline: String,
+    /// Damage metric written to the table.
+    pub metric: Metric,
+    /// Start each site from its block's cached input instead of from the images.
+    pub block_cache: bool,
+    /// Where measured points are kept so that a rerun resumes.
+    pub cache_dir: PathBuf,
+    /// Batch size of the sweep's forward passes.
+    pub batch: usize,
+}
+
+impl SweepConfig {
+    pub fn baseline(&self) -> Result<Baseline> {
+        match self.baseline.as_str() {
+            "fp" | "fp32" => Ok(Baseline::FullPrecision),
+            b => b
+                .parse::<u8>()
+                .map_err(|_| Error::invalid("--baseline", b, "expected fp or a bit-width"))
+                .and_then(BitWidth::new)
+                .map(Baseline::Bits),
+        }
+    }
+
+    pub fn candidates(&self) -> Result<Vec<SiteBits>> {
+        parse_candidates(&self.candidates)
+    }
+}
+
+/// Budgets and the allocator's objective.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BudgetConfig {
+    /// Average weight bits (parameter-weighted); also caps the MAC-weighted average activation
+    /// bits unless `avg_a_bits` is given. Several values: one plan each.
+    pub avg_bits: Vec<f64>,
+    /// Average activation bits (MAC-weighted).
+    pub avg_a_bits: Option<f64>,
+    /// Model size budget in bytes (weights only).
+    pub model_bytes: Option<f64>,
+    /// Bit-operation budget per image (MACs x w_bits x a_bits).
+    pub bit_ops: Option<f64>,
+    /// One plan per criterion at each budget.
+    pub criteria: Vec<Criterion>,
+    /// Weight of importance in the `mix` cost: damage x (1 + lambda x importance).
+    pub lambda: f64,
+}
+
+impl BudgetConfig {
+    /// The allocation problem at average bits `avg`; `scores` may be missing for the
+    /// `sensitivity` criterion (pose models have no LRP path).
+    pub fn problem(
+        &self,
+        sites: &[SiteInfo],
+        scores: Option<&ContributionScores>,
+        table: &SensitivityTable,
+        candidates: &[SiteBits],
+        criterion: Criterion,
+        avg: f64,
+    ) -> Result<Problem> {
+        let mut p = Problem::from_tables(sites, scores, Some(table), candidates)?
+            .with_criterion(criterion)
+            .with_lambda(self.lambda)
+            .with_budget(Budget::avg_w_bits(avg))
+            .with_budget(Budget::avg_a_bits(self.avg_a_bits.unwrap_or(avg)));
+        if let Some(b) = self.model_bytes {
+            p = p.with_budget(Budget::model_bytes(b));
+        }
+        if let Some(b) = self.bit_ops {
+            p = p.with_budget(Budget::bit_ops(b));
+        }
+        Ok(p)
+    }
+}
+
+/// Everything [`make_plans`] needs besides the model and the calibration source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MixedConfig {
+    pub sweep: SweepConfig,
+    pub budget: BudgetConfig,
+    /// LRP rules for the contribution scores (computed on the calibration images).
+    pub lrp_preset: mixq_lrp::Preset,
+}
+
+/// Which step a progress report is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MixedStage {
+    Lrp,
+    Sensitivity,
+}
+
+impl MixedStage {
+    pub fn name(self) -> &'static str {
+        match self {
+            MixedStage::Lrp => "lrp",
+            MixedStage::Sensitivity => "sensitivity",
+        }
+    }
+}
+
+/// Calibration images and a disjoint probe set (the next images of the same seeded order).
+pub fn calib_and_probe(
+    spec: &DataSpec,
+    calib: &CalibrationConfig,
+    sweep: &SweepConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<(Tensor<4>, Probe)> {
+    if sweep.probe == 0 {
+        return Err(Error::invalid("--probe", 0, "must be at least 1"));
+    }
+    let folder = calib.data.as_deref();
+    let first = sample_batch(spec, folder, calib.images, seed, "--calib")?;
+    let both = sample_batch(spec, folder, calib.images + sweep.probe, seed, "--probe")?;
+    let in_calib = |i: usize| {
+        if both.paths.is_empty() {
+            first.indices.contains(&both.indices[i])
+        } else {
+            first.paths.contains(&both.paths[i])
+        }
+    };
+    let keep: Vec<usize> = (0..both.len()).filter(|&i| !in_calib(i)).collect();
+    if keep.is_empty() {
+        return Err(Error::invalid(
+            "--probe",
+            sweep.probe,
+            "no training image is left for probing after the calibration images",
+        ));
+    }
+    let per = both.images.len() / both.len();
+    let probe = Batch {
+        images: keep
+            .iter()
+            .flat_map(|&i| both.images[i * per..(i + 1) * per].iter().copied())
+            .collect(),
+        shape: [keep.len(), both.shape[1], both.shape[2], both.shape[3]],
+        labels: keep.iter().map(|&i| both.labels[i]).collect(),
+        paths: keep
+            .iter()
+            .filter_map(|&i| both.paths.get(i).cloned())
+            .collect(),
+        indices: keep.iter().map(|&i| both.indices[i]).collect(),
+    };
+    let probe = Probe::new(batch_tensor(&probe, device), probe.labels, sweep.batch)?;
+    Ok((batch_tensor(&first, device), probe))
+}
+
+/// Runs (or resumes, from `sweep.cache_dir`) the sensitivity sweep of `shard`; `progress` gets
+/// (points done, points in all).
+#[allow(clippy::too_many_arguments)]
+pub fn sensitivity_table(
+    model: &Model,
+    model_name: &str,
+    calib: &Tensor<4>,
+    probe: &Probe,
+    sweep: &SweepConfig,
+    image_bits: u8,
+    shard: Shard,
+    seed: u64,
+    progress: impl FnMut(usize, usize),
+) -> Result<SensitivityTable> {
+    let config = PtqConfig::default();
+    let options = SweepOptions {
+        candidates: sweep.candidates()?,
+        baseline: sweep.baseline()?,
+        image_bits,
+        use_cache: sweep.block_cache,
+        shard,
+    };
+    let key = sweep_fingerprint(model, calib, probe, &config, &options);
+    let mut cache = SweepCache::open(&sweep.cache_dir, &key)?;
+    let records = sensitivity_sweep(model, calib, probe, &config, &options, &mut cache, progress)?;
+    let mut meta = BTreeMap::new();
+    meta.insert("fingerprint".into(), key);
+    meta.insert("model".into(), model_name.to_string());
+    meta.insert("seed".into(), seed.to_string());
+    meta.insert("probe_images".into(), probe.len().to_string());
+    meta.insert("baseline".into(), sweep.baseline.clone());
+    meta.insert("candidates".into(), sweep.candidates.clone());
+    meta.insert("shard".into(), shard.to_string());
+    Ok(to_table(&records, sweep.metric, meta))
+}
+
+/// The image input stays at `image_bits` whatever the allocator chose for the patch embedding
+/// (its candidates were measured that way).
+pub fn fix_image_bits(plan: &mut BitPlan, sites: &[SiteInfo], image_bits: u8) -> Result<()> {
+    let bits = BitWidth::new(image_bits)?;
+    if let Some(first) = sites.first()
+        && let Some(b) = plan.sites.get_mut(&first.id)
+    {
+        b.a_bits = bits;
+    }
+    Ok(())
+}
+
+/// Parameter-weighted average weight bits and MAC-weighted activation bits of a plan.
+pub fn plan_averages(plan: &BitPlan, sites: &[SiteInfo]) -> (f64, f64) {
+    let (mut wp, mut p, mut am, mut m) = (0.0, 0.0, 0.0, 0.0);
+    for s in sites {
+        if let Some(b) = plan.sites.get(&s.id) {
+            wp += s.params as f64 * b.w_bits.get() as f64;
+            p += s.params as f64;
+            am += s.macs as f64 * b.a_bits.get() as f64;
+            m += s.macs as f64;
+        }
+    }
+    (wp / p.max(1.0), am / m.max(1.0))
+}
+
+/// The widest uniform WbAb candidate within an average-bits budget: the baseline every mixed
+/// plan is compared with.
+pub fn uniform_bits_within(candidates: &[SiteBits], avg: f64) -> Result<u8> {
+    candidates
+        .iter()
+        .filter(|b| b.w_bits == b.a_bits && b.w_bits.get() as f64 <= avg + 1e-9)
+        .map(|b| b.w_bits.get())
+        .max()
+        .ok_or_else(|| Error::invalid("--avg-bits", avg, "below every candidate bit-width"))
+}
+
+/// What [`make_plans`] produces.
+pub struct MixedPlans {
+    pub calib: Tensor<4>,
+    pub probe: Probe,
+    pub scores: ContributionScores,
+    pub table: SensitivityTable,
+    /// `(name, budget, plan)`: `uniform WbAb` then `mixed <criterion>` for every budget.
+    pub plans: Vec<(String, Option<f64>, BitPlan)>,
+}
+
+/// LRP scores on the calibration images, the sensitivity sweep, then the allocator's plans at
+/// every budget (and the uniform plan at the same budget): the plans `ptq --mixed` compares and
+/// `qat --mixed` trains. `progress` gets (stage, done, total).
+pub fn make_plans(
+    model: &Model,
+    card: &ModelCard,
+    seed: u64,
+    config: &MixedConfig,
+    calibration: &CalibrationConfig,
+    device: &Device,
+    mut progress: impl FnMut(MixedStage, usize, usize),
+) -> Result<MixedPlans> {
+    let sites = model.sites();
+    let candidates = config.sweep.candidates()?;
+    if calibration.data.is_none() && card.dataset.is_none() {
+        return Err(Error::invalid(
+            "--calib-data",
+            "(none)",
+            "mixed precision needs training images for calibration and probing: pass --calib-data DIR",
+        ));
+    }
+    let (calib, probe) =
+        calib_and_probe(&card.data_spec(), calibration, &config.sweep, seed, device)?;
+    let n_calib = calib.dims()[0];
+
+    // 1. LRP contribution scores on the calibration images.
+    let pre = &card.preprocess;
+    let options = ExplainOptions::new(config.lrp_preset, &pre.mean, &pre.std);
+    let batches: Vec<(Tensor<4>, Target)> = (0..n_calib)
+        .step_by(16)
+        .map(|s| {
+            (
+                calib.clone().narrow(0, s, 16.min(n_calib - s)),
+                Target::Predicted,
+            )
+        })
+        .collect();
+    let mut scores = contribution_scores(model, batches, &options, false, |done| {
+        progress(MixedStage::Lrp, done, n_calib)
+    })?;
+    scores.meta.insert("model".into(), card.name.clone());
+
+    // 2. Sensitivity.
+    let table = sensitivity_table(
+        model,
+        &card.name,
+        &calib,
+        &probe,
+        &config.sweep,
+        calibration.image_bits,
+        Shard::WHOLE,
+        seed,
+        |done, total| progress(MixedStage::Sensitivity, done, total),
+    )?;
+
+    // 3. Plans: uniform and each criterion at each budget.
+    let mut plans: Vec<(String, Option<f64>, BitPlan)> = Vec::new();
+    for &avg in &config.budget.avg_bits {
+        let uniform_bits = uniform_bits_within(&candidates, avg)?;
+        plans.push((
+            format!("uniform W{uniform_bits}A{uniform_bits}"),
+            Some(avg),
+            uniform_plan(&sites, uniform_bits, uniform_bits, calibration.image_bits)?,
+        ));
+        for &criterion in &config.budget.criteria {
+            let problem = config.budget.problem(
+                &sites,
+                Some(&scores),
+                &table,
+                &candidates,
+                criterion,
+                avg,
+            )?;
+            let mut plan = allocate(&problem)?.plan;
+            fix_image_bits(&mut plan, &sites, calibration.image_bits)?;
+            plan.meta.insert("model".into(), card.name.clone());
+            plans.push((format!("mixed {}", criterion.name()), Some(avg), plan));
+        }
+    }
+    Ok(MixedPlans {
+        calib,
+        probe,
+        scores,
+        table,
+        plans,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mixq_core::{SiteId, SiteKind};
+
+    fn site(id: &str, params: u64, macs: u64) -> SiteInfo {
+        SiteInfo {
+            id: SiteId::new(id),
+            kind: SiteKind::Linear,
+            params,
+            macs,
+        }
+    }
+
+    #[test]
+    fn averages_weigh_weight_bits_by_parameters_and_activation_bits_by_macs() {
+        let sites = [site("a", 300, 10), site("b", 100, 30)];
+        let mut plan = BitPlan::default();
+        let bits = |w, a| SiteBits {
+            w_bits: BitWidth::new(w).unwrap(),
+            a_bits: BitWidth::new(a).unwrap(),
+        };
+        plan.sites.insert(SiteId::new("a"), bits(8, 2));
+        plan.sites.insert(SiteId::new("b"), bits(4, 6));
+        let (w, a) = plan_averages(&plan, &sites);
+        assert_eq!(w, (300.0 * 8.0 + 100.0 * 4.0) / 400.0);
+        assert_eq!(a, (10.0 * 2.0 + 30.0 * 6.0) / 40.0);
+    }
+
+    #[test]
+    fn the_uniform_baseline_is_the_widest_square_candidate_within_the_budget() {
+        let candidates = parse_candidates("2,3,4,6,8,4/8").unwrap();
+        assert_eq!(uniform_bits_within(&candidates, 4.0).unwrap(), 4);
+        assert_eq!(uniform_bits_within(&candidates, 5.9).unwrap(), 4);
+        assert_eq!(uniform_bits_within(&candidates, 6.0).unwrap(), 6);
+        let err = uniform_bits_within(&candidates, 1.5)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--avg-bits"), "{err}");
+    }
+}
