@@ -1,14 +1,12 @@
-//! What every command shares: device selection, model + weights resolution, data sources.
+//! What every command shares: device selection, the model flags, progress bars.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mixq_core::Result;
-use mixq_datasets::{LabelledImages, data_error};
-use mixq_qat_trainer::ImageSet;
 use mixq_vit_models::{Model, ModelCard, WeightsChoice};
 
 /// The compute backend, chosen at the command line only.
@@ -86,14 +84,6 @@ impl ModelArgs {
     pub fn load(&self, card: &ModelCard, device: &Device) -> Result<Model> {
         card.load(&self.weights_choice(), self.seed, device)
     }
-}
-
-/// Normalised images of `set` (`(v / max - mean) / std`) for the trainers.
-pub fn image_set(set: &LabelledImages, name: &str, mean: f32, std: f32) -> Result<ImageSet> {
-    let images = set
-        .normalised(mean, std)
-        .map_err(|e| data_error(Path::new(name), e))?;
-    ImageSet::new(images, set.image_shape, set.labels.clone())
 }
 
 /// Prints which build a benchmark measures, and warns when its kernels are not optimised.

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
 use mixq_ptq::{PtqConfig, uniform_plan};
-use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, QatConfig, QatTrainer};
+use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, ImageSet, QatConfig, QatTrainer};
 use mixq_report::{LineChart, Series, line_chart};
 use serde::Serialize;
 
-use crate::common::{ModelArgs, StageBars, image_set, progress};
+use crate::common::{ModelArgs, StageBars, progress};
 use crate::mixed::MixedArgs;
 use mixq_datasets::classification_data;
 use mixq_ptq::calibration_images;
@@ -229,12 +229,12 @@ pub fn run(args: QatArgs) -> Result<()> {
     }
     plan.check_sites(sites.iter().map(|s| &s.id))?;
 
-    let mut train = image_set(&data.train, &data.name, mean, std)?;
-    let mut test = image_set(&data.test, &data.name, mean, std)?;
+    let mut train = ImageSet::from_labelled(&data.train, &data.name, mean, std)?;
+    let mut test = ImageSet::from_labelled(&data.test, &data.name, mean, std)?;
     // Per-epoch curves on the validation split where there is one (the test set is for the
     // final figure only); digits has none and monitors its test split.
     let monitor = match &data.val {
-        Some(v) => Some(image_set(v, &data.name, mean, std)?),
+        Some(v) => Some(ImageSet::from_labelled(v, &data.name, mean, std)?),
         None => None,
     };
     let monitor_name = if monitor.is_some() { "val" } else { "test" };

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use mixq_core::{Error, Result, RunDir};
-use mixq_qat_trainer::{FpConfig, FpTrainer};
+use mixq_qat_trainer::{EpochStats, FpConfig, FpTrainer, ImageSet, RecipeOverrides, train_recipe};
 use serde::Serialize;
 
-use crate::common::{DeviceName, image_set, progress};
+use crate::common::{DeviceName, progress};
 use mixq_datasets::classification_data;
 
 /// The checkpoint file inside a train run folder.
@@ -89,19 +89,6 @@ struct Results<'a> {
 /// The per-epoch log beside the checkpoint, rewritten after every epoch.
 const TRAIN_LOG: &str = "train-log.tsv";
 
-/// One line per finished epoch: what the progress bar showed, kept.
-fn training_log(history: &[mixq_qat_trainer::EpochStats]) -> String {
-    let mut log = String::from("epoch\ttrain_loss\ttrain_top1\tval_top1\tseconds\n");
-    for e in history {
-        let val = e.monitor_top1.map_or("-".into(), |v| format!("{v:.2}"));
-        log += &format!(
-            "{}\t{:.4}\t{:.2}\t{val}\t{:.1}\n",
-            e.epoch, e.train_loss, e.train_top1, e.seconds
-        );
-    }
-    log
-}
-
 fn resume_file(dir: &Path) -> Result<PathBuf> {
     let file = if dir.is_file() {
         dir.to_path_buf()
@@ -122,36 +109,23 @@ fn resume_file(dir: &Path) -> Result<PathBuf> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let card = mixq_vit_models::ModelCard::find(&args.model)?;
-    let recipe = match (&card.train, card.dataset.as_deref()) {
-        (Some(r), _) => r.clone(),
-        (None, Some("digits")) => mixq_vit_models::TrainRecipe::default(),
-        _ => {
-            return Err(Error::invalid(
-                "--model",
-                &args.model,
-                "the card has no [train] recipe; train reproduces mixq's shipped models \
-                 (digits-deit, digits-swin, fmnist-deit)",
-            ));
-        }
-    };
+    // Before loading any data: can the card be trained at all?
+    train_recipe(&card)?;
     if args.limit == Some(0) {
         return Err(Error::invalid("--limit", 0, "must be at least 1"));
     }
     let data = classification_data(&card.data_spec(), args.data.as_deref(), "train")?;
     let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
-    let flips_ok = data.dataset.is_some_and(|d| d.flips_keep_class());
-    let config = FpConfig {
-        epochs: args.epochs.unwrap_or(recipe.epochs),
-        batch: args.batch.unwrap_or(recipe.batch),
-        lr: args.lr.unwrap_or(recipe.lr),
-        weight_decay: args.weight_decay.unwrap_or(recipe.weight_decay),
-        seed: args.seed,
-        shift: args.pad.unwrap_or(recipe.pad),
-        shift_fill: (0.0 - mean) / std,
-        hflip: recipe.hflip && flips_ok && !args.no_flip,
-        label_smoothing: args.label_smoothing.unwrap_or(recipe.label_smoothing),
+    let overrides = RecipeOverrides {
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        pad: args.pad,
+        label_smoothing: args.label_smoothing,
+        no_flip: args.no_flip,
     };
-    config.validate()?;
+    let config = FpConfig::from_card(&card, &data, args.seed, &overrides)?;
     let out = match &args.out {
         Some(p) => p.clone(),
         None => card.shipped_path().ok_or_else(|| {
@@ -164,7 +138,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let resume = args.resume.as_deref().map(resume_file).transpose()?;
 
-    let mut train = image_set(&data.train, &data.name, mean, std)?;
+    let mut train = ImageSet::from_labelled(&data.train, &data.name, mean, std)?;
     if let Some(n) = args.limit {
         train.truncate(n);
     }
@@ -173,9 +147,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let val = data
         .val
         .as_ref()
-        .map(|v| image_set(v, &data.name, mean, std))
+        .map(|v| ImageSet::from_labelled(v, &data.name, mean, std))
         .transpose()?;
-    let test = image_set(&data.test, &data.name, mean, std)?;
+    let test = ImageSet::from_labelled(&data.test, &data.name, mean, std)?;
 
     let device = args.device.device()?;
     let mut trainer = FpTrainer::new(&card.name, &card.arch, &device, config.clone())?;
@@ -240,7 +214,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             None => None,
         };
         trainer.save_checkpoint(&checkpoint)?;
-        run.write(TRAIN_LOG, training_log(trainer.history()).as_bytes())?;
+        run.write(TRAIN_LOG, EpochStats::tsv(trainer.history()).as_bytes())?;
         tracing::info!(
             epoch,
             loss = stats.train_loss,

@@ -24,6 +24,20 @@ pub struct TrainBatch {
 }
 
 impl ImageSet {
+    /// The images of `set`, normalised `(v / max - mean) / std`; `name` names the data set in
+    /// errors.
+    pub fn from_labelled(
+        set: &mixq_datasets::LabelledImages,
+        name: &str,
+        mean: f32,
+        std: f32,
+    ) -> Result<Self> {
+        let images = set
+            .normalised(mean, std)
+            .map_err(|e| mixq_datasets::data_error(std::path::Path::new(name), e))?;
+        Self::new(images, set.image_shape, set.labels.clone())
+    }
+
     /// Checks that `images` holds one `image_shape` image per label.
     pub fn new(images: Vec<f32>, image_shape: [usize; 3], labels: Vec<usize>) -> Result<Self> {
         let per: usize = image_shape.iter().product();

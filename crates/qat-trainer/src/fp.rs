@@ -15,9 +15,10 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mixq_core::{Error, Result};
+use mixq_datasets::ClassificationData;
 use mixq_ptq::Metrics;
 use mixq_quant_kernels::host_values;
-use mixq_vit_models::{ArchConfig, Model, NoHook};
+use mixq_vit_models::{ArchConfig, Model, ModelCard, NoHook, TrainRecipe};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -55,7 +56,63 @@ pub struct FpConfig {
     pub label_smoothing: f32,
 }
 
+/// The card's `[train]` recipe; digits cards without one train with the default recipe, any
+/// other card without one cannot be trained (an error naming it).
+pub fn train_recipe(card: &ModelCard) -> Result<TrainRecipe> {
+    match (&card.train, card.dataset.as_deref()) {
+        (Some(r), _) => Ok(r.clone()),
+        (None, Some("digits")) => Ok(TrainRecipe::default()),
+        _ => Err(Error::invalid(
+            "--model",
+            &card.aliases[0],
+            "the card has no [train] recipe; train reproduces mixq's shipped models \
+             (digits-deit, digits-swin, fmnist-deit)",
+        )),
+    }
+}
+
+/// Changes to a card's training recipe (`cargo xtask train`'s flags); `None` keeps the
+/// recipe's value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecipeOverrides {
+    pub epochs: Option<usize>,
+    pub batch: Option<usize>,
+    pub lr: Option<f64>,
+    pub weight_decay: Option<f32>,
+    /// Random-crop padding in pixels.
+    pub pad: Option<usize>,
+    pub label_smoothing: Option<f32>,
+    /// Turn random horizontal flips off.
+    pub no_flip: bool,
+}
+
 impl FpConfig {
+    /// The run `card`'s `[train]` recipe describes (digits cards without one: the default
+    /// recipe), with `overrides` applied; flips only where `data` keeps the class under them.
+    pub fn from_card(
+        card: &ModelCard,
+        data: &ClassificationData,
+        seed: u64,
+        overrides: &RecipeOverrides,
+    ) -> Result<Self> {
+        let recipe = train_recipe(card)?;
+        let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
+        let flips_ok = data.dataset.is_some_and(|d| d.flips_keep_class());
+        let config = FpConfig {
+            epochs: overrides.epochs.unwrap_or(recipe.epochs),
+            batch: overrides.batch.unwrap_or(recipe.batch),
+            lr: overrides.lr.unwrap_or(recipe.lr),
+            weight_decay: overrides.weight_decay.unwrap_or(recipe.weight_decay),
+            seed,
+            shift: overrides.pad.unwrap_or(recipe.pad),
+            shift_fill: (0.0 - mean) / std,
+            hflip: recipe.hflip && flips_ok && !overrides.no_flip,
+            label_smoothing: overrides.label_smoothing.unwrap_or(recipe.label_smoothing),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Errors name the CLI flag of the bad value.
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 {
@@ -324,5 +381,59 @@ impl FpTrainer {
         self.train_images = (train_images > 0).then_some(train_images);
         self.history = history;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mixq_datasets::KnownDataset;
+
+    #[test]
+    fn a_cards_recipe_with_overrides_applied() {
+        let digits = KnownDataset::Digits.open().unwrap();
+        let card = ModelCard::find("digits-deit").unwrap();
+        let recipe = train_recipe(&card).unwrap();
+        let plain = FpConfig::from_card(&card, &digits, 3, &RecipeOverrides::default()).unwrap();
+        assert_eq!(
+            (plain.epochs, plain.batch, plain.lr, plain.seed),
+            (recipe.epochs, recipe.batch, recipe.lr, 3)
+        );
+        assert!(!plain.hflip, "digits change class under flips");
+        let changed = RecipeOverrides {
+            epochs: Some(2),
+            lr: Some(1e-3),
+            label_smoothing: Some(0.1),
+            ..RecipeOverrides::default()
+        };
+        let c = FpConfig::from_card(&card, &digits, 3, &changed).unwrap();
+        assert_eq!((c.epochs, c.lr, c.label_smoothing), (2, 1e-3, 0.1));
+        assert_eq!(c.batch, plain.batch);
+
+        let bad = RecipeOverrides {
+            batch: Some(0),
+            ..RecipeOverrides::default()
+        };
+        let err = FpConfig::from_card(&card, &digits, 3, &bad).unwrap_err();
+        assert!(err.to_string().contains("--batch"), "{err}");
+        let err = train_recipe(&ModelCard::find("deit-s").unwrap()).unwrap_err();
+        assert!(err.to_string().contains("no [train] recipe"), "{err}");
+    }
+
+    #[test]
+    fn the_training_log_has_one_line_per_epoch() {
+        let e = |epoch, val| EpochStats {
+            epoch,
+            train_loss: 1.23456,
+            train_top1: 50.0,
+            monitor_top1: val,
+            seconds: 12.34,
+        };
+        assert_eq!(
+            EpochStats::tsv(&[e(1, Some(71.5)), e(2, None)]),
+            "epoch\ttrain_loss\ttrain_top1\tval_top1\tseconds\n\
+             1\t1.2346\t50.00\t71.50\t12.3\n\
+             2\t1.2346\t50.00\t-\t12.3\n"
+        );
     }
 }

@@ -54,7 +54,7 @@ pub mod trainer;
 
 pub use checkpoint::{CHECKPOINT_FILE, CHECKPOINT_FORMAT, plan_fingerprint};
 pub use data::{Augment, ImageSet, TrainBatch, flip_horizontal, shift_image};
-pub use fp::{FP_CHECKPOINT_FORMAT, FpConfig, FpTrainer};
+pub use fp::{FP_CHECKPOINT_FORMAT, FpConfig, FpTrainer, RecipeOverrides, train_recipe};
 pub use loss::distillation_loss;
 pub use lsq::{
     LsqQuantizers, QuantRule, QuantSpec, grad_scale, log_fake_quant, lsq_fake_quant,

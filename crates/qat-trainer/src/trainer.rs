@@ -232,6 +232,22 @@ pub struct EpochStats {
     pub seconds: f64,
 }
 
+impl EpochStats {
+    /// The training log (`train-log.tsv`): a header, then one tab-separated line per epoch
+    /// (epoch, train loss, train top-1, monitoring top-1 or `-`, seconds).
+    pub fn tsv(history: &[EpochStats]) -> String {
+        let mut log = String::from("epoch\ttrain_loss\ttrain_top1\tval_top1\tseconds\n");
+        for e in history {
+            let val = e.monitor_top1.map_or("-".into(), |v| format!("{v:.2}"));
+            log += &format!(
+                "{}\t{:.4}\t{:.2}\t{val}\t{:.1}\n",
+                e.epoch, e.train_loss, e.train_top1, e.seconds
+            );
+        }
+        log
+    }
+}
+
 /// A QAT run in progress: the student, the teacher, both optimizers and the position in the
 /// schedule. See the crate docs for an example.
 pub struct QatTrainer {
