@@ -71,6 +71,8 @@
 //! # Ok::<(), mixq_datasets::DataError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod batch;
 pub mod coco;
 pub mod cocoeval;

@@ -152,6 +152,7 @@ pub fn classification_data(
 
 /// Images for evaluation: the test split of an in-memory data set or an ImageNet-style folder.
 pub struct EvalData {
+    /// The batches, in the data set's order.
     pub batches: Box<dyn Iterator<Item = Batch>>,
     /// Images there are to evaluate (a folder's unreadable files are skipped on the way).
     pub len: usize,

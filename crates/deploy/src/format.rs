@@ -38,21 +38,28 @@ const HEADER_CHECKSUM_PLACEHOLDER: &str = "0000000000000000";
 /// Shape and bits of one integer (packed) site.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WeightInfo {
+    /// Weight bits (2..8).
     pub bits: u8,
+    /// Input features (columns of the weight matrix).
     pub in_features: usize,
+    /// Output features (rows).
     pub out_features: usize,
 }
 
 /// The readable JSON header of a file (also [`crate::IntModel::header`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header {
+    /// Always `mixq-int`: what the file is.
     pub format: String,
+    /// Bumped whenever a reader of an older version could misread the file.
     pub format_version: u32,
     /// FNV-1a 64 (hex) of this JSON text with this value replaced by sixteen zeros: a flipped
     /// byte anywhere in the header is detected. Filled in when writing.
     #[serde(default)]
     pub header_checksum: String,
+    /// The model's architecture (as its model card gives it).
     pub arch: ArchConfig,
+    /// The bits every site was quantized with.
     pub plan: BitPlan,
     /// Integer sites: weight bits and shape.
     pub weights: BTreeMap<SiteId, WeightInfo>,

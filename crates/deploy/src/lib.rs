@@ -54,6 +54,8 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod format;
 mod ops;
 mod simd;
@@ -367,18 +369,22 @@ impl IntModel {
     }
 
     /// The JSON header (architecture, plan, quantizers) as stored in the file.
+    /// The file's JSON header: format, architecture, plan, weight shapes.
     pub fn header(&self) -> &Header {
         &self.header
     }
 
+    /// The model's architecture.
     pub fn arch(&self) -> &ArchConfig {
         &self.header.arch
     }
 
+    /// The bits the model was quantized with.
     pub fn plan(&self) -> &BitPlan {
         &self.header.plan
     }
 
+    /// Classes of the classifier head.
     pub fn num_classes(&self) -> usize {
         self.header.arch.num_classes()
     }

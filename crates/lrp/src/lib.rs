@@ -34,6 +34,8 @@
 //! assert!((at_input - logit).abs() < 1e-5 && (at_hidden - logit).abs() < 1e-5);
 //! ```
 
+#![warn(missing_docs)]
+
 mod preset;
 mod probe;
 pub mod rules;

@@ -26,8 +26,10 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// Every preset, for option lists.
     pub const ALL: [Preset; 2] = [Preset::Attnlrp, Preset::Chefer];
 
+    /// The name the CLI and files use (`attnlrp`, `chefer`).
     pub fn name(self) -> &'static str {
         match self {
             Preset::Attnlrp => "attnlrp",
@@ -70,7 +72,9 @@ pub enum AttentionRule {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LinearRule {
+    /// LRP-epsilon with this epsilon.
     Epsilon(f64),
+    /// LRP-alpha1-beta0 (positive contributions only).
     Alpha1Beta0,
 }
 
@@ -81,15 +85,20 @@ pub enum LinearRule {
 pub struct PixelBounds {
     /// The site that consumes the pixels (`patch_embed.proj`).
     pub site: SiteId,
+    /// The lowest normalised pixel value, per channel, broadcast to the image's shape.
     pub low: Tensor<4>,
+    /// The highest normalised pixel value, likewise.
     pub high: Tensor<4>,
 }
 
 /// Everything a model needs to run in LRP mode.
 #[derive(Clone, Debug)]
 pub struct Rules {
+    /// The preset these rules came from.
     pub preset: Preset,
+    /// The rule of linear and conv layers.
     pub linear: LinearRule,
+    /// The rule of the attention matmuls and softmax.
     pub attention: AttentionRule,
     /// z^B at the pixel layer; without it the pixel layer uses `linear`.
     pub pixels: Option<PixelBounds>,
@@ -100,6 +109,7 @@ pub struct Rules {
 pub const DEFAULT_EPSILON: f64 = 1e-6;
 
 impl Rules {
+    /// The rules of `preset`, without pixel bounds.
     pub fn new(preset: Preset) -> Self {
         Rules {
             preset,

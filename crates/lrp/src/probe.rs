@@ -80,6 +80,7 @@ impl ContributionAccumulator {
         }
     }
 
+    /// Images accumulated so far.
     pub fn images(&self) -> usize {
         self.images
     }
