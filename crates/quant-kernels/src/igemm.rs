@@ -127,10 +127,12 @@ impl ActQuant {
         Self::from_quantizer(&q)
     }
 
+    /// The step size of one integer level.
     pub fn scale(&self) -> f32 {
         self.scale
     }
 
+    /// The integer that represents 0.0.
     pub fn zero_point(&self) -> i32 {
         self.zero_point
     }
@@ -229,14 +231,17 @@ impl std::fmt::Debug for PreparedWeights {
 }
 
 impl PreparedWeights {
+    /// The packed integer weights.
     pub fn packed(&self) -> &PackedWeights {
         &self.packed
     }
 
+    /// Output features (rows of the weight matrix).
     pub fn out_features(&self) -> usize {
         self.packed.out_features()
     }
 
+    /// Input features (columns of the weight matrix).
     pub fn in_features(&self) -> usize {
         self.packed.in_features()
     }
@@ -318,10 +323,12 @@ impl IntGemm {
         Self::default()
     }
 
+    /// A GEMM that always uses `backend` (for benchmarks and cross-checks).
     pub fn with_backend(backend: Backend) -> Self {
         IntGemm { backend }
     }
 
+    /// The kernel family this GEMM runs.
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -42,6 +42,8 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod igemm;
 pub mod log;
 pub mod observer;

@@ -106,10 +106,12 @@ impl LogQuantizer {
         Self::new(bits, base, max.max(MIN_SCALE))
     }
 
+    /// Bits per code.
     pub fn bits(&self) -> BitWidth {
         self.bits
     }
 
+    /// The base of the levels (2 or sqrt 2).
     pub fn base(&self) -> LogBase {
         self.base
     }

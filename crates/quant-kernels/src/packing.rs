@@ -245,6 +245,7 @@ impl PackedWeights {
         self.in_features
     }
 
+    /// Bits per packed weight.
     pub fn bits(&self) -> BitWidth {
         self.bits
     }

@@ -31,13 +31,19 @@ pub enum Granularity {
     PerTensor,
     /// One step per index of `axis` (e.g. `axis: 0` for the output rows of a `[out, in]`
     /// weight, or the last axis for the channels of `[batch, tokens, channels]` activations).
-    PerChannel { axis: usize },
+    PerChannel {
+        /// The axis whose every index has its own step.
+        axis: usize,
+    },
     /// One step per run of `group_size` consecutive elements of the **last** dimension, which
     /// `group_size` must divide. Groups are numbered in row-major order, so a `[rows, cols]`
     /// tensor has `rows * cols / group_size` groups and group `g` covers flat indices
     /// `g * group_size .. (g + 1) * group_size`. There is no axis: grouping along the
     /// reduction (last) dimension is what integer matmul kernels use.
-    PerGroup { group_size: usize },
+    PerGroup {
+        /// Consecutive elements of the last dimension per group.
+        group_size: usize,
+    },
 }
 
 /// How a tensor of a given shape maps onto the quantizer's parameters: flat index `i` uses
@@ -309,14 +315,17 @@ impl UniformQuantizer {
         })
     }
 
+    /// Bits per code.
     pub fn bits(&self) -> BitWidth {
         self.bits
     }
 
+    /// Whether the zero point is fixed at the middle of the range.
     pub fn is_symmetric(&self) -> bool {
         self.symmetric
     }
 
+    /// Per tensor, per channel or per group.
     pub fn granularity(&self) -> Granularity {
         self.granularity
     }

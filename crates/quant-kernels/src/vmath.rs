@@ -9,6 +9,7 @@ pub fn gelu(x: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
+/// AVX-512 versions of the functions above, for the integer engine's kernels.
 pub mod x86 {
     use std::arch::x86_64::*;
 

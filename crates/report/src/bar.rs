@@ -67,8 +67,11 @@ pub fn site_group(site: &str) -> Option<String> {
 /// A bar chart; build it with `..Default::default()` for the styling fields.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BarChart {
+    /// Drawn above the chart.
     pub title: String,
+    /// Label of the value axis.
     pub y_label: String,
+    /// The bars, left to right.
     pub bars: Vec<Bar>,
     /// Colour of bars without their own.
     pub colour: Colour,

@@ -14,11 +14,13 @@ use crate::{check_finite, check_size, save_png};
 /// A heat map; `values[r][c]` is drawn in row `r`, column `c`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HeatMap {
+    /// Drawn above the map.
     pub title: String,
     /// One per row of `values`, drawn left of the grid.
     pub row_labels: Vec<String>,
     /// One per column of `values`, drawn above the grid (vertically when long).
     pub col_labels: Vec<String>,
+    /// The values, one row per row label.
     pub values: Vec<Vec<f64>>,
     /// Title of the colour bar, e.g. "Δ loss".
     pub colour_label: String,

@@ -35,17 +35,23 @@ pub enum SeriesStyle {
 /// Which y-axis a series is measured against.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Axis {
+    /// The left axis (the default).
     #[default]
     Left,
+    /// The right axis, scaled on its own.
     Right,
 }
 
 /// One named series of `(x, y)` points, drawn in the order given.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Series {
+    /// The legend's label.
     pub name: String,
+    /// `(x, y)` in the axes' units.
     pub points: Vec<(f64, f64)>,
+    /// Line, dashed line or markers.
     pub style: SeriesStyle,
+    /// Which y-axis the points are measured against.
     pub axis: Axis,
     /// `None`: the next colour of the tab10 cycle.
     pub colour: Option<Colour>,
@@ -81,13 +87,19 @@ impl Series {
 /// A line chart; build it with `..Default::default()` for the size (800 × 480).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LineChart {
+    /// Drawn above the chart.
     pub title: String,
+    /// Label of the x-axis.
     pub x_label: String,
+    /// Label of the left y-axis.
     pub y_label: String,
     /// Title of the right axis, used when a series has [`Axis::Right`].
     pub y2_label: String,
+    /// The series, drawn in order (later ones on top).
     pub series: Vec<Series>,
+    /// Image width in pixels.
     pub width: u32,
+    /// Image height in pixels.
     pub height: u32,
 }
 
