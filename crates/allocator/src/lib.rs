@@ -79,6 +79,8 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod instance;
 mod problem;
 mod solve;
@@ -107,6 +109,7 @@ pub enum SolveStatus {
 }
 
 impl SolveStatus {
+    /// The name reports and plan files use.
     pub fn name(self) -> &'static str {
         match self {
             SolveStatus::Optimal => "optimal",
@@ -127,6 +130,7 @@ pub enum SolverKind {
 }
 
 impl SolverKind {
+    /// The name reports and plan files use.
     pub fn name(self) -> &'static str {
         match self {
             SolverKind::Milp => "milp-microlp",
@@ -139,8 +143,11 @@ impl SolverKind {
 /// (>= 0).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct BudgetUse {
+    /// The bound asked for.
     pub budget: Budget,
+    /// What the plan uses of it.
     pub used: f64,
+    /// `value - used`, >= 0.
     pub slack: f64,
 }
 
@@ -154,7 +161,9 @@ pub struct Allocation {
     pub objective: f64,
     /// One entry per budget, in [`BudgetKind`] order.
     pub budgets: Vec<BudgetUse>,
+    /// Optimal, stopped at the time limit, or the greedy fallback.
     pub status: SolveStatus,
+    /// Which solver produced the plan.
     pub solver: SolverKind,
 }
 

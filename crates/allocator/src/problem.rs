@@ -24,6 +24,7 @@ pub enum Criterion {
 }
 
 impl Criterion {
+    /// The name the CLI and plan files use (`lrp`, `sensitivity`, `mix`).
     pub fn name(self) -> &'static str {
         match self {
             Criterion::Lrp => "lrp",
@@ -74,6 +75,7 @@ pub enum BudgetKind {
 }
 
 impl BudgetKind {
+    /// Every kind, in the order results report them.
     pub const ALL: [BudgetKind; 4] = [
         BudgetKind::AvgWeightBits,
         BudgetKind::AvgActBits,
@@ -129,23 +131,30 @@ impl FromStr for BudgetKind {
 /// [`crate::BudgetUse::used`] reports it, so a plan that is reported within budget is.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Budget {
+    /// The resource bounded.
     pub kind: BudgetKind,
+    /// The upper bound, in the kind's unit.
     pub value: f64,
 }
 
 impl Budget {
+    /// `used(kind) <= value`.
     pub fn new(kind: BudgetKind, value: f64) -> Self {
         Budget { kind, value }
     }
+    /// Parameter-weighted average weight bits at most `value`.
     pub fn avg_w_bits(value: f64) -> Self {
         Self::new(BudgetKind::AvgWeightBits, value)
     }
+    /// MAC-weighted average activation bits at most `value`.
     pub fn avg_a_bits(value: f64) -> Self {
         Self::new(BudgetKind::AvgActBits, value)
     }
+    /// Weights of at most `value` bytes.
     pub fn model_bytes(value: f64) -> Self {
         Self::new(BudgetKind::ModelBytes, value)
     }
+    /// At most `value` bit operations (MACs x w bits x a bits) per image.
     pub fn bit_ops(value: f64) -> Self {
         Self::new(BudgetKind::BitOps, value)
     }
@@ -160,9 +169,13 @@ impl std::fmt::Display for Budget {
 /// Per-site bounds on the bits a candidate may use (e.g. keep `head` at >= 8 bits).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BitLimits {
+    /// Fewest weight bits allowed.
     pub min_w_bits: Option<BitWidth>,
+    /// Most weight bits allowed.
     pub max_w_bits: Option<BitWidth>,
+    /// Fewest activation bits allowed.
     pub min_a_bits: Option<BitWidth>,
+    /// Most activation bits allowed.
     pub max_a_bits: Option<BitWidth>,
 }
 
@@ -474,18 +487,23 @@ impl Problem {
         self
     }
 
+    /// The sites to allocate, in forward order.
     pub fn sites(&self) -> &[SiteInfo] {
         &self.sites
     }
+    /// The (weight, activation) bits every site may take.
     pub fn candidates(&self) -> &[SiteBits] {
         &self.candidates
     }
+    /// The bounds the plan must meet.
     pub fn budgets(&self) -> &[Budget] {
         &self.budgets
     }
+    /// What the objective rewards.
     pub fn criterion(&self) -> Criterion {
         self.criterion
     }
+    /// Weight of importance in the `mix` cost.
     pub fn lambda(&self) -> f64 {
         self.lambda
     }

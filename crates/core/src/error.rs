@@ -9,52 +9,80 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// A model name that is neither a known alias nor a model-card file.
     #[error("unknown model '{name}'; known models: {}", known.join(", "))]
-    UnknownModel { name: String, known: Vec<String> },
+    UnknownModel {
+        /// What was asked for.
+        name: String,
+        /// Every alias there is.
+        known: Vec<String>,
+    },
 
     /// A weights file that cannot be used, with every problem found (missing keys, shapes...).
     #[error("weights '{}': {}", path.display(), problems.join("; "))]
     Weights {
+        /// The weights file.
         path: PathBuf,
+        /// Every problem found, each naming its key.
         problems: Vec<String>,
     },
 
     /// A file that cannot be read or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
 
     /// A file whose content does not parse (TOML, JSON, safetensors, images...).
     #[error("{}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What does not parse, and where.
+        message: String,
+    },
 
     /// A data folder or data set that cannot be used.
     #[error("data '{}': {message}", path.display())]
-    Data { path: PathBuf, message: String },
+    Data {
+        /// The data folder, file or data set name.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 
     /// An argument or configuration value out of its valid range.
     #[error("invalid {name} = {value}: {reason}")]
     InvalidValue {
+        /// The option or key (`--bits`, `lambda`).
         name: String,
+        /// The value given.
         value: String,
+        /// Why it is not accepted, and what would be.
         reason: String,
     },
 
     /// A value that could not be written as JSON or TOML (a non-finite float in a report, say).
     #[error("cannot write {what} as {format}: {message}")]
     Serialize {
+        /// What was being written (`results`, a file name).
         what: String,
+        /// `JSON` or `TOML`.
         format: &'static str,
+        /// The serializer's message.
         message: String,
     },
 
     /// A site named in a plan or score file that the model does not have.
     #[error("unknown site '{site}' (the model has {count} sites, e.g. {example})")]
     UnknownSite {
+        /// The site named.
         site: String,
+        /// Sites the model has.
         count: usize,
+        /// One of them, to show the naming.
         example: String,
     },
 }

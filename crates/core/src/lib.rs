@@ -18,6 +18,8 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod error;
 mod fsutil;
 mod plan;

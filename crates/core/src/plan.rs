@@ -14,7 +14,9 @@ use crate::{Error, Result, SiteId};
 pub struct BitWidth(u8);
 
 impl BitWidth {
+    /// The fewest bits a site may have.
     pub const MIN: u8 = 2;
+    /// The most bits a site may have.
     pub const MAX: u8 = 8;
 
     /// A bit-width, or an error naming the value when it is outside 2..=8.
@@ -30,6 +32,7 @@ impl BitWidth {
         }
     }
 
+    /// The number of bits.
     pub fn get(self) -> u8 {
         self.0
     }
@@ -57,7 +60,9 @@ impl std::fmt::Display for BitWidth {
 /// Weight and activation bits of one site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SiteBits {
+    /// Weight bits.
     pub w_bits: BitWidth,
+    /// Activation bits (both operands of a matmul site).
     pub a_bits: BitWidth,
 }
 
@@ -70,10 +75,12 @@ pub struct BitPlan {
     /// Free-form provenance (model, command, seed).
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
+    /// Bits of every site.
     pub sites: BTreeMap<SiteId, SiteBits>,
 }
 
 impl BitPlan {
+    /// The plan as TOML (the format of `plan.toml`).
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| Error::serialize("bit plan", "TOML", e))
     }
@@ -83,12 +90,14 @@ impl BitPlan {
         toml::from_str(text).map_err(|e| Error::parse(origin.as_ref(), e.message()))
     }
 
+    /// Reads a plan file; errors name the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_toml(&text, path)
     }
 
+    /// Writes the plan atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         crate::write_atomic(path, self.to_toml()?.as_bytes())
     }

@@ -18,12 +18,14 @@ pub struct ContributionScores {
     /// Provenance: model, preset, images, seed, where relevance was read (output/input).
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
+    /// Each site's share of the absolute relevance (they sum to 1).
     pub scores: BTreeMap<SiteId, f64>,
 }
 
 /// One measured point of a sensitivity sweep: the damage when `site` alone runs at `bits`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SensitivityPoint {
+    /// The candidate measured.
     pub bits: SiteBits,
     /// The damage metric named in [`SensitivityTable::metric`] (KL by default); >= 0 is
     /// expected but a quantized site can also help by chance, so small negatives are kept.
@@ -39,6 +41,7 @@ pub struct SensitivityTable {
     /// `kl` (KL(FP ‖ quantized) in nats per image), `ce` (loss increase) or `top1` (drop in
     /// percentage points).
     pub metric: String,
+    /// Every site's points, in candidate order.
     pub sites: BTreeMap<SiteId, Vec<SensitivityPoint>>,
 }
 

@@ -60,7 +60,9 @@ impl SiteKind {
 /// A site with the figures budgets are computed from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteInfo {
+    /// The site's module path.
     pub id: SiteId,
+    /// Linear, conv or attention matmul.
     pub kind: SiteKind,
     /// Weight elements quantized at this site (bias excluded; 0 for matmuls).
     pub params: u64,
@@ -71,8 +73,11 @@ pub struct SiteInfo {
 /// Totals over a model's sites.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteTotals {
+    /// Sites counted.
     pub sites: usize,
+    /// Quantized weight elements of all sites.
     pub params: u64,
+    /// Multiply-accumulates per image of all sites.
     pub macs: u64,
 }
 

@@ -68,18 +68,22 @@ impl SweepCache {
         }
     }
 
+    /// The file the points are appended to.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The point measured for `(site, bits)`, if any.
     pub fn get(&self, site: &SiteId, bits: SiteBits) -> Option<&Record> {
         self.done.get(&(site.clone(), bits))
     }
 
+    /// Points measured so far.
     pub fn len(&self) -> usize {
         self.done.len()
     }
 
+    /// Whether none was measured yet.
     pub fn is_empty(&self) -> bool {
         self.done.is_empty()
     }
@@ -103,6 +107,7 @@ impl SweepCache {
         Ok(())
     }
 
+    /// Every point, in the order measured.
     pub fn records(&self) -> impl Iterator<Item = &Record> {
         self.done.values()
     }

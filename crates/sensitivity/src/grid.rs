@@ -19,13 +19,17 @@ pub fn grid(sites: &[SiteId], candidates: &[SiteBits]) -> Vec<(SiteId, SiteBits)
 /// Slice `k` of `n` (1-based) of a grid: every n-th point, so slices take similar time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
+    /// 1-based: which slice.
     pub index: usize,
+    /// How many slices the grid is cut into.
     pub count: usize,
 }
 
 impl Shard {
+    /// The whole grid.
     pub const WHOLE: Shard = Shard { index: 1, count: 1 };
 
+    /// This slice's items: every `count`-th, starting at `index - 1`.
     pub fn select<T: Clone>(&self, items: &[T]) -> Vec<T> {
         items
             .iter()

@@ -29,6 +29,8 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod cache;
 mod grid;
 mod metric;
@@ -45,20 +47,27 @@ pub use metric::{Damage, Metric, damage};
 /// One measured (site, bits) point.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
+    /// The site measured.
     pub site: SiteId,
+    /// The bits it ran at.
     pub bits: SiteBits,
+    /// What it cost, in every metric.
     pub damage: Damage,
 }
 
 /// The probe set: images, their labels and the batch size they are run in.
 #[derive(Clone, Debug)]
 pub struct Probe {
+    /// `[n, c, h, w]` normalised images.
     pub images: Tensor<4>,
+    /// Their classes.
     pub labels: Vec<usize>,
+    /// Images per forward pass.
     pub batch: usize,
 }
 
 impl Probe {
+    /// Checks that there are images, one label per image and a batch of at least 1.
     pub fn new(images: Tensor<4>, labels: Vec<usize>, batch: usize) -> Result<Self> {
         let n = images.dims()[0];
         if n == 0 {
@@ -81,10 +90,12 @@ impl Probe {
         })
     }
 
+    /// Probe images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -99,8 +110,11 @@ impl Probe {
 
 /// Quantizes one site through `quantized`; every other site goes through `baseline`.
 pub struct OnlySite<'a> {
+    /// The site that is quantized.
     pub site: &'a SiteId,
+    /// The hook that quantizes it.
     pub quantized: &'a dyn SiteHook,
+    /// What every other site runs through (full precision or a fixed bit-width).
     pub baseline: &'a dyn SiteHook,
 }
 
