@@ -22,7 +22,9 @@ use crate::state::{ActQuantizer, QuantState};
 pub struct QuantizedModel {
     /// Weights already fake-quantized (and post-LN sites reparameterized when asked).
     pub model: Model,
+    /// Activation quantizers, by site and slot.
     pub state: QuantState,
+    /// The bits every site was quantized with.
     pub plan: BitPlan,
     /// The per-output-channel weight quantizer of every planned linear/conv site (linear
     /// weights `[in, out]` on axis 1, conv weights as `[out, in*k*k]` on axis 0): what an
@@ -42,10 +44,12 @@ pub struct IsolatedQuantizers {
     /// Fake-quantized weights by site, in the 2-D view the site hook sees at
     /// [`Slot::Weight`] (linear `[in, out]`, conv `[out, in*k*k]`).
     pub weights: BTreeMap<SiteId, Tensor<2>>,
+    /// The bits every site was quantized with.
     pub plan: BitPlan,
 }
 
 impl QuantizedModel {
+    /// Logits of `images` with every planned site fake-quantized.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.model.forward_with(images, &self.state)
     }
@@ -65,6 +69,7 @@ pub struct HookQuantizers {
     /// The per-output-channel quantizer of every weight (the integer codes' scales and zero
     /// points, as in [`QuantizedModel::weights`]).
     pub weight_quantizers: BTreeMap<SiteId, UniformQuantizer>,
+    /// The bits every site was quantized with.
     pub plan: BitPlan,
 }
 

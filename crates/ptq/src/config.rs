@@ -25,8 +25,11 @@ pub enum PostLnMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SoftmaxMode {
+    /// The uniform quantizer, like every other activation.
     Uniform,
+    /// Levels at powers of 2.
     Log2,
+    /// Levels at powers of sqrt 2 (finer near 1, where attention mass sits).
     #[serde(rename = "logsqrt2")]
     LogSqrt2,
 }
@@ -65,7 +68,9 @@ kebab_from_str!(SoftmaxMode, "softmax", [
 /// Everything a PTQ run needs besides the bit plan.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PtqConfig {
+    /// How post-LayerNorm inputs are quantized.
     pub post_ln: PostLnMode,
+    /// How attention probabilities are quantized.
     pub softmax: SoftmaxMode,
     /// Range estimation of weights (per output channel).
     pub weight_method: RangeMethod,

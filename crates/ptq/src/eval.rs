@@ -18,6 +18,7 @@ pub fn host_logits(logits: Tensor<2>) -> Vec<f32> {
 /// Full precision and each quantized variant on the same images.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Comparison {
+    /// The full-precision model's figures.
     pub fp: Metrics,
     /// One per variant, in the order given; KL is measured against the FP logits.
     pub quantized: Vec<Metrics>,
@@ -57,9 +58,13 @@ pub fn compare(
 /// Accumulated over batches of logits.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
+    /// Images evaluated.
     pub images: usize,
+    /// Images whose label has the largest logit.
     pub top1: usize,
+    /// Images whose label is among the five largest logits.
     pub top5: usize,
+    /// Sum over images of the cross-entropy.
     pub loss_sum: f64,
     /// Sum over images of KL(reference || these logits), when a reference was given.
     pub kl_sum: f64,
@@ -99,18 +104,22 @@ impl Metrics {
         }
     }
 
+    /// Top-1 accuracy in percent.
     pub fn top1_pct(&self) -> f64 {
         100.0 * self.top1 as f64 / self.images.max(1) as f64
     }
 
+    /// Top-5 accuracy in percent.
     pub fn top5_pct(&self) -> f64 {
         100.0 * self.top5 as f64 / self.images.max(1) as f64
     }
 
+    /// Mean cross-entropy.
     pub fn loss(&self) -> f64 {
         self.loss_sum / self.images.max(1) as f64
     }
 
+    /// Mean KL(reference ‖ these logits) per image.
     pub fn kl(&self) -> f64 {
         self.kl_sum / self.images.max(1) as f64
     }
@@ -121,8 +130,11 @@ impl Metrics {
 /// configurations counts only where it exceeds this spread.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Spread {
+    /// Mean over the seeds.
     pub mean: f64,
+    /// Sample standard deviation (0 for one seed).
     pub std: f64,
+    /// Seeds.
     pub n: usize,
 }
 

@@ -20,6 +20,8 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod calibrate;
 pub mod config;
 pub mod eval;

@@ -53,6 +53,7 @@ pub struct SweepConfig {
 }
 
 impl SweepConfig {
+    /// `baseline` parsed (`fp` or a bit-width).
     pub fn baseline(&self) -> Result<Baseline> {
         match self.baseline.as_str() {
             "fp" | "fp32" => Ok(Baseline::FullPrecision),
@@ -64,6 +65,7 @@ impl SweepConfig {
         }
     }
 
+    /// `candidates` parsed, sorted and deduplicated.
     pub fn candidates(&self) -> Result<Vec<SiteBits>> {
         parse_candidates(&self.candidates)
     }
@@ -117,7 +119,9 @@ impl BudgetConfig {
 /// Everything [`make_plans`] needs besides the model and the calibration source.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MixedConfig {
+    /// The sensitivity sweep.
     pub sweep: SweepConfig,
+    /// Budgets and criteria.
     pub budget: BudgetConfig,
     /// LRP rules for the contribution scores (computed on the calibration images).
     pub lrp_preset: mixq_lrp::Preset,
@@ -126,11 +130,14 @@ pub struct MixedConfig {
 /// Which step a progress report is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MixedStage {
+    /// LRP contribution scores on the calibration images.
     Lrp,
+    /// The sensitivity sweep.
     Sensitivity,
 }
 
 impl MixedStage {
+    /// How progress bars name the stage.
     pub fn name(self) -> &'static str {
         match self {
             MixedStage::Lrp => "lrp",
@@ -261,9 +268,13 @@ pub fn uniform_bits_within(candidates: &[SiteBits], avg: f64) -> Result<u8> {
 
 /// What [`make_plans`] produces.
 pub struct MixedPlans {
+    /// The calibration images.
     pub calib: Tensor<4>,
+    /// The probe images, disjoint from them.
     pub probe: Probe,
+    /// LRP contribution scores.
     pub scores: ContributionScores,
+    /// The sensitivity table.
     pub table: SensitivityTable,
     /// `(name, budget, plan)`: `uniform WbAb` then `mixed <criterion>` for every budget.
     pub plans: Vec<(String, Option<f64>, BitPlan)>,

@@ -26,12 +26,15 @@ use mixq_vit_models::layers::{LayerNorm, Linear};
 /// How the per-channel target is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
+    /// The mean channel (RepQ-ViT).
     Mean,
+    /// The median channel (the clipped-channel variant).
     Median,
 }
 
 /// The per-channel quantizer of one post-LN input and its per-tensor equivalent after folding.
 pub struct ChannelFold {
+    /// The per-channel quantizer the fold reproduces.
     pub per_channel: UniformQuantizer,
     /// `r_c`.
     pub ratio: Vec<f32>,

@@ -12,11 +12,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ActQuantizer {
+    /// Uniform (asymmetric, per tensor).
     Uniform(UniformQuantizer),
+    /// Logarithmic (attention probabilities).
     Log(LogQuantizer),
 }
 
 impl ActQuantizer {
+    /// Quantizes and dequantizes `x`.
     pub fn fake_quant<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             ActQuantizer::Uniform(q) => q.fake_quant(x),
@@ -24,6 +27,7 @@ impl ActQuantizer {
         }
     }
 
+    /// Bits per code.
     pub fn bits(&self) -> u8 {
         match self {
             ActQuantizer::Uniform(q) => q.bits().get(),
@@ -36,14 +40,17 @@ impl ActQuantizer {
 /// has a quantizer for and passes the rest through (weights are quantized once, in place).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuantState {
+    /// The quantizer of every quantized tensor, by site and slot.
     pub sites: BTreeMap<SiteId, BTreeMap<Slot, ActQuantizer>>,
 }
 
 impl QuantState {
+    /// Sets (or replaces) the quantizer of `(site, slot)`.
     pub fn insert(&mut self, site: SiteId, slot: Slot, q: ActQuantizer) {
         self.sites.entry(site).or_default().insert(slot, q);
     }
 
+    /// The quantizer of `(site, slot)`, if any.
     pub fn get(&self, site: &SiteId, slot: Slot) -> Option<&ActQuantizer> {
         self.sites.get(site).and_then(|m| m.get(&slot))
     }
@@ -53,6 +60,7 @@ impl QuantState {
         self.sites.values().map(BTreeMap::len).sum()
     }
 
+    /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

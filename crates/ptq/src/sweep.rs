@@ -28,12 +28,15 @@ pub enum Baseline {
 /// Options of a sweep; everything here is part of the cache fingerprint.
 #[derive(Clone, Debug)]
 pub struct SweepOptions {
+    /// The bits each site is measured at.
     pub candidates: Vec<SiteBits>,
+    /// What every other site runs at meanwhile.
     pub baseline: Baseline,
     /// Bits of the image input (the patch embedding's activation) in every candidate.
     pub image_bits: u8,
     /// Rerun each site from its block with cached block inputs (same numbers, faster).
     pub use_cache: bool,
+    /// The slice of the (site, candidate) grid this run measures.
     pub shard: Shard,
 }
 

@@ -46,7 +46,9 @@ use crate::{Comparison, Metrics, PtqConfig, QuantizedModel, Spread, compare, qua
 pub struct Variant {
     /// How reports name it (`W4A4`, `mix 4`, ...).
     pub label: String,
+    /// Bits per site.
     pub plan: BitPlan,
+    /// Post-LN and softmax quantizers, range methods.
     pub config: PtqConfig,
 }
 
@@ -55,16 +57,22 @@ pub struct Variant {
 pub struct SeedMetrics {
     /// `None` for full precision, which no seed changes.
     pub seed: Option<u64>,
+    /// Its figures on the evaluation images.
     pub metrics: Metrics,
 }
 
 /// A configuration over every calibration seed, with the spread of each figure.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VariantResult {
+    /// The variant's label.
     pub label: String,
+    /// Figures per calibration seed.
     pub seeds: Vec<SeedMetrics>,
+    /// Top-1 % over the seeds.
     pub top1: Spread,
+    /// Top-5 % over the seeds.
     pub top5: Spread,
+    /// Cross-entropy over the seeds.
     pub loss: Spread,
     /// Mean KL(FP || quantized).
     pub kl: Spread,
@@ -87,7 +95,9 @@ impl VariantResult {
 /// Full precision and every variant, in the order given.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VariantTable {
+    /// The full-precision model's figures.
     pub fp: Metrics,
+    /// One per variant, in the order given.
     pub variants: Vec<VariantResult>,
 }
 
