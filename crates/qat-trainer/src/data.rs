@@ -10,16 +10,22 @@ use rand_chacha::ChaCha8Rng;
 /// Normalised images (`[c, h, w]` each, row-major) with their class labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageSet {
+    /// All images, one after another.
     pub images: Vec<f32>,
+    /// `[c, h, w]` of each image.
     pub image_shape: [usize; 3],
+    /// Class of each image.
     pub labels: Vec<usize>,
 }
 
 /// One training batch: `[len, c, h, w]` values and the labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainBatch {
+    /// `[len, c, h, w]` values, row-major.
     pub images: Vec<f32>,
+    /// `[len, c, h, w]`.
     pub shape: [usize; 4],
+    /// Class of each image.
     pub labels: Vec<usize>,
 }
 
@@ -59,10 +65,12 @@ impl ImageSet {
         })
     }
 
+    /// Images in the set.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

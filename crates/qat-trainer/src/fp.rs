@@ -38,10 +38,13 @@ const OPTIM: &str = "optim/weights";
 /// Hyper-parameters of an FP training run; all of them are part of a checkpoint's identity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FpConfig {
+    /// Passes over the training images.
     pub epochs: usize,
+    /// Images per step.
     pub batch: usize,
     /// Peak AdamW learning rate (warm-up over 5 % of the steps, then cosine to 0).
     pub lr: f64,
+    /// AdamW's decoupled weight decay.
     pub weight_decay: f32,
     /// Seed of the initial weights, the data order and the augmentation.
     pub seed: u64,
@@ -75,12 +78,17 @@ pub fn train_recipe(card: &ModelCard) -> Result<TrainRecipe> {
 /// recipe's value.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecipeOverrides {
+    /// Passes over the training images.
     pub epochs: Option<usize>,
+    /// Images per step.
     pub batch: Option<usize>,
+    /// Peak learning rate.
     pub lr: Option<f64>,
+    /// AdamW weight decay.
     pub weight_decay: Option<f32>,
     /// Random-crop padding in pixels.
     pub pad: Option<usize>,
+    /// Label smoothing of the cross-entropy.
     pub label_smoothing: Option<f32>,
     /// Turn random horizontal flips off.
     pub no_flip: bool,
@@ -204,18 +212,22 @@ impl FpTrainer {
         })
     }
 
+    /// The run's hyper-parameters.
     pub fn config(&self) -> &FpConfig {
         &self.config
     }
 
+    /// Epochs finished (also those of a resumed checkpoint).
     pub fn epochs_done(&self) -> usize {
         self.epoch
     }
 
+    /// Whether every epoch of the schedule is done.
     pub fn finished(&self) -> bool {
         self.epoch >= self.config.epochs
     }
 
+    /// Every finished epoch's figures.
     pub fn history(&self) -> &[EpochStats] {
         &self.history
     }

@@ -44,6 +44,8 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod data;
 pub mod fp;

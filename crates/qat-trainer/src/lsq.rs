@@ -121,17 +121,28 @@ pub enum QuantRule {
     /// LSQ on a uniform grid: codes `[qmin, qmax]`, fixed zero points, per tensor (`axis: None`)
     /// or per channel along `axis` of the hook's 2-D view.
     Uniform {
+        /// Bits per code.
         bits: BitWidth,
+        /// The lowest code.
         qmin: f32,
+        /// The highest code.
         qmax: f32,
+        /// One per channel (one value per tensor), kept from PTQ.
         zero_points: Vec<f32>,
+        /// The channel axis, or `None` per tensor.
         axis: Option<usize>,
     },
     /// Log levels with a learned top level.
-    Log { bits: BitWidth, base: LogBase },
+    Log {
+        /// Bits per code.
+        bits: BitWidth,
+        /// 2 or sqrt 2.
+        base: LogBase,
+    },
 }
 
 impl QuantRule {
+    /// Bits per code.
     pub fn bits(&self) -> BitWidth {
         match self {
             QuantRule::Uniform { bits, .. } | QuantRule::Log { bits, .. } => *bits,
@@ -142,8 +153,11 @@ impl QuantRule {
 /// Which tensor one quantizer handles and how.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantSpec {
+    /// The site.
     pub site: SiteId,
+    /// Which of its tensors.
     pub slot: Slot,
+    /// How it is quantized.
     pub rule: QuantRule,
 }
 
@@ -154,8 +168,10 @@ pub struct QuantSpec {
 pub struct LsqQuantizers {
     /// Step sizes (uniform) or top levels (log), `steps[i]` for `specs[i]`.
     pub steps: Vec<Param<Tensor<1>>>,
+    /// What `steps[i]` quantizes.
     #[module(skip)]
     pub specs: Vec<QuantSpec>,
+    /// `(site, slot)` → index into `specs` and `steps`.
     #[module(skip)]
     pub index: BTreeMap<(SiteId, Slot), usize>,
 }
@@ -259,6 +275,7 @@ impl LsqQuantizers {
         self.specs.len()
     }
 
+    /// Whether there is no quantizer.
     pub fn is_empty(&self) -> bool {
         self.specs.is_empty()
     }

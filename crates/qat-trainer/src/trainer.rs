@@ -22,7 +22,9 @@ use crate::schedule::{cosine_with_warmup, default_warmup};
 /// with different values is an error.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QatConfig {
+    /// Passes over the training images.
     pub epochs: usize,
+    /// Images per step.
     pub batch: usize,
     /// Peak learning rate of the model's parameters (AdamW, warm-up then cosine).
     pub lr: f64,
@@ -32,6 +34,7 @@ pub struct QatConfig {
     pub weight_decay: f32,
     /// Weight of the distillation term (the label loss gets `1 - kd_alpha`).
     pub kd_alpha: f64,
+    /// Softmax temperature of the distillation term.
     pub kd_temperature: f64,
     /// Seed of the data order and augmentation (epoch `e` draws from stream `e`).
     pub seed: u64,
@@ -101,7 +104,9 @@ impl QatConfig {
 /// The trained module: the model and its quantizers (the hook of the model's forward).
 #[derive(Module, Debug)]
 pub struct QatModule {
+    /// The student model.
     pub model: Model,
+    /// Its learned quantizers.
     pub quant: LsqQuantizers,
 }
 
@@ -210,7 +215,9 @@ impl ModuleMapper for PathMapper<'_> {
 pub struct StepStats {
     /// Steps done so far over the whole run.
     pub step: usize,
+    /// Steps in the whole run.
     pub total_steps: usize,
+    /// 1-based epoch of this step.
     pub epoch: usize,
     /// Loss of this batch.
     pub loss: f64,
@@ -223,12 +230,15 @@ pub struct StepStats {
 pub struct EpochStats {
     /// 1-based.
     pub epoch: usize,
+    /// Mean training loss of the epoch.
     pub train_loss: f64,
+    /// Training top-1 % (on augmented images) of the epoch.
     pub train_top1: f64,
     /// Top-1 % on the monitoring split after the epoch, when evaluated: the validation split
     /// (digits, which has none: its test split).
     #[serde(alias = "test_top1")]
     pub monitor_top1: Option<f64>,
+    /// Wall-clock seconds of the epoch's training steps.
     pub seconds: f64,
 }
 
@@ -321,10 +331,12 @@ impl QatTrainer {
         })
     }
 
+    /// The run's hyper-parameters.
     pub fn config(&self) -> &QatConfig {
         &self.config
     }
 
+    /// The bits being trained.
     pub fn plan(&self) -> &BitPlan {
         &self.plan
     }
@@ -339,10 +351,12 @@ impl QatTrainer {
         self.epoch >= self.config.epochs
     }
 
+    /// Steps done (also those of a resumed checkpoint).
     pub fn steps_done(&self) -> usize {
         self.step
     }
 
+    /// Every finished epoch's figures.
     pub fn history(&self) -> &[EpochStats] {
         &self.history
     }
