@@ -224,13 +224,14 @@ pub struct BudgetArgs {
     /// Bit-operation budget per image (MACs x w_bits x a_bits).
     #[arg(long)]
     pub bit_ops: Option<f64>,
-    /// Objective presets (mix, lrp, sensitivity); several give one plan each.
+    /// Allocation criteria (mix, lrp, sensitivity); several give one plan each.
     #[arg(
-        long = "preset",
+        long = "criterion",
+        alias = "preset",
         value_delimiter = ',',
         default_value = "mix,lrp,sensitivity"
     )]
-    pub presets: Vec<mixq_allocator::Criterion>,
+    pub criteria: Vec<mixq_allocator::Criterion>,
     /// Weight of importance in the `mix` cost: damage x (1 + lambda x importance).
     #[arg(long, default_value_t = 1.0)]
     pub lambda: f64,
@@ -243,7 +244,7 @@ impl BudgetArgs {
             avg_a_bits: self.avg_a_bits,
             model_bytes: self.model_bytes,
             bit_ops: self.bit_ops,
-            criteria: self.presets.clone(),
+            criteria: self.criteria.clone(),
             lambda: self.lambda,
         }
     }
@@ -280,7 +281,7 @@ pub fn run_allocate(args: AllocateArgs) -> Result<()> {
     println!("| preset | avg bits | objective | avg w bits used | avg a bits used | status |");
     println!("|---|---:|---:|---:|---:|---|");
     for &avg in &args.budget.avg_bits {
-        for &preset in &args.budget.presets {
+        for &preset in &args.budget.criteria {
             let problem = args.budget.config().problem(
                 &sites,
                 Some(&scores),

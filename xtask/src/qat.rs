@@ -38,7 +38,7 @@ pub struct QatArgs {
     #[arg(long, default_value_t = 8)]
     pub image_bits: u8,
     /// Mixed precision: the plan of the allocator at one --avg-bits budget with the first
-    /// --preset (default mix), exactly as `ptq --mixed` makes it.
+    /// --criterion (default mix), exactly as `ptq --mixed` makes it.
     #[arg(long, conflicts_with_all = ["w_bits", "a_bits"])]
     pub mixed: bool,
     #[command(flatten)]
@@ -178,9 +178,9 @@ pub fn run(args: QatArgs) -> Result<()> {
             data: args.data.clone(),
             image_bits: args.image_bits,
         };
-        let preset = budget.presets[0];
+        let preset = budget.criteria[0];
         let mut mixed = args.mixed_args.clone();
-        mixed.budget.presets = vec![preset];
+        mixed.budget.criteria = vec![preset];
         let mut bars = StageBars::default();
         let MixedPlans { calib, plans, .. } = make_plans(
             &fp,
