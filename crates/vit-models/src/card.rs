@@ -14,9 +14,13 @@ use crate::model::ArchConfig;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
+    /// Side of the square network input, in pixels.
     pub img_size: usize,
+    /// Fraction of the resized image kept by the centre crop (timm's `crop_pct`).
     pub crop_pct: f64,
+    /// Per-channel mean on the `[0, 1]` scale.
     pub mean: Vec<f32>,
+    /// Per-channel standard deviation on the `[0, 1]` scale.
     pub std: Vec<f32>,
 }
 
@@ -25,10 +29,13 @@ pub struct Preprocess {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainRecipe {
+    /// Passes over the training split.
     pub epochs: usize,
+    /// Images per step.
     pub batch: usize,
     /// Peak AdamW learning rate (linear warm-up over 5 % of the steps, then cosine to 0).
     pub lr: f64,
+    /// AdamW's decoupled weight decay.
     pub weight_decay: f32,
     /// Random crop with this much padding (a translation by up to this many pixels each way,
     /// background shifted in), as torchvision's `RandomCrop(size, padding)`.
@@ -62,8 +69,10 @@ impl Default for TrainRecipe {
 pub struct ModelCard {
     /// timm's model name (`deit_small_patch16_224`).
     pub name: String,
+    /// Names the card answers to (the first is the one reports use).
     pub aliases: Vec<String>,
     #[serde(default)]
+    /// One line on what the model is.
     pub description: String,
     /// Hugging Face repo id for `--hf-cache` lookups.
     #[serde(default)]
@@ -77,7 +86,9 @@ pub struct ModelCard {
     /// The data set the shipped checkpoint was trained on (`digits`, `fashion-mnist`, `mnist`).
     #[serde(default)]
     pub dataset: Option<String>,
+    /// The architecture.
     pub arch: ArchConfig,
+    /// How images are prepared for the model (timm's eval transform).
     pub preprocess: Preprocess,
     /// The training recipe of the shipped checkpoint (models mixq trains itself).
     #[serde(default)]

@@ -28,15 +28,18 @@ pub enum Target {
 /// How to explain.
 #[derive(Clone, Debug)]
 pub struct ExplainOptions {
+    /// The rule preset (AttnLRP or Chefer).
     pub preset: Preset,
     /// Overrides the preset's epsilon (attnlrp) — `Some(0.0)` gives the plain z-rule.
     pub epsilon: Option<f64>,
+    /// The rule of the attention matmuls and softmax.
     pub attention: AttentionRule,
     /// Also read relevance at each site's input (for matmuls: both operands together).
     pub read_inputs: bool,
     /// Normalised pixel range per channel for the z^B rule: `(0 - mean) / std` and
     /// `(1 - mean) / std` of the model's preprocessing.
     pub pixel_low: Vec<f32>,
+    /// The highest normalised pixel value per channel (z^B's upper bound).
     pub pixel_high: Vec<f32>,
 }
 
@@ -66,26 +69,32 @@ impl ExplainOptions {
 /// Relevance summed per image at one site.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SiteRelevance {
+    /// The site.
     pub site: SiteId,
     /// Per image: sum of relevance at the site's output, and of its absolute value.
     pub output: Vec<f32>,
+    /// Summed |relevance| at the site's output, per image.
     pub output_abs: Vec<f32>,
     /// Per image, when asked for: the same at the site's input(s).
     pub input: Option<Vec<f32>>,
+    /// Summed |relevance| at the site's input, per image, when asked for.
     pub input_abs: Option<Vec<f32>>,
 }
 
 /// The result of [`Model::explain`] for one batch.
 #[derive(Clone, Debug)]
 pub struct Explanation {
+    /// Classes of the explained logits.
     pub num_classes: usize,
     /// `[b, classes]`, row-major.
     pub logits: Vec<f32>,
+    /// The class explained, per image.
     pub targets: Vec<usize>,
     /// The relevance each image starts with (its target logit).
     pub target_logits: Vec<f32>,
     /// Pixel relevance `[b, c, h, w]`, row-major (z^B rule, bounds included).
     pub pixels: Vec<f32>,
+    /// `[b, c, h, w]` of the pixel relevance.
     pub pixel_shape: [usize; 4],
     /// Sites in forward order.
     pub sites: Vec<SiteRelevance>,

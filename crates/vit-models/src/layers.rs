@@ -28,7 +28,9 @@ pub(crate) fn mlp_ratio_4() -> f64 {
 /// name).
 #[derive(Module, Debug)]
 pub struct Linear {
+    /// `[in, out]` (timm's `[out, in]` transposed on load).
     pub weight: Param<Tensor<2>>,
+    /// Added to the output when present.
     pub bias: Option<Param<Tensor<1>>>,
     /// The site's timm path, e.g. `blocks.0.attn.qkv`.
     #[module(skip)]
@@ -38,9 +40,12 @@ pub struct Linear {
 /// Configuration of a [`Linear`] site.
 #[derive(Config, Debug)]
 pub struct LinearConfig {
+    /// Input features.
     pub d_input: usize,
+    /// Output features.
     pub d_output: usize,
     #[config(default = true)]
+    /// Whether the layer has a bias.
     pub bias: bool,
 }
 
@@ -67,6 +72,7 @@ impl LinearConfig {
 }
 
 impl Linear {
+    /// `x W + b`, with the input and the weight passed through the site hook first.
     pub fn forward<const D: usize>(&self, x: Tensor<D>, hook: &dyn SiteHook) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         if !hook.active() {
@@ -91,24 +97,34 @@ impl Linear {
 /// A 2-D convolution site (a patch embedding, a CNN layer), weight `[out, in, kh, kw]` as in PyTorch.
 #[derive(Module, Debug)]
 pub struct Conv2d {
+    /// `[out, in, k, k]`.
     pub weight: Param<Tensor<4>>,
+    /// Added per output channel when present.
     pub bias: Option<Param<Tensor<1>>>,
     #[module(skip)]
+    /// Step of the kernel, in pixels.
     pub stride: usize,
     #[module(skip)]
+    /// Zero padding on each side, in pixels.
     pub padding: usize,
     #[module(skip)]
+    /// The site this conv is (its module path).
     pub site: SiteId,
 }
 
 /// Configuration of a [`Conv2d`] site.
 #[derive(Config, Debug)]
 pub struct Conv2dConfig {
+    /// Input channels.
     pub in_channels: usize,
+    /// Output channels.
     pub out_channels: usize,
+    /// Side of the square kernel.
     pub kernel: usize,
+    /// Step of the kernel, in pixels.
     pub stride: usize,
     #[config(default = 0)]
+    /// Zero padding on each side, in pixels.
     pub padding: usize,
     /// Whether the conv has a bias (convs followed by a BatchNorm have none).
     #[config(default = true)]
@@ -116,6 +132,7 @@ pub struct Conv2dConfig {
 }
 
 impl Conv2dConfig {
+    /// A conv with random weights at site `site`.
     pub fn init(&self, site: SiteId, device: &Device) -> Conv2d {
         let fan_in = self.in_channels * self.kernel * self.kernel;
         Conv2d {
@@ -145,6 +162,7 @@ impl Conv2dConfig {
 }
 
 impl Conv2d {
+    /// The convolution, with the input and the weight passed through the site hook first.
     pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
         let mut weight = self.weight.val();
         let x = hook_nd(hook, &self.site, Slot::Input, x);
@@ -181,13 +199,17 @@ impl Conv2d {
 /// them on load.
 #[derive(Module, Debug)]
 pub struct LayerNorm {
+    /// Scale per channel.
     pub gamma: Param<Tensor<1>>,
+    /// Shift per channel.
     pub beta: Param<Tensor<1>>,
     #[module(skip)]
+    /// Added to the variance before the square root.
     pub eps: f64,
 }
 
 impl LayerNorm {
+    /// A LayerNorm over `dim` features (gamma 1, beta 0).
     pub fn new(dim: usize, eps: f64, device: &Device) -> Self {
         LayerNorm {
             gamma: Initializer::Ones.init([dim], device),
@@ -208,7 +230,9 @@ impl LayerNorm {
 /// The transformer MLP: `fc2(gelu(fc1(x)))` with the exact (erf) GELU, as timm's `Mlp`.
 #[derive(Module, Debug)]
 pub struct Mlp {
+    /// The expanding linear.
     pub fc1: Linear,
+    /// The contracting linear.
     pub fc2: Linear,
 }
 
@@ -221,6 +245,7 @@ impl Mlp {
         }
     }
 
+    /// `fc2(gelu(fc1(x)))`, every linear through the site hook.
     pub fn forward<const D: usize>(&self, x: Tensor<D>, hook: &dyn SiteHook) -> Tensor<D> {
         let h = self.fc1.forward(x, hook);
         let h = match hook.rules() {

@@ -19,6 +19,8 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod card;
 pub mod explain;
 pub mod hooks;

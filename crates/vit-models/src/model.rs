@@ -14,11 +14,14 @@ use crate::vit::{VisionTransformer, VitConfig};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum ArchConfig {
+    /// ViT / DeiT.
     Vit(VitConfig),
+    /// Swin.
     Swin(SwinConfig),
 }
 
 impl ArchConfig {
+    /// Checks the configuration (sizes divide, heads divide the width); errors name the key.
     pub fn validate(&self) -> Result<()> {
         match self {
             ArchConfig::Vit(c) => c.validate(),
@@ -34,6 +37,7 @@ impl ArchConfig {
         })
     }
 
+    /// Every quantizable site in forward order, with parameters and MACs per image.
     pub fn sites(&self) -> Vec<SiteInfo> {
         match self {
             ArchConfig::Vit(c) => c.sites(),
@@ -41,6 +45,7 @@ impl ArchConfig {
         }
     }
 
+    /// Side of the square input.
     pub fn img_size(&self) -> usize {
         match self {
             ArchConfig::Vit(c) => c.img_size,
@@ -48,6 +53,7 @@ impl ArchConfig {
         }
     }
 
+    /// Input channels (1 for grey, 3 for RGB).
     pub fn in_chans(&self) -> usize {
         match self {
             ArchConfig::Vit(c) => c.in_chans,
@@ -55,6 +61,7 @@ impl ArchConfig {
         }
     }
 
+    /// Classes of the classifier head.
     pub fn num_classes(&self) -> usize {
         match self {
             ArchConfig::Vit(c) => c.num_classes,
@@ -68,7 +75,9 @@ impl ArchConfig {
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
+    /// A ViT / DeiT.
     Vit(VisionTransformer),
+    /// A Swin.
     Swin(SwinTransformer),
 }
 
@@ -187,6 +196,7 @@ impl Model {
         }
     }
 
+    /// The configuration the model was built from.
     pub fn arch(&self) -> ArchConfig {
         match self {
             Model::Vit(m) => ArchConfig::Vit(m.config.clone()),

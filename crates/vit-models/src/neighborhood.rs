@@ -118,19 +118,26 @@ pub fn neighbour_values(
 /// bias, `proj`. Input and output are NHWC.
 #[derive(Module, Debug)]
 pub struct NeighborhoodAttention {
+    /// Query, key and value projection.
     pub qkv: Linear,
+    /// Output projection.
     pub proj: Linear,
     /// Relative-position bias, `[heads, 2k-1, 2k-1]` (NATTEN's `rpb`).
     pub rpb: Param<Tensor<3>>,
     #[module(skip)]
+    /// Attention heads.
     pub num_heads: usize,
     #[module(skip)]
+    /// Side of the square neighbourhood.
     pub kernel: usize,
     #[module(skip)]
+    /// Spacing between the neighbourhood's pixels.
     pub dilation: usize,
     #[module(skip)]
+    /// The `q kᵀ` site.
     pub matmul_qk: SiteId,
     #[module(skip)]
+    /// The `attn v` site.
     pub matmul_av: SiteId,
 }
 

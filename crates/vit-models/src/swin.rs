@@ -19,18 +19,28 @@ use crate::vit::{attention_scores, attention_values, site};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwinConfig {
+    /// Side of the square input.
     pub img_size: usize,
+    /// Side of the square patches.
     pub patch_size: usize,
     #[serde(default = "crate::layers::rgb")]
+    /// Input channels.
     pub in_chans: usize,
+    /// Classes of the classifier head.
     pub num_classes: usize,
+    /// Channels after the patch embedding (doubled by every patch merging).
     pub embed_dim: usize,
+    /// Blocks per stage.
     pub depths: Vec<usize>,
+    /// Attention heads per stage.
     pub num_heads: Vec<usize>,
+    /// Side of the square attention windows.
     pub window_size: usize,
     #[serde(default = "crate::layers::mlp_ratio_4")]
+    /// Hidden width of the MLPs as a multiple of their input width.
     pub mlp_ratio: f64,
     #[serde(default = "swin_eps")]
+    /// Epsilon of every LayerNorm.
     pub norm_eps: f64,
 }
 
@@ -42,12 +52,16 @@ fn swin_eps() -> f64 {
 /// is not larger than the window uses one window of the whole map and no shift.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowGeometry {
+    /// Side of the token grid at this block.
     pub resolution: usize,
+    /// Side of the attention window at this block (the grid's side if smaller).
     pub window: usize,
+    /// Cyclic shift of the windows (0 in unshifted blocks).
     pub shift: usize,
 }
 
 impl SwinConfig {
+    /// Checks the configuration (patch and window sizes divide, heads divide the width); errors name the key.
     pub fn validate(&self) -> Result<()> {
         if self.depths.is_empty() || self.depths.len() != self.num_heads.len() {
             return Err(Error::invalid(
@@ -90,18 +104,22 @@ impl SwinConfig {
         Ok(())
     }
 
+    /// Channels of stage `stage` (0-based).
     pub fn stage_dim(&self, stage: usize) -> usize {
         self.embed_dim << stage
     }
 
+    /// Side of the token grid of stage `stage`.
     pub fn stage_resolution(&self, stage: usize) -> usize {
         (self.img_size / self.patch_size) >> stage
     }
 
+    /// Channels of the final features (the last stage's).
     pub fn num_features(&self) -> usize {
         self.stage_dim(self.depths.len() - 1)
     }
 
+    /// Window size and shift of block `block` of stage `stage`, as timm clamps them.
     pub fn geometry(&self, stage: usize, block: usize) -> WindowGeometry {
         let resolution = self.stage_resolution(stage);
         let target_shift = if block % 2 == 1 {
@@ -233,25 +251,34 @@ impl SwinConfig {
 /// Patch embedding with LayerNorm, output NHWC.
 #[derive(Module, Debug)]
 pub struct SwinPatchEmbed {
+    /// The patch embedding conv.
     pub proj: Conv2d,
+    /// Its LayerNorm.
     pub norm: LayerNorm,
 }
 
 /// Window attention with a learned relative-position bias.
 #[derive(Module, Debug)]
 pub struct WindowAttention {
+    /// Query, key and value projection.
     pub qkv: Linear,
+    /// Output projection.
     pub proj: Linear,
+    /// Learned relative position biases, `[(2w-1)^2, heads]`.
     pub relative_position_bias_table: Param<Tensor<2>>,
     /// Index into the table for each (query, key) pair of a window, `[n*n]`; recomputed.
     pub relative_position_index: Tensor<1, Int>,
     #[module(skip)]
+    /// Attention heads.
     pub num_heads: usize,
     #[module(skip)]
+    /// Side of the attention window.
     pub window: usize,
     #[module(skip)]
+    /// The `q kᵀ` site.
     pub matmul_qk: SiteId,
     #[module(skip)]
+    /// The `attn v` site.
     pub matmul_av: SiteId,
 }
 
@@ -361,12 +388,18 @@ pub fn window_reverse(windows: Tensor<3>, window: usize, h: usize, w: usize) -> 
 /// after the attention; the shift mask is built on the padded map.
 #[derive(Module, Debug)]
 pub struct SwinBlock {
+    /// Before attention.
     pub norm1: LayerNorm,
+    /// Window attention.
     pub attn: WindowAttention,
+    /// Before the MLP.
     pub norm2: LayerNorm,
+    /// The MLP.
     pub mlp: Mlp,
+    /// Masks attention across the wrapped-around borders of shifted windows.
     pub attn_mask: Option<Tensor<3>>,
     #[module(skip)]
+    /// Cyclic shift of the windows (0 in unshifted blocks).
     pub shift: usize,
     /// The padded `[h, w]` that `attn_mask` was built for.
     #[module(skip)]
@@ -427,6 +460,7 @@ impl SwinBlock {
         }
     }
 
+    /// One block on `[b, h, w, c]` tokens.
     pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
         let [b, h, w, c] = x.dims();
         let window = self.attn.window;
@@ -475,11 +509,14 @@ fn block_mask(size: [usize; 2], window: usize, shift: usize, device: &Device) ->
 /// timm's `PatchMerging`: 2x2 neighbours concatenated (in timm's order), normed, reduced.
 #[derive(Module, Debug)]
 pub struct PatchMerging {
+    /// Over the four merged tokens' channels.
     pub norm: LayerNorm,
+    /// The linear halving the merged channels.
     pub reduction: Linear,
 }
 
 impl PatchMerging {
+    /// Merges 2x2 neighbouring tokens: `[b, h, w, c]` to `[b, h/2, w/2, 2c]`.
     pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
         let [b, h, w, c] = x.dims();
         let x = x
@@ -493,7 +530,9 @@ impl PatchMerging {
 /// One stage: optional downsampling, then blocks.
 #[derive(Module, Debug)]
 pub struct SwinStage {
+    /// Patch merging at the start of the stage (none in the first stage).
     pub downsample: Option<PatchMerging>,
+    /// The stage's blocks.
     pub blocks: Vec<SwinBlock>,
 }
 
@@ -502,12 +541,15 @@ pub struct SwinStage {
 pub struct SwinStageDims {
     /// Channels inside the stage (after the optional patch merging).
     pub dim: usize,
+    /// Attention heads.
     pub heads: usize,
     /// `[h, w]` of the stage's blocks (after the optional patch merging).
     pub resolution: [usize; 2],
     /// Whether the stage starts with a patch merging from `dim / 2` channels.
     pub downsample: bool,
+    /// Hidden width of the MLPs as a multiple of their input width.
     pub mlp_ratio: f64,
+    /// Epsilon of every LayerNorm.
     pub norm_eps: f64,
 }
 
@@ -562,17 +604,23 @@ impl SwinStage {
 /// timm's `ClassifierHead` (average pool, then `fc`).
 #[derive(Module, Debug)]
 pub struct ClassifierHead {
+    /// The classifier.
     pub fc: Linear,
 }
 
 /// timm's `SwinTransformer`.
 #[derive(Module, Debug)]
 pub struct SwinTransformer {
+    /// The patch embedding.
     pub patch_embed: SwinPatchEmbed,
+    /// The stages.
     pub layers: Vec<SwinStage>,
+    /// The final LayerNorm.
     pub norm: LayerNorm,
+    /// Global average pooling and the classifier.
     pub head: ClassifierHead,
     #[module(skip)]
+    /// The configuration the model was built from.
     pub config: SwinConfig,
 }
 

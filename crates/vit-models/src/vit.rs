@@ -17,20 +17,29 @@ use crate::layers::{
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VitConfig {
+    /// Side of the square input.
     pub img_size: usize,
+    /// Side of the square patches.
     pub patch_size: usize,
     #[serde(default = "crate::layers::rgb")]
+    /// Input channels.
     pub in_chans: usize,
+    /// Classes of the classifier head.
     pub num_classes: usize,
+    /// Width of the tokens.
     pub embed_dim: usize,
+    /// Transformer blocks.
     pub depth: usize,
+    /// Attention heads.
     pub num_heads: usize,
     #[serde(default = "crate::layers::mlp_ratio_4")]
+    /// Hidden width of the MLPs as a multiple of the token width.
     pub mlp_ratio: f64,
     /// DeiT's distillation token and second head; the output is the mean of both heads.
     #[serde(default)]
     pub distilled: bool,
     #[serde(default = "vit_eps")]
+    /// Epsilon of every LayerNorm.
     pub norm_eps: f64,
 }
 
@@ -39,6 +48,7 @@ fn vit_eps() -> f64 {
 }
 
 impl VitConfig {
+    /// Checks the configuration (patches tile the image, heads divide the width); errors name the key.
     pub fn validate(&self) -> Result<()> {
         if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             return Err(Error::invalid(
@@ -57,18 +67,22 @@ impl VitConfig {
         Ok(())
     }
 
+    /// Patches per side.
     pub fn grid(&self) -> usize {
         self.img_size / self.patch_size
     }
 
+    /// Tokens before the patches: the class token, and the distillation token of distilled DeiT.
     pub fn num_prefix_tokens(&self) -> usize {
         1 + self.distilled as usize
     }
 
+    /// All tokens: prefix tokens and patches.
     pub fn num_tokens(&self) -> usize {
         self.grid() * self.grid() + self.num_prefix_tokens()
     }
 
+    /// Hidden width of the MLPs.
     pub fn mlp_hidden(&self) -> usize {
         (self.embed_dim as f64 * self.mlp_ratio) as usize
     }
@@ -170,6 +184,7 @@ pub(crate) fn site(id: &str, kind: SiteKind, params: u64, macs: u64) -> SiteInfo
 /// timm's `PatchEmbed` (only `proj`; ViT has no norm here).
 #[derive(Module, Debug)]
 pub struct PatchEmbed {
+    /// The conv cutting the image into patch tokens.
     pub proj: Conv2d,
 }
 
@@ -177,13 +192,18 @@ pub struct PatchEmbed {
 /// `matmul_qk` and `matmul_av` sites.
 #[derive(Module, Debug)]
 pub struct Attention {
+    /// Query, key and value projection.
     pub qkv: Linear,
+    /// Output projection.
     pub proj: Linear,
     #[module(skip)]
+    /// Attention heads.
     pub num_heads: usize,
     #[module(skip)]
+    /// The `q kᵀ` site.
     pub matmul_qk: SiteId,
     #[module(skip)]
+    /// The `attn v` site.
     pub matmul_av: SiteId,
 }
 
@@ -199,6 +219,7 @@ impl Attention {
         }
     }
 
+    /// Multi-head self-attention on `[b, tokens, dim]`.
     pub fn forward(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
         let [q, k, v] = split_qkv(self.qkv.forward(x, hook), self.num_heads);
         let head_dim = q.dims()[3];
@@ -247,13 +268,18 @@ pub fn attention_values(
 /// Pre-LN transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
 #[derive(Module, Debug)]
 pub struct Block {
+    /// Before attention.
     pub norm1: LayerNorm,
+    /// Attention.
     pub attn: Attention,
+    /// Before the MLP.
     pub norm2: LayerNorm,
+    /// The MLP.
     pub mlp: Mlp,
 }
 
 impl Block {
+    /// `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
     pub fn forward(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
         let x = x.clone() + self.attn.forward(self.norm1.forward(x, hook), hook);
         x.clone() + self.mlp.forward(self.norm2.forward(x, hook), hook)
@@ -263,15 +289,24 @@ impl Block {
 /// timm's `VisionTransformer` / `VisionTransformerDistilled` with token pooling.
 #[derive(Module, Debug)]
 pub struct VisionTransformer {
+    /// The patch embedding.
     pub patch_embed: PatchEmbed,
+    /// The class token.
     pub cls_token: Param<Tensor<3>>,
+    /// Distilled DeiT's distillation token.
     pub dist_token: Option<Param<Tensor<3>>>,
+    /// Learned position embedding of every token.
     pub pos_embed: Param<Tensor<3>>,
+    /// The transformer blocks.
     pub blocks: Vec<Block>,
+    /// The final LayerNorm.
     pub norm: LayerNorm,
+    /// The classifier on the class token.
     pub head: Linear,
+    /// Distilled DeiT's classifier on the distillation token (the logits average both).
     pub head_dist: Option<Linear>,
     #[module(skip)]
+    /// The configuration the model was built from.
     pub config: VitConfig,
 }
 

@@ -64,6 +64,7 @@ impl WeightsSource {
         }
     }
 
+    /// The weights file.
     pub fn path(&self) -> &Path {
         match self {
             WeightsSource::Safetensors(p) | WeightsSource::Pytorch(p) => p,

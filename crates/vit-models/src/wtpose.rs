@@ -56,6 +56,7 @@ pub struct WtPoseConfig {
     /// Input `[height, width]`; both multiples of 32.
     pub input_size: [usize; 2],
     #[serde(default = "crate::layers::rgb")]
+    /// Input channels.
     pub in_chans: usize,
     /// Stem width (64).
     pub stem_channels: usize,
@@ -65,16 +66,22 @@ pub struct WtPoseConfig {
     pub res_planes: usize,
     /// Swin width of stage 0 (`C`).
     pub embed_dim: usize,
+    /// Swin blocks per stage.
     pub depths: Vec<usize>,
+    /// Attention heads per Swin stage.
     pub num_heads: Vec<usize>,
+    /// Side of the Swin attention windows.
     pub window_size: usize,
     #[serde(default = "crate::layers::mlp_ratio_4")]
+    /// Hidden width of the MLPs as a multiple of their input width.
     pub mlp_ratio: f64,
     /// Waterfall width (128).
     pub wtm_dim: usize,
     /// Waterfall output width (128).
     pub wtm_out_dim: usize,
+    /// Heads of the waterfall's neighbourhood attention.
     pub wtm_heads: usize,
+    /// Side of its neighbourhoods.
     pub wtm_kernel: usize,
     /// Dilation of the first layer of each cascaded block (the second is undilated).
     pub wtm_dilations: Vec<usize>,
@@ -82,8 +89,10 @@ pub struct WtPoseConfig {
     pub wtm_low_dim: usize,
     /// Initial layer-scale value of the NA layers (`None`: no layer scale).
     pub layer_scale: Option<f64>,
+    /// Heatmaps (keypoints) the head predicts.
     pub num_keypoints: usize,
     #[serde(default = "ln_eps")]
+    /// Epsilon of every LayerNorm.
     pub norm_eps: f64,
 }
 
@@ -180,6 +189,7 @@ impl WtPoseConfig {
         }
     }
 
+    /// Checks the configuration; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let [h, w] = self.input_size;
         if h == 0 || w == 0 || !h.is_multiple_of(32) || !w.is_multiple_of(32) {
@@ -614,9 +624,12 @@ fn mlp_sites(sites: &mut Vec<SiteInfo>, mlp: &SiteId, dim: u64, hidden: u64, tok
 /// A conv site followed by an optional BatchNorm (absent once folded) and ReLU.
 #[derive(Module, Debug)]
 pub struct ConvBn {
+    /// The convolution.
     pub conv: Conv2d,
+    /// BatchNorm after it (folded into the conv for inference).
     pub bn: Option<BatchNorm>,
     #[module(skip)]
+    /// Whether a ReLU follows.
     pub relu: bool,
 }
 
@@ -641,6 +654,7 @@ impl ConvBn {
         }
     }
 
+    /// Conv, then BatchNorm and ReLU where present.
     pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
         let mut y = self.conv.forward(x, hook);
         if let Some(bn) = &self.bn {
@@ -675,13 +689,18 @@ impl ConvBn {
 /// ResNet's bottleneck (mmpose `style='pytorch'`: the 3x3 conv carries the stride).
 #[derive(Module, Debug)]
 pub struct Bottleneck {
+    /// 1x1 reduction.
     pub conv1: ConvBn,
+    /// 3x3 conv.
     pub conv2: ConvBn,
+    /// 1x1 expansion.
     pub conv3: ConvBn,
+    /// Matches the shortcut's shape when needed.
     pub downsample: Option<ConvBn>,
 }
 
 impl Bottleneck {
+    /// ResNet bottleneck: three convs and a shortcut.
     pub fn forward(&self, x: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
         let y = self.conv1.forward(x.clone(), hook);
         let y = self.conv3.forward(self.conv2.forward(y, hook), hook);
@@ -706,11 +725,17 @@ impl Bottleneck {
 /// by a learned per-channel layer scale.
 #[derive(Module, Debug)]
 pub struct NatLayer {
+    /// Before attention.
     pub norm1: LayerNorm,
+    /// Dilated neighbourhood attention.
     pub attn: NeighborhoodAttention,
+    /// Before the MLP.
     pub norm2: LayerNorm,
+    /// The MLP.
     pub mlp: Mlp,
+    /// Layer scale of the attention branch, when present.
     pub gamma1: Option<Param<Tensor<1>>>,
+    /// Layer scale of the MLP branch, when present.
     pub gamma2: Option<Param<Tensor<1>>>,
 }
 
@@ -759,13 +784,17 @@ impl NatLayer {
 /// The waterfall transformer module (`WTM_A`).
 #[derive(Module, Debug)]
 pub struct Waterfall {
+    /// The conv before the cascaded blocks.
     pub conv1: ConvBn,
     /// Two NA layers per cascaded block: dilated, undilated.
     pub blocks: Vec<NatLayer>,
     /// Global branch: average pool, then this 1x1 conv-BN-ReLU, broadcast back.
     pub pool: ConvBn,
+    /// The conv after them, on the concatenated branches.
     pub conv2: ConvBn,
+    /// Projection of the low-level (first-stage) features.
     pub low: ConvBn,
+    /// The convs fusing everything into the output features.
     pub last: Vec<ConvBn>,
 }
 
@@ -854,15 +883,22 @@ impl Waterfall {
 /// WTPose: images `[n, 3, H, W]` to heatmaps `[n, K, H/4, W/4]`.
 #[derive(Module, Debug)]
 pub struct WtPose {
+    /// The stem convs.
     pub stem: Vec<ConvBn>,
+    /// The first ResNet stage.
     pub layer1: Vec<Bottleneck>,
+    /// The conv between the ResNet stage and the Swin stages.
     pub conv3: ConvBn,
+    /// The Swin stages.
     pub layers: Vec<SwinStage>,
     /// LayerNorm of each stage's output.
     pub norms: Vec<LayerNorm>,
+    /// The waterfall transformer module.
     pub waterfall: Waterfall,
+    /// The heatmap head.
     pub head: Conv2d,
     #[module(skip)]
+    /// The configuration the model was built from.
     pub config: WtPoseConfig,
 }
 
