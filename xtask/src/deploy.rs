@@ -8,7 +8,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
 use mixq_core::{BitPlan, BitWidth, Error, Result, SiteBits, SiteKind};
-use mixq_deploy::IntModel;
+use mixq_deploy::{Export, IntModel};
 use mixq_ptq::{Metrics, PostLnMode, PtqConfig, SoftmaxMode, quantize, uniform_plan};
 use mixq_vit_models::{ModelCard, SiteInfo};
 
@@ -207,16 +207,10 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
         softmax,
         ..PtqConfig::default()
     };
-    let q = quantize(model, calib.clone(), &plan, &config)?;
-    let engine = IntModel::from_quantized(&q)?;
-    // A check on the calibration images: the engine against the fake-quant model.
-    let n = calib.dims()[0];
-    let fq = host_logits(q.forward(calib.clone()));
-    let int = engine.forward(&host_values(&calib)?, n)?;
-    let max_d = fq
-        .iter()
-        .zip(&int)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let Export {
+        engine,
+        max_abs_diff: max_d,
+    } = mixq_deploy::export(model, &plan, &config, calib)?;
     let bytes = engine.to_bytes()?;
     mixq_core::write_atomic(&args.out, &bytes)?;
     println!("| model | plan | integer sites | file bytes | max |Δlogits| vs fake-quant (calib) |");

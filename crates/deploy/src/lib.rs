@@ -457,6 +457,38 @@ impl IntModel {
     }
 }
 
+/// An exported model and how closely it follows the fake-quant model it came from.
+pub struct Export {
+    /// The integer model (write it with [`IntModel::to_bytes`]).
+    pub engine: IntModel,
+    /// Max |logit difference| between the engine and fake-quant on the calibration images.
+    pub max_abs_diff: f32,
+}
+
+/// Quantizes `model` with `plan` and `config` (calibrated on `calib`), builds the integer
+/// engine and checks it against the fake-quant model on the same images: everything
+/// `cargo xtask export` does between resolving its inputs and writing the file.
+pub fn export(
+    model: Model,
+    plan: &BitPlan,
+    config: &mixq_ptq::PtqConfig,
+    calib: Tensor<4>,
+) -> Result<Export> {
+    let q = mixq_ptq::quantize(model, calib.clone(), plan, config)?;
+    let engine = IntModel::from_quantized(&q)?;
+    let n = calib.dims()[0];
+    let fq = mixq_ptq::host_logits(q.forward(calib.clone()));
+    let int = engine.forward(&host_values(&calib)?, n)?;
+    let max_abs_diff = fq
+        .iter()
+        .zip(&int)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    Ok(Export {
+        engine,
+        max_abs_diff,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::BuildInfo;

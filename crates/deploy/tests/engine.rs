@@ -152,6 +152,36 @@ fn check_plan(w: u8, a: u8, softmax: SoftmaxMode) -> IntModel {
 }
 
 #[test]
+fn export_builds_the_engine_of_the_fake_quant_model_and_measures_the_gap() {
+    let device = Device::flex();
+    let data = digits(&device);
+    let model = digits_model(&device);
+    let plan = uniform_plan(&model.sites(), 8, 8, 8).unwrap();
+    let config = PtqConfig::default();
+    let q = quantize(model.clone(), data.calib.clone(), &plan, &config).unwrap();
+    let out = mixq_deploy::export(model, &plan, &config, data.calib.clone()).unwrap();
+    // The same engine as built by hand from the same quantized model, byte for byte.
+    let by_hand = IntModel::from_quantized(&q).unwrap();
+    assert!(out.engine.to_bytes().unwrap() == by_hand.to_bytes().unwrap());
+    // The gap it reports is the gap on the calibration images.
+    let n = data.calib.dims()[0];
+    let fq = q
+        .forward(data.calib.clone())
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let int = by_hand
+        .forward(&data.calib.clone().into_data().to_vec::<f32>().unwrap(), n)
+        .unwrap();
+    let gap = fq
+        .iter()
+        .zip(&int)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert_eq!(out.max_abs_diff, gap);
+    assert!(gap > 0.0 && gap < 0.5, "{gap}");
+}
+
+#[test]
 fn digits_w8a8_matches_fake_quant() {
     check_plan(8, 8, SoftmaxMode::LogSqrt2);
 }
