@@ -168,10 +168,13 @@ fn export_builds_the_engine_of_the_fake_quant_model_and_measures_the_gap() {
     let fq = q
         .forward(data.calib.clone())
         .into_data()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .unwrap();
     let int = by_hand
-        .forward(&data.calib.clone().into_data().to_vec::<f32>().unwrap(), n)
+        .forward(
+            &data.calib.clone().into_data().try_to_vec::<f32>().unwrap(),
+            n,
+        )
         .unwrap();
     let gap = fq
         .iter()
