@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use mixq_allocator::{allocate, parse_candidates};
+use mixq_allocator::parse_candidates;
 use mixq_core::{ContributionScores, Result, RunDir, SensitivityTable, SiteBits, SiteInfo};
 use mixq_datasets::EvalData;
 use mixq_ptq::mixed::{
-    BudgetConfig, CalibrationConfig, MixedConfig, MixedPlans, SweepConfig, calib_and_probe,
-    fix_image_bits, make_plans, plan_averages, sensitivity_table,
+    BudgetConfig, CalibrationConfig, MixedConfig, MixedPlans, SweepConfig, budget_plans,
+    calib_and_probe, make_plans, plan_averages, sensitivity_table,
 };
 use mixq_ptq::{PtqConfig, Variant};
 use mixq_report::{Bar, BarChart, HeatMap, LineChart, Series, bar_chart, heat_map, line_chart};
@@ -280,33 +280,31 @@ pub fn run_allocate(args: AllocateArgs) -> Result<()> {
     let run = RunDir::create(&args.runs, "allocate")?;
     println!("| preset | avg bits | objective | avg w bits used | avg a bits used | status |");
     println!("|---|---:|---:|---:|---:|---|");
-    for &avg in &args.budget.avg_bits {
-        for &preset in &args.budget.criteria {
-            let problem = args.budget.config().problem(
-                &sites,
-                Some(&scores),
-                &table,
-                &candidates,
-                preset,
-                avg,
-            )?;
-            let a = allocate(&problem)?;
-            let mut plan = a.plan.clone();
-            fix_image_bits(&mut plan, &sites, args.image_bits)?;
-            plan.meta.insert("model".into(), card.name.clone());
-            println!(
-                "| {} | {avg} | {:.5} | {:.3} | {:.3} | {} |",
-                preset.name(),
-                a.objective,
-                a.budgets[0].used,
-                a.budgets[1].used,
-                a.status.name()
-            );
-            run.write(
-                &format!("plan-{}-{avg}.toml", preset.name()),
-                plan.to_toml()?.as_bytes(),
-            )?;
-        }
+    let plans = budget_plans(
+        &sites,
+        Some(&scores),
+        &table,
+        &candidates,
+        &args.budget.config(),
+        args.image_bits,
+        Some(&card.name),
+        false,
+    )?;
+    for p in plans {
+        let Some(a) = &p.allocation else { continue };
+        let criterion = p.name.trim_start_matches("mixed ");
+        println!(
+            "| {criterion} | {} | {:.5} | {:.3} | {:.3} | {} |",
+            p.avg_bits,
+            a.objective,
+            a.budgets[0].used,
+            a.budgets[1].used,
+            a.status.name()
+        );
+        run.write(
+            &format!("plan-{criterion}-{}.toml", p.avg_bits),
+            p.plan.to_toml()?.as_bytes(),
+        )?;
     }
     let path = run.finish()?;
     println!("wrote {}", path.display());

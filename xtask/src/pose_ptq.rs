@@ -10,7 +10,7 @@
 //! path, so no contribution scores), and compares it with the uniform plan at that budget.
 
 use burn::tensor::{Device, Tensor};
-use mixq_allocator::{Criterion, allocate};
+use mixq_allocator::Criterion;
 use mixq_core::{BitPlan, Error, Result, RunDir, SensitivityPoint, SensitivityTable, SiteInfo};
 use mixq_datasets::TopDownDataset;
 use mixq_ptq::{PtqConfig, quantize_hooked, uniform_plan};
@@ -27,7 +27,7 @@ use crate::pose::{
     DataArgs, EvalResult, dataset, evaluate, images_tensor, open_data, skeleton_pictures, topdown,
 };
 use crate::ptq::PtqArgs;
-use mixq_ptq::mixed::{fix_image_bits, plan_averages, uniform_bits_within};
+use mixq_ptq::mixed::{BudgetConfig, budget_plans, plan_averages};
 
 /// Crops `idx` of `ds` as one image tensor (no augmentation).
 fn crops(ds: &TopDownDataset, idx: &[usize], device: &Device) -> Result<Tensor<4>> {
@@ -133,20 +133,23 @@ fn plans(
     };
     let budget = args.mixed_args.budget.config();
     let candidates = args.mixed_args.sweep.candidates()?;
-    let mut out = Vec::new();
-    for &avg in &budget.avg_bits {
-        let uniform = uniform_bits_within(&candidates, avg)?;
-        out.push((
-            format!("uniform W{uniform}A{uniform}"),
-            Some(avg),
-            uniform_plan(sites, uniform, uniform, args.image_bits)?,
-        ));
-        let problem =
-            budget.problem(sites, None, table, &candidates, Criterion::Sensitivity, avg)?;
-        let mut plan = allocate(&problem)?.plan;
-        fix_image_bits(&mut plan, sites, args.image_bits)?;
-        out.push(("mixed sensitivity".into(), Some(avg), plan));
-    }
+    let budget = BudgetConfig {
+        criteria: vec![Criterion::Sensitivity],
+        ..budget
+    };
+    let out: Vec<_> = budget_plans(
+        sites,
+        None,
+        table,
+        &candidates,
+        &budget,
+        args.image_bits,
+        None,
+        true,
+    )?
+    .into_iter()
+    .map(|p| (p.name, Some(p.avg_bits), p.plan))
+    .collect();
     Ok(out)
 }
 

@@ -266,6 +266,66 @@ pub fn uniform_bits_within(candidates: &[SiteBits], avg: f64) -> Result<u8> {
         .ok_or_else(|| Error::invalid("--avg-bits", avg, "below every candidate bit-width"))
 }
 
+/// One plan of [`budget_plans`].
+#[derive(Clone, Debug)]
+pub struct BudgetPlan {
+    /// `uniform WbAb` or `mixed <criterion>`.
+    pub name: String,
+    /// The average-bits budget it was made for.
+    pub avg_bits: f64,
+    /// Bits per site.
+    pub plan: BitPlan,
+    /// The allocator's result (objective, budgets used, solver); `None` for the uniform plan.
+    pub allocation: Option<mixq_allocator::Allocation>,
+}
+
+/// For every budget in `budget.avg_bits`: the widest uniform plan within it (when
+/// `with_uniform`), then the allocator's plan for every criterion (image input kept at
+/// `image_bits`; `model`, when given, recorded in the allocated plans' metadata). `scores` may
+/// be missing for the `sensitivity` criterion.
+#[allow(clippy::too_many_arguments)]
+pub fn budget_plans(
+    sites: &[SiteInfo],
+    scores: Option<&ContributionScores>,
+    table: &SensitivityTable,
+    candidates: &[SiteBits],
+    budget: &BudgetConfig,
+    image_bits: u8,
+    model: Option<&str>,
+    with_uniform: bool,
+) -> Result<Vec<BudgetPlan>> {
+    let mut plans = Vec::new();
+    for &avg in &budget.avg_bits {
+        if with_uniform {
+            let bits = uniform_bits_within(candidates, avg)?;
+            plans.push(BudgetPlan {
+                name: format!("uniform W{bits}A{bits}"),
+                avg_bits: avg,
+                plan: uniform_plan(sites, bits, bits, image_bits)?,
+                allocation: None,
+            });
+        }
+        for &criterion in &budget.criteria {
+            let problem = budget.problem(sites, scores, table, candidates, criterion, avg)?;
+            let mut allocation = allocate(&problem)?;
+            fix_image_bits(&mut allocation.plan, sites, image_bits)?;
+            if let Some(model) = model {
+                allocation
+                    .plan
+                    .meta
+                    .insert("model".into(), model.to_string());
+            }
+            plans.push(BudgetPlan {
+                name: format!("mixed {}", criterion.name()),
+                avg_bits: avg,
+                plan: allocation.plan.clone(),
+                allocation: Some(allocation),
+            });
+        }
+    }
+    Ok(plans)
+}
+
 /// What [`make_plans`] produces.
 pub struct MixedPlans {
     /// The calibration images.
@@ -336,29 +396,19 @@ pub fn make_plans(
     )?;
 
     // 3. Plans: uniform and each criterion at each budget.
-    let mut plans: Vec<(String, Option<f64>, BitPlan)> = Vec::new();
-    for &avg in &config.budget.avg_bits {
-        let uniform_bits = uniform_bits_within(&candidates, avg)?;
-        plans.push((
-            format!("uniform W{uniform_bits}A{uniform_bits}"),
-            Some(avg),
-            uniform_plan(&sites, uniform_bits, uniform_bits, calibration.image_bits)?,
-        ));
-        for &criterion in &config.budget.criteria {
-            let problem = config.budget.problem(
-                &sites,
-                Some(&scores),
-                &table,
-                &candidates,
-                criterion,
-                avg,
-            )?;
-            let mut plan = allocate(&problem)?.plan;
-            fix_image_bits(&mut plan, &sites, calibration.image_bits)?;
-            plan.meta.insert("model".into(), card.name.clone());
-            plans.push((format!("mixed {}", criterion.name()), Some(avg), plan));
-        }
-    }
+    let plans = budget_plans(
+        &sites,
+        Some(&scores),
+        &table,
+        &candidates,
+        &config.budget,
+        calibration.image_bits,
+        Some(&card.name),
+        true,
+    )?
+    .into_iter()
+    .map(|p| (p.name, Some(p.avg_bits), p.plan))
+    .collect();
     Ok(MixedPlans {
         calib,
         probe,
