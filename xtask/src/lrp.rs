@@ -153,25 +153,7 @@ pub fn run(args: LrpArgs) -> Result<()> {
     let mut maps = Vec::new();
     for start in (0..n).step_by(args.batch) {
         let end = (start + args.batch).min(n);
-        let chunk = Batch {
-            images: data.images[start * per_image..end * per_image].to_vec(),
-            shape: [end - start, data.shape[1], data.shape[2], data.shape[3]],
-            labels: data
-                .labels
-                .get(start..end)
-                .map(<[usize]>::to_vec)
-                .unwrap_or_default(),
-            paths: data
-                .paths
-                .get(start..end)
-                .map(<[PathBuf]>::to_vec)
-                .unwrap_or_default(),
-            indices: data
-                .indices
-                .get(start..end)
-                .map(<[usize]>::to_vec)
-                .unwrap_or_default(),
-        };
+        let chunk = data.select(start..end);
         let target = match args.target {
             TargetArg::Predicted => Target::Predicted,
             TargetArg::Label => Target::Labels(chunk.labels.clone()),

@@ -41,4 +41,58 @@ impl Batch {
         let n = self.shape[1] * self.shape[2] * self.shape[3];
         &self.images[i * n..(i + 1) * n]
     }
+
+    /// The images at `indices` (in that order) with their labels, paths and indices: a
+    /// sub-batch or a reordering. Labels, paths or indices the batch does not carry (empty
+    /// vectors) stay empty.
+    ///
+    /// # Panics
+    ///
+    /// If an index is `>= self.len()`.
+    pub fn select(&self, indices: impl IntoIterator<Item = usize>) -> Batch {
+        let keep: Vec<usize> = indices.into_iter().collect();
+        let pick = |v: &[usize]| -> Vec<usize> {
+            if v.is_empty() {
+                Vec::new()
+            } else {
+                keep.iter().map(|&i| v[i]).collect()
+            }
+        };
+        Batch {
+            images: keep
+                .iter()
+                .flat_map(|&i| self.image(i).iter().copied())
+                .collect(),
+            shape: [keep.len(), self.shape[1], self.shape[2], self.shape[3]],
+            labels: pick(&self.labels),
+            paths: if self.paths.is_empty() {
+                Vec::new()
+            } else {
+                keep.iter().map(|&i| self.paths[i].clone()).collect()
+            },
+            indices: pick(&self.indices),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_takes_images_and_their_metadata_in_the_order_given() {
+        let b = Batch {
+            images: (0..12).map(|v| v as f32).collect(),
+            shape: [3, 1, 2, 2],
+            labels: vec![7, 8, 9],
+            paths: vec![],
+            indices: vec![100, 101, 102],
+        };
+        let s = b.select([2, 0]);
+        assert_eq!(s.shape, [2, 1, 2, 2]);
+        assert_eq!(s.images, [8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0]);
+        assert_eq!((s.labels, s.indices), (vec![9, 7], vec![102, 100]));
+        assert!(s.paths.is_empty());
+        assert!(b.select(1..1).is_empty());
+    }
 }

@@ -10,7 +10,7 @@ use mixq_allocator::{Budget, Criterion, Problem, allocate, parse_candidates};
 use mixq_core::{
     BitPlan, BitWidth, ContributionScores, Error, Result, SensitivityTable, SiteBits, SiteInfo,
 };
-use mixq_datasets::{Batch, DataSpec, sample_batch};
+use mixq_datasets::{DataSpec, sample_batch};
 use mixq_sensitivity::{Metric, Probe, Shard, SweepCache, to_table};
 use mixq_vit_models::{
     ExplainOptions, Model, ModelCard, Target, batch_tensor, contribution_scores,
@@ -175,20 +175,7 @@ pub fn calib_and_probe(
             "no training image is left for probing after the calibration images",
         ));
     }
-    let per = both.images.len() / both.len();
-    let probe = Batch {
-        images: keep
-            .iter()
-            .flat_map(|&i| both.images[i * per..(i + 1) * per].iter().copied())
-            .collect(),
-        shape: [keep.len(), both.shape[1], both.shape[2], both.shape[3]],
-        labels: keep.iter().map(|&i| both.labels[i]).collect(),
-        paths: keep
-            .iter()
-            .filter_map(|&i| both.paths.get(i).cloned())
-            .collect(),
-        indices: keep.iter().map(|&i| both.indices[i]).collect(),
-    };
+    let probe = both.select(keep);
     let probe = Probe::new(batch_tensor(&probe, device), probe.labels, sweep.batch)?;
     Ok((batch_tensor(&first, device), probe))
 }
