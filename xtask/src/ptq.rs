@@ -159,11 +159,7 @@ impl PtqArgs {
         if self.bits.len() > 1 && (self.w_bits.is_some() || self.a_bits.is_some()) {
             return Err(Error::invalid(
                 "--bits",
-                self.bits
-                    .iter()
-                    .map(u8::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                self.bits_text(),
                 "--w-bits/--a-bits override one --bits value, not a list",
             ));
         }
@@ -174,17 +170,22 @@ impl PtqArgs {
             .collect())
     }
 
+    /// `--bits` as typed (`8,4`), for errors.
+    fn bits_text(&self) -> String {
+        self.bits
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The one (weight, activation) pair of commands that take a single one.
     pub fn single_bit_pair(&self) -> Result<(u8, u8)> {
         match self.bit_pairs()?.as_slice() {
             [pair] => Ok(*pair),
             _ => Err(Error::invalid(
                 "--bits",
-                self.bits
-                    .iter()
-                    .map(u8::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                self.bits_text(),
                 "this model takes one --bits value",
             )),
         }
