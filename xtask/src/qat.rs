@@ -154,15 +154,18 @@ pub fn run(args: QatArgs) -> Result<()> {
     let fp = args.model.load(&card, &device)?;
     let sites = fp.sites();
     let seed = args.model.seed;
-    let (plan, label, calib) = if let Some(path) = &args.plan {
-        let plan = BitPlan::load(path)?;
-        let calib = calibration_images(
+    let calibrate = || {
+        calibration_images(
             &card.data_spec(),
             args.data.as_deref(),
             args.calib,
             seed,
             &device,
-        )?;
+        )
+    };
+    let (plan, label, calib) = if let Some(path) = &args.plan {
+        let plan = BitPlan::load(path)?;
+        let calib = calibrate()?;
         (plan, format!("plan {}", path.display()), calib)
     } else if args.mixed {
         let budget = &args.mixed_args.budget;
@@ -208,13 +211,7 @@ pub fn run(args: QatArgs) -> Result<()> {
     } else {
         let (w, a) = (args.w_bits.unwrap_or(4), args.a_bits.unwrap_or(4));
         let plan = uniform_plan(&sites, w, a, args.image_bits)?;
-        let calib = calibration_images(
-            &card.data_spec(),
-            args.data.as_deref(),
-            args.calib,
-            seed,
-            &device,
-        )?;
+        let calib = calibrate()?;
         (plan, format!("W{w}A{a}"), calib)
     };
     let mut plan = plan;
