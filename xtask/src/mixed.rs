@@ -63,10 +63,6 @@ impl SweepArgs {
             batch: self.sweep_batch,
         }
     }
-
-    pub(crate) fn candidates(&self) -> Result<Vec<SiteBits>> {
-        parse_candidates(&self.candidates)
-    }
 }
 
 /// The sensitivity heat map: sites (rows, forward order) x candidates.

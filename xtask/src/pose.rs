@@ -6,23 +6,16 @@
 //! curve and skeleton pictures.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Args, Subcommand};
 use mixq_core::{Error, Result};
-use mixq_datasets::pose_transform::{decode_heatmaps, flip_heatmaps_back};
-use mixq_datasets::synthetic_pose::SYNTHETIC_JSON;
 use mixq_datasets::{
-    Augment, CocoKeypoints, OksStats, PoseBatch, PoseMeta, SyntheticPoses, TopDownConfig,
-    TopDownDataset, evaluate_keypoints, keypoint_results, load_image,
+    CocoKeypoints, OksStats, PoseData, PoseDataConfig, keypoint_results, load_image,
+    topdown_dataset,
 };
-use mixq_vit_models::{NoHook, SiteHook, WtPose, WtPoseConfig};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
+use mixq_ptq::pose::{PoseEval, evaluate_pose};
+use mixq_qat_trainer::{PoseTrainConfig, PoseTrainProgress, train_pose};
+use mixq_vit_models::{NoHook, WtPoseConfig};
 use serde::Serialize;
 
 use crate::common::{DeviceName, progress};
@@ -59,6 +52,17 @@ pub struct DataArgs {
     /// Gaussian sigma of the heatmap targets (heatmap pixels).
     #[arg(long, default_value_t = 2.0)]
     pub sigma: f64,
+}
+
+impl DataArgs {
+    pub fn config(&self) -> PoseDataConfig {
+        PoseDataConfig {
+            data: self.data.clone(),
+            synthetic: self.synthetic,
+            val_images: self.val_images,
+            sigma: self.sigma,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -125,195 +129,30 @@ pub fn run(args: PoseArgs) -> Result<()> {
     }
 }
 
-/// The crop/heatmap geometry of a model.
-pub(crate) fn topdown(cfg: &WtPoseConfig, sigma: f64) -> TopDownConfig {
-    let [h, w] = cfg.input_size;
-    let [hh, hw] = cfg.heatmap_size();
-    TopDownConfig {
-        input_w: w,
-        input_h: h,
-        heatmap_w: hw,
-        heatmap_h: hh,
-        sigma,
-        ..TopDownConfig::default()
-    }
+/// The synthetic set is a pure function of (count, seed): cached next to the run folders.
+pub(crate) fn open_data(args: &DataArgs, seed: u64, runs: &Path) -> Result<PoseData> {
+    PoseData::open(&args.config(), seed, &runs.join("pose-data"))
 }
 
-/// Train and held-out sets: `(coco, image folder)` each.
-pub(crate) struct PoseData {
-    pub train: (CocoKeypoints, PathBuf),
-    pub val: (CocoKeypoints, PathBuf),
-    pub description: String,
-}
-
-fn load_coco(dir: &Path) -> Result<CocoKeypoints> {
-    let json = dir.join(SYNTHETIC_JSON);
-    CocoKeypoints::load(&json).map_err(|e| data_error(&json, e))
-}
-
-pub(crate) fn open_data(args: &DataArgs, seed: u64, run_dir: &Path) -> Result<PoseData> {
-    if let Some(dir) = &args.data {
-        let val = dir.join("val");
-        return Ok(PoseData {
-            train: (load_coco(dir)?, dir.clone()),
-            val: (load_coco(&val)?, val),
-            description: dir.display().to_string(),
-        });
-    }
-    if args.synthetic == 0 {
-        return Err(Error::invalid("--synthetic", 0, "must be at least 1"));
-    }
-    let n_val = args.val_images.unwrap_or((args.synthetic / 5).max(1));
-    // The synthetic set is a pure function of (count, seed): cache it next to the runs.
-    let cache = run_dir
-        .parent()
-        .unwrap_or(run_dir)
-        .join("pose-data")
-        .join(format!("synthetic-{}-{}-s{seed}", args.synthetic, n_val));
-    let make = |dir: PathBuf, n: usize, s: u64| -> Result<(CocoKeypoints, PathBuf)> {
-        if !dir.join(SYNTHETIC_JSON).is_file() {
-            SyntheticPoses::default()
-                .write(&dir, n, s)
-                .map_err(|e| data_error(&dir, e))?;
-        }
-        Ok((load_coco(&dir)?, dir))
-    };
-    Ok(PoseData {
-        train: make(cache.join("train"), args.synthetic, seed)?,
-        // A different generator seed: no image is shared with the training set.
-        val: make(cache.join("val"), n_val, seed.wrapping_add(1_000_003))?,
-        description: format!(
-            "synthetic: {} train / {n_val} held-out images (seed {seed}), {}",
-            args.synthetic,
-            cache.display()
-        ),
-    })
-}
-
-pub(crate) fn dataset(
-    coco: &(CocoKeypoints, PathBuf),
-    td: &TopDownConfig,
-) -> Result<TopDownDataset> {
-    TopDownDataset::from_gt(&coco.0, &coco.1, td.clone()).map_err(|e| data_error(&coco.1, e))
-}
-
-pub(crate) fn images_tensor(batch: &PoseBatch, device: &Device) -> Tensor<4> {
-    Tensor::from_data(
-        TensorData::new(batch.images.clone(), batch.image_shape),
-        device,
-    )
-}
-
-fn learning_rate(step: usize, total: usize, peak: f64) -> f64 {
-    let warmup = (total / 20).max(1);
-    if step < warmup {
-        peak * (step + 1) as f64 / warmup as f64
-    } else {
-        let t = (step - warmup) as f64 / (total - warmup).max(1) as f64;
-        peak * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-    }
-}
-
-/// mmpose's `KeypointMSELoss(use_target_weight=True)`: mean over keypoints and pixels of
-/// `(w * (pred - target))^2`, halved.
-fn heatmap_loss(pred: Tensor<4>, batch: &PoseBatch, device: &Device) -> Tensor<1> {
-    let target = Tensor::<4>::from_data(
-        TensorData::new(batch.targets.clone(), batch.target_shape),
-        device,
-    );
-    let [b, k, ..] = batch.target_shape;
-    let w = Tensor::<4>::from_data(
-        TensorData::new(batch.target_weights.clone(), [b, k, 1, 1]),
-        device,
-    );
-    let d = (pred - target) * w;
-    (d.clone() * d).mean().mul_scalar(0.5)
-}
-
-/// Per crop: its geometry and `[x, y, score]` per keypoint in image pixels.
-pub(crate) type Predictions = Vec<(PoseMeta, Vec<[f64; 3]>)>;
-
-#[derive(Debug, Serialize)]
-pub(crate) struct EvalResult {
-    pub persons: usize,
-    pub images: usize,
-    pub flip_test: bool,
-    pub seconds: f64,
-    /// AP, AP50, AP75, AP(M), AP(L), AR, AR50, AR75, AR(M), AR(L).
-    pub stats: [f64; 10],
-}
-
-/// Predicts every crop of `ds` (flip test optional) through `hook` (`&NoHook` for full
-/// precision, quantizers for a quantized model) and scores it against `coco`.
+/// [`evaluate_pose`] with a progress bar.
 pub(crate) fn evaluate(
-    model: &WtPose,
-    hook: &dyn SiteHook,
-    ds: &TopDownDataset,
+    model: &mixq_vit_models::WtPose,
+    hook: &dyn mixq_vit_models::SiteHook,
+    ds: &mixq_datasets::TopDownDataset,
     coco: &CocoKeypoints,
     batch: usize,
     flip: bool,
-    device: &Device,
-) -> Result<(EvalResult, Predictions)> {
-    let start = Instant::now();
-    let td = ds.config().clone();
-    let k = model.config.num_keypoints;
-    let (hw, hh) = (td.heatmap_w, td.heatmap_h);
-    let plane = k * hw * hh;
-    let idx: Vec<usize> = (0..ds.len()).collect();
-    let mut predictions = Vec::with_capacity(ds.len());
+    device: &burn::tensor::Device,
+) -> Result<(PoseEval, mixq_ptq::pose::PosePredictions)> {
     let bar = progress(ds.len().div_ceil(batch), "eval");
-    for chunk in idx.chunks(batch) {
-        let b = ds
-            .batch(chunk, None, 0)
-            .map_err(|e| Error::invalid("data", "<batch>", e.to_string()))?;
-        let x = images_tensor(&b, device);
-        let mut hm: Vec<f32> = model
-            .forward_with(x.clone(), hook)
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::invalid("heatmaps", "<tensor>", format!("{e:?}")))?;
-        if flip {
-            let hf: Vec<f32> = model
-                .forward_with(x.flip([3]), hook)
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| Error::invalid("heatmaps", "<tensor>", format!("{e:?}")))?;
-            for i in 0..chunk.len() {
-                let back = flip_heatmaps_back(&hf[i * plane..(i + 1) * plane], k, (hw, hh), true);
-                for (a, f) in hm[i * plane..(i + 1) * plane].iter_mut().zip(back) {
-                    *a = 0.5 * (*a + f);
-                }
-            }
-        }
-        for (i, meta) in b.metas.into_iter().enumerate() {
-            let kps = decode_heatmaps(
-                &hm[i * plane..(i + 1) * plane],
-                k,
-                (hw, hh),
-                meta.center,
-                meta.scale,
-            );
-            predictions.push((meta, kps));
-        }
-        bar.inc(1);
-    }
+    let out = evaluate_pose(model, hook, ds, coco, batch, flip, device, |done, _| {
+        bar.set_position(done as u64)
+    });
     bar.finish_and_clear();
-    let results = keypoint_results(&predictions, 0.2, Some(0.9));
-    let stats = evaluate_keypoints(coco, &results)
-        .map_err(|e| Error::invalid("evaluation", "<results>", e.to_string()))?;
-    Ok((
-        EvalResult {
-            persons: ds.len(),
-            images: coco.images.len(),
-            flip_test: flip,
-            seconds: start.elapsed().as_secs_f64(),
-            stats: stats.to_array(),
-        },
-        predictions,
-    ))
+    out
 }
 
-fn stats_table(rows: &[(String, &EvalResult)]) -> String {
+fn stats_table(rows: &[(String, &PoseEval)]) -> String {
     let mut s = String::from("| model | flip | ");
     s.push_str(&OksStats::NAMES.join(" | "));
     s.push_str(" |\n|---|---|");
@@ -336,7 +175,7 @@ fn stats_table(rows: &[(String, &EvalResult)]) -> String {
 /// `count` held-out images, ground truth in green under the prediction in red.
 pub(crate) fn skeleton_pictures(
     coco: &(CocoKeypoints, PathBuf),
-    predictions: &[(PoseMeta, Vec<[f64; 3]>)],
+    predictions: &mixq_ptq::pose::PosePredictions,
     count: usize,
     out: &Path,
 ) -> Result<()> {
@@ -417,25 +256,28 @@ struct TrainReport<'a> {
     init: Option<&'a Path>,
     epoch_seconds: Vec<f64>,
     epoch_loss: Vec<f64>,
-    eval: &'a EvalResult,
+    eval: &'a PoseEval,
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    for (name, value) in [("--epochs", args.epochs), ("--batch", args.batch)] {
-        if value == 0 {
-            return Err(Error::invalid(name, 0, "must be at least 1"));
-        }
-    }
+    let config = PoseTrainConfig {
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        seed: args.seed,
+    };
+    config.validate()?;
     let cfg = WtPoseConfig::variant(&args.model)?;
     let name = match &args.init {
         Some(_) => format!("pose-{}-s{}-continued", args.model, args.seed),
         None => format!("pose-{}-s{}", args.model, args.seed),
     };
     let dir = run_dir(&args.runs, name)?;
-    let data = open_data(&args.data, args.seed, &dir)?;
-    let td = topdown(&cfg, args.data.sigma);
-    let train_set = dataset(&data.train, &td)?;
-    let val_set = dataset(&data.val, &td)?;
+    let data = open_data(&args.data, args.seed, &args.runs)?;
+    let td = cfg.topdown(args.data.sigma);
+    let train_set = topdown_dataset(&data.train, &td)?;
+    let val_set = topdown_dataset(&data.val, &td)?;
     tracing::info!(
         train = train_set.len(),
         val = val_set.len(),
@@ -444,55 +286,24 @@ fn train(args: TrainArgs) -> Result<()> {
     );
 
     let device = args.device.device()?.autodiff();
-    device.seed(args.seed);
-    let mut model = cfg.init(&device)?;
-    if let Some(path) = &args.init {
-        model = model.load_safetensors(path)?;
-    }
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(args.weight_decay)
-        .init();
-    let augment = Augment::default();
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
-    let steps_per_epoch = train_set.len().div_ceil(args.batch);
-    let total = steps_per_epoch * args.epochs;
-    let bar = progress(total, "train");
-    let ckpt = dir.join("model.safetensors");
-    let (mut epoch_seconds, mut epoch_loss) = (Vec::new(), Vec::new());
-    let mut step = 0;
-    for epoch in 0..args.epochs {
-        let start = Instant::now();
-        let mut order: Vec<usize> = (0..train_set.len()).collect();
-        order.shuffle(&mut rng);
-        let mut sum = 0.0;
-        for chunk in order.chunks(args.batch) {
-            let b = train_set
-                .batch(
-                    chunk,
-                    Some(&augment),
-                    args.seed ^ (epoch as u64).wrapping_mul(0x5851_F42D),
-                )
-                .map_err(|e| Error::invalid("data", "<batch>", e.to_string()))?;
-            let pred = model.forward(images_tensor(&b, &device));
-            let loss = heatmap_loss(pred, &b, &device);
-            sum += loss.clone().into_scalar::<f32>() as f64 * chunk.len() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(learning_rate(step, total, args.lr), model, grads);
-            step += 1;
-            bar.inc(1);
-        }
-        let secs = start.elapsed().as_secs_f64();
-        let loss = sum / train_set.len() as f64;
-        bar.set_message(format!("epoch {} loss {:.6}", epoch + 1, loss));
-        tracing::info!(epoch = epoch + 1, loss, secs, "epoch done");
-        epoch_seconds.push(secs);
-        epoch_loss.push(loss);
-        // Every epoch, so a run stopped early (killed, out of time) keeps its last weights.
-        model.valid().save_safetensors(&ckpt)?;
-    }
+    let bar = progress(train_set.len().div_ceil(args.batch) * args.epochs, "train");
+    let (model, history) = train_pose(
+        &cfg,
+        args.init.as_deref(),
+        &train_set,
+        &config,
+        &device,
+        Some(&dir.join("model.safetensors")),
+        |p| match p {
+            PoseTrainProgress::Step { done, .. } => bar.set_position(done as u64),
+            PoseTrainProgress::Epoch { epoch, loss, .. } => {
+                bar.set_message(format!("epoch {epoch} loss {loss:.6}"))
+            }
+        },
+    )?;
     bar.finish_and_clear();
+    let (epoch_seconds, epoch_loss) = (history.epoch_seconds, history.epoch_loss);
 
-    let model = model.valid();
     let eval_device = args.device.device()?;
     let (result, predictions) = evaluate(
         &model,
@@ -551,9 +362,8 @@ fn eval(args: EvalArgs) -> Result<()> {
         &args.runs,
         format!("pose-eval-{}-s{}", args.model, args.seed),
     )?;
-    let data = open_data(&args.data, args.seed, &dir)?;
-    let td = topdown(&cfg, args.data.sigma);
-    let val_set = dataset(&data.val, &td)?;
+    let data = open_data(&args.data, args.seed, &args.runs)?;
+    let val_set = topdown_dataset(&data.val, &cfg.topdown(args.data.sigma))?;
     let device = args.device.device()?;
     let mut model = cfg.init(&device)?.load_safetensors(&args.checkpoint)?;
     if args.fold_bn {
@@ -585,16 +395,4 @@ fn eval(args: EvalArgs) -> Result<()> {
     println!("{md}");
     println!("run folder: {}", dir.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topdown_geometry_follows_the_model() {
-        let td = topdown(&WtPoseConfig::tiny(), 2.0);
-        assert_eq!((td.input_w, td.input_h), (96, 128));
-        assert_eq!((td.heatmap_w, td.heatmap_h), (24, 32));
-    }
 }

@@ -83,6 +83,7 @@ pub mod image_folder;
 pub mod known;
 mod labelled;
 pub mod pose_dataset;
+pub mod pose_source;
 pub mod pose_transform;
 pub mod preprocess;
 pub mod resolve;
@@ -103,6 +104,7 @@ pub use labelled::{LabelledBatches, LabelledImages};
 pub use pose_dataset::{
     Augment, PoseBatch, PoseItem, PoseMeta, TopDownConfig, TopDownDataset, keypoint_results,
 };
+pub use pose_source::{PoseData, PoseDataConfig, topdown_dataset};
 pub use preprocess::{EvalTransform, PassOrder, eval_transform_image, load_image};
 pub use resolve::{
     DataSource, DataSpec, EvalData, calibration_source, classification_data, data_error,

@@ -26,6 +26,7 @@ pub mod calibrate;
 pub mod config;
 pub mod eval;
 pub mod mixed;
+pub mod pose;
 pub mod reparam;
 pub mod state;
 pub mod sweep;

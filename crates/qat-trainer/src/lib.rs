@@ -19,7 +19,7 @@
 //!
 //! The student starts as the FP model with PTQ's post-LayerNorm reparameterization applied, so
 //! before the first step it computes exactly the PTQ model; the teacher is the FP model itself.
-//! The CLI is `cargo xtask qat`.
+//! The CLI is `cargo xtask qat`. Pose models train with [`train_pose`].
 //!
 //! ```
 //! use burn::tensor::{Device, Distribution, Tensor};
@@ -51,6 +51,7 @@ pub mod data;
 pub mod fp;
 pub mod loss;
 pub mod lsq;
+pub mod pose;
 pub mod schedule;
 pub mod trainer;
 
@@ -62,5 +63,6 @@ pub use lsq::{
     LsqQuantizers, QuantRule, QuantSpec, grad_scale, log_fake_quant, lsq_fake_quant,
     lsq_grad_scale, round_ste,
 };
+pub use pose::{PoseTrainConfig, PoseTrainHistory, PoseTrainProgress, heatmap_loss, train_pose};
 pub use schedule::{cosine_with_warmup, default_warmup};
 pub use trainer::{EpochStats, QatConfig, QatModule, QatTrainer, StepStats, evaluate_with};

@@ -53,3 +53,14 @@ pub fn batch_tensor(
         device,
     )
 }
+
+/// A batch of pose crops as the `[batch, 3, h, w]` tensor a pose model takes.
+pub fn pose_batch_tensor(
+    batch: &mixq_datasets::PoseBatch,
+    device: &burn::tensor::Device,
+) -> burn::tensor::Tensor<4> {
+    burn::tensor::Tensor::from_data(
+        burn::tensor::TensorData::new(batch.images.clone(), batch.image_shape),
+        device,
+    )
+}

@@ -250,6 +250,20 @@ impl WtPoseConfig {
         self.stage_resolution(0)
     }
 
+    /// The crop and heatmap geometry of this model, targets of Gaussian `sigma`.
+    pub fn topdown(&self, sigma: f64) -> mixq_datasets::TopDownConfig {
+        let [h, w] = self.input_size;
+        let [hh, hw] = self.heatmap_size();
+        mixq_datasets::TopDownConfig {
+            input_w: w,
+            input_h: h,
+            heatmap_w: hw,
+            heatmap_h: hh,
+            sigma,
+            ..mixq_datasets::TopDownConfig::default()
+        }
+    }
+
     /// Output channels of the ResNet stage (`4 * res_planes`).
     pub fn res_out(&self) -> usize {
         4 * self.res_planes

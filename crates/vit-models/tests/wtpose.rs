@@ -529,3 +529,11 @@ fn resize_matches_burn_interpolate() {
     let x = Tensor::<4>::from_floats([[[[0.0, 1.0]]]], &device);
     assert_eq!(values(resize_bilinear(x, [1, 3])), vec![0.0, 0.5, 1.0]);
 }
+
+#[test]
+fn topdown_geometry_follows_the_model() {
+    let td = WtPoseConfig::tiny().topdown(2.0);
+    assert_eq!((td.input_w, td.input_h), (96, 128));
+    assert_eq!((td.heatmap_w, td.heatmap_h), (24, 32));
+    assert_eq!(td.sigma, 2.0);
+}

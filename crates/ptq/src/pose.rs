@@ -1,0 +1,496 @@
+//! Pose models as library calls: OKS AP evaluation of a WTPose model (full precision or through
+//! quantizers), the per-site sensitivity sweep on heatmaps, and post-training quantization of a
+//! pose model with one plan, uniform bits, or the allocator's plan at every budget.
+//!
+//! Evaluation follows HRNet/mmpose: ground-truth person boxes, heatmap argmax with the
+//! quarter-pixel shift toward the higher neighbour, flip test (flipped heatmaps mirrored,
+//! left/right swapped, shifted one pixel), instance rescoring, OKS-NMS at 0.9, and pycocotools'
+//! OKS AP. The quantizers are the classification models' (per-output-channel weights,
+//! per-tensor activations, log-sqrt2 attention probabilities), applied through the site hook
+//! alone ([`quantize_hooked`]); quantize a model with BatchNorm folded, as it is deployed.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor};
+use mixq_allocator::Criterion;
+use mixq_core::{BitPlan, Error, Result, SensitivityPoint, SensitivityTable, SiteBits, SiteInfo};
+use mixq_datasets::pose_transform::{decode_heatmaps, flip_heatmaps_back};
+use mixq_datasets::{
+    CocoKeypoints, PoseData, PoseMeta, TopDownDataset, evaluate_keypoints, keypoint_results,
+};
+use mixq_sensitivity::OnlySite;
+use mixq_vit_models::{NoHook, SiteHook, WtPose, pose_batch_tensor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::mixed::{BudgetConfig, budget_plans, plan_averages};
+use crate::{PtqConfig, quantize_hooked, uniform_plan};
+
+/// Per crop: its geometry and `[x, y, score]` per keypoint in image pixels.
+pub type PosePredictions = Vec<(PoseMeta, Vec<[f64; 3]>)>;
+
+/// OKS AP of one model on one keypoint set.
+#[derive(Clone, Debug, Serialize)]
+pub struct PoseEval {
+    /// Person crops scored.
+    pub persons: usize,
+    /// Images they come from.
+    pub images: usize,
+    /// Whether flipped heatmaps were averaged in.
+    pub flip_test: bool,
+    /// Wall time of the evaluation.
+    pub seconds: f64,
+    /// AP, AP50, AP75, AP(M), AP(L), AR, AR50, AR75, AR(M), AR(L).
+    pub stats: [f64; 10],
+}
+
+fn host_heatmaps(x: Tensor<4>) -> Result<Vec<f32>> {
+    x.into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::invalid("heatmaps", "<tensor>", format!("{e:?}")))
+}
+
+/// Crops `idx` of `ds` as one image tensor (no augmentation).
+pub fn crops(ds: &TopDownDataset, idx: &[usize], device: &Device) -> Result<Tensor<4>> {
+    let b = ds
+        .batch(idx, None, 0)
+        .map_err(|e| Error::invalid("data", "<batch>", e.to_string()))?;
+    Ok(pose_batch_tensor(&b, device))
+}
+
+/// Predicts every crop of `ds` (flip test optional) through `hook` ([`NoHook`] for full
+/// precision, quantizers for a quantized model) and scores it against `coco`; `progress` gets
+/// (batches done, batches in all).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_pose(
+    model: &WtPose,
+    hook: &dyn SiteHook,
+    ds: &TopDownDataset,
+    coco: &CocoKeypoints,
+    batch: usize,
+    flip: bool,
+    device: &Device,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(PoseEval, PosePredictions)> {
+    let start = Instant::now();
+    let td = ds.config().clone();
+    let k = model.config.num_keypoints;
+    let (hw, hh) = (td.heatmap_w, td.heatmap_h);
+    let plane = k * hw * hh;
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    let mut predictions = Vec::with_capacity(ds.len());
+    let total = ds.len().div_ceil(batch);
+    for (done, chunk) in idx.chunks(batch).enumerate() {
+        let b = ds
+            .batch(chunk, None, 0)
+            .map_err(|e| Error::invalid("data", "<batch>", e.to_string()))?;
+        let x = pose_batch_tensor(&b, device);
+        let mut hm = host_heatmaps(model.forward_with(x.clone(), hook))?;
+        if flip {
+            let hf = host_heatmaps(model.forward_with(x.flip([3]), hook))?;
+            for i in 0..chunk.len() {
+                let back = flip_heatmaps_back(&hf[i * plane..(i + 1) * plane], k, (hw, hh), true);
+                for (a, f) in hm[i * plane..(i + 1) * plane].iter_mut().zip(back) {
+                    *a = 0.5 * (*a + f);
+                }
+            }
+        }
+        for (i, meta) in b.metas.into_iter().enumerate() {
+            let kps = decode_heatmaps(
+                &hm[i * plane..(i + 1) * plane],
+                k,
+                (hw, hh),
+                meta.center,
+                meta.scale,
+            );
+            predictions.push((meta, kps));
+        }
+        progress(done + 1, total);
+    }
+    let results = keypoint_results(&predictions, 0.2, Some(0.9));
+    let stats = evaluate_keypoints(coco, &results)
+        .map_err(|e| Error::invalid("evaluation", "<results>", e.to_string()))?;
+    Ok((
+        PoseEval {
+            persons: ds.len(),
+            images: coco.images.len(),
+            flip_test: flip,
+            seconds: start.elapsed().as_secs_f64(),
+            stats: stats.to_array(),
+        },
+        predictions,
+    ))
+}
+
+/// Heatmaps of every probe batch through `hook`, flattened.
+fn heatmaps(model: &WtPose, batches: &[Tensor<4>], hook: &dyn SiteHook) -> Vec<f32> {
+    batches
+        .iter()
+        .flat_map(|x| host_heatmaps(model.forward_with(x.clone(), hook)).unwrap_or_default())
+        .collect()
+}
+
+/// `sum (q - r)^2 / sum r^2`: the quantized heatmaps' error relative to the full-precision
+/// heatmaps' energy (scale-free, so budgets mean the same on any checkpoint).
+pub fn heatmap_rel_mse(reference: &[f32], quantized: &[f32]) -> Result<f64> {
+    if reference.len() != quantized.len() || reference.is_empty() {
+        return Err(Error::invalid(
+            "heatmaps",
+            quantized.len(),
+            format!("expected {} values", reference.len()),
+        ));
+    }
+    let (mut err, mut energy) = (0.0f64, 0.0f64);
+    for (&r, &q) in reference.iter().zip(quantized) {
+        err += ((q - r) as f64).powi(2);
+        energy += (r as f64).powi(2);
+    }
+    Ok(err / energy.max(f64::MIN_POSITIVE))
+}
+
+/// Every site alone at every candidate, the others in full precision; damage
+/// [`heatmap_rel_mse`] on the probe crops. `progress` gets (points done, points in all).
+pub fn pose_sensitivity(
+    model: &WtPose,
+    calib: &Tensor<4>,
+    probe: &[Tensor<4>],
+    candidates: &[SiteBits],
+    image_bits: u8,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<SensitivityTable> {
+    let sites = model.sites();
+    let reference = heatmaps(model, probe, &NoHook);
+    let mut table = SensitivityTable {
+        metric: "heatmap-rel-mse".into(),
+        ..Default::default()
+    };
+    let total = candidates.len() * sites.len();
+    let mut done = 0;
+    for bits in candidates {
+        let plan = uniform_plan(&sites, bits.w_bits.get(), bits.a_bits.get(), image_bits)?;
+        let isolated = quantize_hooked(&sites, &plan, &PtqConfig::default(), true, |h| {
+            let _ = model.forward_with(calib.clone(), h);
+        })?;
+        for site in &sites {
+            let hook = OnlySite {
+                site: &site.id,
+                quantized: &isolated,
+                baseline: &NoHook,
+            };
+            let damage = heatmap_rel_mse(&reference, &heatmaps(model, probe, &hook))?;
+            table
+                .sites
+                .entry(site.id.clone())
+                .or_default()
+                .push(SensitivityPoint {
+                    bits: *bits,
+                    damage,
+                });
+            done += 1;
+            progress(done, total);
+        }
+    }
+    Ok(table)
+}
+
+/// Bytes of the quantized weights (linear/conv sites; biases and norms not counted); `None`:
+/// 32-bit floats.
+pub fn weight_bytes(sites: &[SiteInfo], plan: Option<&BitPlan>) -> f64 {
+    sites
+        .iter()
+        .map(|s| {
+            let bits = plan
+                .and_then(|p| p.sites.get(&s.id))
+                .map_or(32.0, |b| b.w_bits.get() as f64);
+            s.params as f64 * bits / 8.0
+        })
+        .sum()
+}
+
+/// Which plans pose PTQ quantizes with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PosePlans {
+    /// One given plan, shown under `name`.
+    Plan {
+        /// The row's name.
+        name: String,
+        /// Bits per site.
+        plan: BitPlan,
+    },
+    /// The same bits at every site.
+    Uniform {
+        /// Weight bits.
+        w_bits: u8,
+        /// Activation bits.
+        a_bits: u8,
+    },
+    /// Every site measured alone at every candidate on probe crops, then, at every budget, the
+    /// uniform plan within it and the allocator's plan (criterion `sensitivity`, whatever
+    /// `budget.criteria` says: WTPose has no LRP path, so no contribution scores).
+    Mixed {
+        /// Probe crops, disjoint from the calibration crops.
+        probe: usize,
+        /// Batch size of the sweep's forward passes.
+        probe_batch: usize,
+        /// Candidate bit-widths: `2,3,4,6,8` or pairs like `4/8`.
+        candidates: String,
+        /// Budgets.
+        budget: BudgetConfig,
+    },
+}
+
+/// Post-training quantization of a pose model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PosePtqConfig {
+    /// The model's name, recorded in the plans.
+    pub model: String,
+    /// Seed of the calibration (and probe) crop order.
+    pub seed: u64,
+    /// Calibration crops, drawn from the training set.
+    pub calib: usize,
+    /// The plans.
+    pub plans: PosePlans,
+    /// Bits of the image input.
+    pub image_bits: u8,
+    /// Batch size of the evaluation.
+    pub batch: usize,
+    /// Average flipped heatmaps in when scoring.
+    pub flip: bool,
+}
+
+/// Which step a progress report is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoseStage {
+    /// The sensitivity sweep (points).
+    Sensitivity,
+    /// Calibration of each plan (plans).
+    Calibrate,
+    /// Scoring the held-out set (batches, once per model).
+    Eval,
+}
+
+impl PoseStage {
+    /// How progress bars name the stage.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoseStage::Sensitivity => "sensitivity",
+            PoseStage::Calibrate => "calibrate",
+            PoseStage::Eval => "eval",
+        }
+    }
+}
+
+/// One quantized (or the full-precision) model's row.
+#[derive(Clone, Debug, Serialize)]
+pub struct PosePtqRow {
+    /// `<model> FP32`, `WbAb`, the plan's name, `uniform WbAb` or `mixed sensitivity`.
+    pub name: String,
+    /// The average-bits budget the plan was made for.
+    pub budget: Option<f64>,
+    /// Parameter-weighted average weight bits.
+    pub avg_w_bits: f64,
+    /// MAC-weighted average activation bits.
+    pub avg_a_bits: f64,
+    /// Bytes of the quantized weights (linear/conv sites; biases and norms not counted).
+    pub weight_bytes: f64,
+    /// OKS AP on the held-out set.
+    pub eval: PoseEval,
+}
+
+/// What [`pose_ptq`] produces.
+pub struct PosePtq {
+    /// `(name, budget, plan)` in the order of `rows[1..]`.
+    pub plans: Vec<(String, Option<f64>, BitPlan)>,
+    /// Full precision first, then one row per plan.
+    pub rows: Vec<PosePtqRow>,
+    /// The predictions behind each row.
+    pub predictions: Vec<PosePredictions>,
+    /// The sensitivity table (mixed plans only).
+    pub table: Option<SensitivityTable>,
+    /// Probe crops used (0 without a sweep).
+    pub probe_crops: usize,
+    /// Held-out person crops scored.
+    pub held_out: usize,
+}
+
+/// Calibration and probe crops (disjoint, from a seeded order of the training crops), the
+/// plans, PTQ with each, and the OKS AP of full precision and of every plan on the held-out
+/// set. `model` should have BatchNorm folded; `progress` gets (stage, done, total).
+pub fn pose_ptq(
+    model: &WtPose,
+    data: &PoseData,
+    sigma: f64,
+    config: &PosePtqConfig,
+    device: &Device,
+    mut progress: impl FnMut(PoseStage, usize, usize),
+) -> Result<PosePtq> {
+    let sites = model.sites();
+    let td = model.config.topdown(sigma);
+    let train_set = mixq_datasets::topdown_dataset(&data.train, &td)?;
+    let val_set = mixq_datasets::topdown_dataset(&data.val, &td)?;
+    let (n_probe, probe_batch) = match &config.plans {
+        PosePlans::Mixed {
+            probe, probe_batch, ..
+        } => (*probe, *probe_batch),
+        _ => (0, 1),
+    };
+    if config.calib == 0 {
+        return Err(Error::invalid("--calib", 0, "must be at least 1"));
+    }
+    if matches!(config.plans, PosePlans::Mixed { .. }) && n_probe == 0 {
+        return Err(Error::invalid("--probe", 0, "must be at least 1"));
+    }
+    if config.calib + n_probe > train_set.len() {
+        return Err(Error::invalid(
+            "--calib",
+            config.calib,
+            format!(
+                "calibration ({}) + probe ({n_probe}) crops exceed the {} training crops",
+                config.calib,
+                train_set.len()
+            ),
+        ));
+    }
+    let mut order: Vec<usize> = (0..train_set.len()).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
+    let calib = crops(&train_set, &order[..config.calib], device)?;
+    let probe: Vec<Tensor<4>> = order[config.calib..config.calib + n_probe]
+        .chunks(probe_batch.max(1))
+        .map(|idx| crops(&train_set, idx, device))
+        .collect::<Result<_>>()?;
+
+    let (mut plans, table) = match &config.plans {
+        PosePlans::Plan { name, plan } => {
+            plan.check_sites(sites.iter().map(|s| &s.id))?;
+            (vec![(name.clone(), None, plan.clone())], None)
+        }
+        PosePlans::Uniform { w_bits, a_bits } => (
+            vec![(
+                format!("W{w_bits}A{a_bits}"),
+                None,
+                uniform_plan(&sites, *w_bits, *a_bits, config.image_bits)?,
+            )],
+            None,
+        ),
+        PosePlans::Mixed {
+            candidates, budget, ..
+        } => {
+            let candidates = mixq_allocator::parse_candidates(candidates)?;
+            let table = pose_sensitivity(
+                model,
+                &calib,
+                &probe,
+                &candidates,
+                config.image_bits,
+                |d, t| progress(PoseStage::Sensitivity, d, t),
+            )?;
+            let budget = BudgetConfig {
+                criteria: vec![Criterion::Sensitivity],
+                ..budget.clone()
+            };
+            let plans = budget_plans(
+                &sites,
+                None,
+                &table,
+                &candidates,
+                &budget,
+                config.image_bits,
+                None,
+                true,
+            )?
+            .into_iter()
+            .map(|p| (p.name, Some(p.avg_bits), p.plan))
+            .collect();
+            (plans, Some(table))
+        }
+    };
+    for (_, _, plan) in &mut plans {
+        plan.meta.insert("model".into(), config.model.clone());
+        plan.meta.insert("seed".into(), config.seed.to_string());
+    }
+
+    let mut quantized = Vec::new();
+    for (_, _, plan) in &plans {
+        quantized.push(quantize_hooked(
+            &sites,
+            plan,
+            &PtqConfig::default(),
+            false,
+            |h| {
+                let _ = model.forward_with(calib.clone(), h);
+            },
+        )?);
+        progress(PoseStage::Calibrate, quantized.len(), plans.len());
+    }
+    let batch = config.batch.max(1);
+    let mut eval = |hook: &dyn SiteHook| {
+        evaluate_pose(
+            model,
+            hook,
+            &val_set,
+            &data.val.0,
+            batch,
+            config.flip,
+            device,
+            |d, t| progress(PoseStage::Eval, d, t),
+        )
+    };
+    let (fp, fp_pred) = eval(&NoHook)?;
+    let mut rows = vec![PosePtqRow {
+        name: format!("{} FP32", config.model),
+        budget: None,
+        avg_w_bits: 32.0,
+        avg_a_bits: 32.0,
+        weight_bytes: weight_bytes(&sites, None),
+        eval: fp,
+    }];
+    let mut predictions = vec![fp_pred];
+    for ((name, budget, plan), q) in plans.iter().zip(&quantized) {
+        let (result, pred) = eval(q)?;
+        let (w, a) = plan_averages(plan, &sites);
+        rows.push(PosePtqRow {
+            name: name.clone(),
+            budget: *budget,
+            avg_w_bits: w,
+            avg_a_bits: a,
+            weight_bytes: weight_bytes(&sites, Some(plan)),
+            eval: result,
+        });
+        predictions.push(pred);
+    }
+    Ok(PosePtq {
+        plans,
+        rows,
+        predictions,
+        table,
+        probe_crops: n_probe,
+        held_out: val_set.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mixq_vit_models::WtPoseConfig;
+
+    #[test]
+    fn relative_mse_is_scale_free_and_checks_lengths() {
+        let r = [1.0, -2.0, 2.0];
+        assert_eq!(heatmap_rel_mse(&r, &r).unwrap(), 0.0);
+        // error energy 1 over reference energy 9
+        assert!((heatmap_rel_mse(&r, &[2.0, -2.0, 2.0]).unwrap() - 1.0 / 9.0).abs() < 1e-12);
+        let r10: Vec<f32> = r.iter().map(|v| v * 10.0).collect();
+        assert!((heatmap_rel_mse(&r10, &[20.0, -20.0, 20.0]).unwrap() - 1.0 / 9.0).abs() < 1e-12);
+        assert!(heatmap_rel_mse(&r, &[1.0]).is_err());
+    }
+
+    #[test]
+    fn weight_bytes_counts_bits_per_site() {
+        let sites = WtPoseConfig::tiny().sites();
+        let fp = weight_bytes(&sites, None);
+        let w4 = weight_bytes(&sites, Some(&uniform_plan(&sites, 4, 8, 8).unwrap()));
+        assert!((fp / w4 - 8.0).abs() < 1e-9);
+    }
+}
