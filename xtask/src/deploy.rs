@@ -2,14 +2,14 @@
 //! command line — export a calibrated model to one file, evaluate the file, and time it
 //! against burn-flex's f32 forward in one process.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
 use mixq_core::{BitPlan, BitWidth, Error, Result, SiteBits, SiteKind};
 use mixq_deploy::{Export, IntModel};
-use mixq_ptq::{Metrics, PostLnMode, PtqConfig, SoftmaxMode, quantize, uniform_plan};
+use mixq_ptq::{Metrics, PostLnMode, PtqConfig, PtqRun, SoftmaxMode, quantize, uniform_plan};
 use mixq_vit_models::{ModelCard, SiteInfo};
 
 use crate::common::{ModelArgs, progress};
@@ -102,75 +102,18 @@ pub struct BenchIntArgs {
     pub json: Option<PathBuf>,
 }
 
-/// What `ptq` recorded in a run folder's results.json.
-#[derive(Debug, serde::Deserialize)]
-struct RunResults {
-    model: String,
-    /// The calibration seeds (runs before `--seeds` wrote one `seed`).
-    #[serde(default)]
-    seeds: Vec<u64>,
-    #[serde(default)]
-    seed: Option<u64>,
-    calib_images: usize,
-    #[serde(default)]
-    rows: Vec<RunRow>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct RunRow {
-    post_ln: Option<PostLnMode>,
-    softmax: Option<SoftmaxMode>,
-}
-
-fn read_run(dir: &Path) -> Result<(BitPlan, RunResults)> {
-    if !dir.is_dir() {
-        return Err(Error::invalid(
-            "--run",
-            dir.display(),
-            "not a run folder (written by `cargo xtask ptq`)",
-        ));
-    }
-    let plan = BitPlan::load(dir.join("plan.toml"))?;
-    let path = dir.join("results.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let mut results: RunResults =
-        serde_json::from_str(&text).map_err(|e| Error::parse(&path, e))?;
-    match (results.seeds.as_slice(), results.seed) {
-        ([seed], _) => results.seed = Some(*seed),
-        ([], Some(_)) => {}
-        (seeds, _) => {
-            return Err(Error::invalid(
-                "--run",
-                dir.display(),
-                format!(
-                    "the run calibrated with {} seeds ({seeds:?}); export calibrates once: \
-                     pass a run of one seed",
-                    seeds.len()
-                ),
-            ));
-        }
-    }
-    Ok((plan, results))
-}
-
 pub fn export(mut args: ExportArgs) -> Result<()> {
     let (mut post_ln, mut softmax) = (args.post_ln, args.softmax);
     let run = match &args.run {
         Some(dir) => {
-            let (plan, results) = read_run(dir)?;
-            args.model.model = results.model.clone();
-            args.model.seed = results.seed.unwrap_or(args.model.seed);
-            args.calib = results.calib_images;
-            let quantized: Vec<&RunRow> = results
-                .rows
-                .iter()
-                .filter(|r| r.post_ln.is_some())
-                .collect();
-            if let [row] = quantized.as_slice() {
-                post_ln = row.post_ln.unwrap_or(post_ln);
-                softmax = row.softmax.unwrap_or(softmax);
+            let run = PtqRun::read(dir)?;
+            args.model.model = run.model;
+            args.model.seed = run.seed;
+            args.calib = run.calib_images;
+            if let Some(modes) = run.modes {
+                (post_ln, softmax) = modes;
             }
-            Some(plan)
+            Some(run.plan)
         }
         None => None,
     };

@@ -7,11 +7,10 @@ use burn::tensor::{Device, Tensor};
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
 use mixq_ptq::{
-    Metrics, PostLnMode, PtqConfig, SeedMetrics, SoftmaxMode, Spread, Variant, VariantTable,
-    calibration_images, compare_variants, uniform_plan,
+    PostLnMode, PtqConfig, PtqResults, PtqRow, SeedMetrics, SoftmaxMode, Variant, VariantTable,
+    ablation_grid, calibration_images, compare_variants, uniform_plan,
 };
 use mixq_vit_models::Model;
-use serde::Serialize;
 
 use crate::common::{ModelArgs, progress};
 use crate::mixed::{MixedArgs, run_mixed};
@@ -90,50 +89,7 @@ pub struct PtqArgs {
 }
 
 /// One row of the results table: a configuration over every calibration seed.
-#[derive(Debug, Serialize)]
-struct Row {
-    name: String,
-    post_ln: Option<PostLnMode>,
-    softmax: Option<SoftmaxMode>,
-    seeds: Vec<SeedMetrics>,
-    top1: Spread,
-    top5: Spread,
-    loss: Spread,
-    /// Mean KL(FP || quantized); none for the full-precision row.
-    kl: Option<Spread>,
-}
-
-impl Row {
-    fn new(
-        name: String,
-        modes: Option<(PostLnMode, SoftmaxMode)>,
-        seeds: Vec<SeedMetrics>,
-    ) -> Self {
-        let spread = |f: fn(&Metrics) -> f64| Spread::of(seeds.iter().map(|s| f(&s.metrics)));
-        Self {
-            name,
-            post_ln: modes.map(|m| m.0),
-            softmax: modes.map(|m| m.1),
-            top1: spread(Metrics::top1_pct),
-            top5: spread(Metrics::top5_pct),
-            loss: spread(Metrics::loss),
-            kl: modes.map(|_| spread(Metrics::kl)),
-            seeds,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct Results<'a> {
-    model: &'a str,
-    seeds: &'a [u64],
-    calib_images: usize,
-    eval_images: usize,
-    data: &'a str,
-    rows: &'a [Row],
-}
-
-fn table(rows: &[Row]) -> String {
+fn table(rows: &[PtqRow]) -> String {
     let mut s = String::from(
         "| model | post-LN | softmax | top-1 % | top-5 % | CE loss | KL to FP |\n|---|---|---|---:|---:|---:|---:|\n",
     );
@@ -308,19 +264,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
         .join(", ");
 
     let grid: Vec<(PostLnMode, SoftmaxMode)> = if args.ablation {
-        let post = [
-            PostLnMode::Uniform,
-            PostLnMode::ChannelReparam,
-            PostLnMode::ClippedChannel,
-        ];
-        let soft = [
-            SoftmaxMode::Uniform,
-            SoftmaxMode::Log2,
-            SoftmaxMode::LogSqrt2,
-        ];
-        post.iter()
-            .flat_map(|&p| soft.iter().map(move |&s| (p, s)))
-            .collect()
+        ablation_grid()
     } else {
         vec![(args.post_ln, args.softmax)]
     };
@@ -369,7 +313,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
     )?;
 
     let name = &card.aliases[0];
-    let mut rows = vec![Row::new(
+    let mut rows = vec![PtqRow::new(
         format!("{name} FP32"),
         None,
         vec![SeedMetrics {
@@ -379,7 +323,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
     )];
     for (v, r) in variants.iter().zip(result.variants) {
         let modes = (v.config.post_ln, v.config.softmax);
-        rows.push(Row::new(
+        rows.push(PtqRow::new(
             format!("{name} {}", r.label),
             Some(modes),
             r.seeds,
@@ -392,13 +336,13 @@ pub fn run(args: PtqArgs) -> Result<()> {
         &args.runs,
         if args.ablation { "ptq-ablation" } else { "ptq" },
     )?;
-    let results = Results {
-        model: &card.name,
-        seeds: &seeds,
+    let results = PtqResults {
+        model: card.name.clone(),
+        seeds: seeds.clone(),
         calib_images: n_calib,
         eval_images: rows[0].seeds[0].metrics.images,
-        data: &describe,
-        rows: &rows,
+        data: describe.clone(),
+        rows,
     };
     let json = mixq_core::to_json(&results, "results")?;
     run.write("results.json", json.as_bytes())?;

@@ -27,6 +27,7 @@ pub mod config;
 pub mod eval;
 pub mod mixed;
 pub mod pose;
+pub mod record;
 pub mod reparam;
 pub mod state;
 pub mod sweep;
@@ -38,6 +39,7 @@ pub use calibrate::{
 };
 pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
 pub use eval::{Comparison, Metrics, Spread, compare, host_logits};
+pub use record::{PtqResults, PtqRow, PtqRun, ablation_grid};
 pub use state::{ActQuantizer, QuantState};
 pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};
 pub use table::{SeedMetrics, Variant, VariantResult, VariantTable, compare_variants};

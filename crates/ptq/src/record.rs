@@ -1,0 +1,228 @@
+//! What a PTQ run records in its folder (`results.json` beside `plan.toml`), and reading a run
+//! back, which is how `export` calibrates exactly as the run did.
+
+use std::path::Path;
+
+use mixq_core::{BitPlan, Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{Metrics, PostLnMode, SeedMetrics, SoftmaxMode, Spread};
+
+/// One row of a PTQ table: a configuration over every calibration seed.
+#[derive(Clone, Debug, Serialize)]
+pub struct PtqRow {
+    /// `<model> FP32` or `<model> <plan label>`.
+    pub name: String,
+    /// Post-LN quantizer (`None`: full precision).
+    pub post_ln: Option<PostLnMode>,
+    /// Softmax quantizer (`None`: full precision).
+    pub softmax: Option<SoftmaxMode>,
+    /// Every seed's figures.
+    pub seeds: Vec<SeedMetrics>,
+    /// Top-1 % over the seeds.
+    pub top1: Spread,
+    /// Top-5 % over the seeds.
+    pub top5: Spread,
+    /// Cross-entropy over the seeds.
+    pub loss: Spread,
+    /// Mean KL(FP || quantized); none for the full-precision row.
+    pub kl: Option<Spread>,
+}
+
+impl PtqRow {
+    /// The row of `seeds`' figures; `modes` is `None` for full precision.
+    pub fn new(
+        name: String,
+        modes: Option<(PostLnMode, SoftmaxMode)>,
+        seeds: Vec<SeedMetrics>,
+    ) -> Self {
+        let spread = |f: fn(&Metrics) -> f64| Spread::of(seeds.iter().map(|s| f(&s.metrics)));
+        Self {
+            name,
+            post_ln: modes.map(|m| m.0),
+            softmax: modes.map(|m| m.1),
+            top1: spread(Metrics::top1_pct),
+            top5: spread(Metrics::top5_pct),
+            loss: spread(Metrics::loss),
+            kl: modes.map(|_| spread(Metrics::kl)),
+            seeds,
+        }
+    }
+}
+
+/// A PTQ run's `results.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PtqResults {
+    /// The model card's name.
+    pub model: String,
+    /// Calibration seeds, one calibration each.
+    pub seeds: Vec<u64>,
+    /// Calibration images per seed.
+    pub calib_images: usize,
+    /// Images evaluated.
+    pub eval_images: usize,
+    /// Where they came from.
+    pub data: String,
+    /// Full precision first, then every configuration.
+    pub rows: Vec<PtqRow>,
+}
+
+/// The post-LN x softmax quantizer grid of an ablation, in table order.
+pub fn ablation_grid() -> Vec<(PostLnMode, SoftmaxMode)> {
+    let post = [
+        PostLnMode::Uniform,
+        PostLnMode::ChannelReparam,
+        PostLnMode::ClippedChannel,
+    ];
+    let soft = [
+        SoftmaxMode::Uniform,
+        SoftmaxMode::Log2,
+        SoftmaxMode::LogSqrt2,
+    ];
+    post.iter()
+        .flat_map(|&p| soft.iter().map(move |&s| (p, s)))
+        .collect()
+}
+
+/// What [`PtqRun::read`] needs of `results.json` (runs before `--seeds` wrote one `seed`).
+#[derive(Deserialize)]
+struct StoredResults {
+    model: String,
+    #[serde(default)]
+    seeds: Vec<u64>,
+    #[serde(default)]
+    seed: Option<u64>,
+    calib_images: usize,
+    #[serde(default)]
+    rows: Vec<StoredRow>,
+}
+
+#[derive(Deserialize)]
+struct StoredRow {
+    post_ln: Option<PostLnMode>,
+    softmax: Option<SoftmaxMode>,
+}
+
+/// A finished PTQ run of one plan and one calibration seed, read back from its folder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PtqRun {
+    /// Its `plan.toml`.
+    pub plan: BitPlan,
+    /// The model card's name.
+    pub model: String,
+    /// The calibration seed.
+    pub seed: u64,
+    /// Calibration images.
+    pub calib_images: usize,
+    /// The quantizers of its one quantized row (`None` when it has several, as an ablation).
+    pub modes: Option<(PostLnMode, SoftmaxMode)>,
+}
+
+impl PtqRun {
+    /// Reads the run folder `dir` written by `cargo xtask ptq`; a run of several calibration
+    /// seeds is an error, since it has no one calibration to repeat.
+    pub fn read(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::invalid(
+                "--run",
+                dir.display(),
+                "not a run folder (written by `cargo xtask ptq`)",
+            ));
+        }
+        let plan = BitPlan::load(dir.join("plan.toml"))?;
+        let path = dir.join("results.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let stored: StoredResults =
+            serde_json::from_str(&text).map_err(|e| Error::parse(&path, e))?;
+        let seed = match (stored.seeds.as_slice(), stored.seed.as_ref()) {
+            ([seed], _) | ([], Some(seed)) => *seed,
+            (seeds, _) => {
+                return Err(Error::invalid(
+                    "--run",
+                    dir.display(),
+                    format!(
+                        "the run calibrated with {} seeds ({seeds:?}); export calibrates once: \
+                         pass a run of one seed",
+                        seeds.len()
+                    ),
+                ));
+            }
+        };
+        let quantized: Vec<&StoredRow> =
+            stored.rows.iter().filter(|r| r.post_ln.is_some()).collect();
+        let modes = match quantized.as_slice() {
+            [row] => row.post_ln.zip(row.softmax),
+            _ => None,
+        };
+        Ok(Self {
+            plan,
+            model: stored.model,
+            seed,
+            calib_images: stored.calib_images,
+            modes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uniform_plan;
+    use mixq_vit_models::ModelCard;
+
+    fn write_run(dir: &Path, results: &str) {
+        let sites = ModelCard::find("digits-deit").unwrap().arch.sites();
+        let plan = uniform_plan(&sites, 4, 4, 8).unwrap();
+        std::fs::write(dir.join("plan.toml"), plan.to_toml().unwrap()).unwrap();
+        std::fs::write(dir.join("results.json"), results).unwrap();
+    }
+
+    #[test]
+    fn a_run_is_read_back_with_its_seed_and_quantizers() {
+        let dir = tempfile::tempdir().unwrap();
+        write_run(
+            dir.path(),
+            r#"{"model": "digits-deit", "seeds": [3], "calib_images": 32, "rows": [
+                {"post_ln": null, "softmax": null},
+                {"post_ln": "channel-reparam", "softmax": "log2"}]}"#,
+        );
+        let run = PtqRun::read(dir.path()).unwrap();
+        assert_eq!(run.model, "digits-deit");
+        assert_eq!(run.seed, 3);
+        assert_eq!(run.calib_images, 32);
+        assert_eq!(
+            run.modes,
+            Some((PostLnMode::ChannelReparam, SoftmaxMode::Log2))
+        );
+        // An older record: one `seed`, no rows.
+        write_run(
+            dir.path(),
+            r#"{"model": "digits-deit", "seed": 5, "calib_images": 8}"#,
+        );
+        let run = PtqRun::read(dir.path()).unwrap();
+        assert_eq!((run.seed, run.modes), (5, None));
+    }
+
+    #[test]
+    fn a_run_of_several_seeds_or_no_folder_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        write_run(
+            dir.path(),
+            r#"{"model": "digits-deit", "seeds": [0, 1], "calib_images": 32}"#,
+        );
+        let e = PtqRun::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("2 seeds"), "{e}");
+        let e = PtqRun::read(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a run folder"), "{e}");
+    }
+
+    #[test]
+    fn the_ablation_grid_is_three_by_three_in_table_order() {
+        let grid = ablation_grid();
+        assert_eq!(grid.len(), 9);
+        assert_eq!(grid[0], (PostLnMode::Uniform, SoftmaxMode::Uniform));
+        assert_eq!(grid[8], (PostLnMode::ClippedChannel, SoftmaxMode::LogSqrt2));
+    }
+}
