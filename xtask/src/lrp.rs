@@ -8,9 +8,9 @@ use clap::Args;
 use image::GrayImage;
 use mixq_core::{Error, Result, RunDir, SiteId};
 use mixq_datasets::{Batch, eval_transform_image, load_image};
-use mixq_lrp::{ContributionAccumulator, Preset};
+use mixq_lrp::Preset;
 use mixq_report::{Bar, BarChart, bar_chart, image_grid, overlay_heatmap_gray, save_png};
-use mixq_vit_models::{ExplainOptions, ModelCard, Target};
+use mixq_vit_models::{ExplainOptions, ModelCard, Target, contribution_scores_with};
 use serde::Serialize;
 
 use crate::common::{ModelArgs, progress};
@@ -147,73 +147,57 @@ pub fn run(args: LrpArgs) -> Result<()> {
     let n = data.shape[0];
     let per_image = data.images.len() / n;
     let bar = progress(n, "explain");
-    let mut acc = ContributionAccumulator::default();
     let mut site_order: Vec<SiteId> = Vec::new();
     let mut results = Vec::new();
     let mut maps = Vec::new();
-    for start in (0..n).step_by(args.batch) {
-        let end = (start + args.batch).min(n);
-        let chunk = data.select(start..end);
+    let batches = (0..n).step_by(args.batch).map(|start| {
+        let chunk = data.select(start..(start + args.batch).min(n));
         let target = match args.target {
             TargetArg::Predicted => Target::Predicted,
             TargetArg::Label => Target::Labels(chunk.labels.clone()),
             TargetArg::Class(c) => Target::Class(c),
         };
-        let e = model.explain(batch_tensor(&chunk, &device), &target, &options)?;
-        if site_order.is_empty() {
-            site_order = e.sites.iter().map(|s| s.site.clone()).collect();
-        }
-        let sums: Vec<(SiteId, Vec<f32>)> = e
-            .sites
-            .iter()
-            .map(|s| {
-                let v = if args.at_inputs {
-                    s.input_abs
-                        .clone()
-                        .unwrap_or_else(|| vec![0.0; chunk.shape[0]])
-                } else {
-                    s.output_abs.clone()
-                };
-                (s.site.clone(), v)
-            })
-            .collect();
-        acc.add_batch(chunk.shape[0], sums.iter().map(|(s, v)| (s, v.as_slice())));
-        let totals = e.pixel_totals();
-        for (i, map) in e.pixel_maps().into_iter().enumerate() {
-            let raw = raw_pixels(&chunk.images[i * per_image..(i + 1) * per_image], &card);
-            let (ink_rel, ink_area) = if card.dataset.is_some() && card.arch.in_chans() == 1 {
-                let (r, a) = ink_shares(&map, &raw, args.ink_threshold);
-                (Some(r), Some(a))
-            } else {
-                (None, None)
-            };
-            results.push(ImageResult {
-                source: source_name(&chunk, i),
-                label: chunk.labels.get(i).copied(),
-                target: e.targets[i],
-                target_logit: e.target_logits[i],
-                pixel_relevance: totals[i],
-                ink_relevance_share: ink_rel,
-                ink_area_share: ink_area,
-            });
-            if maps.len() < args.heatmaps {
-                maps.push((raw, map, e.targets[i], chunk.labels.get(i).copied()));
+        (batch_tensor(&chunk, &device), target)
+    });
+    let mut scores =
+        contribution_scores_with(&model, batches, &options, args.at_inputs, |e, first| {
+            if site_order.is_empty() {
+                site_order = e.sites.iter().map(|s| s.site.clone()).collect();
             }
-        }
-        bar.set_position(end as u64);
-    }
+            let totals = e.pixel_totals();
+            for (i, map) in e.pixel_maps().into_iter().enumerate() {
+                let image = first + i;
+                let raw = raw_pixels(
+                    &data.images[image * per_image..(image + 1) * per_image],
+                    &card,
+                );
+                let (ink_rel, ink_area) = if card.dataset.is_some() && card.arch.in_chans() == 1 {
+                    let (r, a) = ink_shares(&map, &raw, args.ink_threshold);
+                    (Some(r), Some(a))
+                } else {
+                    (None, None)
+                };
+                let label = data.labels.get(image).copied();
+                results.push(ImageResult {
+                    source: source_name(&data, image),
+                    label,
+                    target: e.targets[i],
+                    target_logit: e.target_logits[i],
+                    pixel_relevance: totals[i],
+                    ink_relevance_share: ink_rel,
+                    ink_area_share: ink_area,
+                });
+                if maps.len() < args.heatmaps {
+                    maps.push((raw, map, e.targets[i], label));
+                }
+            }
+            bar.set_position((first + e.targets.len()) as u64);
+        })?;
     bar.finish_and_clear();
-
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("model".into(), card.name.clone());
-    meta.insert("preset".into(), args.preset.to_string());
-    meta.insert("images".into(), n.to_string());
-    meta.insert("seed".into(), args.model.seed.to_string());
-    meta.insert(
-        "read_at".into(),
-        if args.at_inputs { "input" } else { "output" }.into(),
-    );
-    let scores = acc.finish(meta)?;
+    scores.meta.insert("model".into(), card.name.clone());
+    scores
+        .meta
+        .insert("seed".into(), args.model.seed.to_string());
 
     let mean = |f: &dyn Fn(&ImageResult) -> Option<f64>| {
         let v: Vec<f64> = results.iter().filter_map(f).collect();

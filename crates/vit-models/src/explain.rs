@@ -340,12 +340,27 @@ pub fn contribution_scores(
     at_inputs: bool,
     mut progress: impl FnMut(usize),
 ) -> Result<ContributionScores> {
+    contribution_scores_with(model, batches, options, at_inputs, |e, first| {
+        progress(first + e.targets.len())
+    })
+}
+
+/// [`contribution_scores`], handing each batch's [`Explanation`] to `each` (with the index of
+/// its first image) before it is summed: for per-image maps and figures.
+pub fn contribution_scores_with(
+    model: &Model,
+    batches: impl IntoIterator<Item = (Tensor<4>, Target)>,
+    options: &ExplainOptions,
+    at_inputs: bool,
+    mut each: impl FnMut(&Explanation, usize),
+) -> Result<ContributionScores> {
     let mut options = options.clone();
     options.read_inputs |= at_inputs;
     let mut acc = ContributionAccumulator::default();
     for (images, target) in batches {
         let n = images.dims()[0];
         let e = model.explain(images, &target, &options)?;
+        each(&e, acc.images());
         let sums: Vec<(SiteId, Vec<f32>)> = e
             .sites
             .into_iter()
@@ -359,7 +374,6 @@ pub fn contribution_scores(
             })
             .collect();
         acc.add_batch(n, sums.iter().map(|(s, v)| (s, v.as_slice())));
-        progress(acc.images());
     }
     let mut meta = BTreeMap::new();
     meta.insert("preset".into(), options.preset.to_string());

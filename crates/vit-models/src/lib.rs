@@ -34,7 +34,10 @@ pub mod weights;
 pub mod wtpose;
 
 pub use card::{ModelCard, Preprocess, TrainRecipe, models_dir};
-pub use explain::{ExplainOptions, Explanation, SiteRelevance, Target, contribution_scores};
+pub use explain::{
+    ExplainOptions, Explanation, SiteRelevance, Target, contribution_scores,
+    contribution_scores_with,
+};
 pub use hooks::{NoHook, SiteHook, Slot};
 pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};
 pub use model::{ArchConfig, Model};
