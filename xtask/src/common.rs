@@ -1,12 +1,13 @@
 //! What every command shares: device selection, the model flags, progress bars.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mixq_core::Result;
+use mixq_qat_trainer::{EpochStats, EpochTrainer, FitConfig, FitEvent, FitOutcome, ImageSet, fit};
 use mixq_vit_models::{Model, ModelCard, WeightsChoice};
 
 /// The compute backend, chosen at the command line only.
@@ -136,4 +137,56 @@ impl StageBars {
             bar.finish_and_clear();
         }
     }
+}
+
+/// [`fit`] with a progress bar per epoch (loss, running train top-1, images/s); `on_epoch` sees
+/// every finished epoch and the history. A run stopped by `--stop-after` prints where it
+/// continues from and gives `false`.
+pub fn fit_with_bars<T: EpochTrainer>(
+    trainer: &mut T,
+    train: &ImageSet,
+    config: &FitConfig,
+    mut on_epoch: impl FnMut(&EpochStats, &[EpochStats]) -> Result<()>,
+) -> Result<bool> {
+    let (epochs, batch) = (trainer.epochs(), trainer.batch());
+    let mut bar: Option<(ProgressBar, Instant)> = None;
+    let outcome = fit(trainer, train, config, |event| {
+        match event {
+            FitEvent::EpochStart { epoch, steps } => {
+                bar = Some((
+                    progress(steps, &format!("epoch {epoch}/{epochs}")),
+                    Instant::now(),
+                ));
+            }
+            FitEvent::Step(s) => {
+                let (bar, start) = bar.as_ref().expect("an epoch has started");
+                bar.inc(1);
+                let per_sec =
+                    (bar.position() as usize * batch) as f64 / start.elapsed().as_secs_f64();
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.1}% {per_sec:.0} images/s",
+                    s.loss, s.train_top1
+                ));
+            }
+            FitEvent::EpochEnd { stats, history } => {
+                if let Some((bar, _)) = bar.take() {
+                    bar.finish_and_clear();
+                }
+                on_epoch(stats, history)?;
+            }
+        }
+        Ok(())
+    })?;
+    if outcome == FitOutcome::Stopped {
+        println!(
+            "stopped after epoch {} of {epochs} (run folder left unfinished: {})",
+            trainer.epochs_done(),
+            config
+                .checkpoint
+                .parent()
+                .unwrap_or(Path::new("."))
+                .display()
+        );
+    }
+    Ok(outcome == FitOutcome::Finished)
 }

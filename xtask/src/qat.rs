@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
 use mixq_ptq::{PtqConfig, uniform_plan};
-use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, ImageSet, QatConfig, QatTrainer};
+use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, FitConfig, ImageSet, QatConfig, QatTrainer};
 use mixq_report::{LineChart, Series, line_chart};
 use serde::Serialize;
 
-use crate::common::{ModelArgs, StageBars, progress};
+use crate::common::{ModelArgs, StageBars, fit_with_bars};
 use crate::mixed::MixedArgs;
 use mixq_datasets::classification_data;
 use mixq_ptq::calibration_images;
@@ -275,39 +275,14 @@ pub fn run(args: QatArgs) -> Result<()> {
     let eval_batch = 256;
     let fp_metrics = trainer.evaluate_fp(&test, eval_batch)?;
     let ptq_metrics = trainer.evaluate_ptq(&test, eval_batch)?;
-    let mut this_run = 0;
-    while !trainer.finished() {
-        if args.stop_after.is_some_and(|n| this_run >= n) {
-            println!(
-                "stopped after epoch {} of {} (run folder left unfinished: {})",
-                trainer.epochs_done(),
-                config.epochs,
-                checkpoint.parent().unwrap_or(Path::new(".")).display()
-            );
-            return Ok(());
-        }
-        let steps = train.len().div_ceil(config.batch);
-        let epoch = trainer.epochs_done() + 1;
-        let bar = progress(steps, &format!("epoch {epoch}/{}", config.epochs));
-        let stats = trainer.train_epoch(&train, &mut |s| {
-            bar.inc(1);
-            bar.set_message(format!("loss {:.4} acc {:.1}%", s.loss, s.train_top1));
-        })?;
-        bar.finish_and_clear();
-        let test_top1 = trainer
-            .evaluate(monitor.as_ref().unwrap_or(&test), eval_batch)?
-            .top1_pct();
-        trainer.record_monitor_top1(test_top1);
-        trainer.save_checkpoint(&checkpoint)?;
-        tracing::info!(
-            epoch,
-            loss = stats.train_loss,
-            train_top1 = stats.train_top1,
-            test_top1,
-            seconds = stats.seconds,
-            "epoch"
-        );
-        this_run += 1;
+    let fit_config = FitConfig {
+        monitor: Some(monitor.as_ref().unwrap_or(&test)),
+        eval_batch,
+        checkpoint: &checkpoint,
+        stop_after: args.stop_after,
+    };
+    if !fit_with_bars(&mut trainer, &train, &fit_config, |_, _| Ok(()))? {
+        return Ok(());
     }
 
     let qat = trainer.evaluate(&test, eval_batch)?;

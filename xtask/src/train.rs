@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use mixq_core::{Error, Result, RunDir};
-use mixq_qat_trainer::{EpochStats, FpConfig, FpTrainer, ImageSet, RecipeOverrides, train_recipe};
+use mixq_qat_trainer::{
+    EpochStats, FitConfig, FpConfig, FpTrainer, ImageSet, RecipeOverrides, train_recipe,
+};
 use serde::Serialize;
 
-use crate::common::{DeviceName, progress};
+use crate::common::{DeviceName, fit_with_bars};
 use mixq_datasets::classification_data;
 
 /// The checkpoint file inside a train run folder.
@@ -178,62 +180,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
         trainer.save_checkpoint(&checkpoint)?;
     }
     let eval_batch = 256;
-    let mut this_run = 0;
-    while !trainer.finished() {
-        if args.stop_after.is_some_and(|n| this_run >= n) {
-            println!(
-                "stopped after epoch {} of {} (run folder left unfinished: {})",
-                trainer.epochs_done(),
-                config.epochs,
-                checkpoint.parent().unwrap_or(Path::new(".")).display()
-            );
-            return Ok(());
-        }
-        let epoch = trainer.epochs_done() + 1;
-        let bar = progress(
-            train.len().div_ceil(config.batch),
-            &format!("epoch {epoch}/{}", config.epochs),
-        );
-        let start = std::time::Instant::now();
-        let stats = trainer.train_epoch(&train, &mut |s| {
-            bar.inc(1);
-            let per_sec =
-                (bar.position() as usize * config.batch) as f64 / start.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "loss {:.4} acc {:.1}% {per_sec:.0} images/s",
-                s.loss, s.train_top1
-            ));
-        })?;
-        bar.finish_and_clear();
-        let val_top1 = match &val {
-            Some(v) => {
-                let top1 = trainer.evaluate(v, eval_batch)?.top1_pct();
-                trainer.record_monitor_top1(top1);
-                Some(top1)
-            }
-            None => None,
-        };
-        trainer.save_checkpoint(&checkpoint)?;
-        run.write(TRAIN_LOG, EpochStats::tsv(trainer.history()).as_bytes())?;
-        tracing::info!(
-            epoch,
-            loss = stats.train_loss,
-            train_top1 = stats.train_top1,
-            val_top1,
-            seconds = stats.seconds,
-            "epoch"
-        );
-        if val.is_some() {
+    let fit_config = FitConfig {
+        monitor: val.as_ref(),
+        eval_batch,
+        checkpoint: &checkpoint,
+        stop_after: args.stop_after,
+    };
+    let finished = fit_with_bars(&mut trainer, &train, &fit_config, |stats, history| {
+        run.write(TRAIN_LOG, EpochStats::tsv(history).as_bytes())?;
+        if let Some(val_top1) = stats.monitor_top1 {
             eprintln!(
-                "epoch {epoch}/{}: loss {:.4}, train top-1 {:.2} %, val top-1 {:.2} %, {:.0} s",
-                config.epochs,
-                stats.train_loss,
-                stats.train_top1,
-                val_top1.unwrap_or(0.0),
-                stats.seconds
+                "epoch {}/{}: loss {:.4}, train top-1 {:.2} %, val top-1 {val_top1:.2} %, {:.0} s",
+                stats.epoch, config.epochs, stats.train_loss, stats.train_top1, stats.seconds
             );
         }
-        this_run += 1;
+        Ok(())
+    })?;
+    if !finished {
+        return Ok(());
     }
 
     let metrics = trainer.evaluate(&test, eval_batch)?;

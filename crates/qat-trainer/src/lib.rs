@@ -48,6 +48,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod fit;
 pub mod fp;
 pub mod loss;
 pub mod lsq;
@@ -57,6 +58,7 @@ pub mod trainer;
 
 pub use checkpoint::{CHECKPOINT_FILE, CHECKPOINT_FORMAT, plan_fingerprint};
 pub use data::{Augment, ImageSet, TrainBatch, flip_horizontal, shift_image};
+pub use fit::{EpochTrainer, FitConfig, FitEvent, FitOutcome, fit};
 pub use fp::{FP_CHECKPOINT_FORMAT, FpConfig, FpTrainer, RecipeOverrides, train_recipe};
 pub use loss::distillation_loss;
 pub use lsq::{

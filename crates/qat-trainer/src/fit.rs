@@ -1,0 +1,270 @@
+//! The epoch loop both trainers run: train an epoch, score the monitoring split, record it,
+//! write the checkpoint; until the schedule ends or a given number of epochs has run (a run
+//! stopped that way continues with `load_checkpoint`, bit-identically).
+
+use std::path::Path;
+
+use mixq_core::Result;
+use mixq_ptq::Metrics;
+
+use crate::{EpochStats, FpTrainer, ImageSet, QatTrainer, StepStats};
+
+/// A trainer that goes epoch by epoch: [`FpTrainer`] and [`QatTrainer`].
+pub trait EpochTrainer {
+    /// Every epoch of the schedule is trained.
+    fn finished(&self) -> bool;
+    /// Epochs trained so far (restored ones included).
+    fn epochs_done(&self) -> usize;
+    /// Epochs in the schedule.
+    fn epochs(&self) -> usize;
+    /// Images per step.
+    fn batch(&self) -> usize;
+    /// Trains the next epoch; `on_step` sees every step.
+    fn train_epoch(
+        &mut self,
+        data: &ImageSet,
+        on_step: &mut dyn FnMut(&StepStats),
+    ) -> Result<EpochStats>;
+    /// The model being trained on `data`.
+    fn evaluate(&self, data: &ImageSet, batch: usize) -> Result<Metrics>;
+    /// Records the monitoring split's top-1 of the last epoch.
+    fn record_monitor_top1(&mut self, top1: f64);
+    /// Writes the checkpoint atomically.
+    fn save_checkpoint(&self, path: &Path) -> Result<()>;
+    /// Every finished epoch.
+    fn history(&self) -> &[EpochStats];
+}
+
+macro_rules! epoch_trainer {
+    ($t:ty) => {
+        impl EpochTrainer for $t {
+            fn finished(&self) -> bool {
+                <$t>::finished(self)
+            }
+            fn epochs_done(&self) -> usize {
+                <$t>::epochs_done(self)
+            }
+            fn epochs(&self) -> usize {
+                self.config().epochs
+            }
+            fn batch(&self) -> usize {
+                self.config().batch
+            }
+            fn train_epoch(
+                &mut self,
+                data: &ImageSet,
+                on_step: &mut dyn FnMut(&StepStats),
+            ) -> Result<EpochStats> {
+                <$t>::train_epoch(self, data, on_step)
+            }
+            fn evaluate(&self, data: &ImageSet, batch: usize) -> Result<Metrics> {
+                <$t>::evaluate(self, data, batch)
+            }
+            fn record_monitor_top1(&mut self, top1: f64) {
+                <$t>::record_monitor_top1(self, top1)
+            }
+            fn save_checkpoint(&self, path: &Path) -> Result<()> {
+                <$t>::save_checkpoint(self, path)
+            }
+            fn history(&self) -> &[EpochStats] {
+                <$t>::history(self)
+            }
+        }
+    };
+}
+
+epoch_trainer!(FpTrainer);
+epoch_trainer!(QatTrainer);
+
+/// How [`fit`] runs.
+#[derive(Clone, Debug)]
+pub struct FitConfig<'a> {
+    /// Scored after every epoch (its top-1 goes into the history); `None`: nothing.
+    pub monitor: Option<&'a ImageSet>,
+    /// Batch size of that scoring.
+    pub eval_batch: usize,
+    /// Written after every epoch.
+    pub checkpoint: &'a Path,
+    /// Stop after this many epochs of this call, leaving the rest of the schedule.
+    pub stop_after: Option<usize>,
+}
+
+/// What [`fit`] reports while it runs.
+#[derive(Debug)]
+pub enum FitEvent<'a> {
+    /// An epoch begins.
+    EpochStart {
+        /// 1-based.
+        epoch: usize,
+        /// Its steps.
+        steps: usize,
+    },
+    /// A step finished.
+    Step(&'a StepStats),
+    /// An epoch finished and its checkpoint is written.
+    EpochEnd {
+        /// Its figures (monitor top-1 included).
+        stats: &'a EpochStats,
+        /// The whole history so far.
+        history: &'a [EpochStats],
+    },
+}
+
+/// How [`fit`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FitOutcome {
+    /// Every epoch of the schedule is trained.
+    Finished,
+    /// `stop_after` epochs ran; the checkpoint continues the schedule.
+    Stopped,
+}
+
+/// Trains `trainer` on `train` to the end of its schedule (or `stop_after` epochs), scoring
+/// `config.monitor` and writing `config.checkpoint` after every epoch. `on` sees every event;
+/// an error it returns stops training.
+pub fn fit<T: EpochTrainer + ?Sized>(
+    trainer: &mut T,
+    train: &ImageSet,
+    config: &FitConfig,
+    mut on: impl FnMut(FitEvent) -> Result<()>,
+) -> Result<FitOutcome> {
+    let mut this_run = 0;
+    while !trainer.finished() {
+        if config.stop_after.is_some_and(|n| this_run >= n) {
+            return Ok(FitOutcome::Stopped);
+        }
+        on(FitEvent::EpochStart {
+            epoch: trainer.epochs_done() + 1,
+            steps: train.len().div_ceil(trainer.batch()),
+        })?;
+        let mut failed = None;
+        let mut stats = trainer.train_epoch(train, &mut |s| {
+            if failed.is_none()
+                && let Err(e) = on(FitEvent::Step(s))
+            {
+                failed = Some(e);
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Some(monitor) = config.monitor {
+            let top1 = trainer.evaluate(monitor, config.eval_batch)?.top1_pct();
+            trainer.record_monitor_top1(top1);
+            stats.monitor_top1 = Some(top1);
+        }
+        trainer.save_checkpoint(config.checkpoint)?;
+        tracing::info!(
+            epoch = stats.epoch,
+            loss = stats.train_loss,
+            train_top1 = stats.train_top1,
+            monitor_top1 = stats.monitor_top1,
+            seconds = stats.seconds,
+            "epoch"
+        );
+        on(FitEvent::EpochEnd {
+            stats: &stats,
+            history: trainer.history(),
+        })?;
+        this_run += 1;
+    }
+    Ok(FitOutcome::Finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FpConfig, FpTrainer};
+    use burn::tensor::Device;
+    use mixq_vit_models::ModelCard;
+
+    fn trainer(epochs: usize) -> FpTrainer {
+        let card = ModelCard::find("digits-deit").unwrap();
+        let config = FpConfig {
+            epochs,
+            batch: 4,
+            lr: 1e-3,
+            weight_decay: 0.05,
+            seed: 0,
+            shift: 1,
+            shift_fill: 0.0,
+            hflip: false,
+            label_smoothing: 0.0,
+        };
+        FpTrainer::new(&card.name, &card.arch, &Device::flex(), config).unwrap()
+    }
+
+    #[test]
+    fn fit_monitors_checkpoints_and_stops_where_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = dir.path().join("ckpt.safetensors");
+        let data = ImageSet::new(
+            (0..8 * 64).map(|i| (i % 7) as f32 / 7.0).collect(),
+            [1, 8, 8],
+            (0..8).map(|i| i % 10).collect(),
+        )
+        .unwrap();
+        let mut t = trainer(3);
+        let config = FitConfig {
+            monitor: Some(&data),
+            eval_batch: 8,
+            checkpoint: &checkpoint,
+            stop_after: Some(2),
+        };
+        let (mut starts, mut steps, mut ends) = (Vec::new(), 0, Vec::new());
+        let outcome = fit(&mut t, &data, &config, |e| {
+            match e {
+                FitEvent::EpochStart { epoch, steps } => starts.push((epoch, steps)),
+                FitEvent::Step(_) => steps += 1,
+                FitEvent::EpochEnd { stats, history } => {
+                    assert!(stats.monitor_top1.is_some());
+                    assert_eq!(history.last(), Some(stats));
+                    ends.push(stats.epoch)
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(outcome, FitOutcome::Stopped);
+        assert_eq!(starts, [(1, 2), (2, 2)]);
+        assert_eq!((steps, ends), (4, vec![1, 2]));
+        assert!(checkpoint.is_file());
+
+        // The checkpoint continues the schedule: one epoch is left.
+        let mut resumed = trainer(3);
+        resumed.load_checkpoint(&checkpoint).unwrap();
+        let config = FitConfig {
+            stop_after: None,
+            monitor: None,
+            ..config
+        };
+        let mut left = 0;
+        let outcome = fit(&mut resumed, &data, &config, |e| {
+            left += matches!(e, FitEvent::EpochEnd { .. }) as usize;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((outcome, left), (FitOutcome::Finished, 1));
+        assert_eq!(resumed.history().len(), 3);
+    }
+
+    #[test]
+    fn an_error_from_the_caller_stops_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = dir.path().join("ckpt.safetensors");
+        let data = ImageSet::new(vec![0.5; 4 * 64], [1, 8, 8], vec![1; 4]).unwrap();
+        let mut t = trainer(2);
+        let config = FitConfig {
+            monitor: None,
+            eval_batch: 8,
+            checkpoint: &checkpoint,
+            stop_after: None,
+        };
+        let e = fit(&mut t, &data, &config, |e| match e {
+            FitEvent::EpochEnd { .. } => Err(mixq_core::Error::invalid("log", "x", "full disk")),
+            _ => Ok(()),
+        });
+        assert!(e.is_err());
+        assert_eq!(t.epochs_done(), 1);
+    }
+}
