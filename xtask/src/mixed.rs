@@ -391,7 +391,6 @@ pub fn run_mixed(
         &variants,
         &[(model_args.seed, calib.clone())],
         eval,
-        data,
         &device,
     )?;
     let fp = &result.fp;

@@ -7,16 +7,15 @@ use burn::tensor::{Device, Tensor};
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
 use mixq_ptq::{
-    PostLnMode, PtqConfig, PtqResults, PtqRow, SeedMetrics, SoftmaxMode, Variant, VariantTable,
-    ablation_grid, calibration_images, compare_variants, uniform_plan,
+    PostLnMode, PtqRow, PtqTableConfig, SoftmaxMode, Variant, VariantTable, ablation_grid,
+    compare_on, ptq_table, uniform_plan,
 };
 use mixq_vit_models::Model;
 
-use crate::common::{ModelArgs, progress};
+use crate::common::{ModelArgs, StageBars};
 use crate::mixed::{MixedArgs, run_mixed};
 use mixq_datasets::{EvalData, calibration_source, is_in_memory};
 use mixq_ptq::mixed::CalibrationConfig;
-use mixq_vit_models::batch_tensor;
 
 #[derive(Args, Debug)]
 pub struct PtqArgs {
@@ -157,47 +156,25 @@ impl PtqArgs {
     }
 }
 
-/// [`compare_variants`] with progress bars; an evaluation in which no image could be read is
-/// an error naming `data_path`.
+/// [`compare_on`] with progress bars.
 pub fn evaluate_variants(
     model: &Model,
     variants: &[Variant],
     calibrations: &[(u64, Tensor<4>)],
     data: EvalData,
-    data_path: Option<&Path>,
     device: &Device,
 ) -> Result<VariantTable> {
-    let total = calibrations.len() * variants.len();
-    let calib_bar = progress(total, "calibrate");
-    let mut eval_bar = None;
-    let batches = data.batches.map(|b| (batch_tensor(&b, device), b.labels));
-    let result = compare_variants(
+    let mut bars = StageBars::default();
+    let result = compare_on(
         model,
         variants,
         calibrations,
-        batches,
-        |done| {
-            calib_bar.set_position(done as u64);
-            if done == total {
-                calib_bar.finish_and_clear();
-            }
-        },
-        |n| {
-            eval_bar
-                .get_or_insert_with(|| progress(data.len, "evaluate"))
-                .inc(n as u64)
-        },
-    )?;
-    if let Some(bar) = eval_bar {
-        bar.finish_and_clear();
-    }
-    if result.fp.images == 0 {
-        return Err(Error::Data {
-            path: data_path.map(Path::to_path_buf).unwrap_or_default(),
-            message: "no image could be evaluated".into(),
-        });
-    }
-    Ok(result)
+        data,
+        device,
+        |stage, d, t| bars.update(stage.name(), d, t),
+    );
+    bars.finish();
+    result
 }
 
 pub fn run(args: PtqArgs) -> Result<()> {
@@ -254,16 +231,12 @@ pub fn run(args: PtqArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
-    for (_, plan) in &plans {
-        plan.check_sites(sites.iter().map(|s| &s.id))?;
-    }
     let label = plans
         .iter()
         .map(|(l, _)| l.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-
-    let grid: Vec<(PostLnMode, SoftmaxMode)> = if args.ablation {
+    let grid = if args.ablation {
         ablation_grid()
     } else {
         vec![(args.post_ln, args.softmax)]
@@ -273,77 +246,29 @@ pub fn run(args: PtqArgs) -> Result<()> {
             "no --calib-data: calibrating on a seeded sample of --data (evaluation images)"
         );
     }
-    // Every configuration for every seed, calibrated first and evaluated in one pass.
-    let variants: Vec<Variant> = plans
-        .iter()
-        .flat_map(|(label, plan)| {
-            grid.iter().map(|&(post_ln, softmax)| Variant {
-                label: label.clone(),
-                plan: plan.clone(),
-                config: PtqConfig {
-                    post_ln,
-                    softmax,
-                    ..PtqConfig::default()
-                },
-            })
-        })
-        .collect();
-    let calibrations = seeds
-        .iter()
-        .map(|&seed| {
-            let images = calibration_images(
-                &card.data_spec(),
-                args.calib_data.as_deref().or(args.data.as_deref()),
-                args.calib,
-                seed,
-                &device,
-            )?;
-            Ok((seed, images))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let n_calib = calibrations[0].1.dims()[0];
-    let describe = data.describe.clone();
-    let result = evaluate_variants(
-        &model,
-        &variants,
-        &calibrations,
-        data,
-        args.data.as_deref(),
-        &device,
-    )?;
-
+    let config = PtqTableConfig {
+        plans,
+        grid,
+        seeds,
+        calib: args.calib,
+        calib_data: args.calib_data.clone().or(args.data.clone()),
+    };
+    let mut bars = StageBars::default();
+    let results = ptq_table(&model, &card, &config, data, &device, |stage, d, t| {
+        bars.update(stage.name(), d, t)
+    })?;
+    bars.finish();
+    let (plans, seeds, n_calib) = (&config.plans, &config.seeds, results.calib_images);
+    let describe = results.data.clone();
     let name = &card.aliases[0];
-    let mut rows = vec![PtqRow::new(
-        format!("{name} FP32"),
-        None,
-        vec![SeedMetrics {
-            seed: None,
-            metrics: result.fp,
-        }],
-    )];
-    for (v, r) in variants.iter().zip(result.variants) {
-        let modes = (v.config.post_ln, v.config.softmax);
-        rows.push(PtqRow::new(
-            format!("{name} {}", r.label),
-            Some(modes),
-            r.seeds,
-        ));
-    }
-    let table = table(&rows);
+    let rows = &results.rows;
+    let table = table(rows);
     print!("{table}");
 
     let run = RunDir::create(
         &args.runs,
         if args.ablation { "ptq-ablation" } else { "ptq" },
     )?;
-    let results = PtqResults {
-        model: card.name.clone(),
-        seeds: seeds.clone(),
-        calib_images: n_calib,
-        eval_images: rows[0].seeds[0].metrics.images,
-        data: describe.clone(),
-        rows,
-    };
     let json = mixq_core::to_json(&results, "results")?;
     run.write("results.json", json.as_bytes())?;
     let seed_list = seeds
@@ -351,7 +276,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    for (label, plan) in &plans {
+    for (label, plan) in plans {
         let mut plan = plan.clone();
         plan.meta.insert("model".into(), card.name.clone());
         plan.meta.insert("seed".into(), seed_list.clone());

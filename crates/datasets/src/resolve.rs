@@ -158,6 +158,8 @@ pub struct EvalData {
     pub len: usize,
     /// For reports: which data, how many images.
     pub describe: String,
+    /// The `data` it was opened with (`None`: the model's data set), for errors.
+    pub source: Option<PathBuf>,
 }
 
 impl EvalData {
@@ -191,6 +193,7 @@ impl EvalData {
                     batches: Box::new(std::iter::once(first).chain(loader)),
                     len,
                     describe: format!("{} ({len} images)", dir.display()),
+                    source: data.map(Path::to_path_buf),
                 })
             }
             DataSource::InMemory(set) => {
@@ -207,6 +210,7 @@ impl EvalData {
                     batches: Box::new(batches.into_iter()),
                     len,
                     describe: format!("{} test split ({len} images)", set.name),
+                    source: data.map(Path::to_path_buf),
                 })
             }
         }

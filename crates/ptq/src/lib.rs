@@ -42,4 +42,7 @@ pub use eval::{Comparison, Metrics, Spread, compare, host_logits};
 pub use record::{PtqResults, PtqRow, PtqRun, ablation_grid};
 pub use state::{ActQuantizer, QuantState};
 pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};
-pub use table::{SeedMetrics, Variant, VariantResult, VariantTable, compare_variants};
+pub use table::{
+    PtqStage, PtqTableConfig, SeedMetrics, Variant, VariantResult, VariantTable, compare_on,
+    compare_variants, ptq_table,
+};

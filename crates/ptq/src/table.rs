@@ -34,12 +34,18 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
-use burn::tensor::Tensor;
-use mixq_core::{BitPlan, Result};
-use mixq_vit_models::Model;
-use serde::Serialize;
+use std::path::PathBuf;
 
-use crate::{Comparison, Metrics, PtqConfig, QuantizedModel, Spread, compare, quantize};
+use burn::tensor::{Device, Tensor};
+use mixq_core::{BitPlan, Error, Result};
+use mixq_datasets::EvalData;
+use mixq_vit_models::{Model, ModelCard, batch_tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Comparison, Metrics, PostLnMode, PtqConfig, PtqResults, PtqRow, QuantizedModel, SoftmaxMode,
+    Spread, calibration_images, compare, quantize,
+};
 
 /// One quantized configuration: a plan and the quantizer options.
 #[derive(Clone, Debug)]
@@ -137,4 +143,148 @@ pub fn compare_variants(
         })
         .collect();
     Ok(VariantTable { fp, variants })
+}
+
+/// Which step a progress report of [`compare_on`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PtqStage {
+    /// Quantizing (counts models).
+    Calibrate,
+    /// The evaluation pass (counts images).
+    Evaluate,
+}
+
+impl PtqStage {
+    /// How progress bars name the stage.
+    pub fn name(self) -> &'static str {
+        match self {
+            PtqStage::Calibrate => "calibrate",
+            PtqStage::Evaluate => "evaluate",
+        }
+    }
+}
+
+/// [`compare_variants`] over the batches of `data`; `progress` gets (stage, done, total). An
+/// evaluation in which no image could be read is an error naming `data`'s source.
+pub fn compare_on(
+    model: &Model,
+    variants: &[Variant],
+    calibrations: &[(u64, Tensor<4>)],
+    data: EvalData,
+    device: &Device,
+    mut progress: impl FnMut(PtqStage, usize, usize),
+) -> Result<VariantTable> {
+    let total = calibrations.len() * variants.len();
+    let (len, source) = (data.len, data.source);
+    let batches = data.batches.map(|b| (batch_tensor(&b, device), b.labels));
+    let progress = std::cell::RefCell::new(&mut progress);
+    let mut evaluated = 0;
+    let result = compare_variants(
+        model,
+        variants,
+        calibrations,
+        batches,
+        |done| (progress.borrow_mut())(PtqStage::Calibrate, done, total),
+        |n| {
+            evaluated += n;
+            (progress.borrow_mut())(PtqStage::Evaluate, evaluated, len)
+        },
+    )?;
+    if result.fp.images == 0 {
+        return Err(Error::Data {
+            path: source.unwrap_or_default(),
+            message: "no image could be evaluated".into(),
+        });
+    }
+    Ok(result)
+}
+
+/// A PTQ table's configurations: named plans under a grid of post-LN and softmax quantizers,
+/// each calibrated once per seed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtqTableConfig {
+    /// `(label, plan)`: `W4A4`, `plan FILE`, ...
+    pub plans: Vec<(String, BitPlan)>,
+    /// Post-LN x softmax quantizers ([`crate::ablation_grid`] for the ablation).
+    pub grid: Vec<(PostLnMode, SoftmaxMode)>,
+    /// Calibration seeds.
+    pub seeds: Vec<u64>,
+    /// Calibration images per seed.
+    pub calib: usize,
+    /// Where they are drawn from (`None`: the model's data set).
+    pub calib_data: Option<PathBuf>,
+}
+
+/// The PTQ table of `model` (of `card`): full precision, then every plan x quantizer
+/// configuration over the seeds, all evaluated in one pass over `data`. `progress` gets
+/// (stage, done, total).
+pub fn ptq_table(
+    model: &Model,
+    card: &ModelCard,
+    config: &PtqTableConfig,
+    data: EvalData,
+    device: &Device,
+    progress: impl FnMut(PtqStage, usize, usize),
+) -> Result<PtqResults> {
+    let sites = model.sites();
+    for (_, plan) in &config.plans {
+        plan.check_sites(sites.iter().map(|s| &s.id))?;
+    }
+    let variants: Vec<Variant> = config
+        .plans
+        .iter()
+        .flat_map(|(label, plan)| {
+            config.grid.iter().map(|&(post_ln, softmax)| Variant {
+                label: label.clone(),
+                plan: plan.clone(),
+                config: PtqConfig {
+                    post_ln,
+                    softmax,
+                    ..PtqConfig::default()
+                },
+            })
+        })
+        .collect();
+    let calibrations = config
+        .seeds
+        .iter()
+        .map(|&seed| {
+            let images = calibration_images(
+                &card.data_spec(),
+                config.calib_data.as_deref(),
+                config.calib,
+                seed,
+                device,
+            )?;
+            Ok((seed, images))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let calib_images = calibrations.first().map_or(0, |c| c.1.dims()[0]);
+    let describe = data.describe.clone();
+    let name = &card.aliases[0];
+    let result = compare_on(model, &variants, &calibrations, data, device, progress)?;
+    let mut rows = vec![PtqRow::new(
+        format!("{name} FP32"),
+        None,
+        vec![SeedMetrics {
+            seed: None,
+            metrics: result.fp,
+        }],
+    )];
+    for (v, r) in variants.iter().zip(result.variants) {
+        let modes = (v.config.post_ln, v.config.softmax);
+        rows.push(PtqRow::new(
+            format!("{name} {}", r.label),
+            Some(modes),
+            r.seeds,
+        ));
+    }
+    Ok(PtqResults {
+        model: card.name.clone(),
+        seeds: config.seeds.clone(),
+        calib_images,
+        eval_images: rows[0].seeds[0].metrics.images,
+        data: describe,
+        rows,
+    })
 }

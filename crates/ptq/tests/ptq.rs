@@ -308,3 +308,69 @@ fn hooked_quantization_names_a_weight_that_never_passed() {
     let err = quantize_hooked(&sites, &plan, &PtqConfig::default(), false, |_| {}).unwrap_err();
     assert!(err.to_string().contains(sites[0].id.as_str()), "{err}");
 }
+
+#[test]
+fn ptq_table_has_the_fp_row_then_every_plan_and_quantizer_over_the_seeds() {
+    use mixq_datasets::EvalData;
+    use mixq_ptq::{PtqStage, PtqTableConfig, ablation_grid, ptq_table};
+    use mixq_vit_models::{ModelCard, WeightsChoice};
+
+    let device = Device::flex();
+    let card = ModelCard::find("digits-deit").unwrap();
+    let model = card.load(&WeightsChoice::default(), 0, &device).unwrap();
+    let sites = model.sites();
+    let config = PtqTableConfig {
+        plans: vec![
+            ("W8A8".into(), uniform_plan(&sites, 8, 8, 8).unwrap()),
+            ("W3A3".into(), uniform_plan(&sites, 3, 3, 8).unwrap()),
+        ],
+        grid: ablation_grid()[..2].to_vec(),
+        seeds: vec![0, 1],
+        calib: 8,
+        calib_data: None,
+    };
+    let data = EvalData::open(&card.data_spec(), None, Some(40), 16).unwrap();
+    let mut stages = Vec::new();
+    let results = ptq_table(
+        &model,
+        &card,
+        &config,
+        data,
+        &device,
+        |stage, done, total| {
+            if done == total {
+                stages.push((stage, total));
+            }
+        },
+    )
+    .unwrap();
+    // 2 plans x 2 quantizer pairs x 2 seeds = 8 calibrations; 40 images in one pass.
+    assert_eq!(stages, [(PtqStage::Calibrate, 8), (PtqStage::Evaluate, 40)]);
+    assert_eq!(
+        (results.model.as_str(), results.calib_images),
+        ("digits-deit", 8)
+    );
+    assert_eq!(results.eval_images, 40);
+    let names: Vec<&str> = results.rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names[0], "digits-deit FP32");
+    assert_eq!(names[1..3], ["digits-deit W8A8"; 2]);
+    assert_eq!(names[3..], ["digits-deit W3A3"; 2]);
+    assert!(results.rows[0].kl.is_none() && results.rows[0].post_ln.is_none());
+    for row in &results.rows[1..] {
+        assert_eq!(row.seeds.len(), 2);
+        assert_eq!(row.top1.n, 2);
+        let mean = row.seeds.iter().map(|s| s.metrics.top1_pct()).sum::<f64>() / 2.0;
+        assert!((row.top1.mean - mean).abs() < 1e-12);
+    }
+    // A plan for another model's sites is refused before any calibration.
+    let mut wrong = config.clone();
+    wrong.plans[0].1.sites.insert(
+        SiteId::new("blocks.99.attn.qkv"),
+        SiteBits {
+            w_bits: BitWidth::new(4).unwrap(),
+            a_bits: BitWidth::new(4).unwrap(),
+        },
+    );
+    let data = EvalData::open(&card.data_spec(), None, Some(4), 4).unwrap();
+    assert!(ptq_table(&model, &card, &wrong, data, &device, |_, _, _| {}).is_err());
+}
