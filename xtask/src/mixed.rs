@@ -10,16 +10,13 @@ use mixq_core::{ContributionScores, Result, RunDir, SensitivityTable, SiteBits, 
 use mixq_datasets::EvalData;
 use mixq_ptq::mixed::{
     BudgetConfig, CalibrationConfig, MixedConfig, MixedPlans, SweepConfig, budget_plans,
-    calib_and_probe, make_plans, plan_averages, sensitivity_table,
+    calib_and_probe, evaluate_plans, make_plans, sensitivity_table,
 };
-use mixq_ptq::{PtqConfig, Variant};
 use mixq_report::{Bar, BarChart, HeatMap, LineChart, Series, bar_chart, heat_map, line_chart};
 use mixq_sensitivity::{Metric, Shard, merge_tables};
 use mixq_vit_models::ModelCard;
-use serde::Serialize;
 
 use crate::common::{ModelArgs, StageBars};
-use crate::ptq::evaluate_variants;
 
 /// Options shared by `sensitivity` and `ptq --mixed`.
 #[derive(Args, Debug, Clone)]
@@ -318,17 +315,6 @@ pub struct MixedArgs {
     pub lrp_preset: mixq_lrp::Preset,
 }
 
-#[derive(Serialize)]
-struct MixedRow {
-    name: String,
-    budget: Option<f64>,
-    avg_w_bits: f64,
-    avg_a_bits: f64,
-    top1: f64,
-    top5: f64,
-    kl: f64,
-}
-
 impl MixedArgs {
     pub fn config(&self, runs: &Path) -> MixedConfig {
         MixedConfig {
@@ -353,69 +339,37 @@ pub fn run_mixed(
     let device = model_args.device.device()?;
     let model = model_args.load(&card, &device)?;
     let sites = model.sites();
+    let mut bars = StageBars::default();
+    let plans = make_plans(
+        &model,
+        &card,
+        model_args.seed,
+        &mixed.config(runs),
+        calibration,
+        &device,
+        |stage, done, total| bars.update(stage.name(), done, total),
+    )?;
+    bars.finish();
+    let eval = EvalData::open(&card.data_spec(), data, eval_limit, batch)?;
+    let describe = eval.describe.clone();
+    let rows = evaluate_plans(
+        &model,
+        &card,
+        &plans,
+        model_args.seed,
+        eval,
+        &device,
+        |s, d, t| bars.update(s.name(), d, t),
+    )?;
+    bars.finish();
+    let n_calib = plans.calib.dims()[0];
     let MixedPlans {
-        calib,
         probe,
         scores,
         table,
         plans,
-    } = {
-        let mut bars = StageBars::default();
-        let plans = make_plans(
-            &model,
-            &card,
-            model_args.seed,
-            &mixed.config(runs),
-            calibration,
-            &device,
-            |stage, done, total| bars.update(stage.name(), done, total),
-        )?;
-        bars.finish();
-        plans
-    };
-    let n_calib = calib.dims()[0];
-
-    // 4. PTQ with every plan, then one evaluation pass for all.
-    let eval = EvalData::open(&card.data_spec(), data, eval_limit, batch)?;
-    let describe = eval.describe.clone();
-    let variants: Vec<Variant> = plans
-        .iter()
-        .map(|(name, _, plan)| Variant {
-            label: name.clone(),
-            plan: plan.clone(),
-            config: PtqConfig::default(),
-        })
-        .collect();
-    let result = evaluate_variants(
-        &model,
-        &variants,
-        &[(model_args.seed, calib.clone())],
-        eval,
-        &device,
-    )?;
-    let fp = &result.fp;
-    let mut rows = vec![MixedRow {
-        name: format!("{} FP32", card.aliases[0]),
-        budget: None,
-        avg_w_bits: 32.0,
-        avg_a_bits: 32.0,
-        top1: fp.top1_pct(),
-        top5: fp.top5_pct(),
-        kl: 0.0,
-    }];
-    for ((name, budget, plan), r) in plans.iter().zip(&result.variants) {
-        let (w, a) = plan_averages(plan, &sites);
-        let m = &r.seeds[0].metrics;
-        rows.push(MixedRow {
-            name: name.clone(),
-            budget: *budget,
-            avg_w_bits: w,
-            avg_a_bits: a,
-            top1: m.top1_pct(),
-            top5: m.top5_pct(),
-            kl: m.kl(),
-        });
-    }
+        ..
+    } = plans;
     let mut table_md = String::from(
         "| plan | budget (avg bits) | avg W bits | avg A bits | top-1 % | top-5 % | KL to FP |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );

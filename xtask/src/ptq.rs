@@ -3,14 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor};
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
 use mixq_ptq::{
-    PostLnMode, PtqRow, PtqTableConfig, SoftmaxMode, Variant, VariantTable, ablation_grid,
-    compare_on, ptq_table, uniform_plan,
+    PostLnMode, PtqRow, PtqTableConfig, SoftmaxMode, ablation_grid, ptq_table, uniform_plan,
 };
-use mixq_vit_models::Model;
 
 use crate::common::{ModelArgs, StageBars};
 use crate::mixed::{MixedArgs, run_mixed};
@@ -154,27 +151,6 @@ impl PtqArgs {
             self.seeds.clone()
         }
     }
-}
-
-/// [`compare_on`] with progress bars.
-pub fn evaluate_variants(
-    model: &Model,
-    variants: &[Variant],
-    calibrations: &[(u64, Tensor<4>)],
-    data: EvalData,
-    device: &Device,
-) -> Result<VariantTable> {
-    let mut bars = StageBars::default();
-    let result = compare_on(
-        model,
-        variants,
-        calibrations,
-        data,
-        device,
-        |stage, d, t| bars.update(stage.name(), d, t),
-    );
-    bars.finish();
-    result
 }
 
 pub fn run(args: PtqArgs) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Mixed precision (Mix-QViT) as library calls: calibration and probe images, LRP contribution
 //! scores, the sensitivity sweep, and the allocator's plan at every budget next to the uniform
-//! plan of the same size. [`make_plans`] runs the three; each is also callable alone.
+//! plan of the same size. [`make_plans`] runs the three; each is also callable alone;
+//! [`evaluate_plans`] scores what it made.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use mixq_allocator::{Budget, Criterion, Problem, allocate, parse_candidates};
 use mixq_core::{
     BitPlan, BitWidth, ContributionScores, Error, Result, SensitivityTable, SiteBits, SiteInfo,
 };
-use mixq_datasets::{DataSpec, sample_batch};
+use mixq_datasets::{DataSpec, EvalData, sample_batch};
 use mixq_sensitivity::{Metric, Probe, Shard, SweepCache, to_table};
 use mixq_vit_models::{
     ExplainOptions, Model, ModelCard, Target, batch_tensor, contribution_scores,
@@ -18,7 +19,8 @@ use mixq_vit_models::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Baseline, PtqConfig, SweepOptions, sensitivity_sweep, sweep_fingerprint, uniform_plan,
+    Baseline, PtqConfig, PtqStage, SweepOptions, Variant, compare_on, sensitivity_sweep,
+    sweep_fingerprint, uniform_plan,
 };
 
 /// Where calibration (and probe) images come from, and the bits of the image input.
@@ -403,6 +405,74 @@ pub fn make_plans(
         table,
         plans,
     })
+}
+
+/// One row of the mixed-precision table: a plan (or full precision) on the evaluation images.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MixedRow {
+    /// `<model> FP32`, `uniform WbAb` or `mixed <criterion>`.
+    pub name: String,
+    /// The average-bits budget the plan was made for.
+    pub budget: Option<f64>,
+    /// Parameter-weighted average weight bits (32 for full precision).
+    pub avg_w_bits: f64,
+    /// MAC-weighted average activation bits (32 for full precision).
+    pub avg_a_bits: f64,
+    /// Top-1 %.
+    pub top1: f64,
+    /// Top-5 %.
+    pub top5: f64,
+    /// Mean KL(FP || quantized) (0 for full precision).
+    pub kl: f64,
+}
+
+/// PTQ with every plan of [`make_plans`] on its calibration images, then one evaluation pass
+/// over `data` for full precision and all of them. `progress` gets (stage, done, total).
+pub fn evaluate_plans(
+    model: &Model,
+    card: &ModelCard,
+    plans: &MixedPlans,
+    seed: u64,
+    data: EvalData,
+    device: &Device,
+    progress: impl FnMut(PtqStage, usize, usize),
+) -> Result<Vec<MixedRow>> {
+    let sites = model.sites();
+    let variants: Vec<Variant> = plans
+        .plans
+        .iter()
+        .map(|(name, _, plan)| Variant {
+            label: name.clone(),
+            plan: plan.clone(),
+            config: PtqConfig::default(),
+        })
+        .collect();
+    let calibrations = [(seed, plans.calib.clone())];
+    let result = compare_on(model, &variants, &calibrations, data, device, progress)?;
+    let fp = &result.fp;
+    let mut rows = vec![MixedRow {
+        name: format!("{} FP32", card.aliases[0]),
+        budget: None,
+        avg_w_bits: 32.0,
+        avg_a_bits: 32.0,
+        top1: fp.top1_pct(),
+        top5: fp.top5_pct(),
+        kl: 0.0,
+    }];
+    for ((name, budget, plan), r) in plans.plans.iter().zip(&result.variants) {
+        let (w, a) = plan_averages(plan, &sites);
+        let m = &r.seeds[0].metrics;
+        rows.push(MixedRow {
+            name: name.clone(),
+            budget: *budget,
+            avg_w_bits: w,
+            avg_a_bits: a,
+            top1: m.top1_pct(),
+            top5: m.top5_pct(),
+            kl: m.kl(),
+        });
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
