@@ -9,7 +9,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
 use mixq_core::{BitPlan, BitWidth, Error, Result, SiteBits, SiteKind};
 use mixq_deploy::{Export, IntModel};
-use mixq_ptq::{Metrics, PostLnMode, PtqConfig, PtqRun, SoftmaxMode, quantize, uniform_plan};
+use mixq_ptq::{PostLnMode, PtqConfig, PtqRun, SoftmaxMode, evaluate_data, quantize, uniform_plan};
 use mixq_vit_models::{ModelCard, SiteInfo};
 
 use crate::common::{ModelArgs, progress};
@@ -196,25 +196,14 @@ pub fn run_int(args: RunIntArgs) -> Result<()> {
     )?;
     let describe = data.describe.clone();
     let bar = progress(data.len, "run-int");
-    let mut metrics = Metrics::default();
-    let mut secs = 0.0;
-    for batch in data.batches {
-        if batch.is_empty() {
-            continue;
-        }
-        let start = Instant::now();
-        let logits = engine.forward(&batch.images, batch.len())?;
-        secs += start.elapsed().as_secs_f64();
-        metrics.add(&logits, &batch.labels, None);
-        bar.inc(batch.len() as u64);
-    }
+    let result = evaluate_data(
+        data,
+        false,
+        |batch| engine.forward(&batch.images, batch.len()),
+        |done, _, _| bar.set_position(done as u64),
+    )?;
     bar.finish_and_clear();
-    if metrics.images == 0 {
-        return Err(Error::Data {
-            path: args.data.clone().unwrap_or_default(),
-            message: "no image could be evaluated".into(),
-        });
-    }
+    let metrics = &result.metrics;
     println!("| model file | data | batch | images | top-1 % | top-5 % | images/s |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     println!(
@@ -224,7 +213,7 @@ pub fn run_int(args: RunIntArgs) -> Result<()> {
         metrics.images,
         metrics.top1_pct(),
         metrics.top5_pct(),
-        metrics.images as f64 / secs.max(1e-9),
+        result.images_per_second(),
     );
     Ok(())
 }

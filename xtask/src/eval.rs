@@ -1,11 +1,10 @@
 //! `cargo xtask eval`: accuracy, loss and throughput of a model on a data set.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use clap::Args;
 use mixq_core::{Error, Result, write_atomic};
-use mixq_ptq::{Metrics, host_logits};
+use mixq_ptq::{evaluate_data, host_logits};
 
 use crate::common::{ModelArgs, progress};
 use mixq_datasets::EvalData;
@@ -43,44 +42,37 @@ pub fn run(args: EvalArgs) -> Result<()> {
     )?;
     tracing::info!(model = %card.name, data = %data.describe, "evaluating");
 
+    let describe = data.describe.clone();
     let bar = progress(data.len, "eval");
-    let mut metrics = Metrics::default();
-    let mut forward_secs = 0.0;
-    let (mut all_logits, mut all_labels) = (Vec::new(), Vec::new());
-    for batch in data.batches {
-        if batch.is_empty() {
-            continue;
-        }
-        let x = batch_tensor(&batch, &device);
-        let start = Instant::now();
-        let logits = host_logits(model.forward(x));
-        forward_secs += start.elapsed().as_secs_f64();
-        metrics.add(&logits, &batch.labels, None);
-        if args.logits.is_some() {
-            all_logits.extend_from_slice(&logits);
-            all_labels.extend(batch.labels.iter().map(|&l| l as i64));
-        }
-        bar.inc(batch.len() as u64);
-        bar.set_message(format!("top-1 {:.2}%", metrics.top1_pct()));
-    }
+    let result = evaluate_data(
+        data,
+        args.logits.is_some(),
+        |batch| Ok(host_logits(model.forward(batch_tensor(batch, &device)))),
+        |done, _, metrics| {
+            bar.set_position(done as u64);
+            bar.set_message(format!("top-1 {:.2}%", metrics.top1_pct()));
+        },
+    )?;
     bar.finish_and_clear();
     if let Some(path) = &args.logits {
-        write_logits(path, &all_logits, &all_labels)?;
+        let labels: Vec<i64> = result.labels.iter().map(|&l| l as i64).collect();
+        write_logits(path, &result.logits, &labels)?;
     }
+    let metrics = &result.metrics;
 
     println!("| model | data | device | batch | images | top-1 % | top-5 % | CE loss | images/s |");
     println!("|---|---|---|---|---|---|---|---|---|");
     println!(
         "| {} | {} | {:?} | {} | {} | {:.2} | {:.2} | {:.4} | {:.1} |",
         card.aliases[0],
-        data.describe,
+        describe,
         args.model.device,
         args.batch,
         metrics.images,
         metrics.top1_pct(),
         metrics.top5_pct(),
         metrics.loss(),
-        metrics.images as f64 / forward_secs.max(1e-9),
+        result.images_per_second(),
     );
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! Classification metrics: top-1/top-5, cross-entropy, and KL divergence to reference logits;
 //! full precision and quantized variants compared in one pass over the data.
 
+use std::time::Instant;
+
 use burn::tensor::Tensor;
+use mixq_datasets::{Batch, EvalData};
 use mixq_vit_models::Model;
 use serde::{Deserialize, Serialize};
 
@@ -164,9 +167,102 @@ impl Spread {
     }
 }
 
+/// One model's figures on an evaluation set, and what [`evaluate_data`] kept of its outputs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Evaluation {
+    /// Top-1/top-5 and cross-entropy.
+    pub metrics: Metrics,
+    /// Seconds spent in `forward` alone (not in loading the data).
+    pub forward_seconds: f64,
+    /// Every image's logits, row-major `[images, classes]` (when asked for).
+    pub logits: Vec<f32>,
+    /// Every image's label (when logits are kept).
+    pub labels: Vec<usize>,
+}
+
+impl Evaluation {
+    /// Images per second of `forward`.
+    pub fn images_per_second(&self) -> f64 {
+        self.metrics.images as f64 / self.forward_seconds.max(1e-9)
+    }
+}
+
+/// Runs `forward` (a batch to its row-major logits) over every batch of `data` and scores it;
+/// `keep_logits` keeps every image's logits and label. `progress` gets (images done, images
+/// in all, the metrics so far). An evaluation in which no image could be read is an error
+/// naming `data`'s source.
+pub fn evaluate_data(
+    data: EvalData,
+    keep_logits: bool,
+    mut forward: impl FnMut(&Batch) -> mixq_core::Result<Vec<f32>>,
+    mut progress: impl FnMut(usize, usize, &Metrics),
+) -> mixq_core::Result<Evaluation> {
+    let mut out = Evaluation::default();
+    let mut done = 0;
+    for batch in data.batches {
+        if batch.is_empty() {
+            continue;
+        }
+        let start = Instant::now();
+        let logits = forward(&batch)?;
+        out.forward_seconds += start.elapsed().as_secs_f64();
+        out.metrics.add(&logits, &batch.labels, None);
+        if keep_logits {
+            out.logits.extend_from_slice(&logits);
+            out.labels.extend_from_slice(&batch.labels);
+        }
+        done += batch.len();
+        progress(done, data.len, &out.metrics);
+    }
+    if out.metrics.images == 0 {
+        return Err(mixq_core::Error::Data {
+            path: data.source.unwrap_or_default(),
+            message: "no image could be evaluated".into(),
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evaluate_data_scores_every_batch_and_keeps_logits_when_asked() {
+        use mixq_datasets::Batch;
+        let batch = |labels: Vec<usize>| Batch {
+            images: vec![0.0; labels.len()],
+            shape: [labels.len(), 1, 1, 1],
+            labels,
+            paths: Vec::new(),
+            indices: Vec::new(),
+        };
+        let data = |batches: Vec<Batch>| EvalData {
+            len: batches.iter().map(Batch::len).sum(),
+            batches: Box::new(batches.into_iter()),
+            describe: "test".into(),
+            source: Some("where".into()),
+        };
+        // Two classes; the model always says class 1.
+        let forward = |b: &Batch| Ok(b.labels.iter().flat_map(|_| [0.0, 1.0]).collect());
+        let mut seen = Vec::new();
+        let e = evaluate_data(
+            data(vec![batch(vec![1, 0]), batch(vec![]), batch(vec![1])]),
+            true,
+            forward,
+            |done, total, _| seen.push((done, total)),
+        )
+        .unwrap();
+        assert_eq!(seen, [(2, 3), (3, 3)]);
+        assert_eq!(e.metrics.images, 3);
+        assert!((e.metrics.top1_pct() - 200.0 / 3.0).abs() < 1e-9);
+        assert_eq!((e.logits.len(), e.labels), (6, vec![1, 0, 1]));
+        let e = evaluate_data(data(vec![batch(vec![1])]), false, forward, |_, _, _| {}).unwrap();
+        assert!(e.logits.is_empty() && e.labels.is_empty());
+        // Nothing to evaluate: an error naming the source.
+        let err = evaluate_data(data(vec![]), false, forward, |_, _, _| {}).unwrap_err();
+        assert!(err.to_string().contains("where"), "{err}");
+    }
 
     #[test]
     fn spread_is_numpys_mean_and_std_with_ddof_1() {

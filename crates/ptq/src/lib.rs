@@ -38,7 +38,7 @@ pub use calibrate::{
     quantize_hooked, quantize_isolated, reparameterize,
 };
 pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
-pub use eval::{Comparison, Metrics, Spread, compare, host_logits};
+pub use eval::{Comparison, Evaluation, Metrics, Spread, compare, evaluate_data, host_logits};
 pub use record::{PtqResults, PtqRow, PtqRun, ablation_grid};
 pub use state::{ActQuantizer, QuantState};
 pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};
