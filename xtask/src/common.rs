@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mixq_core::Result;
+use mixq_ptq::{PostLnMode, SoftmaxMode};
 use mixq_qat_trainer::{EpochStats, EpochTrainer, FitConfig, FitEvent, FitOutcome, ImageSet, fit};
 use mixq_vit_models::{Model, ModelCard, WeightsChoice};
 
@@ -189,4 +190,60 @@ pub fn fit_with_bars<T: EpochTrainer>(
         );
     }
     Ok(outcome == FitOutcome::Finished)
+}
+
+/// Weight and activation bits that override `--bits`, and the image input's bits (ptq, export,
+/// qat): one spelling everywhere, the old `--wbits/--abits` kept as hidden aliases.
+#[derive(Args, Debug, Clone)]
+pub struct BitArgs {
+    /// Weight bits (overrides --bits).
+    #[arg(long, alias = "wbits")]
+    pub w_bits: Option<u8>,
+    /// Activation bits (overrides --bits).
+    #[arg(long, alias = "abits")]
+    pub a_bits: Option<u8>,
+    /// Bits of the image input (the patch embedding's input).
+    #[arg(long, default_value_t = 8)]
+    pub image_bits: u8,
+}
+
+/// How many calibration images, from where (ptq, export).
+#[derive(Args, Debug, Clone)]
+pub struct CalibArgs {
+    /// Calibration images (a seeded sample of the validation split, or of the train split where
+    /// the data set has none).
+    #[arg(long, default_value_t = 32)]
+    pub calib: usize,
+    /// Calibration data: digits, fashion-mnist, mnist, a folder of the four IDX files or an
+    /// ImageNet-style training folder; default: the card's data set.
+    #[arg(long)]
+    pub calib_data: Option<PathBuf>,
+}
+
+/// The quantizers of post-LayerNorm inputs and attention probabilities (ptq, export).
+#[derive(Args, Debug, Clone)]
+pub struct QuantizerArgs {
+    /// Quantization of post-LayerNorm inputs.
+    #[arg(long, default_value = "clipped-channel")]
+    pub post_ln: PostLnMode,
+    /// Quantization of the attention probabilities (`uniform` runs p·v on the engine's integer
+    /// kernel).
+    #[arg(long, default_value = "logsqrt2")]
+    pub softmax: SoftmaxMode,
+}
+
+/// Evaluation images (eval, run-int, ptq).
+#[derive(Args, Debug, Clone)]
+pub struct EvalDataArgs {
+    /// Evaluation data: digits, fashion-mnist, mnist, a folder of the four IDX files or an
+    /// ImageNet-style folder; models of a known data set default to its test split. Pose
+    /// models (ptq): a COCO-format folder (person_keypoints.json + val/), synthetic if absent.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Evaluate only the first N images (`--limit` is an old spelling).
+    #[arg(long, alias = "limit")]
+    pub eval: Option<usize>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
 }

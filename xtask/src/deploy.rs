@@ -9,10 +9,10 @@ use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
 use mixq_core::{BitPlan, BitWidth, Error, Result, SiteBits, SiteKind};
 use mixq_deploy::{Export, IntModel};
-use mixq_ptq::{PostLnMode, PtqConfig, PtqRun, SoftmaxMode, evaluate_data, quantize, uniform_plan};
+use mixq_ptq::{PtqConfig, PtqRun, SoftmaxMode, evaluate_data, quantize, uniform_plan};
 use mixq_vit_models::{ModelCard, SiteInfo};
 
-use crate::common::{ModelArgs, progress};
+use crate::common::{BitArgs, CalibArgs, EvalDataArgs, ModelArgs, QuantizerArgs, progress};
 use mixq_datasets::EvalData;
 use mixq_ptq::calibration_images;
 use mixq_ptq::host_logits;
@@ -31,27 +31,12 @@ pub struct ExportArgs {
     /// Weight and activation bits (sets both; default 8).
     #[arg(long)]
     pub bits: Option<u8>,
-    /// Weight bits (overrides --bits).
-    #[arg(long, alias = "wbits")]
-    pub w_bits: Option<u8>,
-    /// Activation bits (overrides --bits).
-    #[arg(long, alias = "abits")]
-    pub a_bits: Option<u8>,
-    /// Bits of the image input (the patch embedding's input).
-    #[arg(long, default_value_t = 8)]
-    pub image_bits: u8,
-    /// Calibration images (seeded sample of the train split).
-    #[arg(long, default_value_t = 32)]
-    pub calib: usize,
-    /// Calibration folder (a training split in ImageNet layout); digits models use their train split.
-    #[arg(long)]
-    pub calib_data: Option<PathBuf>,
-    /// Quantization of post-LayerNorm inputs.
-    #[arg(long, default_value = "clipped-channel")]
-    pub post_ln: PostLnMode,
-    /// Quantization of the attention probabilities (`uniform` runs p·v on the integer kernel).
-    #[arg(long, default_value = "logsqrt2")]
-    pub softmax: SoftmaxMode,
+    #[command(flatten)]
+    pub bit_args: BitArgs,
+    #[command(flatten)]
+    pub calibration: CalibArgs,
+    #[command(flatten)]
+    pub quantizers: QuantizerArgs,
     /// The output file (e.g. model.mixq.safetensors).
     #[arg(long)]
     pub out: PathBuf,
@@ -62,15 +47,8 @@ pub struct RunIntArgs {
     /// A file written by `cargo xtask export`.
     #[arg(long)]
     pub model: PathBuf,
-    /// ImageNet-style folder; digits models default to the digits test split.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Evaluate only the first N images.
-    #[arg(long, alias = "limit")]
-    pub eval: Option<usize>,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
+    #[command(flatten)]
+    pub eval_data: EvalDataArgs,
 }
 
 #[derive(Args, Debug)]
@@ -103,13 +81,13 @@ pub struct BenchIntArgs {
 }
 
 pub fn export(mut args: ExportArgs) -> Result<()> {
-    let (mut post_ln, mut softmax) = (args.post_ln, args.softmax);
+    let (mut post_ln, mut softmax) = (args.quantizers.post_ln, args.quantizers.softmax);
     let run = match &args.run {
         Some(dir) => {
             let run = PtqRun::read(dir)?;
             args.model.model = run.model;
             args.model.seed = run.seed;
-            args.calib = run.calib_images;
+            args.calibration.calib = run.calib_images;
             if let Some(modes) = run.modes {
                 (post_ln, softmax) = modes;
             }
@@ -127,9 +105,9 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
         (None, Some(path)) => BitPlan::load(path)?,
         (None, None) => uniform_plan(
             &sites,
-            args.w_bits.unwrap_or(bits),
-            args.a_bits.unwrap_or(bits),
-            args.image_bits,
+            args.bit_args.w_bits.unwrap_or(bits),
+            args.bit_args.a_bits.unwrap_or(bits),
+            args.bit_args.image_bits,
         )?,
     };
     plan.check_sites(sites.iter().map(|s| &s.id))?;
@@ -140,8 +118,8 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
 
     let calib = calibration_images(
         &card.data_spec(),
-        args.calib_data.as_deref(),
-        args.calib,
+        args.calibration.calib_data.as_deref(),
+        args.calibration.calib,
         args.model.seed,
         &device,
     )?;
@@ -190,9 +168,9 @@ pub fn run_int(args: RunIntArgs) -> Result<()> {
     }
     let data = EvalData::open(
         &card.data_spec(),
-        args.data.as_deref(),
-        args.eval,
-        args.batch,
+        args.eval_data.data.as_deref(),
+        args.eval_data.eval,
+        args.eval_data.batch,
     )?;
     let describe = data.describe.clone();
     let bar = progress(data.len, "run-int");
@@ -209,7 +187,7 @@ pub fn run_int(args: RunIntArgs) -> Result<()> {
     println!(
         "| {} | {describe} | {} | {} | {:.2} | {:.2} | {:.1} |",
         args.model.display(),
-        args.batch,
+        args.eval_data.batch,
         metrics.images,
         metrics.top1_pct(),
         metrics.top5_pct(),

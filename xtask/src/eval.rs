@@ -6,7 +6,7 @@ use clap::Args;
 use mixq_core::{Error, Result, write_atomic};
 use mixq_ptq::{evaluate_data, host_logits};
 
-use crate::common::{ModelArgs, progress};
+use crate::common::{EvalDataArgs, ModelArgs, progress};
 use mixq_datasets::EvalData;
 use mixq_vit_models::batch_tensor;
 
@@ -14,16 +14,8 @@ use mixq_vit_models::batch_tensor;
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Data: digits, fashion-mnist, mnist, a folder of the four IDX files or an ImageNet-style
-    /// folder; models of a known data set default to its test split.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Evaluate only the first N images.
-    #[arg(long, alias = "limit")]
-    pub eval: Option<usize>,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
+    #[command(flatten)]
+    pub eval_data: EvalDataArgs,
     /// Also write every image's logits and label to this safetensors file (`logits` F32
     /// `[n, classes]`, `labels` I64 `[n]`), for peer checks such as tools/timm_peer_check.py.
     #[arg(long)]
@@ -36,9 +28,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let model = args.model.load(&card, &device)?;
     let data = EvalData::open(
         &card.data_spec(),
-        args.data.as_deref(),
-        args.eval,
-        args.batch,
+        args.eval_data.data.as_deref(),
+        args.eval_data.eval,
+        args.eval_data.batch,
     )?;
     tracing::info!(model = %card.name, data = %data.describe, "evaluating");
 
@@ -67,7 +59,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         card.aliases[0],
         describe,
         args.model.device,
-        args.batch,
+        args.eval_data.batch,
         metrics.images,
         metrics.top1_pct(),
         metrics.top5_pct(),

@@ -97,3 +97,54 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Command {
+        Cli::try_parse_from(line.split_whitespace())
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+            .command
+    }
+
+    #[test]
+    fn the_shared_flags_have_one_spelling_and_keep_the_old_ones_as_aliases() {
+        let Command::Qat(q) = parse("cargo-xtask qat --model m --bits 3 --wbits 2 --image-bits 6")
+        else {
+            panic!("not qat")
+        };
+        assert_eq!(
+            (q.bits, q.bit_args.w_bits, q.bit_args.a_bits),
+            (3, Some(2), None)
+        );
+        assert_eq!(q.bit_args.image_bits, 6);
+        let Command::Ptq(p) = parse("cargo-xtask ptq --model m --limit 7 --abits 5 --calib 9")
+        else {
+            panic!("not ptq")
+        };
+        assert_eq!((p.eval_data.eval, p.bit_args.a_bits), (Some(7), Some(5)));
+        assert_eq!((p.calibration.calib, p.eval_data.batch), (9, 64));
+        let Command::Export(e) =
+            parse("cargo-xtask export --model m --w-bits 4 --softmax log2 --out f")
+        else {
+            panic!("not export")
+        };
+        assert_eq!(e.bit_args.w_bits, Some(4));
+        assert_eq!(e.quantizers.softmax, mixq_ptq::SoftmaxMode::Log2);
+        for line in [
+            "cargo-xtask eval --model m --limit 3",
+            "cargo-xtask run-int --model f --eval 3",
+        ] {
+            match parse(line) {
+                Command::Eval(a) => assert_eq!(a.eval_data.eval, Some(3)),
+                Command::RunInt(a) => assert_eq!(a.eval_data.eval, Some(3)),
+                _ => panic!("{line}"),
+            }
+        }
+        // A plan excludes the bits that would contradict it.
+        assert!(
+            Cli::try_parse_from("cargo-xtask qat --model m --plan p --bits 3".split(' ')).is_err()
+        );
+    }
+}

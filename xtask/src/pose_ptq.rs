@@ -54,7 +54,7 @@ pub fn run(args: &PtqArgs) -> Result<()> {
             "pose sensitivity is measured against full precision only (fp)",
         ));
     }
-    if args.calib_data.is_some() {
+    if args.calibration.calib_data.is_some() {
         return Err(Error::invalid(
             "--calib-data",
             &args.model.model,
@@ -79,7 +79,7 @@ pub fn run(args: &PtqArgs) -> Result<()> {
     let sites = model.sites();
 
     let data_args = DataArgs {
-        data: args.data.clone(),
+        data: args.eval_data.data.clone(),
         synthetic: args.synthetic,
         val_images: args.val_images,
         sigma: 2.0,
@@ -88,10 +88,10 @@ pub fn run(args: &PtqArgs) -> Result<()> {
     let config = PosePtqConfig {
         model: args.model.model.clone(),
         seed,
-        calib: args.calib,
+        calib: args.calibration.calib,
         plans: plans(args)?,
-        image_bits: args.image_bits,
-        batch: args.batch,
+        image_bits: args.bit_args.image_bits,
+        batch: args.eval_data.batch,
         flip: !args.no_flip,
     };
     let mut bars = StageBars::default();
@@ -176,7 +176,7 @@ pub fn run(args: &PtqArgs) -> Result<()> {
             "weights": weights,
             "seed": seed,
             "data": data.description,
-            "calib_crops": args.calib,
+            "calib_crops": args.calibration.calib,
             "probe_crops": n_probe,
             "flip_test": flip,
             "stats_order": mixq_datasets::OksStats::NAMES,
@@ -192,7 +192,7 @@ pub fn run(args: &PtqArgs) -> Result<()> {
         args.model.model,
         data.description,
         weights.display(),
-        args.calib,
+        args.calibration.calib,
         out.held_out,
         if flip { "on" } else { "off" },
         std::env::args().skip(2).collect::<Vec<_>>().join(" ")

@@ -5,11 +5,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
-use mixq_ptq::{
-    PostLnMode, PtqRow, PtqTableConfig, SoftmaxMode, ablation_grid, ptq_table, uniform_plan,
-};
+use mixq_ptq::{PtqRow, PtqTableConfig, ablation_grid, ptq_table, uniform_plan};
 
-use crate::common::{ModelArgs, StageBars};
+use crate::common::{BitArgs, CalibArgs, EvalDataArgs, ModelArgs, QuantizerArgs, StageBars};
 use crate::mixed::{MixedArgs, run_mixed};
 use mixq_datasets::{EvalData, calibration_source, is_in_memory};
 use mixq_ptq::mixed::CalibrationConfig;
@@ -22,47 +20,24 @@ pub struct PtqArgs {
     /// evaluated in the same pass over the data.
     #[arg(long, value_delimiter = ',', default_value = "4")]
     pub bits: Vec<u8>,
-    /// Weight bits (overrides --bits).
-    #[arg(long, alias = "wbits")]
-    pub w_bits: Option<u8>,
-    /// Activation bits (overrides --bits).
-    #[arg(long, alias = "abits")]
-    pub a_bits: Option<u8>,
-    /// Bits of the image input (the patch embedding's input).
-    #[arg(long, default_value_t = 8)]
-    pub image_bits: u8,
+    #[command(flatten)]
+    pub bit_args: BitArgs,
+    #[command(flatten)]
+    pub calibration: CalibArgs,
+    #[command(flatten)]
+    pub eval_data: EvalDataArgs,
+    #[command(flatten)]
+    pub quantizers: QuantizerArgs,
     /// A bit plan (TOML, as written by every run) instead of uniform bits.
     #[arg(long, conflicts_with_all = ["w_bits", "a_bits"])]
     pub plan: Option<PathBuf>,
-    /// Calibration images (seeded sample of the validation split, or of the train split where
-    /// the data set has none).
-    #[arg(long, default_value_t = 32)]
-    pub calib: usize,
     /// Calibration seeds (`--seeds 0,1,2`; default: `--seed`): one calibration sample per seed,
     /// every figure reported as mean ± std over them.
     #[arg(long, value_delimiter = ',', conflicts_with = "mixed")]
     pub seeds: Vec<u64>,
-    /// Evaluate on the first N images only.
-    #[arg(long)]
-    pub eval: Option<usize>,
-    /// Evaluation folder (ImageNet layout); digits models default to the digits test split.
-    /// Pose models: a COCO-format folder (person_keypoints.json + val/), synthetic if absent.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Calibration folder (a training split in ImageNet layout); digits models use their train split.
-    #[arg(long)]
-    pub calib_data: Option<PathBuf>,
-    /// Quantization of post-LayerNorm inputs.
-    #[arg(long, default_value = "clipped-channel")]
-    pub post_ln: PostLnMode,
-    /// Quantization of the attention probabilities.
-    #[arg(long, default_value = "logsqrt2")]
-    pub softmax: SoftmaxMode,
     /// Run the post-LN x softmax grid at these bits and write it as one table.
     #[arg(long)]
     pub ablation: bool,
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
     /// Where run folders are written.
     #[arg(long, default_value = "runs")]
     pub runs: PathBuf,
@@ -108,7 +83,8 @@ fn table(rows: &[PtqRow]) -> String {
 impl PtqArgs {
     /// The (weight, activation) bits asked for, one pair per `--bits` value.
     pub fn bit_pairs(&self) -> Result<Vec<(u8, u8)>> {
-        if self.bits.len() > 1 && (self.w_bits.is_some() || self.a_bits.is_some()) {
+        if self.bits.len() > 1 && (self.bit_args.w_bits.is_some() || self.bit_args.a_bits.is_some())
+        {
             return Err(Error::invalid(
                 "--bits",
                 self.bits_text(),
@@ -118,7 +94,12 @@ impl PtqArgs {
         Ok(self
             .bits
             .iter()
-            .map(|&b| (self.w_bits.unwrap_or(b), self.a_bits.unwrap_or(b)))
+            .map(|&b| {
+                (
+                    self.bit_args.w_bits.unwrap_or(b),
+                    self.bit_args.a_bits.unwrap_or(b),
+                )
+            })
             .collect())
     }
 
@@ -166,18 +147,21 @@ pub fn run(args: PtqArgs) -> Result<()> {
     }
     if args.mixed {
         let calibration = CalibrationConfig {
-            images: args.calib,
-            data: calibration_source(args.calib_data.as_deref(), args.data.as_deref())
-                .map(Path::to_path_buf),
-            image_bits: args.image_bits,
+            images: args.calibration.calib,
+            data: calibration_source(
+                args.calibration.calib_data.as_deref(),
+                args.eval_data.data.as_deref(),
+            )
+            .map(Path::to_path_buf),
+            image_bits: args.bit_args.image_bits,
         };
         return run_mixed(
             &args.model,
             &args.mixed_args,
             &calibration,
-            args.data.as_deref(),
-            args.eval,
-            args.batch,
+            args.eval_data.data.as_deref(),
+            args.eval_data.eval,
+            args.eval_data.batch,
             &args.runs,
         );
     }
@@ -185,9 +169,9 @@ pub fn run(args: PtqArgs) -> Result<()> {
     // Bad evaluation data fails before the minutes of calibration.
     let data = EvalData::open(
         &card.data_spec(),
-        args.data.as_deref(),
-        args.eval,
-        args.batch,
+        args.eval_data.data.as_deref(),
+        args.eval_data.eval,
+        args.eval_data.batch,
     )?;
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;
@@ -202,7 +186,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
             .map(|(w, a)| {
                 Ok((
                     format!("W{w}A{a}"),
-                    uniform_plan(&sites, w, a, args.image_bits)?,
+                    uniform_plan(&sites, w, a, args.bit_args.image_bits)?,
                 ))
             })
             .collect::<Result<_>>()?,
@@ -215,9 +199,15 @@ pub fn run(args: PtqArgs) -> Result<()> {
     let grid = if args.ablation {
         ablation_grid()
     } else {
-        vec![(args.post_ln, args.softmax)]
+        vec![(args.quantizers.post_ln, args.quantizers.softmax)]
     };
-    if args.calib_data.is_none() && args.data.as_deref().is_some_and(|d| !is_in_memory(d)) {
+    if args.calibration.calib_data.is_none()
+        && args
+            .eval_data
+            .data
+            .as_deref()
+            .is_some_and(|d| !is_in_memory(d))
+    {
         tracing::warn!(
             "no --calib-data: calibrating on a seeded sample of --data (evaluation images)"
         );
@@ -226,8 +216,12 @@ pub fn run(args: PtqArgs) -> Result<()> {
         plans,
         grid,
         seeds,
-        calib: args.calib,
-        calib_data: args.calib_data.clone().or(args.data.clone()),
+        calib: args.calibration.calib,
+        calib_data: args
+            .calibration
+            .calib_data
+            .clone()
+            .or(args.eval_data.data.clone()),
     };
     let mut bars = StageBars::default();
     let results = ptq_table(&model, &card, &config, data, &device, |stage, d, t| {

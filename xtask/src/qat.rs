@@ -11,7 +11,7 @@ use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, FitConfig, ImageSet, QatConf
 use mixq_report::{LineChart, Series, line_chart};
 use serde::Serialize;
 
-use crate::common::{ModelArgs, StageBars, fit_with_bars};
+use crate::common::{BitArgs, ModelArgs, StageBars, fit_with_bars};
 use crate::mixed::MixedArgs;
 use mixq_datasets::classification_data;
 use mixq_ptq::calibration_images;
@@ -26,20 +26,16 @@ pub struct QatArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// A bit plan (TOML, as `ptq`/`allocate` write) instead of uniform bits.
-    #[arg(long, conflicts_with_all = ["w_bits", "a_bits", "mixed"])]
+    #[arg(long, conflicts_with_all = ["bits", "w_bits", "a_bits", "mixed"])]
     pub plan: Option<PathBuf>,
-    /// Uniform weight bits (default 4).
-    #[arg(long)]
-    pub w_bits: Option<u8>,
-    /// Uniform activation bits (default 4).
-    #[arg(long)]
-    pub a_bits: Option<u8>,
-    /// Bits of the image input (the patch embedding's input).
-    #[arg(long, default_value_t = 8)]
-    pub image_bits: u8,
+    /// Uniform weight and activation bits (sets both).
+    #[arg(long, default_value_t = 4)]
+    pub bits: u8,
+    #[command(flatten)]
+    pub bit_args: BitArgs,
     /// Mixed precision: the plan of the allocator at one --avg-bits budget with the first
     /// --criterion (default mix), exactly as `ptq --mixed` makes it.
-    #[arg(long, conflicts_with_all = ["w_bits", "a_bits"])]
+    #[arg(long, conflicts_with_all = ["bits", "w_bits", "a_bits"])]
     pub mixed: bool,
     #[command(flatten)]
     pub mixed_args: MixedArgs,
@@ -179,7 +175,7 @@ pub fn run(args: QatArgs) -> Result<()> {
         let calibration = CalibrationConfig {
             images: args.calib,
             data: args.data.clone(),
-            image_bits: args.image_bits,
+            image_bits: args.bit_args.image_bits,
         };
         let preset = budget.criteria[0];
         let mut mixed = args.mixed_args.clone();
@@ -209,8 +205,11 @@ pub fn run(args: QatArgs) -> Result<()> {
             calib,
         )
     } else {
-        let (w, a) = (args.w_bits.unwrap_or(4), args.a_bits.unwrap_or(4));
-        let plan = uniform_plan(&sites, w, a, args.image_bits)?;
+        let (w, a) = (
+            args.bit_args.w_bits.unwrap_or(args.bits),
+            args.bit_args.a_bits.unwrap_or(args.bits),
+        );
+        let plan = uniform_plan(&sites, w, a, args.bit_args.image_bits)?;
         let calib = calibrate()?;
         (plan, format!("W{w}A{a}"), calib)
     };
