@@ -25,6 +25,7 @@
 pub mod calibrate;
 pub mod config;
 pub mod eval;
+pub mod hooked;
 pub mod mixed;
 pub mod pose;
 pub mod record;
@@ -39,6 +40,7 @@ pub use calibrate::{
 };
 pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
 pub use eval::{Comparison, Evaluation, Metrics, Spread, compare, evaluate_data, host_logits};
+pub use hooked::{relative_mse, sensitivity_hooked};
 pub use record::{PtqResults, PtqRow, PtqRun, ablation_grid};
 pub use state::{ActQuantizer, QuantState};
 pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};

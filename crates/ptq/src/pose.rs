@@ -13,18 +13,18 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use mixq_allocator::Criterion;
-use mixq_core::{BitPlan, Error, Result, SensitivityPoint, SensitivityTable, SiteBits, SiteInfo};
+use mixq_core::{BitPlan, Error, Result, SensitivityTable, SiteBits, SiteInfo};
 use mixq_datasets::pose_transform::{decode_heatmaps, flip_heatmaps_back};
 use mixq_datasets::{
     CocoKeypoints, PoseData, PoseMeta, TopDownDataset, evaluate_keypoints, keypoint_results,
 };
-use mixq_sensitivity::OnlySite;
 use mixq_vit_models::{NoHook, SiteHook, WtPose, pose_batch_tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::hooked::sensitivity_hooked;
 use crate::mixed::{BudgetConfig, budget_plans, plan_averages};
 use crate::{PtqConfig, quantize_hooked, uniform_plan};
 
@@ -132,67 +132,28 @@ fn heatmaps(model: &WtPose, batches: &[Tensor<4>], hook: &dyn SiteHook) -> Vec<f
         .collect()
 }
 
-/// `sum (q - r)^2 / sum r^2`: the quantized heatmaps' error relative to the full-precision
-/// heatmaps' energy (scale-free, so budgets mean the same on any checkpoint).
-pub fn heatmap_rel_mse(reference: &[f32], quantized: &[f32]) -> Result<f64> {
-    if reference.len() != quantized.len() || reference.is_empty() {
-        return Err(Error::invalid(
-            "heatmaps",
-            quantized.len(),
-            format!("expected {} values", reference.len()),
-        ));
-    }
-    let (mut err, mut energy) = (0.0f64, 0.0f64);
-    for (&r, &q) in reference.iter().zip(quantized) {
-        err += ((q - r) as f64).powi(2);
-        energy += (r as f64).powi(2);
-    }
-    Ok(err / energy.max(f64::MIN_POSITIVE))
-}
-
 /// Every site alone at every candidate, the others in full precision; damage
-/// [`heatmap_rel_mse`] on the probe crops. `progress` gets (points done, points in all).
+/// [`relative_mse`](crate::relative_mse) of the heatmaps on the probe crops (metric `heatmap-rel-mse`). `progress`
+/// gets (points done, points in all).
 pub fn pose_sensitivity(
     model: &WtPose,
     calib: &Tensor<4>,
     probe: &[Tensor<4>],
     candidates: &[SiteBits],
     image_bits: u8,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<SensitivityTable> {
-    let sites = model.sites();
-    let reference = heatmaps(model, probe, &NoHook);
-    let mut table = SensitivityTable {
-        metric: "heatmap-rel-mse".into(),
-        ..Default::default()
-    };
-    let total = candidates.len() * sites.len();
-    let mut done = 0;
-    for bits in candidates {
-        let plan = uniform_plan(&sites, bits.w_bits.get(), bits.a_bits.get(), image_bits)?;
-        let isolated = quantize_hooked(&sites, &plan, &PtqConfig::default(), true, |h| {
+    sensitivity_hooked(
+        &model.sites(),
+        candidates,
+        image_bits,
+        "heatmap-rel-mse",
+        |h| {
             let _ = model.forward_with(calib.clone(), h);
-        })?;
-        for site in &sites {
-            let hook = OnlySite {
-                site: &site.id,
-                quantized: &isolated,
-                baseline: &NoHook,
-            };
-            let damage = heatmap_rel_mse(&reference, &heatmaps(model, probe, &hook))?;
-            table
-                .sites
-                .entry(site.id.clone())
-                .or_default()
-                .push(SensitivityPoint {
-                    bits: *bits,
-                    damage,
-                });
-            done += 1;
-            progress(done, total);
-        }
-    }
-    Ok(table)
+        },
+        |h| heatmaps(model, probe, h),
+        progress,
+    )
 }
 
 /// Bytes of the quantized weights (linear/conv sites; biases and norms not counted); `None`:
@@ -474,17 +435,6 @@ pub fn pose_ptq(
 mod tests {
     use super::*;
     use mixq_vit_models::WtPoseConfig;
-
-    #[test]
-    fn relative_mse_is_scale_free_and_checks_lengths() {
-        let r = [1.0, -2.0, 2.0];
-        assert_eq!(heatmap_rel_mse(&r, &r).unwrap(), 0.0);
-        // error energy 1 over reference energy 9
-        assert!((heatmap_rel_mse(&r, &[2.0, -2.0, 2.0]).unwrap() - 1.0 / 9.0).abs() < 1e-12);
-        let r10: Vec<f32> = r.iter().map(|v| v * 10.0).collect();
-        assert!((heatmap_rel_mse(&r10, &[20.0, -20.0, 20.0]).unwrap() - 1.0 / 9.0).abs() < 1e-12);
-        assert!(heatmap_rel_mse(&r, &[1.0]).is_err());
-    }
 
     #[test]
     fn weight_bytes_counts_bits_per_site() {
