@@ -9,7 +9,7 @@ use image::GrayImage;
 use mixq_core::{Error, Result, RunDir, SiteId};
 use mixq_datasets::{Batch, eval_transform_image, load_image};
 use mixq_lrp::Preset;
-use mixq_report::{Bar, BarChart, bar_chart, image_grid, overlay_heatmap_gray, save_png};
+use mixq_report::{contribution_chart, image_grid, overlay_heatmap_gray, save_png};
 use mixq_vit_models::{ExplainOptions, ModelCard, Target, contribution_scores_with};
 use serde::Serialize;
 
@@ -234,21 +234,14 @@ pub fn run(args: LrpArgs) -> Result<()> {
     let run = RunDir::create(&args.runs, "lrp")?;
     scores.save(run.file("scores.toml"))?;
     scores.save(run.file("scores.json"))?;
-    let bars = site_order
-        .iter()
-        .map(|s| Bar::site(s.as_str(), scores.scores.get(s).copied().unwrap_or(0.0)))
-        .collect();
-    bar_chart(
+    contribution_chart(
         run.file("contribution.png"),
-        &BarChart {
-            title: format!(
-                "LRP contribution per site — {} ({}, {} images)",
-                card.aliases[0], args.preset, n
-            ),
-            y_label: "share of |relevance|".into(),
-            bars,
-            ..Default::default()
-        },
+        &scores,
+        &site_order,
+        &format!(
+            "LRP contribution per site — {} ({}, {} images)",
+            card.aliases[0], args.preset, n
+        ),
     )?;
     if !maps.is_empty() {
         let [_, _, h, w] = data.shape;

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use mixq_allocator::parse_candidates;
-use mixq_core::{ContributionScores, Result, RunDir, SensitivityTable, SiteBits, SiteInfo};
+use mixq_core::{BitPlan, ContributionScores, Result, RunDir, SensitivityTable, SiteId, SiteInfo};
 use mixq_datasets::EvalData;
 use mixq_ptq::mixed::{
     BudgetConfig, CalibrationConfig, MixedConfig, MixedPlans, SweepConfig, budget_plans,
     calib_and_probe, evaluate_plans, make_plans, sensitivity_table,
 };
-use mixq_report::{Bar, BarChart, HeatMap, LineChart, Series, bar_chart, heat_map, line_chart};
+use mixq_report::{bits_chart, contribution_chart, sensitivity_heat_map};
 use mixq_sensitivity::{Metric, Shard, merge_tables};
 use mixq_vit_models::ModelCard;
 
@@ -60,52 +60,6 @@ impl SweepArgs {
             batch: self.sweep_batch,
         }
     }
-}
-
-/// The sensitivity heat map: sites (rows, forward order) x candidates.
-pub(crate) fn sensitivity_png(
-    path: &Path,
-    table: &SensitivityTable,
-    sites: &[SiteInfo],
-    title: &str,
-) -> Result<()> {
-    let rows: Vec<&SiteInfo> = sites
-        .iter()
-        .filter(|s| table.sites.contains_key(&s.id))
-        .collect();
-    let Some(first) = rows.first() else {
-        return Ok(());
-    };
-    let cols: Vec<SiteBits> = table.sites[&first.id].iter().map(|p| p.bits).collect();
-    let values = rows
-        .iter()
-        .map(|s| {
-            cols.iter()
-                .map(|b| {
-                    table.sites[&s.id]
-                        .iter()
-                        .find(|p| p.bits == *b)
-                        .map(|p| p.damage.max(0.0))
-                        .unwrap_or(0.0)
-                })
-                .collect()
-        })
-        .collect();
-    heat_map(
-        path,
-        &HeatMap {
-            title: title.into(),
-            row_labels: rows.iter().map(|s| s.id.to_string()).collect(),
-            col_labels: cols
-                .iter()
-                .map(|b| format!("W{}A{}", b.w_bits, b.a_bits))
-                .collect(),
-            values,
-            colour_label: format!("damage ({})", table.metric),
-            log_scale: true,
-            ..Default::default()
-        },
-    )
 }
 
 #[derive(Args, Debug)]
@@ -190,10 +144,10 @@ pub fn run_sensitivity(args: SensitivityArgs) -> Result<()> {
     let run = RunDir::create(&args.runs, "sensitivity")?;
     table.save(run.file("sensitivity.toml"))?;
     table.save(run.file("sensitivity.json"))?;
-    sensitivity_png(
-        &run.file("sensitivity.png"),
+    sensitivity_heat_map(
+        run.file("sensitivity.png"),
         &table,
-        &sites,
+        &site_ids(&sites),
         &format!("Sensitivity — {} ({})", card.aliases[0], table.metric),
     )?;
     let path = run.finish()?;
@@ -401,30 +355,20 @@ pub fn run_mixed(
         );
         run.write(&file, plan.to_toml()?.as_bytes())?;
     }
-    bar_chart(
+    let order = site_ids(&sites);
+    contribution_chart(
         run.file("relevance.png"),
-        &BarChart {
-            title: format!(
-                "LRP contribution per site — {} ({})",
-                card.aliases[0], mixed.lrp_preset
-            ),
-            y_label: "share of |relevance|".into(),
-            bars: sites
-                .iter()
-                .map(|s| {
-                    Bar::site(
-                        s.id.as_str(),
-                        scores.scores.get(&s.id).copied().unwrap_or(0.0),
-                    )
-                })
-                .collect(),
-            ..Default::default()
-        },
+        &scores,
+        &order,
+        &format!(
+            "LRP contribution per site — {} ({})",
+            card.aliases[0], mixed.lrp_preset
+        ),
     )?;
-    sensitivity_png(
-        &run.file("sensitivity.png"),
+    sensitivity_heat_map(
+        run.file("sensitivity.png"),
         &table,
-        &sites,
+        &order,
         &format!(
             "Sensitivity — {} ({}, {} probe images)",
             card.aliases[0],
@@ -433,32 +377,19 @@ pub fn run_mixed(
         ),
     )?;
     for &avg in &mixed.budget.avg_bits {
-        let series = plans
+        let at_budget: Vec<(&str, &BitPlan)> = plans
             .iter()
             .filter(|(_, b, _)| *b == Some(avg))
-            .map(|(name, _, plan)| {
-                Series::step(
-                    name.clone(),
-                    sites
-                        .iter()
-                        .enumerate()
-                        .map(|(i, s)| (i as f64, plan.sites[&s.id].w_bits.get() as f64))
-                        .collect(),
-                )
-            })
+            .map(|(name, _, plan)| (name.as_str(), plan))
             .collect();
-        line_chart(
+        bits_chart(
             run.file(&format!("bits-{avg}.png")),
-            &LineChart {
-                title: format!(
-                    "Weight bits per site along the depth — {} at {avg} bits",
-                    card.aliases[0]
-                ),
-                x_label: "site (forward order)".into(),
-                y_label: "weight bits".into(),
-                series,
-                ..Default::default()
-            },
+            &at_budget,
+            &order,
+            &format!(
+                "Weight bits per site along the depth — {} at {avg} bits",
+                card.aliases[0]
+            ),
         )?;
     }
     let json = mixq_core::to_json(
@@ -492,4 +423,9 @@ pub fn run_mixed(
     let path = run.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())
+}
+
+/// The ids of `sites`, in forward order.
+pub(crate) fn site_ids(sites: &[SiteInfo]) -> Vec<SiteId> {
+    sites.iter().map(|s| s.id.clone()).collect()
 }

@@ -14,9 +14,10 @@ use mixq_ptq::pose::{PosePlans, PosePtqConfig, PoseStage, pose_ptq};
 use mixq_vit_models::WtPoseConfig;
 
 use crate::common::StageBars;
-use crate::mixed::sensitivity_png;
+use crate::mixed::site_ids;
 use crate::pose::{DataArgs, open_data, skeleton_pictures};
 use crate::ptq::PtqArgs;
+use mixq_report::sensitivity_heat_map;
 
 /// The plans `args` ask for.
 fn plans(args: &PtqArgs) -> Result<PosePlans> {
@@ -154,10 +155,10 @@ pub fn run(args: &PtqArgs) -> Result<()> {
     let mut pictures = String::new();
     if let Some(table) = &table {
         table.save(run.file("sensitivity.toml"))?;
-        sensitivity_png(
-            &run.file("sensitivity.png"),
+        sensitivity_heat_map(
+            run.file("sensitivity.png"),
             table,
-            &sites,
+            &site_ids(&sites),
             &format!(
                 "Sensitivity — {} (relative heatmap MSE, {n_probe} probe crops)",
                 args.model.model

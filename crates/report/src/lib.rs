@@ -48,6 +48,7 @@ mod canvas;
 mod chart;
 mod heat;
 mod line;
+mod pipeline;
 mod pose;
 mod relevance;
 mod scale;
@@ -60,6 +61,7 @@ use mixq_core::{Error, Result};
 pub use bar::{Bar, BarChart, bar_chart, render_bar_chart, site_group};
 pub use heat::{HeatMap, heat_map, render_heat_map};
 pub use line::{Axis, LineChart, Series, SeriesStyle, line_chart, render_line_chart};
+pub use pipeline::{bits_chart, contribution_chart, sensitivity_heat_map};
 pub use pose::{COCO_SKELETON, draw_skeleton};
 pub use relevance::{
     OVERLAY_ALPHA, image_grid, overlay_heatmap, overlay_heatmap_gray, relevance_image,
