@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::common::DeviceName;
+use crate::common::median;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Suite {
@@ -62,11 +63,6 @@ pub struct BenchArgs {
     pub repeat: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Seconds to run `images` images through `model` in batches of `batch`.

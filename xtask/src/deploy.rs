@@ -12,6 +12,7 @@ use mixq_deploy::{Export, IntModel};
 use mixq_ptq::{PtqConfig, PtqRun, SoftmaxMode, evaluate_data, quantize, uniform_plan};
 use mixq_vit_models::{ModelCard, SiteInfo};
 
+use crate::common::median;
 use crate::common::{BitArgs, CalibArgs, EvalDataArgs, ModelArgs, QuantizerArgs, progress};
 use mixq_datasets::EvalData;
 use mixq_ptq::calibration_images;
@@ -224,11 +225,6 @@ pub fn mixed_plan(sites: &[SiteInfo]) -> Result<BitPlan> {
     }
     plan.meta.insert("name".into(), "mixed-2/4/8".into());
     Ok(plan)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 #[derive(Debug, serde::Serialize)]
