@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
-use mixq_ptq::{PtqConfig, uniform_plan};
+use mixq_ptq::PtqConfig;
 use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, FitConfig, ImageSet, QatConfig, QatTrainer};
 use mixq_report::{LineChart, Series, line_chart};
 use serde::Serialize;
@@ -14,8 +14,7 @@ use serde::Serialize;
 use crate::common::{BitArgs, ModelArgs, StageBars, fit_with_bars};
 use crate::mixed::MixedArgs;
 use mixq_datasets::classification_data;
-use mixq_ptq::calibration_images;
-use mixq_ptq::mixed::{CalibrationConfig, MixedPlans, make_plans, plan_averages};
+use mixq_ptq::mixed::{CalibrationConfig, ChosenPlan, PlanChoice, choose_plan, plan_averages};
 
 #[derive(Args, Debug)]
 pub struct QatArgs {
@@ -150,80 +149,38 @@ pub fn run(args: QatArgs) -> Result<()> {
     let fp = args.model.load(&card, &device)?;
     let sites = fp.sites();
     let seed = args.model.seed;
-    let calibrate = || {
-        calibration_images(
-            &card.data_spec(),
-            args.data.as_deref(),
-            args.calib,
-            seed,
-            &device,
-        )
-    };
-    let (plan, label, calib) = if let Some(path) = &args.plan {
-        let plan = BitPlan::load(path)?;
-        let calib = calibrate()?;
-        (plan, format!("plan {}", path.display()), calib)
-    } else if args.mixed {
-        let budget = &args.mixed_args.budget;
-        if budget.avg_bits.len() != 1 {
-            return Err(Error::invalid(
-                "--avg-bits",
-                format!("{:?}", budget.avg_bits),
-                "qat trains one plan: give one budget",
-            ));
+    let choice = if let Some(path) = &args.plan {
+        PlanChoice::Given {
+            name: format!("plan {}", path.display()),
+            plan: BitPlan::load(path)?,
         }
-        let calibration = CalibrationConfig {
-            images: args.calib,
-            data: args.data.clone(),
-            image_bits: args.bit_args.image_bits,
-        };
-        let preset = budget.criteria[0];
-        let mut mixed = args.mixed_args.clone();
-        mixed.budget.criteria = vec![preset];
-        let mut bars = StageBars::default();
-        let MixedPlans { calib, plans, .. } = make_plans(
-            &fp,
-            &card,
-            seed,
-            &mixed.config(&args.runs),
-            &calibration,
-            &device,
-            |stage, done, total| bars.update(stage.name(), done, total),
-        )?;
-        bars.finish();
-        let want = format!("mixed {}", preset.name());
-        let (name, _, plan) = plans
-            .into_iter()
-            .find(|(n, _, _)| *n == want)
-            .expect("make_plans returns one plan per preset");
-        (
-            plan,
-            format!(
-                "{name} avg {} bits ({})",
-                budget.avg_bits[0], mixed.sweep.candidates
-            ),
-            calib,
-        )
+    } else if args.mixed {
+        PlanChoice::Mixed {
+            config: args.mixed_args.config(&args.runs),
+            criterion: args.mixed_args.budget.criteria[0],
+        }
     } else {
-        let (w, a) = (
-            args.bit_args.w_bits.unwrap_or(args.bits),
-            args.bit_args.a_bits.unwrap_or(args.bits),
-        );
-        let plan = uniform_plan(&sites, w, a, args.bit_args.image_bits)?;
-        let calib = calibrate()?;
-        (plan, format!("W{w}A{a}"), calib)
+        PlanChoice::Uniform {
+            w_bits: args.bit_args.w_bits.unwrap_or(args.bits),
+            a_bits: args.bit_args.a_bits.unwrap_or(args.bits),
+        }
     };
-    let mut plan = plan;
-    plan.meta.insert("model".into(), card.name.clone());
-    plan.meta.insert("seed".into(), seed.to_string());
-    if plan.sites.is_empty() {
-        return Err(Error::invalid(
-            "plan",
-            &label,
-            "quantizes no site; QAT needs at least one",
-        ));
-    }
-    plan.check_sites(sites.iter().map(|s| &s.id))?;
+    let calibration = CalibrationConfig {
+        images: args.calib,
+        data: args.data.clone(),
+        image_bits: args.bit_args.image_bits,
+    };
+    let mut bars = StageBars::default();
+    let ChosenPlan { plan, label, calib } = choose_plan(
+        &fp,
+        &card,
+        seed,
+        &choice,
+        &calibration,
+        &device,
+        |stage, d, t| bars.update(stage.name(), d, t),
+    )?;
+    bars.finish();
 
     let mut train = ImageSet::from_labelled(&data.train, &data.name, mean, std)?;
     let mut test = ImageSet::from_labelled(&data.test, &data.name, mean, std)?;

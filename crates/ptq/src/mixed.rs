@@ -407,6 +407,109 @@ pub fn make_plans(
     })
 }
 
+/// The one plan of a command that quantizes with one (`qat`): given, uniform, or the
+/// allocator's at one budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PlanChoice {
+    /// A plan as it is, shown under `name`.
+    Given {
+        /// How reports name it.
+        name: String,
+        /// Bits per site.
+        plan: BitPlan,
+    },
+    /// The same bits at every site.
+    Uniform {
+        /// Weight bits.
+        w_bits: u8,
+        /// Activation bits.
+        a_bits: u8,
+    },
+    /// [`make_plans`] at `config.budget.avg_bits` (one value) with `criterion`.
+    Mixed {
+        /// The sweep, the budget and the LRP rules.
+        config: MixedConfig,
+        /// The allocator's criterion.
+        criterion: Criterion,
+    },
+}
+
+/// What [`choose_plan`] gives.
+pub struct ChosenPlan {
+    /// Bits per site, `model` and `seed` in its metadata.
+    pub plan: BitPlan,
+    /// How reports name it (`W4A4`, `mixed mix avg 3 bits (2,3,4)`, ...).
+    pub label: String,
+    /// The calibration images it is calibrated with.
+    pub calib: Tensor<4>,
+}
+
+/// Resolves `choice` for `model` (of `card`) and draws its calibration images (the mixed plan
+/// calibrates on the images its sweep used). A plan that quantizes no site or names a site the
+/// model lacks is an error. `progress` gets the mixed pipeline's (stage, done, total).
+pub fn choose_plan(
+    model: &Model,
+    card: &ModelCard,
+    seed: u64,
+    choice: &PlanChoice,
+    calibration: &CalibrationConfig,
+    device: &Device,
+    progress: impl FnMut(MixedStage, usize, usize),
+) -> Result<ChosenPlan> {
+    let sites = model.sites();
+    let calibrate = || {
+        crate::calibration_images(
+            &card.data_spec(),
+            calibration.data.as_deref(),
+            calibration.images,
+            seed,
+            device,
+        )
+    };
+    let (mut plan, label, calib) = match choice {
+        PlanChoice::Given { name, plan } => (plan.clone(), name.clone(), calibrate()?),
+        PlanChoice::Uniform { w_bits, a_bits } => (
+            uniform_plan(&sites, *w_bits, *a_bits, calibration.image_bits)?,
+            format!("W{w_bits}A{a_bits}"),
+            calibrate()?,
+        ),
+        PlanChoice::Mixed { config, criterion } => {
+            let avg = match config.budget.avg_bits.as_slice() {
+                [avg] => *avg,
+                more => {
+                    return Err(Error::invalid(
+                        "--avg-bits",
+                        format!("{more:?}"),
+                        "qat trains one plan: give one budget",
+                    ));
+                }
+            };
+            let mut config = config.clone();
+            config.budget.criteria = vec![*criterion];
+            let made = make_plans(model, card, seed, &config, calibration, device, progress)?;
+            let want = format!("mixed {}", criterion.name());
+            let (name, _, plan) = made
+                .plans
+                .into_iter()
+                .find(|(n, _, _)| *n == want)
+                .expect("make_plans returns one plan per criterion");
+            let label = format!("{name} avg {avg} bits ({})", config.sweep.candidates);
+            (plan, label, made.calib)
+        }
+    };
+    plan.meta.insert("model".into(), card.name.clone());
+    plan.meta.insert("seed".into(), seed.to_string());
+    if plan.sites.is_empty() {
+        return Err(Error::invalid(
+            "plan",
+            &label,
+            "quantizes no site; QAT needs at least one",
+        ));
+    }
+    plan.check_sites(sites.iter().map(|s| &s.id))?;
+    Ok(ChosenPlan { plan, label, calib })
+}
+
 /// One row of the mixed-precision table: a plan (or full precision) on the evaluation images.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MixedRow {
