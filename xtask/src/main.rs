@@ -20,9 +20,21 @@ use clap::{Parser, Subcommand};
 
 /// burn allocates a fresh buffer for most tensor ops. glibc's malloc hands large ones back to
 /// the kernel on free (mmap), so every op paid a page fault per 4 KiB again: a quarter of a
-/// training step's time. mimalloc keeps and reuses them (FP training +16-30 % measured).
+/// training step's time. mimalloc keeps and reuses them (FP training +16-30 % measured), and
+/// more so with purging off ([`keep_freed_memory`]).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc returns freed pages to the kernel after 10 ms by default; a training step frees
+/// and reallocates the same few hundred MB every step, so the kernel zeroes them again on the
+/// next fault (perf: `clear_page_erms` 10 % of a step). Never purging keeps them: FP training
+/// +10 % measured side by side (`bench train`), at the cost of keeping the peak footprint.
+fn keep_freed_memory() {
+    // `mi_option_purge_delay` in mimalloc.h's option enum (v2 and v3); -1: never purge.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets a process-wide allocator option; mimalloc allows it at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
 
 /// mixq: explainability-driven mixed-precision quantization of vision transformers.
 #[derive(Parser, Debug)]
@@ -65,6 +77,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A user's own MIMALLOC_PURGE_DELAY wins (and gives the A/B comparison).
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        keep_freed_memory();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
