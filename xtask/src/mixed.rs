@@ -9,7 +9,7 @@ use mixq_allocator::parse_candidates;
 use mixq_core::{BitPlan, ContributionScores, Result, RunDir, SensitivityTable, SiteId, SiteInfo};
 use mixq_datasets::EvalData;
 use mixq_ptq::mixed::{
-    BudgetConfig, CalibrationConfig, MixedConfig, MixedPlans, SweepConfig, budget_plans,
+    BudgetConfig, CalibrationConfig, MixedConfig, MixedPlans, MixedRow, SweepConfig, budget_plans,
     calib_and_probe, evaluate_plans, make_plans, sensitivity_table,
 };
 use mixq_report::{bits_chart, contribution_chart, sensitivity_heat_map};
@@ -324,23 +324,7 @@ pub fn run_mixed(
         plans,
         ..
     } = plans;
-    let mut table_md = String::from(
-        "| plan | budget (avg bits) | avg W bits | avg A bits | top-1 % | top-5 % | KL to FP |\n|---|---:|---:|---:|---:|---:|---:|\n",
-    );
-    for r in &rows {
-        table_md += &format!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.4} |\n",
-            r.name,
-            r.budget
-                .map(|b| format!("{b}"))
-                .unwrap_or_else(|| "-".into()),
-            r.avg_w_bits,
-            r.avg_a_bits,
-            r.top1,
-            r.top5,
-            r.kl
-        );
-    }
+    let table_md = MixedRow::markdown(&rows);
     print!("\n{table_md}");
 
     // 5. The run folder.

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use mixq_core::{Error, Result};
 use mixq_datasets::{
-    CocoKeypoints, OksStats, PoseData, PoseDataConfig, keypoint_results, load_image,
-    topdown_dataset,
+    CocoKeypoints, PoseData, PoseDataConfig, keypoint_results, load_image, topdown_dataset,
 };
 use mixq_ptq::pose::{PoseEval, evaluate_pose};
 use mixq_qat_trainer::{PoseTrainConfig, PoseTrainProgress, train_pose};
@@ -150,25 +149,6 @@ pub(crate) fn evaluate(
     });
     bar.finish_and_clear();
     out
-}
-
-fn stats_table(rows: &[(String, &PoseEval)]) -> String {
-    let mut s = String::from("| model | flip | ");
-    s.push_str(&OksStats::NAMES.join(" | "));
-    s.push_str(" |\n|---|---|");
-    s.push_str(&"---:|".repeat(10));
-    s.push('\n');
-    for (name, r) in rows {
-        s.push_str(&format!(
-            "| {name} | {} |",
-            if r.flip_test { "yes" } else { "no" }
-        ));
-        for v in r.stats {
-            s.push_str(&format!(" {v:.3} |"));
-        }
-        s.push('\n');
-    }
-    s
 }
 
 /// Skeletons of the predictions (instance score >= 0.3, keypoints >= 0.2) over the first
@@ -349,7 +329,7 @@ fn train(args: TrainArgs) -> Result<()> {
         cfg.num_params() as f64 / 1e6,
         cfg.gflops(),
     );
-    md.push_str(&stats_table(&[(args.model.clone(), &result)]));
+    md.push_str(&PoseEval::markdown(&[(args.model.clone(), &result)]));
     write(&dir.join("results.md"), &md)?;
     println!("{md}");
     println!("run folder: {}", dir.display());
@@ -389,7 +369,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         data.description,
         args.checkpoint.display(),
         result.seconds,
-        stats_table(&[(args.model.clone(), &result)])
+        PoseEval::markdown(&[(args.model.clone(), &result)])
     );
     write(&dir.join("results.md"), &md)?;
     println!("{md}");

@@ -10,7 +10,7 @@
 //! path, so no contribution scores), and compares it with the uniform plan at that budget.
 
 use mixq_core::{BitPlan, Error, Result, RunDir};
-use mixq_ptq::pose::{PosePlans, PosePtqConfig, PoseStage, pose_ptq};
+use mixq_ptq::pose::{PosePlans, PosePtqConfig, PosePtqRow, PoseStage, pose_ptq};
 use mixq_vit_models::WtPoseConfig;
 
 use crate::common::StageBars;
@@ -113,27 +113,7 @@ pub fn run(args: &PtqArgs) -> Result<()> {
     let (plans, rows, predictions, table) = (out.plans, out.rows, out.predictions, out.table);
     let (n_probe, flip) = (out.probe_crops, config.flip);
 
-    let fp_ap = rows[0].eval.stats[0];
-    let mut md = String::from(
-        "| plan | budget (avg bits) | avg W bits | avg A bits | weights (KB) | AP | AP .5 | AP .75 | AR | ΔAP vs FP |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
-    for r in &rows {
-        let s = &r.eval.stats;
-        md += &format!(
-            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} |\n",
-            r.name,
-            r.budget.map_or("-".into(), |b| b.to_string()),
-            r.avg_w_bits,
-            r.avg_a_bits,
-            r.weight_bytes / 1e3,
-            s[0],
-            s[1],
-            s[2],
-            s[5],
-            s[0] - fp_ap,
-        );
-    }
+    let md = PosePtqRow::markdown(&rows);
     print!("\n{md}");
 
     let run = RunDir::create(

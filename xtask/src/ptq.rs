@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
-use mixq_ptq::{PtqRow, PtqTableConfig, ablation_grid, ptq_table, uniform_plan};
+use mixq_ptq::{PtqTableConfig, ablation_grid, ptq_table, uniform_plan};
 
 use crate::common::{BitArgs, CalibArgs, EvalDataArgs, ModelArgs, QuantizerArgs, StageBars};
 use crate::mixed::{MixedArgs, run_mixed};
@@ -57,27 +57,6 @@ pub struct PtqArgs {
     /// Skip the flip test when scoring.
     #[arg(long, help_heading = "Pose models (wtpose-*)")]
     pub no_flip: bool,
-}
-
-/// One row of the results table: a configuration over every calibration seed.
-fn table(rows: &[PtqRow]) -> String {
-    let mut s = String::from(
-        "| model | post-LN | softmax | top-1 % | top-5 % | CE loss | KL to FP |\n|---|---|---|---:|---:|---:|---:|\n",
-    );
-    for r in rows {
-        let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
-            r.name,
-            opt(r.post_ln.map(|m| m.to_string())),
-            opt(r.softmax.map(|m| m.to_string())),
-            r.top1.format(2),
-            r.top5.format(2),
-            r.loss.format(4),
-            opt(r.kl.map(|k| k.format(4))),
-        ));
-    }
-    s
 }
 
 impl PtqArgs {
@@ -231,8 +210,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
     let (plans, seeds, n_calib) = (&config.plans, &config.seeds, results.calib_images);
     let describe = results.data.clone();
     let name = &card.aliases[0];
-    let rows = &results.rows;
-    let table = table(rows);
+    let table = results.markdown();
     print!("{table}");
 
     let run = RunDir::create(

@@ -529,6 +529,28 @@ pub struct MixedRow {
     pub kl: f64,
 }
 
+impl MixedRow {
+    /// `rows` as a markdown table.
+    pub fn markdown(rows: &[MixedRow]) -> String {
+        let mut s = String::from(
+            "| plan | budget (avg bits) | avg W bits | avg A bits | top-1 % | top-5 % | KL to FP |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in rows {
+            s += &format!(
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.4} |\n",
+                r.name,
+                r.budget.map_or("-".into(), |b| b.to_string()),
+                r.avg_w_bits,
+                r.avg_a_bits,
+                r.top1,
+                r.top5,
+                r.kl
+            );
+        }
+        s
+    }
+}
+
 /// PTQ with every plan of [`make_plans`] on its calibration images, then one evaluation pass
 /// over `data` for full precision and all of them. `progress` gets (stage, done, total).
 pub fn evaluate_plans(

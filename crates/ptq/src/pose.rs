@@ -46,6 +46,28 @@ pub struct PoseEval {
     pub stats: [f64; 10],
 }
 
+impl PoseEval {
+    /// `(name, evaluation)` rows as a markdown table of the ten OKS figures.
+    pub fn markdown(rows: &[(String, &PoseEval)]) -> String {
+        let mut s = String::from("| model | flip | ");
+        s.push_str(&mixq_datasets::OksStats::NAMES.join(" | "));
+        s.push_str(" |\n|---|---|");
+        s.push_str(&"---:|".repeat(10));
+        s.push('\n');
+        for (name, r) in rows {
+            s.push_str(&format!(
+                "| {name} | {} |",
+                if r.flip_test { "yes" } else { "no" }
+            ));
+            for v in r.stats {
+                s.push_str(&format!(" {v:.3} |"));
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
 fn host_heatmaps(x: Tensor<4>) -> Result<Vec<f32>> {
     x.into_data()
         .try_into_vec::<f32>()
@@ -258,6 +280,35 @@ pub struct PosePtqRow {
     pub weight_bytes: f64,
     /// OKS AP on the held-out set.
     pub eval: PoseEval,
+}
+
+impl PosePtqRow {
+    /// `rows` (full precision first) as a markdown table with AP, AP .5, AP .75, AR and the AP
+    /// lost against the first row.
+    pub fn markdown(rows: &[PosePtqRow]) -> String {
+        let fp_ap = rows.first().map_or(0.0, |r| r.eval.stats[0]);
+        let mut md = String::from(
+            "| plan | budget (avg bits) | avg W bits | avg A bits | weights (KB) | AP | AP .5 | AP .75 | AR | ΔAP vs FP |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in rows {
+            let s = &r.eval.stats;
+            md += &format!(
+                "| {} | {} | {:.2} | {:.2} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} |\n",
+                r.name,
+                r.budget.map_or("-".into(), |b| b.to_string()),
+                r.avg_w_bits,
+                r.avg_a_bits,
+                r.weight_bytes / 1e3,
+                s[0],
+                s[1],
+                s[2],
+                s[5],
+                s[0] - fp_ap,
+            );
+        }
+        md
+    }
 }
 
 /// What [`pose_ptq`] produces.

@@ -67,6 +67,29 @@ pub struct PtqResults {
     pub rows: Vec<PtqRow>,
 }
 
+impl PtqResults {
+    /// The rows as a markdown table (mean ± std where there are several seeds).
+    pub fn markdown(&self) -> String {
+        let mut s = String::from(
+            "| model | post-LN | softmax | top-1 % | top-5 % | CE loss | KL to FP |\n|---|---|---|---:|---:|---:|---:|\n",
+        );
+        let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+        for r in &self.rows {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                r.name,
+                opt(r.post_ln.map(|m| m.to_string())),
+                opt(r.softmax.map(|m| m.to_string())),
+                r.top1.format(2),
+                r.top5.format(2),
+                r.loss.format(4),
+                opt(r.kl.map(|k| k.format(4))),
+            ));
+        }
+        s
+    }
+}
+
 /// The post-LN x softmax quantizer grid of an ablation, in table order.
 pub fn ablation_grid() -> Vec<(PostLnMode, SoftmaxMode)> {
     let post = [
