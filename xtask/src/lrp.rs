@@ -10,7 +10,7 @@ use mixq_core::{Error, Result, RunDir, SiteId};
 use mixq_datasets::{Batch, eval_transform_image, load_image};
 use mixq_lrp::Preset;
 use mixq_report::{contribution_chart, image_grid, overlay_heatmap_gray, save_png};
-use mixq_vit_models::{ExplainOptions, ModelCard, Target, contribution_scores_with};
+use mixq_vit_models::{ExplainOptions, ModelCard, Target, contribution_scores_with, object_shares};
 use serde::Serialize;
 
 use crate::common::{ModelArgs, progress};
@@ -167,12 +167,12 @@ pub fn run(args: LrpArgs) -> Result<()> {
             let totals = e.pixel_totals();
             for (i, map) in e.pixel_maps().into_iter().enumerate() {
                 let image = first + i;
-                let raw = raw_pixels(
+                let raw = card.preprocess.intensities(
                     &data.images[image * per_image..(image + 1) * per_image],
-                    &card,
+                    card.arch.in_chans(),
                 );
                 let (ink_rel, ink_area) = if card.dataset.is_some() && card.arch.in_chans() == 1 {
-                    let (r, a) = ink_shares(&map, &raw, args.ink_threshold);
+                    let (r, a) = object_shares(&map, &raw, args.ink_threshold);
                     (Some(r), Some(a))
                 } else {
                     (None, None)
@@ -311,36 +311,6 @@ fn source_name(batch: &Batch, i: usize) -> String {
         Some(p) => p.display().to_string(),
         None => format!("#{}", batch.indices.get(i).copied().unwrap_or(i)),
     }
-}
-
-/// Normalised `[c, h, w]` back to `[0, 1]` intensities averaged over channels, `[h * w]`.
-fn raw_pixels(normalised: &[f32], card: &ModelCard) -> Vec<f32> {
-    let pre = &card.preprocess;
-    let c = card.arch.in_chans();
-    let hw = normalised.len() / c;
-    (0..hw)
-        .map(|p| {
-            (0..c)
-                .map(|ch| (normalised[ch * hw + p] * pre.std[ch] + pre.mean[ch]).clamp(0.0, 1.0))
-                .sum::<f32>()
-                / c as f32
-        })
-        .collect()
-}
-
-/// (share of |relevance| on ink pixels, share of the area that is ink); ink is a pixel at or
-/// above `threshold` intensity (digits are 0..16 counts of set bits on a blank background).
-fn ink_shares(map: &[f32], raw: &[f32], threshold: f32) -> (f64, f64) {
-    let ink: Vec<bool> = raw.iter().map(|&v| v >= threshold.max(1e-6)).collect();
-    let total: f64 = map.iter().map(|v| v.abs() as f64).sum();
-    let on_ink: f64 = map
-        .iter()
-        .zip(&ink)
-        .filter(|(_, i)| **i)
-        .map(|(v, _)| v.abs() as f64)
-        .sum();
-    let area = ink.iter().filter(|i| **i).count() as f64 / ink.len().max(1) as f64;
-    (if total > 0.0 { on_ink / total } else { 0.0 }, area)
 }
 
 fn to_gray(raw: &[f32], w: usize, h: usize, scale: u32) -> GrayImage {

@@ -24,6 +24,24 @@ pub struct Preprocess {
     pub std: Vec<f32>,
 }
 
+impl Preprocess {
+    /// One normalised `[c, h, w]` image back to `[0, 1]` intensities, averaged over the
+    /// channels: `[h * w]` (what relevance maps are drawn over and compared with).
+    pub fn intensities(&self, normalised: &[f32], channels: usize) -> Vec<f32> {
+        let hw = normalised.len() / channels.max(1);
+        (0..hw)
+            .map(|p| {
+                (0..channels)
+                    .map(|ch| {
+                        (normalised[ch * hw + p] * self.std[ch] + self.mean[ch]).clamp(0.0, 1.0)
+                    })
+                    .sum::<f32>()
+                    / channels as f32
+            })
+            .collect()
+    }
+}
+
 /// How mixq trains a shipped model from scratch (`cargo xtask train` defaults; its flags
 /// override them). Part of the card so that the card alone says how its checkpoint was made.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -329,6 +329,26 @@ fn resolve_targets(
     }
 }
 
+/// How much of a relevance map lies on the object: (share of `|relevance|` on pixels whose
+/// intensity is at least `threshold`, share of the image those pixels cover). `map` and
+/// `intensities` are one image's `[h * w]` (see [`crate::Preprocess::intensities`]); on a dark
+/// background (digits, Fashion-MNIST) the bright pixels are the object.
+pub fn object_shares(map: &[f32], intensities: &[f32], threshold: f32) -> (f64, f64) {
+    let on: Vec<bool> = intensities
+        .iter()
+        .map(|&v| v >= threshold.max(1e-6))
+        .collect();
+    let total: f64 = map.iter().map(|v| v.abs() as f64).sum();
+    let on_object: f64 = map
+        .iter()
+        .zip(&on)
+        .filter(|(_, o)| **o)
+        .map(|(v, _)| v.abs() as f64)
+        .sum();
+    let area = on.iter().filter(|o| **o).count() as f64 / on.len().max(1) as f64;
+    (if total > 0.0 { on_object / total } else { 0.0 }, area)
+}
+
 /// Contribution scores (LRP-QViT): per site, `|relevance|` summed at the site's output (or
 /// input), averaged over every image of `batches`, normalised to sum to 1 over sites.
 ///

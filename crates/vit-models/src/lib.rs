@@ -36,7 +36,7 @@ pub mod wtpose;
 pub use card::{ModelCard, Preprocess, TrainRecipe, models_dir};
 pub use explain::{
     ExplainOptions, Explanation, SiteRelevance, Target, contribution_scores,
-    contribution_scores_with,
+    contribution_scores_with, object_shares,
 };
 pub use hooks::{NoHook, SiteHook, Slot};
 pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};

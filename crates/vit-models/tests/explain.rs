@@ -257,3 +257,31 @@ fn lrp_mode_keeps_the_logits_and_rejects_bad_targets() {
         .to_string();
     assert!(err.contains("labels"), "{err}");
 }
+
+#[test]
+fn object_shares_and_intensities_follow_their_definitions() {
+    use mixq_vit_models::{Preprocess, object_shares};
+    let pre = Preprocess {
+        img_size: 2,
+        crop_pct: 1.0,
+        mean: vec![0.5],
+        std: vec![0.5],
+    };
+    // (v - 0.5) / 0.5 back to v, clamped to [0, 1].
+    let raw = pre.intensities(&[-1.0, 1.0, 0.0, 3.0], 1);
+    assert_eq!(raw, [0.0, 1.0, 0.5, 1.0]);
+    // Pixels 1, 2 and 3 are at least 0.5: three quarters of the area, and |relevance| 1 + 2 + 4
+    // of 8.
+    let (share, area) = object_shares(&[-1.0, 1.0, -2.0, 4.0], &raw, 0.5);
+    assert!((share - 7.0 / 8.0).abs() < 1e-12 && (area - 0.75).abs() < 1e-12);
+    assert_eq!(object_shares(&[0.0; 4], &raw, 0.5).0, 0.0);
+    // Channels are averaged.
+    let rgb = Preprocess {
+        mean: vec![0.0; 3],
+        std: vec![1.0; 3],
+        ..pre
+    };
+    let mean = rgb.intensities(&[0.3, 0.6, 0.9], 3);
+    assert_eq!(mean.len(), 1);
+    assert!((mean[0] - 0.6).abs() < 1e-6, "{mean:?}");
+}
