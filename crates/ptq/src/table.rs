@@ -3,34 +3,27 @@
 //! every figure summarised over the seeds.
 //!
 //! ```no_run
-//! use mixq_ptq::{PtqConfig, Variant, compare_variants, uniform_plan};
-//! use mixq_vit_models::{ModelCard, WeightsChoice, batch_tensor};
 //! use mixq_datasets::EvalData;
+//! use mixq_ptq::{PtqTableConfig, ablation_grid, ptq_table, uniform_plan};
+//! use mixq_vit_models::{ModelCard, WeightsChoice};
 //!
 //! let card = ModelCard::find("fmnist-deit")?;
 //! let device = burn::tensor::Device::flex();
-//! let model = card.load(&WeightsChoice::default(), 0, &device)?;
-//! let spec = card.data_spec();
-//! let variants: Vec<Variant> = [8, 4]
+//! let model = card.load(&WeightsChoice::default(), 0, &device)?; // the shipped checkpoint
+//! let plans = [8, 4]
 //!     .into_iter()
-//!     .map(|b| {
-//!         Ok(Variant {
-//!             label: format!("W{b}A{b}"),
-//!             plan: uniform_plan(&model.sites(), b, b, 8)?,
-//!             config: PtqConfig::default(),
-//!         })
-//!     })
+//!     .map(|b| Ok((format!("W{b}A{b}"), uniform_plan(&model.sites(), b, b, 8)?)))
 //!     .collect::<mixq_core::Result<_>>()?;
-//! let calibrations = [0, 1, 2]
-//!     .into_iter()
-//!     .map(|seed| Ok((seed, mixq_ptq::calibration_images(&spec, None, 32, seed, &device)?)))
-//!     .collect::<mixq_core::Result<Vec<_>>>()?;
-//! let data = EvalData::open(&spec, None, None, 250)?;
-//! let batches = data.batches.map(|b| (batch_tensor(&b, &device), b.labels));
-//! let table = compare_variants(&model, &variants, &calibrations, batches, |_| {}, |_| {})?;
-//! for v in &table.variants {
-//!     println!("{}: top-1 {}", v.label, v.top1.format(2));
-//! }
+//! let config = PtqTableConfig {
+//!     plans,
+//!     grid: ablation_grid(), // or vec![(PostLnMode::ClippedChannel, SoftmaxMode::LogSqrt2)]
+//!     seeds: vec![0, 1, 2],
+//!     calib: 32,
+//!     calib_data: None, // the card's data set (its validation split)
+//! };
+//! let data = EvalData::open(&card.data_spec(), None, None, 250)?; // the 10,000 test images
+//! let results = ptq_table(&model, &card, &config, data, &device, |_, _, _| {})?;
+//! print!("{}", results.markdown()); // "| fmnist-deit W4A4 | clipped-channel | logsqrt2 | 88.59 ± 0.04 | ..."
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
