@@ -30,7 +30,7 @@ fn plans(args: &PtqArgs) -> Result<PosePlans> {
         });
     }
     if let Some(path) = &args.plan {
-        return Ok(PosePlans::Plan {
+        return Ok(PosePlans::Given {
             name: format!("plan {}", path.display()),
             plan: BitPlan::load(path)?,
         });

@@ -195,8 +195,8 @@ pub fn weight_bytes(sites: &[SiteInfo], plan: Option<&BitPlan>) -> f64 {
 /// Which plans pose PTQ quantizes with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PosePlans {
-    /// One given plan, shown under `name`.
-    Plan {
+    /// A plan as it is, shown under `name`.
+    Given {
         /// The row's name.
         name: String,
         /// Bits per site.
@@ -374,7 +374,7 @@ pub fn pose_ptq(
         .collect::<Result<_>>()?;
 
     let (mut plans, table) = match &config.plans {
-        PosePlans::Plan { name, plan } => {
+        PosePlans::Given { name, plan } => {
             plan.check_sites(sites.iter().map(|s| &s.id))?;
             (vec![(name.clone(), None, plan.clone())], None)
         }
