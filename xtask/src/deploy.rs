@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
-use mixq_core::{BitPlan, BitWidth, Error, Result, SiteBits, SiteKind};
+use mixq_core::{BitPlan, BitWidth, Error, Result, SiteBits};
 use mixq_deploy::{Export, IntModel};
 use mixq_ptq::{PtqConfig, PtqRun, SoftmaxMode, evaluate_data, quantize, uniform_plan};
 use mixq_vit_models::{ModelCard, SiteInfo};
@@ -17,6 +17,7 @@ use crate::common::{BitArgs, CalibArgs, EvalDataArgs, ModelArgs, QuantizerArgs, 
 use mixq_datasets::EvalData;
 use mixq_ptq::calibration_images;
 use mixq_ptq::host_logits;
+use mixq_ptq::mixed::plan_averages;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -149,7 +150,7 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
 }
 
 fn describe_plan(plan: &BitPlan, sites: &[SiteInfo]) -> String {
-    format!("avg {:.2} weight bits", avg_bits(plan, sites))
+    format!("avg {:.2} weight bits", plan_averages(plan, sites).0)
 }
 
 pub fn run_int(args: RunIntArgs) -> Result<()> {
@@ -284,7 +285,7 @@ pub fn bench_int(args: BenchIntArgs) -> Result<()> {
         Distribution::Normal(0.0, 1.0),
         &device,
     );
-    let host = host_values(&input)?;
+    let host = mixq_quant_kernels::host_values(&input)?;
     let calib = Tensor::<4>::random(
         [args.calib, c, s, s],
         Distribution::Normal(0.0, 1.0),
@@ -332,7 +333,7 @@ pub fn bench_int(args: BenchIntArgs) -> Result<()> {
         }
         rows.push(BenchRow {
             config: name.into(),
-            avg_weight_bits: avg_bits(&plan, &sites),
+            avg_weight_bits: plan_averages(&plan, &sites).0,
             model_bytes,
             speeds,
         });
@@ -456,27 +457,6 @@ fn gemm_table(device: &Device, repeat: usize) -> Result<()> {
 }
 
 /// A tensor's values on the host.
-fn host_values(x: &Tensor<4>) -> Result<Vec<f32>> {
-    x.to_data()
-        .try_into_vec::<f32>()
-        .map_err(|e| Error::invalid("images", format!("{:?}", x.dims()), format!("{e:?}")))
-}
-
 fn rayon_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Parameter-weighted average weight bits over the planned linear/conv sites.
-fn avg_bits(plan: &BitPlan, sites: &[SiteInfo]) -> f64 {
-    let (mut wsum, mut params) = (0f64, 0f64);
-    for s in sites
-        .iter()
-        .filter(|s| matches!(s.kind, SiteKind::Linear | SiteKind::Conv))
-    {
-        if let Some(b) = plan.sites.get(&s.id) {
-            wsum += s.params as f64 * f64::from(b.w_bits.get());
-            params += s.params as f64;
-        }
-    }
-    wsum / params.max(1.0)
 }
