@@ -232,6 +232,46 @@ pub struct QuantizerArgs {
     pub softmax: SoftmaxMode,
 }
 
+/// Where a training run writes, and how it continues (train, qat).
+#[derive(Args, Debug, Clone)]
+pub struct ResumeArgs {
+    /// Continue the run whose folder (finished, or an interrupted `.…partial` one) holds its
+    /// checkpoint; every other option must be the same as in that run.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Where run folders are written.
+    #[arg(long, default_value = "runs")]
+    pub runs: PathBuf,
+    /// Stop after this many epochs in this invocation, leaving the run folder unfinished (as a
+    /// kill would): for testing --resume.
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+}
+
+impl ResumeArgs {
+    /// The checkpoint `--resume` points at (a run folder holding `file`, or the file itself).
+    pub fn checkpoint(&self, file: &str, command: &str) -> Result<Option<PathBuf>> {
+        let Some(dir) = &self.resume else {
+            return Ok(None);
+        };
+        let path = if dir.is_file() {
+            dir.clone()
+        } else {
+            dir.join(file)
+        };
+        if !path.is_file() {
+            return Err(mixq_core::Error::invalid(
+                "--resume",
+                dir.display(),
+                format!(
+                    "holds no {file} (pass the folder of a {command} run, finished or .partial)"
+                ),
+            ));
+        }
+        Ok(Some(path))
+    }
+}
+
 /// Evaluation images (eval, run-int, ptq).
 #[derive(Args, Debug, Clone)]
 pub struct EvalDataArgs {
@@ -246,6 +286,18 @@ pub struct EvalDataArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+}
+
+impl EvalDataArgs {
+    /// The evaluation batches for a model of `card`.
+    pub fn open(&self, card: &ModelCard) -> Result<mixq_datasets::EvalData> {
+        mixq_datasets::EvalData::open(
+            &card.data_spec(),
+            self.data.as_deref(),
+            self.eval,
+            self.batch,
+        )
+    }
 }
 
 /// The median of timings (the upper one of an even count); `v` must not be empty.

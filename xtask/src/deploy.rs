@@ -14,7 +14,6 @@ use mixq_vit_models::{ModelCard, SiteInfo};
 
 use crate::common::median;
 use crate::common::{BitArgs, CalibArgs, EvalDataArgs, ModelArgs, QuantizerArgs, progress};
-use mixq_datasets::EvalData;
 use mixq_ptq::calibration_images;
 use mixq_ptq::host_logits;
 use mixq_ptq::mixed::plan_averages;
@@ -168,12 +167,7 @@ pub fn run_int(args: RunIntArgs) -> Result<()> {
             format!("header key 'arch' differs from model card '{name}'"),
         ));
     }
-    let data = EvalData::open(
-        &card.data_spec(),
-        args.eval_data.data.as_deref(),
-        args.eval_data.eval,
-        args.eval_data.batch,
-    )?;
+    let data = args.eval_data.open(&card)?;
     let describe = data.describe.clone();
     let bar = progress(data.len, "run-int");
     let result = evaluate_data(

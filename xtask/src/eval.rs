@@ -7,7 +7,6 @@ use mixq_core::{Error, Result, write_atomic};
 use mixq_ptq::{evaluate_data, host_logits};
 
 use crate::common::{EvalDataArgs, ModelArgs, progress};
-use mixq_datasets::EvalData;
 use mixq_vit_models::batch_tensor;
 
 #[derive(Args, Debug)]
@@ -26,12 +25,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let card = args.model.card()?;
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;
-    let data = EvalData::open(
-        &card.data_spec(),
-        args.eval_data.data.as_deref(),
-        args.eval_data.eval,
-        args.eval_data.batch,
-    )?;
+    let data = args.eval_data.open(&card)?;
     tracing::info!(model = %card.name, data = %data.describe, "evaluating");
 
     let describe = data.describe.clone();

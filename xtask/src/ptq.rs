@@ -9,7 +9,7 @@ use mixq_ptq::{PtqTableConfig, ablation_grid, ptq_table, uniform_plan};
 
 use crate::common::{BitArgs, CalibArgs, EvalDataArgs, ModelArgs, QuantizerArgs, StageBars};
 use crate::mixed::{MixedArgs, run_mixed};
-use mixq_datasets::{EvalData, calibration_source, is_in_memory};
+use mixq_datasets::{calibration_source, is_in_memory};
 use mixq_ptq::mixed::CalibrationConfig;
 
 #[derive(Args, Debug)]
@@ -146,12 +146,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
     }
     let card = args.model.card()?;
     // Bad evaluation data fails before the minutes of calibration.
-    let data = EvalData::open(
-        &card.data_spec(),
-        args.eval_data.data.as_deref(),
-        args.eval_data.eval,
-        args.eval_data.batch,
-    )?;
+    let data = args.eval_data.open(&card)?;
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;
     let sites = model.sites();

@@ -11,7 +11,7 @@ use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, FitConfig, ImageSet, QatConf
 use mixq_report::{LineChart, Series, line_chart};
 use serde::Serialize;
 
-use crate::common::{BitArgs, ModelArgs, StageBars, fit_with_bars};
+use crate::common::{BitArgs, ModelArgs, ResumeArgs, StageBars, fit_with_bars};
 use crate::mixed::MixedArgs;
 use mixq_datasets::classification_data;
 use mixq_ptq::mixed::{CalibrationConfig, ChosenPlan, PlanChoice, choose_plan, plan_averages};
@@ -68,17 +68,8 @@ pub struct QatArgs {
     /// Evaluate on the first N test images only.
     #[arg(long)]
     pub eval: Option<usize>,
-    /// Continue the run whose folder (finished, or an interrupted `.…-qat.partial`) holds
-    /// checkpoint.safetensors; every other option must be the same as in that run.
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
-    /// Where run folders are written.
-    #[arg(long, default_value = "runs")]
-    pub runs: PathBuf,
-    /// Stop after this many epochs in this invocation, leaving the run folder unfinished (as a
-    /// kill would): for testing --resume.
-    #[arg(long, hide = true)]
-    pub stop_after: Option<usize>,
+    #[command(flatten)]
+    pub run: ResumeArgs,
 }
 
 #[derive(Serialize)]
@@ -103,24 +94,6 @@ struct Results<'a> {
 }
 
 /// The checkpoint file of `--resume DIR` (DIR may also name the file itself).
-fn resume_file(dir: &Path) -> Result<PathBuf> {
-    let file = if dir.is_file() {
-        dir.to_path_buf()
-    } else {
-        dir.join(CHECKPOINT_FILE)
-    };
-    if !file.is_file() {
-        return Err(Error::invalid(
-            "--resume",
-            dir.display(),
-            format!(
-                "holds no {CHECKPOINT_FILE} (pass the folder of a qat run, finished or .partial)"
-            ),
-        ));
-    }
-    Ok(file)
-}
-
 pub fn run(args: QatArgs) -> Result<()> {
     let card = args.model.card()?;
     let data = classification_data(&card.data_spec(), args.data.as_deref(), "qat")?;
@@ -143,7 +116,7 @@ pub fn run(args: QatArgs) -> Result<()> {
             return Err(Error::invalid(name, 0, "must be at least 1"));
         }
     }
-    let resume = args.resume.as_deref().map(resume_file).transpose()?;
+    let resume = args.run.checkpoint(CHECKPOINT_FILE, "qat")?;
 
     let device = args.model.device.device()?;
     let fp = args.model.load(&card, &device)?;
@@ -156,7 +129,7 @@ pub fn run(args: QatArgs) -> Result<()> {
         }
     } else if args.mixed {
         PlanChoice::Mixed {
-            config: args.mixed_args.config(&args.runs),
+            config: args.mixed_args.config(&args.run.runs),
             criterion: args.mixed_args.budget.criteria[0],
         }
     } else {
@@ -215,7 +188,7 @@ pub fn run(args: QatArgs) -> Result<()> {
             config.epochs
         );
     }
-    let run = RunDir::create(&args.runs, "qat")?;
+    let run = RunDir::create(&args.run.runs, "qat")?;
     let checkpoint = run.file(CHECKPOINT_FILE);
     run.write("plan.toml", plan.to_toml()?.as_bytes())?;
     eprintln!(
@@ -235,7 +208,7 @@ pub fn run(args: QatArgs) -> Result<()> {
         monitor: Some(monitor.as_ref().unwrap_or(&test)),
         eval_batch,
         checkpoint: &checkpoint,
-        stop_after: args.stop_after,
+        stop_after: args.run.stop_after,
     };
     if !fit_with_bars(&mut trainer, &train, &fit_config, |_, _| Ok(()))? {
         return Ok(());

@@ -12,7 +12,7 @@ use mixq_qat_trainer::{
 };
 use serde::Serialize;
 
-use crate::common::{DeviceName, fit_with_bars};
+use crate::common::{DeviceName, ResumeArgs, fit_with_bars};
 use mixq_datasets::classification_data;
 
 /// The checkpoint file inside a train run folder.
@@ -55,19 +55,10 @@ pub struct TrainArgs {
     /// Output checkpoint; defaults to the card's shipped file in models/.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run whose folder (finished, or an interrupted `.…-train.partial`) holds
-    /// train-checkpoint.safetensors; every other option must be the same as in that run.
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
-    /// Where run folders are written.
-    #[arg(long, default_value = "runs")]
-    pub runs: PathBuf,
+    #[command(flatten)]
+    pub run: ResumeArgs,
     #[arg(long, value_enum, default_value = "flex")]
     pub device: DeviceName,
-    /// Stop after this many epochs in this invocation, leaving the run folder unfinished (as a
-    /// kill would): for testing --resume.
-    #[arg(long, hide = true)]
-    pub stop_after: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -90,24 +81,6 @@ struct Results<'a> {
 
 /// The per-epoch log beside the checkpoint, rewritten after every epoch.
 const TRAIN_LOG: &str = "train-log.tsv";
-
-fn resume_file(dir: &Path) -> Result<PathBuf> {
-    let file = if dir.is_file() {
-        dir.to_path_buf()
-    } else {
-        dir.join(TRAIN_CHECKPOINT)
-    };
-    if !file.is_file() {
-        return Err(Error::invalid(
-            "--resume",
-            dir.display(),
-            format!(
-                "holds no {TRAIN_CHECKPOINT} (pass the folder of a train run, finished or .partial)"
-            ),
-        ));
-    }
-    Ok(file)
-}
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let card = mixq_vit_models::ModelCard::find(&args.model)?;
@@ -138,7 +111,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             )
         })?,
     };
-    let resume = args.resume.as_deref().map(resume_file).transpose()?;
+    let resume = args.run.checkpoint(TRAIN_CHECKPOINT, "train")?;
 
     let mut train = ImageSet::from_labelled(&data.train, &data.name, mean, std)?;
     if let Some(n) = args.limit {
@@ -164,7 +137,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             config.epochs
         );
     }
-    let run = RunDir::create(&args.runs, "train")?;
+    let run = RunDir::create(&args.run.runs, "train")?;
     let checkpoint = run.file(TRAIN_CHECKPOINT);
     eprintln!(
         "training {} on {} ({} images, {} epochs); checkpoints: {} (continue an interrupted \
@@ -184,7 +157,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         monitor: val.as_ref(),
         eval_batch,
         checkpoint: &checkpoint,
-        stop_after: args.stop_after,
+        stop_after: args.run.stop_after,
     };
     let finished = fit_with_bars(&mut trainer, &train, &fit_config, |stats, history| {
         run.write(TRAIN_LOG, EpochStats::tsv(history).as_bytes())?;
