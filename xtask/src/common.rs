@@ -140,6 +140,20 @@ impl StageBars {
     }
 }
 
+/// Restores `trainer` from the `--resume` checkpoint, if there is one, and says where it goes on.
+pub fn resume_trainer<T: EpochTrainer>(trainer: &mut T, checkpoint: Option<&Path>) -> Result<()> {
+    if let Some(file) = checkpoint {
+        trainer.load_checkpoint(file)?;
+        eprintln!(
+            "resumed {} at epoch {}/{}",
+            file.display(),
+            trainer.epochs_done(),
+            trainer.epochs()
+        );
+    }
+    Ok(())
+}
+
 /// [`fit`] with a progress bar per epoch (loss, running train top-1, images/s); `on_epoch` sees
 /// every finished epoch and the history. A run stopped by `--stop-after` prints where it
 /// continues from and gives `false`.

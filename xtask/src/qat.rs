@@ -11,7 +11,7 @@ use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, FitConfig, ImageSet, QatConf
 use mixq_report::{LineChart, Series, line_chart};
 use serde::Serialize;
 
-use crate::common::{BitArgs, ModelArgs, ResumeArgs, StageBars, fit_with_bars};
+use crate::common::{BitArgs, ModelArgs, ResumeArgs, StageBars, fit_with_bars, resume_trainer};
 use crate::mixed::MixedArgs;
 use mixq_datasets::classification_data;
 use mixq_ptq::mixed::{CalibrationConfig, ChosenPlan, PlanChoice, choose_plan, plan_averages};
@@ -179,15 +179,7 @@ pub fn run(args: QatArgs) -> Result<()> {
         &PtqConfig::default(),
         config.clone(),
     )?;
-    if let Some(file) = &resume {
-        trainer.load_checkpoint(file)?;
-        eprintln!(
-            "resumed {} at epoch {}/{}",
-            file.display(),
-            trainer.epochs_done(),
-            config.epochs
-        );
-    }
+    resume_trainer(&mut trainer, resume.as_deref())?;
     let run = RunDir::create(&args.run.runs, "qat")?;
     let checkpoint = run.file(CHECKPOINT_FILE);
     run.write("plan.toml", plan.to_toml()?.as_bytes())?;

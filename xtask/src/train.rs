@@ -12,7 +12,7 @@ use mixq_qat_trainer::{
 };
 use serde::Serialize;
 
-use crate::common::{DeviceName, ResumeArgs, fit_with_bars};
+use crate::common::{DeviceName, ResumeArgs, fit_with_bars, resume_trainer};
 use mixq_datasets::classification_data;
 
 /// The checkpoint file inside a train run folder.
@@ -128,15 +128,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let device = args.device.device()?;
     let mut trainer = FpTrainer::new(&card.name, &card.arch, &device, config.clone())?;
-    if let Some(file) = &resume {
-        trainer.load_checkpoint(file)?;
-        eprintln!(
-            "resumed {} at epoch {}/{}",
-            file.display(),
-            trainer.epochs_done(),
-            config.epochs
-        );
-    }
+    resume_trainer(&mut trainer, resume.as_deref())?;
     let run = RunDir::create(&args.run.runs, "train")?;
     let checkpoint = run.file(TRAIN_CHECKPOINT);
     eprintln!(

@@ -31,6 +31,8 @@ pub trait EpochTrainer {
     fn record_monitor_top1(&mut self, top1: f64);
     /// Writes the checkpoint atomically.
     fn save_checkpoint(&self, path: &Path) -> Result<()>;
+    /// Restores a checkpoint of this very run.
+    fn load_checkpoint(&mut self, path: &Path) -> Result<()>;
     /// Every finished epoch.
     fn history(&self) -> &[EpochStats];
 }
@@ -65,6 +67,9 @@ macro_rules! epoch_trainer {
             }
             fn save_checkpoint(&self, path: &Path) -> Result<()> {
                 <$t>::save_checkpoint(self, path)
+            }
+            fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
+                <$t>::load_checkpoint(self, path)
             }
             fn history(&self) -> &[EpochStats] {
                 <$t>::history(self)
