@@ -90,8 +90,9 @@ impl Default for PtqConfig {
 }
 
 /// The same bits at every site, with the image input (the first site's input: the patch
-/// embedding, or WTPose's stem convolution) at `image_bits`. Matmul sites use `a_bits` for both operands; their `w_bits` is set equal and
-/// ignored.
+/// embedding, WTPose's stem convolution, or the first linear layer of a user's model) at
+/// `image_bits`, as [`crate::mixed::fix_image_bits`] keeps it in allocated plans. Matmul sites
+/// use `a_bits` for both operands; their `w_bits` is set equal and ignored.
 pub fn uniform_plan(sites: &[SiteInfo], w_bits: u8, a_bits: u8, image_bits: u8) -> Result<BitPlan> {
     let (w, a, img) = (
         BitWidth::new(w_bits)?,
@@ -101,9 +102,9 @@ pub fn uniform_plan(sites: &[SiteInfo], w_bits: u8, a_bits: u8, image_bits: u8) 
     let mut plan = BitPlan::default();
     for (i, s) in sites.iter().enumerate() {
         let bits = match s.kind {
-            // The first site reads the image (a patch embedding, or WTPose's stem); later
-            // convolutions read activations like any linear.
-            SiteKind::Conv if i == 0 => SiteBits {
+            // The first site reads the image (a patch embedding, WTPose's stem, a user model's
+            // first layer); later ones read activations.
+            SiteKind::Conv | SiteKind::Linear if i == 0 => SiteBits {
                 w_bits: w,
                 a_bits: img,
             },

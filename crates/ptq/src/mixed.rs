@@ -640,4 +640,20 @@ mod tests {
             .to_string();
         assert!(err.contains("--avg-bits"), "{err}");
     }
+
+    #[test]
+    fn the_first_site_reads_the_image_in_uniform_and_allocated_plans_alike() {
+        // A user's MLP: its first site is a linear layer reading the pixels.
+        let sites = [site("fc1", 300, 300), site("fc2", 100, 100)];
+        let mut plan = uniform_plan(&sites, 3, 3, 8).unwrap();
+        let first = |p: &BitPlan| p.sites[&SiteId::new("fc1")];
+        assert_eq!(
+            (first(&plan).w_bits.get(), first(&plan).a_bits.get()),
+            (3, 8)
+        );
+        assert_eq!(plan.sites[&SiteId::new("fc2")].a_bits.get(), 3);
+        plan.sites.get_mut(&SiteId::new("fc1")).unwrap().a_bits = BitWidth::new(2).unwrap();
+        fix_image_bits(&mut plan, &sites, 8).unwrap();
+        assert_eq!(first(&plan).a_bits.get(), 8);
+    }
 }
