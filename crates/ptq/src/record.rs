@@ -6,7 +6,7 @@ use std::path::Path;
 use mixq_core::{BitPlan, Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{Metrics, PostLnMode, SeedMetrics, SoftmaxMode, Spread};
+use crate::{Metrics, PostLnMode, SeedMetrics, SoftmaxMode, Spread, VariantResult};
 
 /// One row of a PTQ table: a configuration over every calibration seed.
 #[derive(Clone, Debug, Serialize)]
@@ -30,22 +30,39 @@ pub struct PtqRow {
 }
 
 impl PtqRow {
-    /// The row of `seeds`' figures; `modes` is `None` for full precision.
-    pub fn new(
-        name: String,
-        modes: Option<(PostLnMode, SoftmaxMode)>,
-        seeds: Vec<SeedMetrics>,
-    ) -> Self {
-        let spread = |f: fn(&Metrics) -> f64| Spread::of(seeds.iter().map(|s| f(&s.metrics)));
+    /// The full-precision row: one evaluation, no seed, no quantizers.
+    pub fn full_precision(name: String, metrics: Metrics) -> Self {
+        let one = |v: f64| Spread::of([v]);
         Self {
             name,
-            post_ln: modes.map(|m| m.0),
-            softmax: modes.map(|m| m.1),
-            top1: spread(Metrics::top1_pct),
-            top5: spread(Metrics::top5_pct),
-            loss: spread(Metrics::loss),
-            kl: modes.map(|_| spread(Metrics::kl)),
-            seeds,
+            post_ln: None,
+            softmax: None,
+            top1: one(metrics.top1_pct()),
+            top5: one(metrics.top5_pct()),
+            loss: one(metrics.loss()),
+            kl: None,
+            seeds: vec![SeedMetrics {
+                seed: None,
+                metrics,
+            }],
+        }
+    }
+
+    /// A quantized configuration's row from its figures over the seeds.
+    pub fn quantized(
+        name: String,
+        modes: (PostLnMode, SoftmaxMode),
+        result: VariantResult,
+    ) -> Self {
+        Self {
+            name,
+            post_ln: Some(modes.0),
+            softmax: Some(modes.1),
+            top1: result.top1,
+            top5: result.top5,
+            loss: result.loss,
+            kl: Some(result.kl),
+            seeds: result.seeds,
         }
     }
 }

@@ -256,21 +256,10 @@ pub fn ptq_table(
     let describe = data.describe.clone();
     let name = &card.aliases[0];
     let result = compare_on(model, &variants, &calibrations, data, device, progress)?;
-    let mut rows = vec![PtqRow::new(
-        format!("{name} FP32"),
-        None,
-        vec![SeedMetrics {
-            seed: None,
-            metrics: result.fp,
-        }],
-    )];
+    let mut rows = vec![PtqRow::full_precision(format!("{name} FP32"), result.fp)];
     for (v, r) in variants.iter().zip(result.variants) {
         let modes = (v.config.post_ln, v.config.softmax);
-        rows.push(PtqRow::new(
-            format!("{name} {}", r.label),
-            Some(modes),
-            r.seeds,
-        ));
+        rows.push(PtqRow::quantized(format!("{name} {}", r.label), modes, r));
     }
     Ok(PtqResults {
         model: card.name.clone(),
