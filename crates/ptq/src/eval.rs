@@ -167,6 +167,14 @@ impl Spread {
     }
 }
 
+/// The error of an evaluation in which no image of `source` could be read.
+pub(crate) fn no_image_evaluated(source: Option<std::path::PathBuf>) -> mixq_core::Error {
+    mixq_core::Error::Data {
+        path: source.unwrap_or_default(),
+        message: "no image could be evaluated".into(),
+    }
+}
+
 /// One model's figures on an evaluation set, and what [`evaluate_data`] kept of its outputs.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Evaluation {
@@ -215,10 +223,7 @@ pub fn evaluate_data(
         progress(done, data.len, &out.metrics);
     }
     if out.metrics.images == 0 {
-        return Err(mixq_core::Error::Data {
-            path: data.source.unwrap_or_default(),
-            message: "no image could be evaluated".into(),
-        });
+        return Err(no_image_evaluated(data.source));
     }
     Ok(out)
 }

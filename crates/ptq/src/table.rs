@@ -30,7 +30,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor};
-use mixq_core::{BitPlan, Error, Result};
+use mixq_core::{BitPlan, Result};
 use mixq_datasets::EvalData;
 use mixq_vit_models::{Model, ModelCard, batch_tensor};
 use serde::{Deserialize, Serialize};
@@ -184,10 +184,7 @@ pub fn compare_on(
         },
     )?;
     if result.fp.images == 0 {
-        return Err(Error::Data {
-            path: source.unwrap_or_default(),
-            message: "no image could be evaluated".into(),
-        });
+        return Err(crate::eval::no_image_evaluated(source));
     }
     Ok(result)
 }
