@@ -102,7 +102,7 @@ pub use image_folder::{ImageFolder, Loader};
 pub use known::{ClassificationData, KnownDataset};
 pub use labelled::{LabelledBatches, LabelledImages};
 pub use pose_dataset::{
-    Augment, PoseBatch, PoseItem, PoseMeta, TopDownConfig, TopDownDataset, keypoint_results,
+    PoseAugment, PoseBatch, PoseItem, PoseMeta, TopDownConfig, TopDownDataset, keypoint_results,
 };
 pub use pose_source::{PoseData, PoseDataConfig, topdown_dataset};
 pub use preprocess::{EvalTransform, PassOrder, eval_transform_image, load_image};

@@ -76,7 +76,7 @@ impl TopDownConfig {
 
 /// Random training augmentation (HRNet's defaults).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Augment {
+pub struct PoseAugment {
     /// Probability of a horizontal flip (0.5).
     pub flip_prob: f64,
     /// Scale jitter: `scale *= clip(N(0,1) * f + 1, 1 - f, 1 + f)` (0.35).
@@ -87,7 +87,7 @@ pub struct Augment {
     pub rotation_prob: f64,
 }
 
-impl Default for Augment {
+impl Default for PoseAugment {
     fn default() -> Self {
         Self {
             flip_prob: 0.5,
@@ -344,7 +344,7 @@ impl TopDownDataset {
     pub fn item(
         &self,
         index: usize,
-        augment: Option<&Augment>,
+        augment: Option<&PoseAugment>,
         seed: u64,
     ) -> Result<PoseItem, DataError> {
         let s = self.samples.get(index).ok_or_else(|| {
@@ -447,7 +447,7 @@ impl TopDownDataset {
     pub fn batch(
         &self,
         indices: &[usize],
-        augment: Option<&Augment>,
+        augment: Option<&PoseAugment>,
         seed: u64,
     ) -> Result<PoseBatch, DataError> {
         let items: Vec<PoseItem> = indices

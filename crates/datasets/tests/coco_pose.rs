@@ -7,7 +7,7 @@ use mixq_datasets::coco::NUM_KEYPOINTS;
 use mixq_datasets::pose_transform::{decode_heatmaps, gaussian_targets};
 use mixq_datasets::synthetic_pose::SYNTHETIC_JSON;
 use mixq_datasets::{
-    Augment, CocoKeypoints, KeypointResult, SyntheticPoses, TopDownConfig, TopDownDataset,
+    CocoKeypoints, KeypointResult, PoseAugment, SyntheticPoses, TopDownConfig, TopDownDataset,
     evaluate_keypoints, keypoint_results, load_detections, load_keypoint_results,
     save_keypoint_results,
 };
@@ -203,7 +203,7 @@ fn flipped_crop_mirrors_the_plain_crop() {
     let dir = tempfile::tempdir().unwrap();
     let coco = generate(dir.path(), 2, 21);
     let ds = TopDownDataset::from_gt(&coco, dir.path(), TopDownConfig::default()).unwrap();
-    let flip_only = Augment {
+    let flip_only = PoseAugment {
         flip_prob: 1.0,
         scale_factor: 0.0,
         rotation_factor: 0.0,
@@ -226,7 +226,7 @@ fn flipped_crop_mirrors_the_plain_crop() {
     // plain right shoulder's.
     assert_eq!(flipped.target_weight[5], plain.target_weight[6]);
     // Same seed, same augmentation.
-    let aug = Augment::default();
+    let aug = PoseAugment::default();
     let a = ds.batch(&[0, 1], Some(&aug), 77).unwrap();
     let b = ds.batch(&[0, 1], Some(&aug), 77).unwrap();
     assert_eq!(a, b);

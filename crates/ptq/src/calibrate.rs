@@ -14,7 +14,7 @@ use mixq_quant_kernels::{
 use mixq_vit_models::{Model, SiteHook, Slot};
 
 use crate::config::{PostLnMode, PtqConfig, SoftmaxMode};
-use crate::reparam::{Target, apply_fold, channel_fold};
+use crate::reparam::{ChannelTarget, apply_fold, channel_fold};
 use crate::state::{ActQuantizer, QuantState};
 
 /// A model ready for fake-quantized inference.
@@ -274,8 +274,8 @@ fn fold_post_ln(
     let mut state = QuantState::default();
     let (target, method) = match mode {
         PostLnMode::Uniform => return Ok(state),
-        PostLnMode::ChannelReparam => (Target::Mean, RangeMethod::MinMax),
-        PostLnMode::ClippedChannel => (Target::Median, RangeMethod::repq()),
+        PostLnMode::ChannelReparam => (ChannelTarget::Mean, RangeMethod::MinMax),
+        PostLnMode::ClippedChannel => (ChannelTarget::Median, RangeMethod::repq()),
     };
     let wanted = model
         .post_norm_pairs_mut()

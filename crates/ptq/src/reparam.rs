@@ -25,7 +25,7 @@ use mixq_vit_models::layers::{LayerNorm, Linear};
 
 /// How the per-channel target is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
+pub enum ChannelTarget {
     /// The mean channel (RepQ-ViT).
     Mean,
     /// The median channel (the clipped-channel variant).
@@ -44,10 +44,10 @@ pub struct ChannelFold {
     pub per_tensor: UniformQuantizer,
 }
 
-fn center(v: &[f32], target: Target) -> f32 {
+fn center(v: &[f32], target: ChannelTarget) -> f32 {
     match target {
-        Target::Mean => v.iter().map(|&x| x as f64).sum::<f64>() as f32 / v.len() as f32,
-        Target::Median => {
+        ChannelTarget::Mean => v.iter().map(|&x| x as f64).sum::<f64>() as f32 / v.len() as f32,
+        ChannelTarget::Median => {
             let mut s = v.to_vec();
             s.sort_by(f32::total_cmp);
             let n = s.len();
@@ -67,7 +67,7 @@ pub fn channel_fold(
     channels: usize,
     bits: BitWidth,
     method: &RangeMethod,
-    target: Target,
+    target: ChannelTarget,
 ) -> Result<ChannelFold> {
     let rows = x.len() / channels;
     let per_channel = calibrate_uniform(

@@ -1,5 +1,5 @@
 //! Training a WTPose model on top-down person crops: mmpose's heatmap loss, AdamW on the
-//! warm-up + cosine schedule, the pose augmentation of [`mixq_datasets::Augment`], and the
+//! warm-up + cosine schedule, the pose augmentation of [`mixq_datasets::PoseAugment`], and the
 //! weights saved after every epoch so a run stopped early keeps its last ones.
 
 use std::path::Path;
@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use mixq_core::{Error, Result};
-use mixq_datasets::{Augment, PoseBatch, TopDownDataset};
+use mixq_datasets::{PoseAugment, PoseBatch, TopDownDataset};
 use mixq_vit_models::{WtPose, WtPoseConfig, pose_batch_tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -124,7 +124,7 @@ pub fn train_pose(
     let mut optim = AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
         .init();
-    let augment = Augment::default();
+    let augment = PoseAugment::default();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let total = train_set.len().div_ceil(config.batch) * config.epochs;
     let warmup = default_warmup(total);
