@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use mixq_allocator::parse_candidates;
-use mixq_core::{BitPlan, ContributionScores, Result, RunDir, SensitivityTable, SiteId, SiteInfo};
+use mixq_core::{
+    BitPlan, ContributionScores, Result, RunDir, SensitivityTable, SiteBits, SiteId, SiteInfo,
+};
 use mixq_datasets::EvalData;
+use mixq_ptq::Spread;
 use mixq_ptq::mixed::{
     BudgetConfig, CalibrationConfig, MixedConfig, MixedPlans, MixedRow, SweepConfig, budget_plans,
     calib_and_probe, evaluate_plans, make_plans, sensitivity_table,
@@ -280,8 +283,10 @@ impl MixedArgs {
 }
 
 /// `cargo xtask ptq --mixed`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_mixed(
     model_args: &ModelArgs,
+    seeds: &[u64],
     mixed: &MixedArgs,
     calibration: &CalibrationConfig,
     data: Option<&Path>,
@@ -290,59 +295,74 @@ pub fn run_mixed(
     runs: &Path,
 ) -> Result<()> {
     let card = model_args.card()?;
+    // Bad evaluation data fails before the minutes of calibration and sweeping.
+    let eval = EvalData::open(&card.data_spec(), data, eval_limit, batch)?;
     let device = model_args.device.device()?;
     let model = model_args.load(&card, &device)?;
     let sites = model.sites();
     let mut bars = StageBars::default();
-    let plans = make_plans(
-        &model,
-        &card,
-        model_args.seed,
-        &mixed.config(runs),
-        calibration,
-        &device,
-        |stage, done, total| bars.update(stage.name(), done, total),
-    )?;
+    let config = mixed.config(runs);
+    let seeded = seeds
+        .iter()
+        .map(|&seed| {
+            let plans = make_plans(
+                &model,
+                &card,
+                seed,
+                &config,
+                calibration,
+                &device,
+                |stage, done, total| {
+                    bars.update(&format!("{} (seed {seed})", stage.name()), done, total)
+                },
+            )?;
+            Ok((seed, plans))
+        })
+        .collect::<Result<Vec<_>>>()?;
     bars.finish();
-    let eval = EvalData::open(&card.data_spec(), data, eval_limit, batch)?;
     let describe = eval.describe.clone();
-    let rows = evaluate_plans(
-        &model,
-        &card,
-        &plans,
-        model_args.seed,
-        eval,
-        &device,
-        |s, d, t| bars.update(s.name(), d, t),
-    )?;
+    let rows = evaluate_plans(&model, &card, &seeded, eval, &device, |s, d, t| {
+        bars.update(s.name(), d, t)
+    })?;
     bars.finish();
-    let n_calib = plans.calib.dims()[0];
-    let MixedPlans {
-        probe,
-        scores,
-        table,
-        plans,
-        ..
-    } = plans;
     let table_md = MixedRow::markdown(&rows);
     print!("\n{table_md}");
+    let candidates = parse_candidates(&mixed.sweep.candidates)?;
+    let agreement = rank_agreement(&seeded, &candidates);
+    let agreement_md = rank_agreement_markdown(&agreement, &candidates);
+    print!("\n{agreement_md}");
 
-    // 5. The run folder.
+    // The run folder: with several seeds, each seed's files carry `-seed<s>`; the pictures
+    // show the first seed.
     let run = RunDir::create(runs, "ptq-mixed")?;
-    scores.save(run.file("scores.toml"))?;
-    table.save(run.file("sensitivity.toml"))?;
-    for (name, budget, plan) in &plans {
-        let file = format!(
-            "plan-{}-{}.toml",
-            name.replace(' ', "-"),
-            budget.map(|b| b.to_string()).unwrap_or_default()
-        );
-        run.write(&file, plan.to_toml()?.as_bytes())?;
+    let tag = |seed: u64| {
+        if seeds.len() > 1 {
+            format!("-seed{seed}")
+        } else {
+            String::new()
+        }
+    };
+    for (seed, plans) in &seeded {
+        let tag = tag(*seed);
+        plans.scores.save(run.file(&format!("scores{tag}.toml")))?;
+        plans
+            .table
+            .save(run.file(&format!("sensitivity{tag}.toml")))?;
+        for (name, budget, plan) in &plans.plans {
+            let file = format!(
+                "plan-{}-{}{tag}.toml",
+                name.replace(' ', "-"),
+                budget.map(|b| b.to_string()).unwrap_or_default()
+            );
+            run.write(&file, plan.to_toml()?.as_bytes())?;
+        }
     }
+    let (seed, first) = &seeded[0];
+    let n_calib = first.calib.dims()[0];
     let order = site_ids(&sites);
     contribution_chart(
         run.file("relevance.png"),
-        &scores,
+        &first.scores,
         &order,
         &format!(
             "LRP contribution per site — {} ({})",
@@ -351,17 +371,18 @@ pub fn run_mixed(
     )?;
     sensitivity_heat_map(
         run.file("sensitivity.png"),
-        &table,
+        &first.table,
         &order,
         &format!(
             "Sensitivity — {} ({}, {} probe images)",
             card.aliases[0],
-            table.metric,
-            probe.len()
+            first.table.metric,
+            first.probe.len()
         ),
     )?;
     for &avg in &mixed.budget.avg_bits {
-        let at_budget: Vec<(&str, &BitPlan)> = plans
+        let at_budget: Vec<(&str, &BitPlan)> = first
+            .plans
             .iter()
             .filter(|(_, b, _)| *b == Some(avg))
             .map(|(name, _, plan)| (name.as_str(), plan))
@@ -379,13 +400,15 @@ pub fn run_mixed(
     let json = mixq_core::to_json(
         &serde_json::json!({
             "model": card.name,
-            "seed": model_args.seed,
+            "seed": seed,
+            "seeds": seeds,
             "calib_images": n_calib,
-            "probe_images": probe.len(),
+            "probe_images": first.probe.len(),
             "eval": describe,
             "candidates": mixed.sweep.candidates,
             "lambda": mixed.budget.lambda,
             "rows": rows,
+            "rank_agreement": agreement,
         }),
         "results",
     )?;
@@ -395,18 +418,65 @@ pub fn run_mixed(
     for &avg in &mixed.budget.avg_bits {
         pictures += &format!("![bits at {avg}](bits-{avg}.png)\n\n");
     }
+    let seeds_text = seeds
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let report = format!(
-        "# Mixed-precision PTQ: {}\n\nCalibration {n_calib} images, probe {} images (disjoint), seed {}. Evaluation: {describe}.\n\
-         Budgets cap the parameter-weighted average weight bits and the MAC-weighted average activation bits.\n\n{table_md}\n{pictures}Reproduce:\n\n```\ncargo xtask ptq {}\n```\n",
+        "# Mixed-precision PTQ: {}\n\nCalibration {n_calib} images, probe {} images (disjoint), seeds {seeds_text} (mean ± std over them; pictures: seed {seed}). Evaluation: {describe}.\n\
+         Budgets cap the parameter-weighted average weight bits and the MAC-weighted average activation bits.\n\n{table_md}\n{agreement_md}\n{pictures}Reproduce:\n\n```\ncargo xtask ptq {}\n```\n",
         card.aliases[0],
-        probe.len(),
-        model_args.seed,
+        first.probe.len(),
         std::env::args().skip(2).collect::<Vec<_>>().join(" ")
     );
     run.write("report.md", report.as_bytes())?;
     let path = run.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())
+}
+
+/// Spearman's ρ between LRP contribution and sensitivity, per seed and square candidate.
+#[derive(serde::Serialize)]
+struct RankAgreement {
+    seed: u64,
+    bits: String,
+    spearman: Option<f64>,
+}
+
+fn rank_agreement(seeded: &[(u64, MixedPlans)], candidates: &[SiteBits]) -> Vec<RankAgreement> {
+    seeded
+        .iter()
+        .flat_map(|(seed, plans)| {
+            candidates.iter().map(|&bits| RankAgreement {
+                seed: *seed,
+                bits: format!("W{}A{}", bits.w_bits, bits.a_bits),
+                spearman: plans.table.rank_agreement(&plans.scores, bits),
+            })
+        })
+        .collect()
+}
+
+/// One row per candidate: ρ as mean ± std over the seeds.
+fn rank_agreement_markdown(agreement: &[RankAgreement], candidates: &[SiteBits]) -> String {
+    let mut s = String::from(
+        "| sensitivity at | Spearman ρ (LRP contribution vs damage, over sites) |\n|---|---:|\n",
+    );
+    for bits in candidates {
+        let label = format!("W{}A{}", bits.w_bits, bits.a_bits);
+        let values: Vec<f64> = agreement
+            .iter()
+            .filter(|a| a.bits == label)
+            .filter_map(|a| a.spearman)
+            .collect();
+        let rho = if values.is_empty() {
+            "-".to_string()
+        } else {
+            Spread::of(values).format(2)
+        };
+        s += &format!("| {label} | {rho} |\n");
+    }
+    s
 }
 
 /// The ids of `sites`, in forward order.

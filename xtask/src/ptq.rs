@@ -32,8 +32,9 @@ pub struct PtqArgs {
     #[arg(long, conflicts_with_all = ["w_bits", "a_bits"])]
     pub plan: Option<PathBuf>,
     /// Calibration seeds (`--seeds 0,1,2`; default: `--seed`): one calibration sample per seed,
-    /// every figure reported as mean ± std over them.
-    #[arg(long, value_delimiter = ',', conflicts_with = "mixed")]
+    /// every figure reported as mean ± std over them (with --mixed: probe images, LRP scores,
+    /// sensitivity and allocation anew for each seed).
+    #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
     /// Run the post-LN x softmax grid at these bits and write it as one table.
     #[arg(long)]
@@ -136,6 +137,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
         };
         return run_mixed(
             &args.model,
+            &args.calibration_seeds(),
             &args.mixed_args,
             &calibration,
             args.eval_data.data.as_deref(),

@@ -68,6 +68,81 @@ fn ptq_mixed_writes_plans_pictures_and_is_deterministic() {
     assert_eq!(plans[0], plans[1], "same seed, same plan");
 }
 
+/// `ptq --mixed --seeds 0,1`: each seed calibrates, scores, sweeps and allocates on its own
+/// sample, and its figures are those of a run with that seed alone.
+#[test]
+fn ptq_mixed_over_seeds_summarises_each_seeds_own_plans() {
+    let run_with = |name: &str, seeds: &[&str]| {
+        let runs = tmpdir(name);
+        let mut args = vec![
+            "ptq",
+            "--model",
+            "digits-deit",
+            "--mixed",
+            "--runs",
+            runs.to_str().unwrap(),
+        ];
+        args.extend(SMALL);
+        args.extend(seeds);
+        let out = xtask(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run = only_run(&runs, "-ptq-mixed");
+        let results: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap())
+                .unwrap();
+        (stdout, run, results)
+    };
+    let (stdout, both, results) = run_with("ptq-seeds", &["--seeds", "0,1"]);
+    let (_, alone, alone_results) = run_with("ptq-seed1", &["--seed", "1"]);
+    let mix_row = stdout
+        .lines()
+        .find(|l| l.starts_with("| mixed mix"))
+        .unwrap();
+    assert!(mix_row.contains('±'), "{stdout}");
+    assert_eq!(results["seeds"], serde_json::json!([0, 1]));
+    let plan = |path: std::path::PathBuf| mixq_core::BitPlan::load(path).unwrap().sites;
+    assert_eq!(
+        plan(both.join("plan-mixed-mix-4-seed1.toml")),
+        plan(alone.join("plan-mixed-mix-4.toml")),
+        "seed 1's plan is the plan of a run with seed 1 alone"
+    );
+    assert!(
+        both.join("scores-seed0.toml").is_file() && both.join("sensitivity-seed1.toml").is_file()
+    );
+    let rows = results["rows"].as_array().unwrap();
+    let mix = rows.iter().find(|r| r["name"] == "mixed mix").unwrap();
+    let alone_mix = alone_results["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "mixed mix")
+        .unwrap();
+    assert_eq!(mix["seeds"][1]["seed"], 1);
+    assert_eq!(mix["seeds"][1]["metrics"], alone_mix["seeds"][0]["metrics"]);
+    let top1 = |i: usize| {
+        let m = &mix["seeds"][i]["metrics"];
+        100.0 * m["top1"].as_f64().unwrap() / m["images"].as_f64().unwrap()
+    };
+    let mean = (top1(0) + top1(1)) / 2.0;
+    assert!((mix["top1"]["mean"].as_f64().unwrap() - mean).abs() < 1e-9);
+    // Spearman's ρ of LRP and sensitivity, for every seed and candidate.
+    let agreement = results["rank_agreement"].as_array().unwrap();
+    assert_eq!(agreement.len(), 2 * 3, "{agreement:?}");
+    for a in agreement {
+        let rho = a["spearman"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&rho), "{a}");
+    }
+    assert!(
+        stdout.contains("| W2A2 | ") && stdout.contains("Spearman"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn sensitivity_shards_merge_and_allocate_reads_the_files() {
     let runs = tmpdir("shards");

@@ -19,8 +19,8 @@ use mixq_vit_models::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Baseline, PtqConfig, PtqStage, SweepOptions, Variant, compare_on, sensitivity_sweep,
-    sweep_fingerprint, uniform_plan,
+    Baseline, PtqConfig, PtqStage, SeedMetrics, SeededVariants, Spread, SweepOptions, Variant,
+    compare_on, sensitivity_sweep, sweep_fingerprint, uniform_plan,
 };
 
 /// Where calibration (and probe) images come from, and the bits of the image input.
@@ -510,7 +510,9 @@ pub fn choose_plan(
     Ok(ChosenPlan { plan, label, calib })
 }
 
-/// One row of the mixed-precision table: a plan (or full precision) on the evaluation images.
+/// One row of the mixed-precision table: a plan (or full precision) on the evaluation images,
+/// every figure over the calibration seeds (each seed calibrates, scores and allocates anew,
+/// so even the average bits of an allocated plan can differ between seeds).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MixedRow {
     /// `<model> FP32`, `uniform WbAb` or `mixed <criterion>`.
@@ -518,83 +520,103 @@ pub struct MixedRow {
     /// The average-bits budget the plan was made for.
     pub budget: Option<f64>,
     /// Parameter-weighted average weight bits (32 for full precision).
-    pub avg_w_bits: f64,
+    pub avg_w_bits: Spread,
     /// MAC-weighted average activation bits (32 for full precision).
-    pub avg_a_bits: f64,
+    pub avg_a_bits: Spread,
     /// Top-1 %.
-    pub top1: f64,
+    pub top1: Spread,
     /// Top-5 %.
-    pub top5: f64,
+    pub top5: Spread,
     /// Mean KL(FP || quantized) (0 for full precision).
-    pub kl: f64,
+    pub kl: Spread,
+    /// Every seed's figures (`seed: None` for full precision).
+    pub seeds: Vec<SeedMetrics>,
 }
 
 impl MixedRow {
-    /// `rows` as a markdown table.
+    /// `rows` as a markdown table (`mean ± std` over the seeds; the value alone for one seed).
     pub fn markdown(rows: &[MixedRow]) -> String {
         let mut s = String::from(
             "| plan | budget (avg bits) | avg W bits | avg A bits | top-1 % | top-5 % | KL to FP |\n|---|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in rows {
             s += &format!(
-                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.4} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
                 r.name,
                 r.budget.map_or("-".into(), |b| b.to_string()),
-                r.avg_w_bits,
-                r.avg_a_bits,
-                r.top1,
-                r.top5,
-                r.kl
+                r.avg_w_bits.format(2),
+                r.avg_a_bits.format(2),
+                r.top1.format(2),
+                r.top5.format(2),
+                r.kl.format(4)
             );
         }
         s
     }
 }
 
-/// PTQ with every plan of [`make_plans`] on its calibration images, then one evaluation pass
-/// over `data` for full precision and all of them. `progress` gets (stage, done, total).
+/// PTQ with every plan of [`make_plans`] on its calibration images, for each seed's plans, then
+/// one evaluation pass over `data` for full precision and all of them. Every seed's plans
+/// must carry the same names and budgets (the same [`MixedConfig`]). `progress` gets (stage,
+/// done, total).
 pub fn evaluate_plans(
     model: &Model,
     card: &ModelCard,
-    plans: &MixedPlans,
-    seed: u64,
+    seeded: &[(u64, MixedPlans)],
     data: EvalData,
     device: &Device,
     progress: impl FnMut(PtqStage, usize, usize),
 ) -> Result<Vec<MixedRow>> {
     let sites = model.sites();
-    let variants: Vec<Variant> = plans
-        .plans
+    let variants = seeded
         .iter()
-        .map(|(name, _, plan)| Variant {
-            label: name.clone(),
-            plan: plan.clone(),
-            config: PtqConfig::default(),
+        .map(|(seed, plans)| SeededVariants {
+            seed: *seed,
+            images: plans.calib.clone(),
+            variants: plans
+                .plans
+                .iter()
+                .map(|(name, budget, plan)| Variant {
+                    label: format!("{name} @{budget:?}"),
+                    plan: plan.clone(),
+                    config: PtqConfig::default(),
+                })
+                .collect(),
         })
-        .collect();
-    let calibrations = [(seed, plans.calib.clone())];
-    let result = compare_on(model, &variants, &calibrations, data, device, progress)?;
+        .collect::<Vec<_>>();
+    let result = compare_on(model, &variants, data, device, progress)?;
     let fp = &result.fp;
+    let one = |v: f64| Spread::of([v]);
     let mut rows = vec![MixedRow {
         name: format!("{} FP32", card.aliases[0]),
         budget: None,
-        avg_w_bits: 32.0,
-        avg_a_bits: 32.0,
-        top1: fp.top1_pct(),
-        top5: fp.top5_pct(),
-        kl: 0.0,
+        avg_w_bits: one(32.0),
+        avg_a_bits: one(32.0),
+        top1: one(fp.top1_pct()),
+        top5: one(fp.top5_pct()),
+        kl: one(0.0),
+        seeds: vec![SeedMetrics {
+            seed: None,
+            metrics: fp.clone(),
+        }],
     }];
-    for ((name, budget, plan), r) in plans.plans.iter().zip(&result.variants) {
-        let (w, a) = plan_averages(plan, &sites);
-        let m = &r.seeds[0].metrics;
+    let Some((_, first)) = seeded.first() else {
+        return Ok(rows);
+    };
+    for (i, ((name, budget, _), r)) in first.plans.iter().zip(result.variants).enumerate() {
+        let averages: Vec<(f64, f64)> = seeded
+            .iter()
+            .map(|(_, plans)| plan_averages(&plans.plans[i].2, &sites))
+            .collect();
         rows.push(MixedRow {
             name: name.clone(),
             budget: *budget,
-            avg_w_bits: w,
-            avg_a_bits: a,
-            top1: m.top1_pct(),
-            top5: m.top5_pct(),
-            kl: m.kl(),
+            avg_w_bits: Spread::of(averages.iter().map(|a| a.0)),
+            avg_a_bits: Spread::of(averages.iter().map(|a| a.1)),
+            top1: r.top1,
+            top5: r.top5,
+            kl: r.kl,
+            seeds: r.seeds,
         });
     }
     Ok(rows)

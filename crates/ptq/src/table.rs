@@ -30,7 +30,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor};
-use mixq_core::{BitPlan, Result};
+use mixq_core::{BitPlan, Error, Result};
 use mixq_datasets::EvalData;
 use mixq_vit_models::{Model, ModelCard, batch_tensor};
 use serde::{Deserialize, Serialize};
@@ -108,31 +108,86 @@ pub fn compare_variants(
     variants: &[Variant],
     calibrations: &[(u64, Tensor<4>)],
     batches: impl IntoIterator<Item = (Tensor<4>, Vec<usize>)>,
+    calibrated: impl FnMut(usize),
+    evaluated: impl FnMut(usize),
+) -> Result<VariantTable> {
+    let seeded: Vec<SeededVariants> = calibrations
+        .iter()
+        .map(|(seed, images)| SeededVariants {
+            seed: *seed,
+            images: images.clone(),
+            variants: variants.to_vec(),
+        })
+        .collect();
+    compare_seeded(model, &seeded, batches, calibrated, evaluated)
+}
+
+/// One calibration sample and the variants calibrated with it. Mixed precision chooses its
+/// plans from the calibration images, so each seed can bring its own plans under the same
+/// labels.
+#[derive(Clone, Debug)]
+pub struct SeededVariants {
+    /// The calibration seed.
+    pub seed: u64,
+    /// Its calibration images.
+    pub images: Tensor<4>,
+    /// The variants, with the same labels in the same order for every seed.
+    pub variants: Vec<Variant>,
+}
+
+/// [`compare_variants`] where each seed brings its own variants (same labels, same order):
+/// the i-th variant of every seed is one row of the result, summarised over the seeds.
+pub fn compare_seeded(
+    model: &Model,
+    seeded: &[SeededVariants],
+    batches: impl IntoIterator<Item = (Tensor<4>, Vec<usize>)>,
     mut calibrated: impl FnMut(usize),
     evaluated: impl FnMut(usize),
 ) -> Result<VariantTable> {
-    // Seed-major: seed i's variants are quantized[i * variants.len()..].
+    let labels: Vec<&str> = seeded.first().map_or(Vec::new(), |s| {
+        s.variants.iter().map(|v| v.label.as_str()).collect()
+    });
+    for s in seeded {
+        if !s
+            .variants
+            .iter()
+            .map(|v| v.label.as_str())
+            .eq(labels.iter().copied())
+        {
+            return Err(Error::invalid(
+                "variants",
+                format!("seed {}", s.seed),
+                "every calibration seed needs the same variant labels in the same order",
+            ));
+        }
+    }
+    // Seed-major: seed i's variants are quantized[i * labels.len()..].
     let mut quantized: Vec<QuantizedModel> = Vec::new();
-    for (_, calib) in calibrations {
-        for v in variants {
-            quantized.push(quantize(model.clone(), calib.clone(), &v.plan, &v.config)?);
+    for s in seeded {
+        for v in &s.variants {
+            quantized.push(quantize(
+                model.clone(),
+                s.images.clone(),
+                &v.plan,
+                &v.config,
+            )?);
             calibrated(quantized.len());
         }
     }
     let Comparison { fp, quantized: qm } = compare(model, &quantized, batches, evaluated);
-    let variants = variants
+    let variants = labels
         .iter()
         .enumerate()
-        .map(|(v, variant)| {
-            let seeds = calibrations
+        .map(|(v, label)| {
+            let seeds = seeded
                 .iter()
                 .enumerate()
-                .map(|(i, (seed, _))| SeedMetrics {
-                    seed: Some(*seed),
-                    metrics: qm[i * variants.len() + v].clone(),
+                .map(|(i, s)| SeedMetrics {
+                    seed: Some(s.seed),
+                    metrics: qm[i * labels.len() + v].clone(),
                 })
                 .collect();
-            VariantResult::new(variant.label.clone(), seeds)
+            VariantResult::new(label.to_string(), seeds)
         })
         .collect();
     Ok(VariantTable { fp, variants })
@@ -157,25 +212,23 @@ impl PtqStage {
     }
 }
 
-/// [`compare_variants`] over the batches of `data`; `progress` gets (stage, done, total). An
+/// [`compare_seeded`] over the batches of `data`; `progress` gets (stage, done, total). An
 /// evaluation in which no image could be read is an error naming `data`'s source.
 pub fn compare_on(
     model: &Model,
-    variants: &[Variant],
-    calibrations: &[(u64, Tensor<4>)],
+    seeded: &[SeededVariants],
     data: EvalData,
     device: &Device,
     mut progress: impl FnMut(PtqStage, usize, usize),
 ) -> Result<VariantTable> {
-    let total = calibrations.len() * variants.len();
+    let total = seeded.iter().map(|s| s.variants.len()).sum();
     let (len, source) = (data.len, data.source);
     let batches = data.batches.map(|b| (batch_tensor(&b, device), b.labels));
     let progress = std::cell::RefCell::new(&mut progress);
     let mut evaluated = 0;
-    let result = compare_variants(
+    let result = compare_seeded(
         model,
-        variants,
-        calibrations,
+        seeded,
         batches,
         |done| (progress.borrow_mut())(PtqStage::Calibrate, done, total),
         |n| {
@@ -235,7 +288,7 @@ pub fn ptq_table(
             })
         })
         .collect();
-    let calibrations = config
+    let seeded = config
         .seeds
         .iter()
         .map(|&seed| {
@@ -246,13 +299,17 @@ pub fn ptq_table(
                 seed,
                 device,
             )?;
-            Ok((seed, images))
+            Ok(SeededVariants {
+                seed,
+                images,
+                variants: variants.clone(),
+            })
         })
         .collect::<Result<Vec<_>>>()?;
-    let calib_images = calibrations.first().map_or(0, |c| c.1.dims()[0]);
+    let calib_images = seeded.first().map_or(0, |s| s.images.dims()[0]);
     let describe = data.describe.clone();
     let name = &card.aliases[0];
-    let result = compare_on(model, &variants, &calibrations, data, device, progress)?;
+    let result = compare_on(model, &seeded, data, device, progress)?;
     let mut rows = vec![PtqRow::full_precision(format!("{name} FP32"), result.fp)];
     for (v, r) in variants.iter().zip(result.variants) {
         let modes = (v.config.post_ln, v.config.softmax);
