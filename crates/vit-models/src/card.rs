@@ -139,6 +139,14 @@ const BUILTIN: &[(&str, &str)] = &[
         "fmnist-deit.toml",
         include_str!("../../../models/fmnist-deit.toml"),
     ),
+    (
+        "fmnist-swin.toml",
+        include_str!("../../../models/fmnist-swin.toml"),
+    ),
+    (
+        "mnist-deit.toml",
+        include_str!("../../../models/mnist-deit.toml"),
+    ),
 ];
 
 impl ModelCard {
