@@ -41,6 +41,13 @@ pub struct ExportArgs {
     /// The output file (e.g. model.mixq.safetensors).
     #[arg(long)]
     pub out: PathBuf,
+    /// Then run the engine, fake-quant and FP32 over the evaluation data (default: the card's
+    /// test split): top-1 of each, images whose top-1 differs between engine and fake-quant,
+    /// and images/s side by side.
+    #[arg(long)]
+    pub verify: bool,
+    #[command(flatten)]
+    pub eval_data: EvalDataArgs,
 }
 
 #[derive(Args, Debug)]
@@ -97,8 +104,14 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
         None => None,
     };
     let card = args.model.card()?;
+    // Bad evaluation data fails before calibration.
+    let data = args
+        .verify
+        .then(|| args.eval_data.open(&card))
+        .transpose()?;
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;
+    let fp_model = data.is_some().then(|| model.clone());
     let sites = model.sites();
     let bits = args.bits.unwrap_or(8);
     let mut plan = match (run, &args.plan) {
@@ -131,6 +144,7 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
     };
     let Export {
         engine,
+        quantized,
         max_abs_diff: max_d,
     } = mixq_deploy::export(model, &plan, &config, calib)?;
     let bytes = engine.to_bytes()?;
@@ -145,6 +159,53 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
         bytes.len(),
     );
     println!("\nwrote {}", args.out.display());
+    if let (Some(data), Some(fp_model)) = (data, fp_model) {
+        let describe = data.describe.clone();
+        let bar = progress(data.len, "verify");
+        let a = mixq_deploy::verify(&fp_model, &quantized, &engine, data, &device, |done, _| {
+            bar.set_position(done as u64)
+        })?;
+        bar.finish_and_clear();
+        println!(
+            "\n| data | images | FP32 top-1 % | fake-quant top-1 % | engine top-1 % | top-1 disagreements | max |Δlogits| | FP32 images/s | fake-quant images/s | engine images/s | engine vs FP32 |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {describe} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2e} | {:.0} | {:.0} | {:.0} | {:.2}x |",
+            a.engine.metrics.images,
+            a.fp.metrics.top1_pct(),
+            a.fake_quant.metrics.top1_pct(),
+            a.engine.metrics.top1_pct(),
+            a.disagreements.len(),
+            a.max_abs_diff,
+            a.fp.images_per_second(),
+            a.fake_quant.images_per_second(),
+            a.engine.images_per_second(),
+            a.engine.images_per_second() / a.fp.images_per_second(),
+        );
+        if !a.disagreements.is_empty() {
+            let shown: Vec<String> = a
+                .disagreements
+                .iter()
+                .take(20)
+                .map(usize::to_string)
+                .collect();
+            println!(
+                "images whose top-1 differs (data-set index{}): {}",
+                if a.disagreements.len() > 20 {
+                    ", first 20"
+                } else {
+                    ""
+                },
+                shown.join(", ")
+            );
+        }
+        println!(
+            "\nbatch {}, {} threads; each batch runs through all three forwards in turn.",
+            args.eval_data.batch,
+            rayon_threads()
+        );
+    }
     Ok(())
 }
 

@@ -47,6 +47,54 @@ fn export_then_run_int_on_digits() {
     assert!(acc > 90.0, "W8A8 digits top-1 {acc}: {out}");
 }
 
+/// `export --verify`: engine, fake-quant and FP32 over the test split; the fake-quant column is
+/// the PTQ table's figure for the same plan and calibration, and the engine agrees image by
+/// image.
+#[test]
+fn export_verify_matches_the_ptq_table_image_by_image() {
+    let dir = tmpdir("export-verify");
+    let file = dir.join("digits-w4a4.mixq.safetensors");
+    let out = ok(&[
+        "export",
+        "--model",
+        "digits-deit",
+        "--bits",
+        "4",
+        "--out",
+        file.to_str().unwrap(),
+        "--verify",
+        "--batch",
+        "50",
+    ]);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("| digits test split"))
+        .unwrap_or_else(|| panic!("no verify row in {out}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let (images, fp, fake_quant, engine, disagree) =
+        (cells[2], cells[3], cells[4], cells[5], cells[6]);
+    assert_eq!(images, "360", "{row}");
+    assert_eq!(fake_quant, engine, "{row}");
+    assert_eq!(disagree, "0", "{row}");
+    let runs = dir.join("runs");
+    let ptq = ok(&[
+        "ptq",
+        "--model",
+        "digits-deit",
+        "--bits",
+        "4",
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    let ptq_rows: Vec<&str> = ptq
+        .lines()
+        .filter(|l| l.starts_with("| digits-deit"))
+        .collect();
+    let ptq_top1 = |r: &str| r.split('|').map(str::trim).nth(4).unwrap().to_string();
+    assert_eq!(ptq_top1(ptq_rows[0]), fp, "{ptq}");
+    assert_eq!(ptq_top1(ptq_rows[1]), fake_quant, "{ptq}");
+}
+
 #[test]
 fn export_from_a_ptq_run_folder() {
     let dir = tmpdir("run");

@@ -59,6 +59,7 @@
 pub mod format;
 mod ops;
 mod simd;
+mod verify;
 mod vit;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,7 @@ use mixq_quant_kernels::{Granularity, IntGemm, PackedWeights, UniformQuantizer, 
 use mixq_vit_models::{ArchConfig, Model, Slot};
 
 pub use format::{FORMAT_NAME, FORMAT_VERSION, Header, WeightInfo};
+pub use verify::{Agreement, Forward, verify};
 
 use format::{Stored, Tensors};
 use vit::VitNet;
@@ -461,6 +463,8 @@ impl IntModel {
 pub struct Export {
     /// The integer model (write it with [`IntModel::to_bytes`]).
     pub engine: IntModel,
+    /// The fake-quant model it was built from ([`verify`] compares the two on a data set).
+    pub quantized: QuantizedModel,
     /// Max |logit difference| between the engine and fake-quant on the calibration images.
     pub max_abs_diff: f32,
 }
@@ -485,6 +489,7 @@ pub fn export(
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     Ok(Export {
         engine,
+        quantized: q,
         max_abs_diff,
     })
 }

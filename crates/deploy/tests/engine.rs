@@ -8,6 +8,7 @@ use mixq_datasets::Digits;
 use mixq_deploy::IntModel;
 use mixq_ptq::{PtqConfig, QuantizedModel, SoftmaxMode, quantize, uniform_plan};
 use mixq_quant_kernels::host_values;
+use mixq_sensitivity::argmax;
 use mixq_vit_models::{ArchConfig, ModelCard, VitConfig, WeightsSource};
 
 /// The engine and the fake-quant model differ only by float rounding (exact integer products
@@ -57,15 +58,6 @@ fn digits_model(device: &Device) -> mixq_vit_models::Model {
         .unwrap()
         .load_weights(&source)
         .unwrap()
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-            if v > bv { (i, v) } else { (bi, bv) }
-        })
-        .0
 }
 
 /// Runs both models on every digits test image; returns (max |Δ|, max |logit|, top-1 agreements,

@@ -168,7 +168,7 @@ impl Spread {
 }
 
 /// The error of an evaluation in which no image of `source` could be read.
-pub(crate) fn no_image_evaluated(source: Option<std::path::PathBuf>) -> mixq_core::Error {
+pub fn no_image_evaluated(source: Option<std::path::PathBuf>) -> mixq_core::Error {
     mixq_core::Error::Data {
         path: source.unwrap_or_default(),
         message: "no image could be evaluated".into(),

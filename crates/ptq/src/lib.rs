@@ -39,7 +39,10 @@ pub use calibrate::{
     quantize_hooked, quantize_isolated, reparameterize,
 };
 pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
-pub use eval::{Comparison, Evaluation, Metrics, Spread, compare, evaluate_data, host_logits};
+pub use eval::{
+    Comparison, Evaluation, Metrics, Spread, compare, evaluate_data, host_logits,
+    no_image_evaluated,
+};
 pub use hooked::{relative_mse, sensitivity_hooked};
 pub use record::{PtqResults, PtqRow, PtqRun, ablation_grid};
 pub use state::{ActQuantizer, QuantState};

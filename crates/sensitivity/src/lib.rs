@@ -42,7 +42,7 @@ use mixq_vit_models::{Model, SiteHook, Slot};
 
 pub use cache::{SweepCache, fingerprint};
 pub use grid::{Shard, grid, merge_tables, to_table};
-pub use metric::{Damage, Metric, damage};
+pub use metric::{Damage, Metric, argmax, damage};
 
 /// One measured (site, bits) point.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -78,7 +78,8 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
     row.iter().map(|&v| v as f64 - lse).collect()
 }
 
-fn argmax(row: &[f32]) -> usize {
+/// The predicted class of one row of logits (the first of equal maxima).
+pub fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
         .fold(

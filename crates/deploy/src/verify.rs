@@ -1,0 +1,111 @@
+//! The integer engine against the fake-quant model it was exported from, image by image, on a
+//! whole data set: does the file compute what the PTQ tables report, and how fast is it next to
+//! burn-flex's `f32` forward of the same model?
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use mixq_core::Result;
+use mixq_datasets::EvalData;
+use mixq_ptq::{Metrics, QuantizedModel, host_logits};
+use mixq_sensitivity::argmax;
+use mixq_vit_models::Model;
+use serde::Serialize;
+
+use crate::IntModel;
+
+/// One forward's figures over the data set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Forward {
+    /// Top-1/5, CE; KL against the fake-quant logits for the engine, against the FP logits for
+    /// fake-quant, none for FP.
+    pub metrics: Metrics,
+    /// Seconds spent in this forward alone (batch preparation excluded).
+    pub seconds: f64,
+}
+
+impl Forward {
+    /// Images per second of the forward alone.
+    pub fn images_per_second(&self) -> f64 {
+        self.metrics.images as f64 / self.seconds.max(f64::MIN_POSITIVE)
+    }
+}
+
+/// What [`verify`] measured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Agreement {
+    /// The full-precision model (burn-flex `f32`).
+    pub fp: Forward,
+    /// The fake-quant model (burn-flex `f32` with quantizers).
+    pub fake_quant: Forward,
+    /// The integer engine.
+    pub engine: Forward,
+    /// Data-set indices of the images whose top-1 class differs between engine and fake-quant.
+    pub disagreements: Vec<usize>,
+    /// Max |logit difference| between engine and fake-quant over every image.
+    pub max_abs_diff: f32,
+}
+
+/// Runs `model`, its fake-quant version `quantized` and the integer `engine` built from it over
+/// every batch of `data`, each batch through all three in turn (so all three see the same load
+/// on a shared machine). `progress` gets (images done, images in all). An evaluation in which
+/// no image could be read is an error naming `data`'s source.
+pub fn verify(
+    model: &Model,
+    quantized: &QuantizedModel,
+    engine: &IntModel,
+    data: EvalData,
+    device: &Device,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Agreement> {
+    let mut out = Agreement::default();
+    let classes = engine.num_classes();
+    let mut done = 0;
+    for batch in data.batches {
+        if batch.is_empty() {
+            continue;
+        }
+        let n = batch.len();
+        let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), batch.shape), device);
+        let timed = |f: &mut dyn FnMut() -> Result<Vec<f32>>, seconds: &mut f64| {
+            let start = Instant::now();
+            let logits = f()?;
+            *seconds += start.elapsed().as_secs_f64();
+            Ok::<_, mixq_core::Error>(logits)
+        };
+        let fp = timed(
+            &mut || Ok(host_logits(model.forward(x.clone()))),
+            &mut out.fp.seconds,
+        )?;
+        let fq = timed(
+            &mut || Ok(host_logits(quantized.forward(x.clone()))),
+            &mut out.fake_quant.seconds,
+        )?;
+        let int = timed(
+            &mut || engine.forward(&batch.images, n),
+            &mut out.engine.seconds,
+        )?;
+        out.fp.metrics.add(&fp, &batch.labels, None);
+        out.fake_quant.metrics.add(&fq, &batch.labels, Some(&fp));
+        out.engine.metrics.add(&int, &batch.labels, Some(&fq));
+        for (i, (f, e)) in fq
+            .chunks_exact(classes)
+            .zip(int.chunks_exact(classes))
+            .enumerate()
+        {
+            for (a, b) in f.iter().zip(e) {
+                out.max_abs_diff = out.max_abs_diff.max((a - b).abs());
+            }
+            if argmax(f) != argmax(e) {
+                out.disagreements
+                    .push(batch.indices.get(i).copied().unwrap_or(done + i));
+            }
+        }
+        done += n;
+        progress(done, data.len);
+    }
+    if done == 0 {
+        return Err(mixq_ptq::no_image_evaluated(data.source));
+    }
+    Ok(out)
+}
