@@ -327,12 +327,15 @@ def vit_forward(P, x, num_heads, distilled):
         x_in = h
         n1, cn1 = norm_forward(h, P, pre + "norm1", VIT_EPS)
         a, ca = attention_forward(n1, P, pre + "attn.", num_heads)
-        h = h + a
+        # Layer-scale (timm's ls1/ls2), where the model has it: a constant per-channel factor.
+        ls1 = P.get(pre + "ls1.gamma", 1.0)
+        ls2 = P.get(pre + "ls2.gamma", 1.0)
+        h = h + a * ls1
         x_mid = h
         n2, cn2 = norm_forward(h, P, pre + "norm2", VIT_EPS)
         m, cm = mlp_forward(n2, P, pre + "mlp.")
-        h = h + m
-        blocks.append(dict(x_in=x_in, x_mid=x_mid, n1=cn1, attn=ca, n2=cn2, mlp=cm))
+        h = h + m * ls2
+        blocks.append(dict(x_in=x_in, x_mid=x_mid, n1=cn1, attn=ca, n2=cn2, mlp=cm, ls1=ls1, ls2=ls2))
     feats_in = h
     f, cf = norm_forward(h, P, "norm", VIT_EPS)
     heads = {"head": linear_forward(f[:, 0], P["head.weight"], P["head.bias"])}
@@ -364,9 +367,11 @@ def vit_backward(preset, P, c, targets, num_heads):
     rec.add_boundary(depth, c["feats_in"], g)
     for i in reversed(range(depth)):
         bc = c["blocks"][i]
-        g_n2 = mlp_backward(preset, g, bc["mlp"], P, rec)
+        # A layer-scale passes relevance as is (R = z g is unchanged by a constant factor): its
+        # branch's signal is g times the factor.
+        g_n2 = mlp_backward(preset, g * bc["ls2"], bc["mlp"], P, rec)
         g = g + norm_backward(preset, g_n2, bc["n2"], P)  # residual: both branches
-        g_n1 = attention_backward(preset, g, bc["attn"], P, rec)
+        g_n1 = attention_backward(preset, g * bc["ls1"], bc["attn"], P, rec)
         g = g + norm_backward(preset, g_n1, bc["n1"], P)
         rec.add_boundary(i, bc["x_in"], g)
     # position-embedding add passes g; drop the prefix tokens (parameters), un-flatten the grid
@@ -526,6 +531,7 @@ MODELS = {
     "vit_tiny": dict(family="vit", heads=3, distilled=False),
     "deit_tiny_distilled": dict(family="vit", heads=3, distilled=True),
     "swin_tiny": dict(family="swin", window=4),
+    "vit_ls_p14": dict(family="vit", heads=3, distilled=False),
 }
 PRESETS = ("attnlrp", "chefer")
 
@@ -561,6 +567,9 @@ def torch_input_grad(name, fixtures, x, targets):
 
     if name == "vit_tiny":
         m = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+    elif name == "vit_ls_p14":
+        m = VisionTransformer(img_size=42, patch_size=14, embed_dim=48, depth=2, num_heads=3, num_classes=10,
+                              init_values=1e-5)
     elif name == "deit_tiny_distilled":
         m = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
     else:

@@ -79,6 +79,11 @@ swin = SwinTransformer(
     img_size=64, patch_size=4, window_size=4, embed_dim=24, depths=(2, 2), num_heads=(2, 4), num_classes=10
 )
 write_model("swin_tiny", swin, swin.layers[0].blocks[0], 64, 3)
+# Layer-scale (ls1/ls2, as DeiT-III and DINOv2) and patch 14; the spread init draws the gammas too.
+vit_ls = VisionTransformer(
+    img_size=42, patch_size=14, embed_dim=48, depth=2, num_heads=3, num_classes=10, init_values=1e-5
+)
+write_model("vit_ls_p14", vit_ls, vit_ls.blocks[0], 42, 4)
 
 # Parameter counts of the full-size architectures, as timm builds them.
 counts = {}

@@ -143,6 +143,11 @@ impl std::fmt::Debug for IntModel {
 
 fn unsupported(arch: &ArchConfig) -> Option<Error> {
     match arch {
+        ArchConfig::Vit(v) if v.layer_scale.is_some() => Some(Error::invalid(
+            "arch.layer_scale",
+            v.layer_scale.unwrap_or_default(),
+            "the integer engine does not run layer-scale (DeiT-III, DINOv2) yet",
+        )),
         ArchConfig::Vit(_) => None,
         ArchConfig::Swin(_) => Some(Error::invalid(
             "arch",

@@ -227,6 +227,28 @@ impl LayerNorm {
     }
 }
 
+/// timm's `LayerScale`: a learned per-channel scale on a residual branch, `x * gamma` (CaiT,
+/// DeiT-III, DINOv2). A plain elementwise product, so LRP passes relevance through it as is.
+#[derive(Module, Debug)]
+pub struct LayerScale {
+    /// Scale per channel.
+    pub gamma: Param<Tensor<1>>,
+}
+
+impl LayerScale {
+    /// Every channel scaled by `init` (timm's `init_values`).
+    pub fn new(dim: usize, init: f64, device: &Device) -> Self {
+        LayerScale {
+            gamma: Initializer::Constant { value: init }.init([dim], device),
+        }
+    }
+
+    /// `x * gamma` over the last axis of `[b, n, dim]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        x * self.gamma.val().unsqueeze::<3>()
+    }
+}
+
 /// The transformer MLP: `fc2(gelu(fc1(x)))` with the exact (erf) GELU, as timm's `Mlp`.
 #[derive(Module, Debug)]
 pub struct Mlp {

@@ -11,7 +11,7 @@ use crate::weights::WeightsSource;
 use crate::{ArchConfig, Model};
 
 /// The fixture names: a ViT, its distilled DeiT twin, and a Swin whose two stages both shift.
-pub const FIXTURES: [&str; 3] = ["vit_tiny", "deit_tiny_distilled", "swin_tiny"];
+pub const FIXTURES: [&str; 4] = ["vit_tiny", "deit_tiny_distilled", "swin_tiny", "vit_ls_p14"];
 
 /// `tests/fixtures` at the repository root.
 pub fn fixtures_dir() -> PathBuf {
@@ -62,11 +62,25 @@ pub fn fixture_arch(name: &str) -> ArchConfig {
             mlp_ratio: 4.0,
             distilled,
             norm_eps: 1e-6,
+            layer_scale: None,
         })
     };
     match name {
         "vit_tiny" => vit(false),
         "deit_tiny_distilled" => vit(true),
+        "vit_ls_p14" => ArchConfig::Vit(VitConfig {
+            img_size: 42,
+            patch_size: 14,
+            in_chans: 3,
+            num_classes: 10,
+            embed_dim: 48,
+            depth: 2,
+            num_heads: 3,
+            mlp_ratio: 4.0,
+            distilled: false,
+            norm_eps: 1e-6,
+            layer_scale: Some(1e-5),
+        }),
         "swin_tiny" => ArchConfig::Swin(SwinConfig {
             img_size: 64,
             patch_size: 4,

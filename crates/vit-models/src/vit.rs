@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hooks::{NoHook, SiteHook, Slot, hook_nd, softmax};
 use crate::layers::{
-    Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
+    Conv2d, Conv2dConfig, LayerNorm, LayerScale, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
 
 /// Architecture of a ViT/DeiT (timm's constructor arguments).
@@ -41,6 +41,10 @@ pub struct VitConfig {
     #[serde(default = "vit_eps")]
     /// Epsilon of every LayerNorm.
     pub norm_eps: f64,
+    /// Layer-scale on both residual branches of every block (timm's `ls1`/`ls2`, DeiT-III and
+    /// DINOv2), initialised to this value (timm's `init_values`); `None`: no layer-scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_scale: Option<f64>,
 }
 
 fn vit_eps() -> f64 {
@@ -109,11 +113,14 @@ impl VitConfig {
             blocks: (0..self.depth)
                 .map(|i| {
                     let path = SiteId::new(format!("blocks.{i}"));
+                    let scale = || self.layer_scale.map(|v| LayerScale::new(d, v, device));
                     Block {
                         norm1: LayerNorm::new(d, self.norm_eps, device),
                         attn: Attention::new(&path.join("attn"), d, self.num_heads, device),
+                        ls1: scale(),
                         norm2: LayerNorm::new(d, self.norm_eps, device),
                         mlp: Mlp::new(&path.join("mlp"), d, self.mlp_hidden(), device),
+                        ls2: scale(),
                     }
                 })
                 .collect(),
@@ -265,24 +272,41 @@ pub fn attention_values(
     hook_nd(hook, site, Slot::Output, out)
 }
 
-/// Pre-LN transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+/// Pre-LN transformer block: `x + ls1(attn(norm1(x)))`, then `x + ls2(mlp(norm2(x)))`, the
+/// layer-scales where the model has them.
 #[derive(Module, Debug)]
 pub struct Block {
     /// Before attention.
     pub norm1: LayerNorm,
     /// Attention.
     pub attn: Attention,
+    /// Layer-scale of the attention branch.
+    pub ls1: Option<LayerScale>,
     /// Before the MLP.
     pub norm2: LayerNorm,
     /// The MLP.
     pub mlp: Mlp,
+    /// Layer-scale of the MLP branch.
+    pub ls2: Option<LayerScale>,
 }
 
 impl Block {
-    /// `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+    /// `x + ls1(attn(norm1(x)))`, then `x + ls2(mlp(norm2(x)))`.
     pub fn forward(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x, hook), hook);
-        x.clone() + self.mlp.forward(self.norm2.forward(x, hook), hook)
+        let scaled = |ls: &Option<LayerScale>, y: Tensor<3>| match ls {
+            Some(ls) => ls.forward(y),
+            None => y,
+        };
+        let x = x.clone()
+            + scaled(
+                &self.ls1,
+                self.attn.forward(self.norm1.forward(x, hook), hook),
+            );
+        x.clone()
+            + scaled(
+                &self.ls2,
+                self.mlp.forward(self.norm2.forward(x, hook), hook),
+            )
     }
 }
 

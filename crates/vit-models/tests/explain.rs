@@ -88,7 +88,14 @@ fn against_reference(name: &str, preset: Preset) -> (f32, f32, f32) {
 fn attnlrp_matches_the_numpy_reference() {
     for name in FIXTURES {
         let (sites, pixels, boundaries) = against_reference(name, Preset::Attnlrp);
-        assert!(sites < 1e-4 && pixels < 1e-4 && boundaries < 1e-4, "{name}");
+        // The z^B pixel rule over patch 14's 588 inputs per patch is ill-conditioned: the numpy
+        // reference itself moves by 9.9e-5 between float64 and float32 there (5.6e-7 on
+        // vit_tiny; tools/lrp_reference.py with `load_model(.., dtype=np.float32)`).
+        let pixel_bound = if name == "vit_ls_p14" { 5e-4 } else { 1e-4 };
+        assert!(
+            sites < 1e-4 && pixels < pixel_bound && boundaries < 1e-4,
+            "{name}"
+        );
     }
 }
 
