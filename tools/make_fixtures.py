@@ -120,4 +120,17 @@ for key, arch, size in [("deit_160", "deit_small_patch16_224", 160), ("vit_96", 
     print(key, cfg, t)
     out[key] = t(img).contiguous()
 save_file(out, os.path.join(OUT, "china_eval.safetensors"))
+
+# timm's position-embedding resampling (resample_abs_pos_embed: prefix tokens kept, the grid
+# resized bicubic, with and without antialias), down 7x7 -> 5x5 and up 7x7 -> 9x9.
+from timm.layers import resample_abs_pos_embed
+
+g = torch.Generator().manual_seed(7)
+pos = torch.randn((1, 1 + 7 * 7, 6), generator=g)
+resampled = {"pos_embed": pos.contiguous()}
+for side in (5, 9):
+    for aa in (False, True):
+        out_pe = resample_abs_pos_embed(pos, new_size=[side, side], num_prefix_tokens=1, interpolation="bicubic", antialias=aa)
+        resampled[f"to{side}_aa{int(aa)}"] = out_pe.contiguous()
+save_file(resampled, os.path.join(OUT, "pos_embed_resample.safetensors"))
 print("fixtures written to", os.path.abspath(OUT))

@@ -42,7 +42,7 @@ pub use hooks::{NoHook, SiteHook, Slot};
 pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};
 pub use model::{ArchConfig, Model};
 pub use swin::{SwinConfig, SwinTransformer};
-pub use vit::{VisionTransformer, VitConfig};
+pub use vit::{VisionTransformer, VitConfig, resample_pos_embed};
 pub use weights::{WeightsChoice, WeightsSource};
 pub use wtpose::{MacCount, WTPOSE_VARIANTS, WtPose, WtPoseConfig};
 

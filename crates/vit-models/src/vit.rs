@@ -4,6 +4,8 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
@@ -388,4 +390,110 @@ impl VisionTransformer {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.forward_with(images, &NoHook)
     }
+}
+
+/// A position embedding `[1, prefix + from², d]` learned for a `from x from` patch grid, resized
+/// to `to x to` as timm's `resample_abs_pos_embed` does (the prefix tokens kept, the grid
+/// resized bicubic, `align_corners = false`). `antialias` is timm's default when it adapts a
+/// checkpoint to another image size; graphs exported from Hugging Face resize without it.
+pub fn resample_pos_embed(
+    pos_embed: Tensor<3>,
+    prefix: usize,
+    from: usize,
+    to: usize,
+    antialias: bool,
+) -> Result<Tensor<3>> {
+    let [one, tokens, d] = pos_embed.dims();
+    if one != 1 || tokens != prefix + from * from {
+        return Err(Error::invalid(
+            "pos_embed",
+            format!("{:?}", pos_embed.dims()),
+            format!("expected [1, {prefix} + {from}x{from}, d]"),
+        ));
+    }
+    if from == to {
+        return Ok(pos_embed);
+    }
+    let device = pos_embed.device();
+    let grid = pos_embed
+        .clone()
+        .narrow(1, prefix, from * from)
+        .reshape([1, from, from, d])
+        .permute([0, 3, 1, 2]);
+    let resized = if antialias {
+        let values = grid
+            .to_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::invalid("pos_embed", "(values)", e.to_string()))?;
+        let taps = antialias_bicubic_taps(from, to);
+        // Separable, as PyTorch's `_upsample_bicubic2d_aa`: along the width, then the height.
+        let mut rows = vec![0f64; d * from * to];
+        for c in 0..d {
+            for y in 0..from {
+                for (x, (start, weights)) in taps.iter().enumerate() {
+                    rows[(c * from + y) * to + x] = weights
+                        .iter()
+                        .enumerate()
+                        .map(|(k, w)| w * values[(c * from + y) * from + start + k] as f64)
+                        .sum();
+                }
+            }
+        }
+        let mut out = vec![0f32; d * to * to];
+        for c in 0..d {
+            for (y, (start, weights)) in taps.iter().enumerate() {
+                for x in 0..to {
+                    out[(c * to + y) * to + x] = weights
+                        .iter()
+                        .enumerate()
+                        .map(|(k, w)| w * rows[(c * from + start + k) * to + x])
+                        .sum::<f64>() as f32;
+                }
+            }
+        }
+        Tensor::<4>::from_data(burn::tensor::TensorData::new(out, [1, d, to, to]), &device)
+    } else {
+        interpolate(
+            grid,
+            InterpolateOptions::new(InterpolateMode::Bicubic)
+                .with_align_corners(false)
+                .with_output_size([to, to]),
+        )
+    };
+    let resized = resized.permute([0, 2, 3, 1]).reshape([1, to * to, d]);
+    Ok(Tensor::cat(
+        vec![pos_embed.narrow(1, 0, prefix), resized],
+        1,
+    ))
+}
+
+/// For each output index, the first input index and the normalised weights of PyTorch's
+/// antialiased bicubic resampling (Keys' cubic with a = -0.5, as PIL; the kernel stretched by the
+/// scale when shrinking). burn's `interpolate` has no antialiased mode, hence this.
+fn antialias_bicubic_taps(input: usize, output: usize) -> Vec<(usize, Vec<f64>)> {
+    let cubic = |x: f64| {
+        let (a, x) = (-0.5, x.abs());
+        if x < 1.0 {
+            ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            (((x - 5.0) * x + 8.0) * x - 4.0) * a
+        } else {
+            0.0
+        }
+    };
+    let scale = input as f64 / output as f64;
+    let stretch = scale.max(1.0);
+    let support = 2.0 * stretch;
+    (0..output)
+        .map(|i| {
+            let center = scale * (i as f64 + 0.5);
+            let start = ((center - support + 0.5) as isize).max(0) as usize;
+            let end = ((center + support + 0.5) as usize).min(input);
+            let weights: Vec<f64> = (start..end)
+                .map(|j| cubic((j as f64 - center + 0.5) / stretch))
+                .collect();
+            let total: f64 = weights.iter().sum();
+            (start, weights.into_iter().map(|w| w / total).collect())
+        })
+        .collect()
 }

@@ -259,6 +259,37 @@ pub(crate) fn safetensors_writer() -> SafetensorsStore {
 }
 
 fn load_module<M: ModuleSnapshot>(module: &mut M, source: &WeightsSource) -> Result<()> {
+    let result = apply_file(module, source)?;
+    check_applied(source.path(), &result)
+}
+
+/// The checkpoint's patch grid when the only thing that keeps it from loading is a position
+/// embedding for another (square) grid of the same width.
+fn other_pos_embed_grid(result: &ApplyResult, config: &crate::vit::VitConfig) -> Option<usize> {
+    let [
+        ApplyError::ShapeMismatch {
+            path,
+            expected,
+            found,
+        },
+    ] = result.errors.as_slice()
+    else {
+        return None;
+    };
+    let prefix = config.num_prefix_tokens();
+    let (expected, found) = (expected.as_slice(), found.as_slice());
+    if path != "pos_embed" || !result.missing.is_empty() || found.len() != 3 {
+        return None;
+    }
+    if found[0] != 1 || found[2] != expected[2] || found[1] <= prefix {
+        return None;
+    }
+    let grid = ((found[1] - prefix) as f64).sqrt().round() as usize;
+    (grid * grid + prefix == found[1]).then_some(grid)
+}
+
+/// Applies the file's tensors to `module`; what did not fit is in the result.
+fn apply_file<M: ModuleSnapshot>(module: &mut M, source: &WeightsSource) -> Result<ApplyResult> {
     let path = source.path();
     let store_err = |e: String| Error::Weights {
         path: path.into(),
@@ -296,7 +327,7 @@ fn load_module<M: ModuleSnapshot>(module: &mut M, source: &WeightsSource) -> Res
             }
         }
     };
-    check_applied(path, &result)
+    Ok(result)
 }
 
 impl Model {
@@ -306,8 +337,37 @@ impl Model {
         tracing::info!(path = %source.path().display(), "loading weights");
         Ok(match self {
             Model::Vit(mut m) => {
-                load_module(&mut m, source)?;
-                Model::Vit(m)
+                let result = apply_file(&mut m, source)?;
+                match other_pos_embed_grid(&result, &m.config) {
+                    // timm's checkpoint filter: a position embedding learned for another image
+                    // size is resampled to this one (bicubic, antialiased, as timm does).
+                    Some(from) => {
+                        let config = m.config.clone();
+                        let mut at_checkpoint = config.clone();
+                        at_checkpoint.img_size = from * config.patch_size;
+                        let device = m.pos_embed.val().device();
+                        let Model::Vit(mut loaded) =
+                            Model::Vit(at_checkpoint.init(&device)?).load_weights(source)?
+                        else {
+                            unreachable!("a ViT stays a ViT")
+                        };
+                        let pos = crate::vit::resample_pos_embed(
+                            loaded.pos_embed.val(),
+                            config.num_prefix_tokens(),
+                            from,
+                            config.grid(),
+                            true,
+                        )?;
+                        tracing::info!(from, to = config.grid(), "resampled pos_embed");
+                        loaded.pos_embed = burn::module::Param::from_tensor(pos);
+                        loaded.config = config;
+                        Model::Vit(loaded)
+                    }
+                    None => {
+                        check_applied(source.path(), &result)?;
+                        Model::Vit(m)
+                    }
+                }
             }
             Model::Swin(mut m) => {
                 load_module(&mut m, source)?;

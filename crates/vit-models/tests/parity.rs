@@ -131,3 +131,67 @@ fn timm_parity_wgpu_cpu() {
         ),
     }
 }
+
+/// timm's `resample_abs_pos_embed` (tools/make_fixtures.py): a 7x7 grid with a class token,
+/// down to 5x5 and up to 9x9, bicubic with and without antialias.
+#[test]
+fn position_embedding_resampling_matches_timm() {
+    let device = Device::flex();
+    let file = "pos_embed_resample.safetensors";
+    let pos: Tensor<3> = tensor(file, "pos_embed", &device);
+    for side in [5, 9] {
+        for antialias in [false, true] {
+            let ours =
+                mixq_vit_models::resample_pos_embed(pos.clone(), 1, 7, side, antialias).unwrap();
+            let timm: Tensor<3> = tensor(file, &format!("to{side}_aa{}", antialias as u8), &device);
+            assert_eq!(ours.dims(), timm.dims());
+            let err = max_abs_diff(ours, timm);
+            println!("7x7 -> {side}x{side}, antialias {antialias}: max |Δ| {err:.2e}");
+            assert!(err < 1e-5, "{side} {antialias}: {err}");
+        }
+    }
+    let err = mixq_vit_models::resample_pos_embed(pos, 1, 6, 5, false).unwrap_err();
+    assert!(err.to_string().contains("pos_embed"), "{err}");
+}
+
+/// A checkpoint for another image size loads as timm's checkpoint filter loads it: every
+/// weight as is, the position embedding resampled (bicubic, antialiased) to the model's grid,
+/// prefix tokens (class, distillation) kept.
+#[test]
+fn a_checkpoint_for_another_image_size_gets_its_position_embedding_resampled() {
+    let device = Device::flex();
+    for name in ["vit_tiny", "deit_tiny_distilled"] {
+        let (fixture_model, _, _) = fixture(name, &device);
+        let Model::Vit(at_32) = &fixture_model else {
+            unreachable!()
+        };
+        let mixq_vit_models::ArchConfig::Vit(mut config) = fixture_arch(name) else {
+            unreachable!()
+        };
+        config.img_size = 48; // patch 8: 6x6 instead of the checkpoint's 4x4
+        let source =
+            WeightsSource::resolve(&fixtures().join(format!("{name}.safetensors")), None).unwrap();
+        let Model::Vit(at_48) = Model::Vit(config.init(&device).unwrap())
+            .load_weights(&source)
+            .unwrap()
+        else {
+            unreachable!()
+        };
+        let prefix = config.num_prefix_tokens();
+        let expected =
+            mixq_vit_models::resample_pos_embed(at_32.pos_embed.val(), prefix, 4, 6, true).unwrap();
+        assert_eq!(at_48.pos_embed.val().dims(), [1, prefix + 36, 48]);
+        assert_eq!(max_abs_diff(at_48.pos_embed.val(), expected), 0.0, "{name}");
+        assert_eq!(at_48.config.img_size, 48);
+        assert_eq!(
+            max_abs_diff(
+                at_48.blocks[1].mlp.fc2.weight.val(),
+                at_32.blocks[1].mlp.fc2.weight.val()
+            ),
+            0.0
+        );
+        let input =
+            Tensor::<4>::random([1, 3, 48, 48], burn::tensor::Distribution::Default, &device);
+        assert_eq!(at_48.forward(input).dims(), [1, 10]);
+    }
+}
