@@ -148,6 +148,11 @@ fn unsupported(arch: &ArchConfig) -> Option<Error> {
             v.layer_scale.unwrap_or_default(),
             "the integer engine does not run layer-scale (DeiT-III, DINOv2) yet",
         )),
+        ArchConfig::Vit(v) if v.num_classes == 0 => Some(Error::invalid(
+            "arch.num_classes",
+            0,
+            "the integer engine runs classifiers; a backbone without a head is not supported yet",
+        )),
         ArchConfig::Vit(_) => None,
         ArchConfig::Swin(_) => Some(Error::invalid(
             "arch",
@@ -289,7 +294,7 @@ impl IntModel {
                     site(&mut t, &l.site, w, dims, bias)?;
                 }
             }
-            for l in std::iter::once(&m.head).chain(m.head_dist.as_ref()) {
+            for l in m.head.iter().chain(m.head_dist.as_ref()) {
                 let (w, dims, bias) = linear(l)?;
                 site(&mut t, &l.site, w, dims, bias)?;
             }

@@ -140,6 +140,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../models/fmnist-deit.toml"),
     ),
     (
+        "dinov2-s-focus.toml",
+        include_str!("../../../models/dinov2-s-focus.toml"),
+    ),
+    (
         "fmnist-swin.toml",
         include_str!("../../../models/fmnist-swin.toml"),
     ),

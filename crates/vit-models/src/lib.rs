@@ -27,6 +27,7 @@ pub mod hooks;
 pub mod layers;
 pub mod model;
 pub mod neighborhood;
+pub mod onnx;
 pub mod swin;
 pub mod testing;
 pub mod vit;

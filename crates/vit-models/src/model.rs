@@ -225,10 +225,8 @@ impl Model {
                         &mut b.mlp.fc2,
                     ]);
                 }
-                out.push(&mut m.head);
-                if let Some(h) = &mut m.head_dist {
-                    out.push(h);
-                }
+                out.extend(m.head.as_mut());
+                out.extend(m.head_dist.as_mut());
             }
             Model::Swin(m) => {
                 for stage in &mut m.layers {

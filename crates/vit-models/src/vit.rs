@@ -127,8 +127,9 @@ impl VitConfig {
                 })
                 .collect(),
             norm: LayerNorm::new(d, self.norm_eps, device),
-            head: LinearConfig::new(d, self.num_classes).init(SiteId::new("head"), device),
-            head_dist: self.distilled.then(|| {
+            head: (self.num_classes > 0)
+                .then(|| LinearConfig::new(d, self.num_classes).init(SiteId::new("head"), device)),
+            head_dist: (self.distilled && self.num_classes > 0).then(|| {
                 LinearConfig::new(d, self.num_classes).init(SiteId::new("head_dist"), device)
             }),
             config: self.clone(),
@@ -173,8 +174,10 @@ impl VitConfig {
             sites.push(lin("mlp.fc2", hidden, d));
         }
         let c = self.num_classes as u64;
-        sites.push(site("head", SiteKind::Linear, d * c, d * c));
-        if self.distilled {
+        if c > 0 {
+            sites.push(site("head", SiteKind::Linear, d * c, d * c));
+        }
+        if self.distilled && c > 0 {
             sites.push(site("head_dist", SiteKind::Linear, d * c, d * c));
         }
         sites
@@ -327,8 +330,8 @@ pub struct VisionTransformer {
     pub blocks: Vec<Block>,
     /// The final LayerNorm.
     pub norm: LayerNorm,
-    /// The classifier on the class token.
-    pub head: Linear,
+    /// The classifier on the class token (none for `num_classes = 0`, a backbone).
+    pub head: Option<Linear>,
     /// Distilled DeiT's classifier on the distillation token (the logits average both).
     pub head_dist: Option<Linear>,
     #[module(skip)]
@@ -370,11 +373,15 @@ impl VisionTransformer {
     }
 
     /// Logits from normed tokens: the class token through `head`, and for DeiT-distilled the
-    /// mean with the distillation token through `head_dist` (timm's inference output).
+    /// mean with the distillation token through `head_dist` (timm's inference output). A
+    /// backbone without a head gives its class token `[b, d]`, as timm with `num_classes = 0`.
     pub fn forward_head(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
         let [b, _, d] = x.dims();
         let token = |i: usize| x.clone().narrow(1, i, 1).reshape([b, d]);
-        let logits = self.head.forward(token(0), hook);
+        let Some(head) = &self.head else {
+            return token(0);
+        };
+        let logits = head.forward(token(0), hook);
         match &self.head_dist {
             Some(head_dist) => (logits + head_dist.forward(token(1), hook)).div_scalar(2.0),
             None => logits,

