@@ -183,6 +183,10 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
             a.engine.images_per_second(),
             a.engine.images_per_second() / a.fp.images_per_second(),
         );
+        let [p50, p90, p99] = a.diff_percentiles;
+        println!(
+            "per-image max |Δlogits| engine vs fake-quant: median {p50:.2e}, 90th percentile {p90:.2e}, 99th {p99:.2e}"
+        );
         if !a.disagreements.is_empty() {
             let shown: Vec<String> = a
                 .disagreements
