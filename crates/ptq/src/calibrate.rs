@@ -53,6 +53,11 @@ impl QuantizedModel {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.model.forward_with(images, &self.state)
     }
+
+    /// Final-normed tokens `[b, tokens, c]` with every planned site fake-quantized.
+    pub fn features(&self, images: Tensor<4>) -> Tensor<3> {
+        self.model.features_with(images, &self.state)
+    }
 }
 
 /// Fake quantizers of any model whose forward pass routes its weights ([`Slot::Weight`]) and

@@ -167,6 +167,68 @@ impl Spread {
     }
 }
 
+/// How close a quantized model's features are to full precision's, image by image, without
+/// labels (backbones such as DINOv2 have no classes): each image's score is the mean over its
+/// tokens of the cosine similarity between the quantized and the full-precision token.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FeatureAgreement {
+    /// Images compared.
+    pub images: usize,
+    /// Sum over images of their mean token cosine.
+    pub cosine_sum: f64,
+    /// The worst image's mean token cosine (1 before any image).
+    pub cosine_min: f64,
+}
+
+impl Default for FeatureAgreement {
+    fn default() -> Self {
+        Self {
+            images: 0,
+            cosine_sum: 0.0,
+            cosine_min: 1.0,
+        }
+    }
+}
+
+impl FeatureAgreement {
+    /// Adds a batch: `reference` and `features` row-major `[images, tokens, dim]`.
+    pub fn add(&mut self, reference: &[f32], features: &[f32], tokens: usize, dim: usize) {
+        let per_image = tokens * dim;
+        for (r, f) in reference
+            .chunks_exact(per_image)
+            .zip(features.chunks_exact(per_image))
+        {
+            let mean_cosine = r
+                .chunks_exact(dim)
+                .zip(f.chunks_exact(dim))
+                .map(|(a, b)| {
+                    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+                    for (&x, &y) in a.iter().zip(b) {
+                        ab += x as f64 * y as f64;
+                        aa += x as f64 * x as f64;
+                        bb += y as f64 * y as f64;
+                    }
+                    // Two zero tokens are the same token; one zero token shares nothing.
+                    if aa == 0.0 && bb == 0.0 {
+                        1.0
+                    } else {
+                        ab / (aa * bb).sqrt().max(f64::MIN_POSITIVE)
+                    }
+                })
+                .sum::<f64>()
+                / tokens as f64;
+            self.cosine_sum += mean_cosine;
+            self.cosine_min = self.cosine_min.min(mean_cosine);
+            self.images += 1;
+        }
+    }
+
+    /// Mean over images of the mean token cosine.
+    pub fn mean(&self) -> f64 {
+        self.cosine_sum / self.images.max(1) as f64
+    }
+}
+
 /// The error of an evaluation in which no image of `source` could be read.
 pub fn no_image_evaluated(source: Option<std::path::PathBuf>) -> mixq_core::Error {
     mixq_core::Error::Data {
@@ -231,6 +293,19 @@ pub fn evaluate_data(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn feature_agreement_is_the_mean_token_cosine_and_keeps_the_worst_image() {
+        let mut a = FeatureAgreement::default();
+        // Two images of two 2-d tokens. Image 0: the same tokens, one scaled (cosine 1, 1).
+        // Image 1: one token orthogonal (0), one opposite (-1).
+        let reference = [1.0, 0.0, 0.0, 2.0, 1.0, 0.0, 0.0, 1.0];
+        let features = [3.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -2.0];
+        a.add(&reference, &features, 2, 2);
+        assert_eq!(a.images, 2);
+        assert_eq!(a.cosine_min, -0.5);
+        assert_eq!(a.mean(), 0.25);
+    }
 
     #[test]
     fn evaluate_data_scores_every_batch_and_keeps_logits_when_asked() {

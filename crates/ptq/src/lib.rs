@@ -40,7 +40,7 @@ pub use calibrate::{
 };
 pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
 pub use eval::{
-    Comparison, Evaluation, Metrics, Spread, compare, evaluate_data, host_logits,
+    Comparison, Evaluation, FeatureAgreement, Metrics, Spread, compare, evaluate_data, host_logits,
     no_image_evaluated,
 };
 pub use hooked::{relative_mse, sensitivity_hooked};

@@ -374,3 +374,44 @@ fn ptq_table_has_the_fp_row_then_every_plan_and_quantizer_over_the_seeds() {
     let data = EvalData::open(&card.data_spec(), None, Some(4), 4).unwrap();
     assert!(ptq_table(&model, &card, &wrong, data, &device, |_, _, _| {}).is_err());
 }
+
+/// The label-free comparison backbones get: full precision against itself scores 1, and the
+/// tokens of a quantized model drift further from full precision's the fewer the bits, on
+/// every fixture (ViT, distilled DeiT, Swin, layer-scale).
+#[test]
+fn feature_cosine_falls_with_the_bits() {
+    let device = Device::flex();
+    for name in FIXTURES {
+        let (model, input, _) = fixture(name, &device);
+        let reference = model.features_with(input.clone(), &mixq_vit_models::NoHook);
+        let [_, tokens, dim] = reference.dims();
+        let host3 = |t: Tensor<3>| t.into_data().try_into_vec::<f32>().unwrap();
+        let reference = host3(reference);
+        let mut same = mixq_ptq::FeatureAgreement::default();
+        same.add(&reference, &reference, tokens, dim);
+        assert!(
+            (same.mean() - 1.0).abs() < 1e-12 && same.images == 2,
+            "{name}"
+        );
+        let mut means = Vec::new();
+        for bits in [8, 4, 2] {
+            let plan = uniform_plan(&model.sites(), bits, bits, 8).unwrap();
+            let q = quantize(model.clone(), input.clone(), &plan, &PtqConfig::default()).unwrap();
+            let mut a = mixq_ptq::FeatureAgreement::default();
+            a.add(&reference, &host3(q.features(input.clone())), tokens, dim);
+            assert!(
+                a.cosine_min <= a.mean() && a.mean() < 1.0,
+                "{name} W{bits}: {a:?}"
+            );
+            means.push(a.mean());
+        }
+        println!(
+            "{name}: mean token cosine W8 {:.4}, W4 {:.4}, W2 {:.4}",
+            means[0], means[1], means[2]
+        );
+        assert!(
+            means[0] > 0.95 && means[0] > means[1] && means[1] > means[2],
+            "{name}: {means:?}"
+        );
+    }
+}

@@ -95,6 +95,20 @@ impl Model {
         }
     }
 
+    /// The final-normed tokens `[b, tokens, c]` (ViT: prefix tokens and patches; Swin: the
+    /// last stage's map, row-major), every site through `hook`: what a backbone outputs, and
+    /// what a label-free comparison of two models reads.
+    pub fn features_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<3> {
+        match self {
+            Model::Vit(m) => m.forward_features(images, hook),
+            Model::Swin(m) => {
+                let x = m.forward_features(images, hook);
+                let [b, h, w, c] = x.dims();
+                x.reshape([b, h * w, c])
+            }
+        }
+    }
+
     /// [`Self::forward_with`], passing the residual stream (`[b, tokens, c]`) through
     /// `boundary` at the input of every block and of the final norm.
     pub fn forward_with_boundaries(
