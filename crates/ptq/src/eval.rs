@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::tensor::Tensor;
 use mixq_datasets::{Batch, EvalData};
-use mixq_vit_models::Model;
+use mixq_vit_models::{Model, NoHook};
 use serde::{Deserialize, Serialize};
 
 use crate::QuantizedModel;
@@ -44,6 +44,35 @@ pub fn compare(
         if labels.is_empty() {
             continue;
         }
+        if model.is_backbone() {
+            // No classes: the outputs compared are the final-normed tokens.
+            let tokens = |t: Tensor<3>| {
+                let [_, n, d] = t.dims();
+                (
+                    t.into_data()
+                        .try_into_vec::<f32>()
+                        .expect("features are f32"),
+                    n,
+                    d,
+                )
+            };
+            let (fp, n, d) = tokens(model.features_with(x.clone(), &NoHook));
+            let class_token = |f: &[f32]| -> Vec<f32> {
+                f.chunks_exact(n * d)
+                    .flat_map(|image| image[..d].to_vec())
+                    .collect()
+            };
+            out.fp.add(&class_token(&fp), &labels, None);
+            let same = out.fp.features.get_or_insert_default();
+            same.add(&fp, &fp, n, d);
+            for (q, m) in variants.iter().zip(&mut out.quantized) {
+                let (qf, _, _) = tokens(q.features(x.clone()));
+                m.add(&class_token(&qf), &labels, Some(&class_token(&fp)));
+                m.features.get_or_insert_default().add(&fp, &qf, n, d);
+            }
+            progress(labels.len());
+            continue;
+        }
         let fp_logits = host_logits(model.forward(x.clone()));
         out.fp.add(&fp_logits, &labels, None);
         for (q, m) in variants.iter().zip(&mut out.quantized) {
@@ -71,6 +100,9 @@ pub struct Metrics {
     pub loss_sum: f64,
     /// Sum over images of KL(reference || these logits), when a reference was given.
     pub kl_sum: f64,
+    /// A backbone's label-free figure: token cosine to full precision (`None` for classifiers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<FeatureAgreement>,
 }
 
 fn log_softmax(row: &[f32]) -> Vec<f64> {
@@ -170,7 +202,7 @@ impl Spread {
 /// How close a quantized model's features are to full precision's, image by image, without
 /// labels (backbones such as DINOv2 have no classes): each image's score is the mean over its
 /// tokens of the cosine similarity between the quantized and the full-precision token.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FeatureAgreement {
     /// Images compared.
     pub images: usize,

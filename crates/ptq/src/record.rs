@@ -27,6 +27,12 @@ pub struct PtqRow {
     pub loss: Spread,
     /// Mean KL(FP || quantized); none for the full-precision row.
     pub kl: Option<Spread>,
+    /// A backbone's mean token cosine to full precision (none for classifiers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cosine: Option<Spread>,
+    /// A backbone's worst image's token cosine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cosine_min: Option<Spread>,
 }
 
 impl PtqRow {
@@ -41,6 +47,8 @@ impl PtqRow {
             top5: one(metrics.top5_pct()),
             loss: one(metrics.loss()),
             kl: None,
+            cosine: metrics.features.map(|f| one(f.mean())),
+            cosine_min: metrics.features.map(|f| one(f.cosine_min)),
             seeds: vec![SeedMetrics {
                 seed: None,
                 metrics,
@@ -62,6 +70,8 @@ impl PtqRow {
             top5: result.top5,
             loss: result.loss,
             kl: Some(result.kl),
+            cosine: result.cosine,
+            cosine_min: result.cosine_min,
             seeds: result.seeds,
         }
     }
@@ -87,6 +97,9 @@ pub struct PtqResults {
 impl PtqResults {
     /// The rows as a markdown table (mean ± std where there are several seeds).
     pub fn markdown(&self) -> String {
+        if self.rows.iter().any(|r| r.cosine.is_some()) {
+            return self.feature_markdown();
+        }
         let mut s = String::from(
             "| model | post-LN | softmax | top-1 % | top-5 % | CE loss | KL to FP |\n|---|---|---|---:|---:|---:|---:|\n",
         );
@@ -101,6 +114,27 @@ impl PtqResults {
                 r.top5.format(2),
                 r.loss.format(4),
                 opt(r.kl.map(|k| k.format(4))),
+            ));
+        }
+        s
+    }
+}
+
+impl PtqResults {
+    /// A backbone's table: token cosine to full precision instead of accuracy.
+    fn feature_markdown(&self) -> String {
+        let mut s = String::from(
+            "| model | post-LN | softmax | token cosine to FP (mean over images) | worst image |\n|---|---|---|---:|---:|\n",
+        );
+        let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+        for r in &self.rows {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.name,
+                opt(r.post_ln.map(|m| m.to_string())),
+                opt(r.softmax.map(|m| m.to_string())),
+                opt(r.cosine.map(|c| c.format(4))),
+                opt(r.cosine_min.map(|c| c.format(4))),
             ));
         }
         s

@@ -415,3 +415,75 @@ fn feature_cosine_falls_with_the_bits() {
         );
     }
 }
+
+/// A backbone (no head) is compared by its tokens: the PTQ table gives each configuration's
+/// token cosine to full precision instead of accuracy, the full-precision row 1.
+#[test]
+fn a_backbone_gets_the_token_cosine_table() {
+    let device = Device::flex();
+    device.seed(5);
+    let config = mixq_vit_models::VitConfig {
+        img_size: 32,
+        patch_size: 8,
+        in_chans: 3,
+        num_classes: 0,
+        embed_dim: 48,
+        depth: 2,
+        num_heads: 3,
+        mlp_ratio: 2.0,
+        distilled: false,
+        norm_eps: 1e-6,
+        layer_scale: Some(0.5),
+    };
+    let model = mixq_vit_models::Model::Vit(config.init(&device).unwrap());
+    assert!(model.is_backbone());
+    let images = Tensor::<4>::random([6, 3, 32, 32], burn::tensor::Distribution::Default, &device);
+    let variants: Vec<Variant> = [8, 3]
+        .into_iter()
+        .map(|b| Variant {
+            label: format!("W{b}A{b}"),
+            plan: uniform_plan(&model.sites(), b, b, 8).unwrap(),
+            config: PtqConfig::default(),
+        })
+        .collect();
+    let table = compare_variants(
+        &model,
+        &variants,
+        &[(0, images.clone())],
+        [(images, vec![0; 6])],
+        |_| {},
+        |_| {},
+    )
+    .unwrap();
+    let fp = table.fp.features.unwrap();
+    assert_eq!((fp.images, fp.mean()), (6, 1.0));
+    let cos: Vec<f64> = table
+        .variants
+        .iter()
+        .map(|v| v.cosine.unwrap().mean)
+        .collect();
+    assert!(cos[0] > 0.99 && cos[0] > cos[1], "{cos:?}");
+    let rows = vec![
+        mixq_ptq::PtqRow::full_precision("b FP32".into(), table.fp.clone()),
+        mixq_ptq::PtqRow::quantized(
+            "b W8A8".into(),
+            (PostLnMode::ClippedChannel, SoftmaxMode::LogSqrt2),
+            table.variants[0].clone(),
+        ),
+    ];
+    let results = mixq_ptq::PtqResults {
+        model: "b".into(),
+        seeds: vec![0],
+        calib_images: 6,
+        eval_images: 6,
+        data: "random".into(),
+        rows,
+    };
+    let md = results.markdown();
+    assert!(
+        md.contains("token cosine") && md.contains("| b FP32 | - | - | 1.0000 | 1.0000 |"),
+        "{md}"
+    );
+    let json = serde_json::to_string(&results).unwrap();
+    assert!(json.contains("\"cosine\""), "{json}");
+}

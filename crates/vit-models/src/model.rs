@@ -210,6 +210,11 @@ impl Model {
         }
     }
 
+    /// A backbone: no classifier head, its output is features (a ViT with `num_classes = 0`).
+    pub fn is_backbone(&self) -> bool {
+        matches!(self, Model::Vit(m) if m.head.is_none())
+    }
+
     /// The configuration the model was built from.
     pub fn arch(&self) -> ArchConfig {
         match self {
