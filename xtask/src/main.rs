@@ -8,6 +8,7 @@ mod eval;
 mod info;
 mod lrp;
 mod mixed;
+mod outliers;
 mod pose;
 mod pose_ptq;
 mod ptq;
@@ -62,6 +63,8 @@ enum Command {
     Allocate(mixed::AllocateArgs),
     /// LRP relevance: per-site contribution scores (TOML/JSON + bar chart) and heatmaps.
     Lrp(lrp::LrpArgs),
+    /// Per-channel magnitudes of the post-LayerNorm activations: the outlier channels.
+    Outliers(outliers::OutliersArgs),
     /// Pose estimation (WTPose): train or evaluate on a COCO-format keypoint set.
     Pose(pose::PoseArgs),
     /// Post-training quantization: FP vs quantized in one table, and a run folder.
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Allocate(args) => mixed::run_allocate(args),
         Command::Lrp(args) => lrp::run(args),
         Command::Sensitivity(args) => mixed::run_sensitivity(args),
+        Command::Outliers(args) => outliers::run(args),
         Command::Pose(args) => pose::run(args),
         Command::Ptq(args) => ptq::run(args),
         Command::Qat(args) => qat::run(args),

@@ -872,3 +872,26 @@ fn shipped_fmnist_deit_reaches_its_reported_accuracy() {
     let top1: f64 = cells[6].parse().unwrap();
     assert!((top1 - 89.55).abs() < 0.005, "fmnist-deit: {top1} %");
 }
+
+#[test]
+fn outliers_prints_a_row_per_post_layernorm_activation_and_writes_json() {
+    let runs = tmpdir("outliers");
+    let out = ok(&[
+        "outliers",
+        "--model",
+        "digits-deit",
+        "--calib",
+        "8",
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| blocks.")).collect();
+    let depth = 4; // digits-deit
+    assert_eq!(rows.len(), 2 * depth, "{out}");
+    let run = only_run(&runs, "-outliers");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("post-ln-channels.json")).unwrap())
+            .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2 * depth);
+    assert_eq!(json[0]["site"], "blocks.0.attn.qkv");
+}

@@ -164,6 +164,77 @@ impl SiteHook for Recorder {
     }
 }
 
+/// The per-channel magnitudes of one post-LayerNorm activation (the input of a linear that reads
+/// a LayerNorm's output, `qkv` or `fc1`), over a set of images: where trained ViTs keep the few
+/// channels tens of times larger than the rest that channel-wise post-LN quantization exists for.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PostLnChannels {
+    /// The linear site that reads the LayerNorm's output.
+    pub site: SiteId,
+    /// Max |x| of each channel over every token of every image.
+    pub abs_max: Vec<f32>,
+}
+
+impl PostLnChannels {
+    /// The median channel's max |x|.
+    pub fn median(&self) -> f32 {
+        let mut v = self.abs_max.clone();
+        v.sort_by(f32::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    /// The largest channel's max |x|.
+    pub fn max(&self) -> f32 {
+        self.abs_max.iter().copied().fold(0.0, f32::max)
+    }
+
+    /// Channels whose max |x| is at least `factor` times the median channel's, largest first.
+    pub fn outliers(&self, factor: f32) -> Vec<(usize, f32)> {
+        let bound = factor * self.median();
+        let mut out: Vec<(usize, f32)> = self
+            .abs_max
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|&(_, v)| v >= bound && v > 0.0)
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+}
+
+/// [`PostLnChannels`] of every LayerNorm → linear pair of `model` over `images`, in forward order
+/// (one full-precision pass).
+pub fn post_ln_channels(model: &Model, images: Tensor<4>) -> Result<Vec<PostLnChannels>> {
+    let mut model = model.clone();
+    let sites: Vec<SiteId> = model
+        .post_norm_pairs_mut()
+        .into_iter()
+        .map(|(_, lin)| lin.site.clone())
+        .collect();
+    let recorder = Recorder {
+        wanted: sites.iter().map(|s| (s.clone(), Slot::Input)).collect(),
+        seen: Mutex::new(BTreeMap::new()),
+    };
+    let _ = model.forward_with(images, &recorder);
+    let seen = recorder.seen.into_inner().expect("recorder lock");
+    sites
+        .into_iter()
+        .map(|site| {
+            let (values, channels) = seen.get(&(site.clone(), Slot::Input)).ok_or_else(|| {
+                Error::invalid("site", site.as_str(), "its input never passed the hook")
+            })?;
+            let mut abs_max = vec![0f32; *channels];
+            for row in values.chunks_exact(*channels) {
+                for (m, v) in abs_max.iter_mut().zip(row) {
+                    *m = m.max(v.abs());
+                }
+            }
+            Ok(PostLnChannels { site, abs_max })
+        })
+        .collect()
+}
+
 /// Calibrates each activation quantizer as its tensor passes by (one full-precision pass), so
 /// no more than one tensor is held on the host at a time.
 struct Calibrator<'a> {

@@ -35,8 +35,8 @@ pub mod sweep;
 pub mod table;
 
 pub use calibrate::{
-    HookQuantizers, IsolatedQuantizers, QuantizedModel, calibration_images, quantize,
-    quantize_hooked, quantize_isolated, reparameterize,
+    HookQuantizers, IsolatedQuantizers, PostLnChannels, QuantizedModel, calibration_images,
+    post_ln_channels, quantize, quantize_hooked, quantize_isolated, reparameterize,
 };
 pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
 pub use eval::{

@@ -487,3 +487,53 @@ fn a_backbone_gets_the_token_cosine_table() {
     let json = serde_json::to_string(&results).unwrap();
     assert!(json.contains("\"cosine\""), "{json}");
 }
+
+/// Per-channel magnitudes of the post-LayerNorm activations: one entry per LayerNorm → linear
+/// pair, each channel's max |x| as a direct computation from the LayerNorm's output gives it,
+/// and a planted outlier channel found as the largest.
+#[test]
+fn post_ln_channels_find_a_planted_outlier() {
+    let device = Device::flex();
+    let (mut model, input, _) = fixture("vit_tiny", &device);
+    // Plant an outlier: channel 7 of block 1's norm2 output scaled 40x.
+    if let mixq_vit_models::Model::Vit(m) = &mut model {
+        let g = m.blocks[1].norm2.gamma.val();
+        let scale = Tensor::<1>::ones([48], &device)
+            .slice_assign([7..8], Tensor::<1>::from_floats([40.0], &device));
+        m.blocks[1].norm2.gamma = burn::module::Param::from_tensor(g * scale);
+    }
+    let stats = mixq_ptq::post_ln_channels(&model, input.clone()).unwrap();
+    let sites: Vec<&str> = stats.iter().map(|s| s.site.as_str()).collect();
+    assert_eq!(
+        sites,
+        [
+            "blocks.0.attn.qkv",
+            "blocks.0.mlp.fc1",
+            "blocks.1.attn.qkv",
+            "blocks.1.mlp.fc1"
+        ]
+    );
+    let fc1 = &stats[3];
+    assert_eq!(fc1.abs_max.len(), 48);
+    assert_eq!(fc1.outliers(10.0).first().map(|o| o.0), Some(7), "{fc1:?}");
+    assert!(fc1.max() > 10.0 * fc1.median());
+    // The statistic is the max |x| of the LayerNorm output: check one block directly.
+    let mixq_vit_models::Model::Vit(m) = &model else {
+        unreachable!()
+    };
+    let x = m.embed(input, &mixq_vit_models::NoHook);
+    let normed = m.blocks[0].norm1.forward(x, &mixq_vit_models::NoHook);
+    let direct: Vec<f32> = normed
+        .abs()
+        .max_dim(1)
+        .max_dim(0)
+        .reshape([48])
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let err = direct
+        .iter()
+        .zip(&stats[0].abs_max)
+        .fold(0f32, |e, (a, b)| e.max((a - b).abs()));
+    assert!(err < 1e-5, "{err}");
+}
