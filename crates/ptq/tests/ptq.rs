@@ -498,8 +498,9 @@ fn post_ln_channels_find_a_planted_outlier() {
     // Plant an outlier: channel 7 of block 1's norm2 output scaled 40x.
     if let mixq_vit_models::Model::Vit(m) = &mut model {
         let g = m.blocks[1].norm2.gamma.val();
-        let scale = Tensor::<1>::ones([48], &device)
-            .slice_assign([7..8], Tensor::<1>::from_floats([40.0], &device));
+        let mut factors = vec![1.0f32; 48];
+        factors[7] = 40.0;
+        let scale = Tensor::<1>::from_data(burn::tensor::TensorData::new(factors, [48]), &device);
         m.blocks[1].norm2.gamma = burn::module::Param::from_tensor(g * scale);
     }
     let stats = mixq_ptq::post_ln_channels(&model, input.clone()).unwrap();
