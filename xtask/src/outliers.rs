@@ -70,6 +70,20 @@ pub fn run(args: OutliersArgs) -> Result<()> {
     let run = RunDir::create(&args.runs, "outliers")?;
     let json = mixq_core::to_json(&stats, "post-LN channels")?;
     run.write("post-ln-channels.json", json.as_bytes())?;
+    let ratios: Vec<_> = stats
+        .iter()
+        .map(|s| {
+            (
+                s.site.clone(),
+                (s.max() / s.median().max(f32::MIN_POSITIVE)) as f64,
+            )
+        })
+        .collect();
+    mixq_report::channel_outlier_chart(
+        run.file("post-ln-channels.png"),
+        &ratios,
+        &format!("Post-LN channels, largest / median — {}", card.aliases[0]),
+    )?;
     println!("wrote {}", run.finish()?.display());
     Ok(())
 }

@@ -894,4 +894,5 @@ fn outliers_prints_a_row_per_post_layernorm_activation_and_writes_json() {
             .unwrap();
     assert_eq!(json.as_array().unwrap().len(), 2 * depth);
     assert_eq!(json[0]["site"], "blocks.0.attn.qkv");
+    assert!(run.join("post-ln-channels.png").is_file());
 }

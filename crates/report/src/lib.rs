@@ -61,7 +61,7 @@ use mixq_core::{Error, Result};
 pub use bar::{Bar, BarChart, bar_chart, render_bar_chart, site_group};
 pub use heat::{HeatMap, heat_map, render_heat_map};
 pub use line::{Axis, LineChart, Series, SeriesStyle, line_chart, render_line_chart};
-pub use pipeline::{bits_chart, contribution_chart, sensitivity_heat_map};
+pub use pipeline::{bits_chart, channel_outlier_chart, contribution_chart, sensitivity_heat_map};
 pub use pose::{COCO_SKELETON, draw_skeleton};
 pub use relevance::{
     OVERLAY_ALPHA, image_grid, overlay_heatmap, overlay_heatmap_gray, relevance_image,

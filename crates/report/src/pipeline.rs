@@ -29,6 +29,27 @@ pub fn contribution_chart(
     )
 }
 
+/// Each post-LayerNorm activation's largest channel over its median channel (max |x|), one bar
+/// per site in the order given: where channel-wise post-LN quantization has something to do.
+pub fn channel_outlier_chart(
+    path: impl AsRef<Path>,
+    ratios: &[(SiteId, f64)],
+    title: &str,
+) -> Result<()> {
+    bar_chart(
+        path,
+        &BarChart {
+            title: title.into(),
+            y_label: "largest / median channel max |x|".into(),
+            bars: ratios
+                .iter()
+                .map(|(site, ratio)| Bar::site(site.as_str(), *ratio))
+                .collect(),
+            ..Default::default()
+        },
+    )
+}
+
 /// The sensitivity heat map: the sites of `order` that the table has (rows, in that order) x
 /// the candidates of the first of them, damage on a log colour scale. Writes nothing when the
 /// table has none of the sites.
