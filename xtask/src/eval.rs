@@ -23,6 +23,15 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let card = args.model.card()?;
+    if card.arch.num_classes() == 0 {
+        return Err(mixq_core::Error::invalid(
+            "--model",
+            &card.aliases[0],
+            "is a backbone without classes, so top-1 means nothing; `cargo xtask ptq` compares its \
+             tokens with full precision's (token cosine), `cargo xtask outliers` shows its \
+             post-LayerNorm channels",
+        ));
+    }
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;
     let data = args.eval_data.open(&card)?;

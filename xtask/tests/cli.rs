@@ -874,6 +874,15 @@ fn shipped_fmnist_deit_reaches_its_reported_accuracy() {
 }
 
 #[test]
+fn eval_of_a_backbone_says_what_to_run_instead() {
+    let err = fails(&["eval", "--model", "dinov2-s-focus", "--random-weights"]);
+    assert!(
+        err.contains("dinov2-s-focus") && err.contains("ptq"),
+        "{err}"
+    );
+}
+
+#[test]
 fn outliers_prints_a_row_per_post_layernorm_activation_and_writes_json() {
     let runs = tmpdir("outliers");
     let out = ok(&[
