@@ -905,3 +905,22 @@ fn outliers_prints_a_row_per_post_layernorm_activation_and_writes_json() {
     assert_eq!(json[0]["site"], "blocks.0.attn.qkv");
     assert!(run.join("post-ln-channels.png").is_file());
 }
+
+#[test]
+fn shipped_mnist_deit_reaches_its_reported_accuracy() {
+    // The whole MNIST test split; docs/results.md reports 99.27 %.
+    let out = xtask(&["eval", "--model", "mnist-deit", "--batch", "250"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("not found") {
+        assert!(std::env::var_os("MIXQ_REQUIRE_DATA").is_none(), "{stderr}");
+        eprintln!("SKIPPED: MNIST is not installed");
+        return;
+    }
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let row = stdout.lines().last().unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells[5], "10000", "{row}");
+    let top1: f64 = cells[6].parse().unwrap();
+    assert!((top1 - 99.27).abs() < 0.005, "mnist-deit: {top1} %");
+}
