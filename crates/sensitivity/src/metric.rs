@@ -18,6 +18,9 @@ pub enum Metric {
     Ce,
     /// Top-1 accuracy drop, percentage points.
     Top1,
+    /// Mean 1 − cosine similarity of each image's output to full precision's: needs no labels
+    /// and no classes (a backbone's output is its final-normed class token).
+    Cosine,
 }
 
 impl Metric {
@@ -27,6 +30,7 @@ impl Metric {
             Metric::Kl => "kl",
             Metric::Ce => "ce",
             Metric::Top1 => "top1",
+            Metric::Cosine => "cosine",
         }
     }
 
@@ -36,6 +40,7 @@ impl Metric {
             Metric::Kl => d.kl,
             Metric::Ce => d.ce,
             Metric::Top1 => d.top1,
+            Metric::Cosine => d.cosine,
         }
     }
 }
@@ -49,10 +54,10 @@ impl fmt::Display for Metric {
 impl FromStr for Metric {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        [Metric::Kl, Metric::Ce, Metric::Top1]
+        [Metric::Kl, Metric::Ce, Metric::Top1, Metric::Cosine]
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| Error::invalid("metric", s, "expected kl, ce or top1"))
+            .ok_or_else(|| Error::invalid("metric", s, "expected kl, ce, top1 or cosine"))
     }
 }
 
@@ -65,6 +70,10 @@ pub struct Damage {
     pub ce: f64,
     /// Drop in top-1, in percentage points.
     pub top1: f64,
+    /// Mean over images of 1 − cosine(reference output, quantized output) (sweep caches from
+    /// before this field read it as 0).
+    #[serde(default)]
+    pub cosine: f64,
 }
 
 fn log_softmax(row: &[f32]) -> Vec<f64> {
@@ -115,9 +124,40 @@ pub fn damage(reference: &[f32], logits: &[f32], labels: &[usize]) -> Result<Dam
         let label = labels[i].min(classes - 1);
         d.ce += lr[label] - lq[label];
         d.top1 += (argmax(r) == label) as u8 as f64 - (argmax(q) == label) as u8 as f64;
+        let (mut rq, mut rr, mut qq) = (0f64, 0f64, 0f64);
+        for (&a, &b) in r.iter().zip(q) {
+            rq += a as f64 * b as f64;
+            rr += a as f64 * a as f64;
+            qq += b as f64 * b as f64;
+        }
+        d.cosine += 1.0 - rq / (rr * qq).sqrt().max(f64::MIN_POSITIVE);
     }
+    d.cosine /= n as f64;
     d.kl /= n as f64;
     d.ce /= n as f64;
     d.top1 *= 100.0 / n as f64;
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_damage_needs_no_labels_and_ignores_scale() {
+        // Image 0: the same direction, twice as long (cosine damage 0, KL > 0).
+        // Image 1: orthogonal outputs (cosine damage 1).
+        let reference = [1.0, 0.0, 0.0, 1.0];
+        let quantized = [2.0, 0.0, 1.0, 0.0];
+        let d = damage(&reference, &quantized, &[0, 0]).unwrap();
+        assert!((d.cosine - 0.5).abs() < 1e-12, "{d:?}");
+        assert!(d.kl > 0.0);
+        assert_eq!(Metric::Cosine.of(&d), d.cosine);
+        assert_eq!("cosine".parse::<Metric>().unwrap(), Metric::Cosine);
+        let same = damage(&reference, &reference, &[0, 1]).unwrap();
+        assert_eq!((same.cosine, same.kl, same.top1), (0.0, 0.0, 0.0));
+        // A cache line written before the field existed still reads.
+        let old: Damage = serde_json::from_str(r#"{"kl": 0.1, "ce": 0.2, "top1": 0.0}"#).unwrap();
+        assert_eq!(old.cosine, 0.0);
+    }
 }
