@@ -47,6 +47,8 @@ impl SweepCache {
             let lines: Vec<&str> = text.lines().collect();
             for (i, line) in lines.iter().enumerate() {
                 match serde_json::from_str::<Record>(line) {
+                    // Written before the cosine damage existed: measured again.
+                    Ok(r) if r.damage.cosine.is_nan() => {}
                     Ok(r) => {
                         done.insert((r.site.clone(), r.bits), r);
                     }
@@ -110,5 +112,45 @@ impl SweepCache {
     /// Every point, in the order measured.
     pub fn records(&self) -> impl Iterator<Item = &Record> {
         self.done.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Damage;
+    use mixq_core::BitWidth;
+
+    #[test]
+    fn points_from_before_the_cosine_damage_are_measured_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let bits = SiteBits {
+            w_bits: BitWidth::new(4).unwrap(),
+            a_bits: BitWidth::new(4).unwrap(),
+        };
+        let mut cache = SweepCache::open(dir.path(), "f").unwrap();
+        let new = Record {
+            site: SiteId::new("a"),
+            bits,
+            damage: Damage {
+                kl: 0.1,
+                ce: 0.2,
+                top1: 0.0,
+                cosine: 0.05,
+            },
+        };
+        cache.add(new.clone()).unwrap();
+        // A line as an older mixq wrote it: no cosine.
+        let old = serde_json::to_string(&new)
+            .unwrap()
+            .replace("\"a\"", "\"b\"")
+            .replace(",\"cosine\":0.05", "");
+        assert!(!old.contains("cosine"), "{old}");
+        let path = cache.path().to_path_buf();
+        let text = std::fs::read_to_string(&path).unwrap() + &old + "\n";
+        std::fs::write(&path, text).unwrap();
+        let reopened = SweepCache::open(dir.path(), "f").unwrap();
+        assert_eq!(reopened.get(&SiteId::new("a"), bits), Some(&new));
+        assert!(reopened.get(&SiteId::new("b"), bits).is_none());
     }
 }

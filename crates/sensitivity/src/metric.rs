@@ -70,10 +70,14 @@ pub struct Damage {
     pub ce: f64,
     /// Drop in top-1, in percentage points.
     pub top1: f64,
-    /// Mean over images of 1 − cosine(reference output, quantized output) (sweep caches from
-    /// before this field read it as 0).
-    #[serde(default)]
+    /// Mean over images of 1 − cosine(reference output, quantized output). Cache lines from
+    /// before this field read it as NaN: not measured, so the sweep measures them again.
+    #[serde(default = "not_measured")]
     pub cosine: f64,
+}
+
+fn not_measured() -> f64 {
+    f64::NAN
 }
 
 fn log_softmax(row: &[f32]) -> Vec<f64> {
@@ -156,8 +160,8 @@ mod tests {
         assert_eq!("cosine".parse::<Metric>().unwrap(), Metric::Cosine);
         let same = damage(&reference, &reference, &[0, 1]).unwrap();
         assert_eq!((same.cosine, same.kl, same.top1), (0.0, 0.0, 0.0));
-        // A cache line written before the field existed still reads.
+        // A cache line written before the field existed still reads, as not measured.
         let old: Damage = serde_json::from_str(r#"{"kl": 0.1, "ce": 0.2, "top1": 0.0}"#).unwrap();
-        assert_eq!(old.cosine, 0.0);
+        assert!(old.cosine.is_nan());
     }
 }
