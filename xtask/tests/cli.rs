@@ -854,14 +854,14 @@ fn train_resumed_after_a_stop_equals_the_straight_run_byte_for_byte() {
     );
 }
 
-#[test]
-fn shipped_fmnist_deit_reaches_its_reported_accuracy() {
-    // The whole Fashion-MNIST test split; docs/results.md reports 89.55 %.
-    let out = xtask(&["eval", "--model", "fmnist-deit", "--batch", "250"]);
+/// Evaluates a shipped model on its data set's whole test split and checks the top-1 that
+/// docs/results.md reports; skipped (saying so) where the data set is not installed.
+fn shipped_model_reaches(model: &str, data_set: &str, reported: f64) {
+    let out = xtask(&["eval", "--model", model, "--batch", "250"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("not found") {
         assert!(std::env::var_os("MIXQ_REQUIRE_DATA").is_none(), "{stderr}");
-        eprintln!("SKIPPED: Fashion-MNIST is not installed");
+        eprintln!("SKIPPED: {data_set} is not installed");
         return;
     }
     assert!(out.status.success(), "{stderr}");
@@ -870,7 +870,13 @@ fn shipped_fmnist_deit_reaches_its_reported_accuracy() {
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     assert_eq!(cells[5], "10000", "{row}");
     let top1: f64 = cells[6].parse().unwrap();
-    assert!((top1 - 89.55).abs() < 0.005, "fmnist-deit: {top1} %");
+    assert!((top1 - reported).abs() < 0.005, "{model}: {top1} %");
+}
+
+#[test]
+fn shipped_fmnist_deit_reaches_its_reported_accuracy() {
+    // The whole Fashion-MNIST test split; docs/results.md reports 89.55 %.
+    shipped_model_reaches("fmnist-deit", "Fashion-MNIST", 89.55);
 }
 
 #[test]
@@ -909,18 +915,5 @@ fn outliers_prints_a_row_per_post_layernorm_activation_and_writes_json() {
 #[test]
 fn shipped_mnist_deit_reaches_its_reported_accuracy() {
     // The whole MNIST test split; docs/results.md reports 99.27 %.
-    let out = xtask(&["eval", "--model", "mnist-deit", "--batch", "250"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("not found") {
-        assert!(std::env::var_os("MIXQ_REQUIRE_DATA").is_none(), "{stderr}");
-        eprintln!("SKIPPED: MNIST is not installed");
-        return;
-    }
-    assert!(out.status.success(), "{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let row = stdout.lines().last().unwrap();
-    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    assert_eq!(cells[5], "10000", "{row}");
-    let top1: f64 = cells[6].parse().unwrap();
-    assert!((top1 - 99.27).abs() < 0.005, "mnist-deit: {top1} %");
+    shipped_model_reaches("mnist-deit", "MNIST", 99.27);
 }
