@@ -3,7 +3,8 @@
 Runs the file in ONNX Runtime with the final LayerNorm's output (the backbone features) added as
 a graph output, on one 224x224 image whose values are integer arithmetic (flat index i ->
 ((i * 7919) % 1000) / 500 - 1, exact in float32, so the Rust test rebuilds it instead of reading
-600 kB), and writes tests/fixtures/dinov2_s_focus_io.safetensors: `features` [1, 257, 384]. The
+600 kB), and writes tests/fixtures/dinov2_s_focus_io.safetensors: `features` [1, 257, 384] and
+the saliency decoder's output `saliency` [1, 224, 224] (the graph's `output_importance`). The
 graph resizes its 37x37 position embedding to the 16x16 grid. CI does not run Python; the Rust
 test compares with the fixture whenever the ONNX file is at hand.
 
@@ -25,6 +26,10 @@ model.graph.output.append(onnx.helper.make_empty_tensor_value_info(features))
 session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 i = np.arange(3 * 224 * 224, dtype=np.int64)
 x = (((i * 7919) % 1000).astype(np.float32) / np.float32(500.0) - np.float32(1.0)).reshape(1, 3, 224, 224)
-(feats,) = session.run([features], {"input_image": x})
+feats, saliency = session.run([features, "output_importance"], {"input_image": x})
 print("features", feats.shape, "std", feats.std(), "max |v|", np.abs(feats).max())
-save_file({"features": np.ascontiguousarray(feats)}, os.path.join(out_dir, "dinov2_s_focus_io.safetensors"))
+print("saliency", saliency.shape, "min", saliency.min(), "max", saliency.max())
+save_file(
+    {"features": np.ascontiguousarray(feats), "saliency": np.ascontiguousarray(saliency[:, 0])},
+    os.path.join(out_dir, "dinov2_s_focus_io.safetensors"),
+)

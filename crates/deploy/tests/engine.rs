@@ -213,6 +213,7 @@ fn distilled_and_float_sites() {
         distilled: true,
         norm_eps: 1e-6,
         layer_scale: None,
+        saliency_decoder: None,
     };
     let model = ArchConfig::Vit(cfg).init(&device).unwrap();
     let mut plan = uniform_plan(&model.sites(), 8, 8, 8).unwrap();

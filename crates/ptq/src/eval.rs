@@ -56,7 +56,17 @@ pub fn compare(
                     d,
                 )
             };
-            let (fp, n, d) = tokens(model.features_with(x.clone(), &NoHook));
+            let [_, _, h, w] = x.dims();
+            let saliency = |m: &Model, f: &Tensor<3>| {
+                m.saliency(f.clone(), [h, w]).map(|s| {
+                    s.into_data()
+                        .try_into_vec::<f32>()
+                        .expect("saliency maps are f32")
+                })
+            };
+            let fp_tokens = model.features_with(x.clone(), &NoHook);
+            let fp_map = saliency(model, &fp_tokens);
+            let (fp, n, d) = tokens(fp_tokens);
             let class_token = |f: &[f32]| -> Vec<f32> {
                 f.chunks_exact(n * d)
                     .flat_map(|image| image[..d].to_vec())
@@ -65,10 +75,21 @@ pub fn compare(
             out.fp.add(&class_token(&fp), &labels, None);
             let same = out.fp.features.get_or_insert_default();
             same.add(&fp, &fp, n, d);
+            if let Some(map) = &fp_map {
+                let same = out.fp.saliency.get_or_insert_default();
+                same.add(map, map, h * w);
+            }
             for (q, m) in variants.iter().zip(&mut out.quantized) {
-                let (qf, _, _) = tokens(q.features(x.clone()));
+                let q_tokens = q.features(x.clone());
+                let q_map = saliency(&q.model, &q_tokens);
+                let (qf, _, _) = tokens(q_tokens);
                 m.add(&class_token(&qf), &labels, Some(&class_token(&fp)));
                 m.features.get_or_insert_default().add(&fp, &qf, n, d);
+                if let (Some(reference), Some(map)) = (&fp_map, &q_map) {
+                    m.saliency
+                        .get_or_insert_default()
+                        .add(reference, map, h * w);
+                }
             }
             progress(labels.len());
             continue;
@@ -103,6 +124,9 @@ pub struct Metrics {
     /// A backbone's label-free figure: token cosine to full precision (`None` for classifiers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<FeatureAgreement>,
+    /// A backbone with a saliency decoder: its maps against full precision's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saliency: Option<SaliencyAgreement>,
 }
 
 fn log_softmax(row: &[f32]) -> Vec<f64> {
@@ -261,6 +285,120 @@ impl FeatureAgreement {
     }
 }
 
+/// How close a quantized model's saliency maps are to full precision's, image by image: the
+/// Pearson correlation of the two maps, the IoU of their most salient tenth of the pixels
+/// ([`Self::TOP_FRACTION`]) and the mean absolute difference, each averaged over images.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SaliencyAgreement {
+    /// Images compared.
+    pub images: usize,
+    /// Sum over images of the Pearson correlation.
+    pub pearson_sum: f64,
+    /// Sum over images of the top-pixel IoU.
+    pub iou_sum: f64,
+    /// Sum over images of the mean absolute difference.
+    pub mae_sum: f64,
+}
+
+impl SaliencyAgreement {
+    /// The share of each map's pixels that counts as its most salient (ties broken by the
+    /// lower pixel index, so the set has exactly `ceil(TOP_FRACTION * pixels)` pixels).
+    pub const TOP_FRACTION: f64 = 0.1;
+
+    /// Adds a batch: `reference` and `maps` row-major `[images, pixels]`.
+    pub fn add(&mut self, reference: &[f32], maps: &[f32], pixels: usize) {
+        let k = ((Self::TOP_FRACTION * pixels as f64).ceil() as usize).clamp(1, pixels);
+        for (r, m) in reference
+            .chunks_exact(pixels)
+            .zip(maps.chunks_exact(pixels))
+        {
+            self.pearson_sum += pearson(r, m);
+            let (top_r, top_m) = (top_pixels(r, k), top_pixels(m, k));
+            let both = top_r.iter().zip(&top_m).filter(|(a, b)| **a && **b).count();
+            self.iou_sum += both as f64 / (2 * k - both) as f64;
+            self.mae_sum += r
+                .iter()
+                .zip(m)
+                .map(|(a, b)| (*a as f64 - *b as f64).abs())
+                .sum::<f64>()
+                / pixels as f64;
+            self.images += 1;
+        }
+    }
+
+    /// Mean Pearson correlation.
+    pub fn pearson(&self) -> f64 {
+        self.pearson_sum / self.images.max(1) as f64
+    }
+
+    /// Mean IoU of the top pixels.
+    pub fn iou(&self) -> f64 {
+        self.iou_sum / self.images.max(1) as f64
+    }
+
+    /// Mean absolute difference per pixel.
+    pub fn mae(&self) -> f64 {
+        self.mae_sum / self.images.max(1) as f64
+    }
+}
+
+/// [`SaliencyAgreement`]'s figures over several calibration seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SaliencySpread {
+    /// Mean Pearson correlation to full precision's maps.
+    pub pearson: Spread,
+    /// Mean IoU of the top tenth of the pixels.
+    pub iou: Spread,
+    /// Mean absolute difference per pixel.
+    pub mae: Spread,
+}
+
+impl SaliencySpread {
+    /// The spread over `seeds`' agreements; `None` when one of them has none.
+    pub fn of<'a>(seeds: impl IntoIterator<Item = Option<&'a SaliencyAgreement>>) -> Option<Self> {
+        let seeds: Vec<&SaliencyAgreement> = seeds.into_iter().collect::<Option<_>>()?;
+        if seeds.is_empty() {
+            return None;
+        }
+        let spread = |f: fn(&SaliencyAgreement) -> f64| Spread::of(seeds.iter().map(|a| f(a)));
+        Some(Self {
+            pearson: spread(SaliencyAgreement::pearson),
+            iou: spread(SaliencyAgreement::iou),
+            mae: spread(SaliencyAgreement::mae),
+        })
+    }
+}
+
+/// Pearson correlation of two maps; a constant map correlates 1 with an identical map and 0
+/// with any other (the coefficient itself is undefined there).
+fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64 - ma, y as f64 - mb);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 {
+        return if a == b { 1.0 } else { 0.0 };
+    }
+    ab / (aa * bb).sqrt()
+}
+
+/// Which of `map`'s pixels are among its `k` largest (ties: the lower index first).
+fn top_pixels(map: &[f32], k: usize) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..map.len()).collect();
+    order.sort_by(|&i, &j| map[j].total_cmp(&map[i]).then(i.cmp(&j)));
+    let mut top = vec![false; map.len()];
+    for &i in &order[..k] {
+        top[i] = true;
+    }
+    top
+}
+
 /// The error of an evaluation in which no image of `source` could be read.
 pub fn no_image_evaluated(source: Option<std::path::PathBuf>) -> mixq_core::Error {
     mixq_core::Error::Data {
@@ -337,6 +475,40 @@ mod tests {
         assert_eq!(a.images, 2);
         assert_eq!(a.cosine_min, -0.5);
         assert_eq!(a.mean(), 0.25);
+    }
+
+    #[test]
+    fn saliency_agreement_matches_numpy_by_hand() {
+        // Two 10-pixel maps per batch: the top tenth is one pixel.
+        let reference = [0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.0];
+        let mut a = SaliencyAgreement::default();
+        a.add(&reference, &reference, 10);
+        assert_eq!(
+            (a.images, a.pearson(), a.iou(), a.mae()),
+            (1, 1.0, 1.0, 0.0)
+        );
+        // Reversed order: numpy.corrcoef(r, 1 - r)[0, 1] = -1; the top pixel moves from 1 to 9
+        // (IoU 0); mean |r - (1 - r)| = mean |2r - 1| = 0.5.
+        let flipped: Vec<f32> = reference.iter().map(|v| 1.0 - v).collect();
+        let mut b = SaliencyAgreement::default();
+        b.add(&reference, &flipped, 10);
+        assert!((b.pearson() + 1.0).abs() < 1e-6, "{}", b.pearson());
+        assert_eq!(b.iou(), 0.0);
+        assert!((b.mae() - 0.5).abs() < 1e-6, "{}", b.mae());
+        // 20 pixels, top two: {1, 8} vs {1, 5} share one of three -> IoU 1/3; constant map
+        // against a non-constant one: Pearson 0.
+        let mut r20 = vec![0.0f32; 20];
+        r20[1] = 1.0;
+        r20[8] = 0.9;
+        let mut m20 = r20.clone();
+        m20[8] = 0.0;
+        m20[5] = 0.95;
+        let mut c = SaliencyAgreement::default();
+        c.add(&r20, &m20, 20);
+        assert!((c.iou() - 1.0 / 3.0).abs() < 1e-12, "{}", c.iou());
+        let mut d = SaliencyAgreement::default();
+        d.add(&r20, &[0.5; 20], 20);
+        assert_eq!(d.pearson(), 0.0);
     }
 
     #[test]

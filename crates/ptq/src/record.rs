@@ -6,7 +6,7 @@ use std::path::Path;
 use mixq_core::{BitPlan, Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{Metrics, PostLnMode, SeedMetrics, SoftmaxMode, Spread, VariantResult};
+use crate::{Metrics, PostLnMode, SaliencySpread, SeedMetrics, SoftmaxMode, Spread, VariantResult};
 
 /// One row of a PTQ table: a configuration over every calibration seed.
 #[derive(Clone, Debug, Serialize)]
@@ -33,6 +33,9 @@ pub struct PtqRow {
     /// A backbone's worst image's token cosine.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cosine_min: Option<Spread>,
+    /// A saliency decoder's maps against full precision's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saliency: Option<SaliencySpread>,
 }
 
 impl PtqRow {
@@ -49,6 +52,7 @@ impl PtqRow {
             kl: None,
             cosine: metrics.features.map(|f| one(f.mean())),
             cosine_min: metrics.features.map(|f| one(f.cosine_min)),
+            saliency: SaliencySpread::of([metrics.saliency.as_ref()]),
             seeds: vec![SeedMetrics {
                 seed: None,
                 metrics,
@@ -72,6 +76,7 @@ impl PtqRow {
             kl: Some(result.kl),
             cosine: result.cosine,
             cosine_min: result.cosine_min,
+            saliency: result.saliency,
             seeds: result.seeds,
         }
     }
@@ -121,21 +126,37 @@ impl PtqResults {
 }
 
 impl PtqResults {
-    /// A backbone's table: token cosine to full precision instead of accuracy.
+    /// A backbone's table: token cosine to full precision instead of accuracy, and with a
+    /// saliency decoder its maps' agreement with full precision's.
     fn feature_markdown(&self) -> String {
+        let saliency = self.rows.iter().any(|r| r.saliency.is_some());
         let mut s = String::from(
-            "| model | post-LN | softmax | token cosine to FP (mean over images) | worst image |\n|---|---|---|---:|---:|\n",
+            "| model | post-LN | softmax | token cosine to FP (mean over images) | worst image |",
         );
+        s.push_str(if saliency {
+            " saliency Pearson | top-10 % IoU | saliency MAE |\n|---|---|---|---:|---:|---:|---:|---:|\n"
+        } else {
+            "\n|---|---|---|---:|---:|\n"
+        });
         let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
         for r in &self.rows {
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} |",
                 r.name,
                 opt(r.post_ln.map(|m| m.to_string())),
                 opt(r.softmax.map(|m| m.to_string())),
                 opt(r.cosine.map(|c| c.format(4))),
                 opt(r.cosine_min.map(|c| c.format(4))),
             ));
+            if saliency {
+                s.push_str(&format!(
+                    " {} | {} | {} |",
+                    opt(r.saliency.map(|a| a.pearson.format(4))),
+                    opt(r.saliency.map(|a| a.iou.format(3))),
+                    opt(r.saliency.map(|a| a.mae.format(4))),
+                ));
+            }
+            s.push('\n');
         }
         s
     }

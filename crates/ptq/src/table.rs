@@ -79,6 +79,8 @@ pub struct VariantResult {
     pub cosine: Option<Spread>,
     /// A backbone's worst image's token cosine.
     pub cosine_min: Option<Spread>,
+    /// A saliency decoder's maps against full precision's (none without a decoder).
+    pub saliency: Option<crate::SaliencySpread>,
 }
 
 impl VariantResult {
@@ -99,6 +101,7 @@ impl VariantResult {
             kl: spread(Metrics::kl),
             cosine: features(crate::FeatureAgreement::mean),
             cosine_min: features(|a| a.cosine_min),
+            saliency: crate::SaliencySpread::of(seeds.iter().map(|s| s.metrics.saliency.as_ref())),
             seeds,
         }
     }

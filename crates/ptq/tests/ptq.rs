@@ -434,6 +434,7 @@ fn a_backbone_gets_the_token_cosine_table() {
         distilled: false,
         norm_eps: 1e-6,
         layer_scale: Some(0.5),
+        saliency_decoder: None,
     };
     let model = mixq_vit_models::Model::Vit(config.init(&device).unwrap());
     assert!(model.is_backbone());

@@ -28,6 +28,7 @@ pub mod layers;
 pub mod model;
 pub mod neighborhood;
 pub mod onnx;
+pub mod saliency;
 pub mod swin;
 pub mod testing;
 pub mod vit;
@@ -42,6 +43,7 @@ pub use explain::{
 pub use hooks::{NoHook, SiteHook, Slot};
 pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};
 pub use model::{ArchConfig, Model};
+pub use saliency::{SaliencyDecoder, SaliencyDecoderConfig};
 pub use swin::{SwinConfig, SwinTransformer};
 pub use vit::{VisionTransformer, VitConfig, resample_pos_embed};
 pub use weights::{WeightsChoice, WeightsSource};

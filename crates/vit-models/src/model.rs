@@ -109,6 +109,15 @@ impl Model {
         }
     }
 
+    /// A saliency decoder's map `[b, h, w]` in (0, 1) from the final-normed tokens
+    /// [`Self::features_with`] returns, for images of `h x w`; `None` for models without one.
+    pub fn saliency(&self, features: Tensor<3>, size: [usize; 2]) -> Option<Tensor<3>> {
+        match self {
+            Model::Vit(m) => m.saliency(features, size),
+            Model::Swin(_) => None,
+        }
+    }
+
     /// [`Self::forward_with`], passing the residual stream (`[b, tokens, c]`) through
     /// `boundary` at the input of every block and of the final norm.
     pub fn forward_with_boundaries(

@@ -24,6 +24,13 @@ pub struct OnnxWeights {
     pub pos_grid: usize,
 }
 
+impl OnnxWeights {
+    /// Drops the saliency decoder's tensors (`decoder.*`), for a model built without one.
+    pub fn drop_decoder(&mut self) {
+        self.tensors.retain(|k, _| !k.starts_with("decoder."));
+    }
+}
+
 fn parse_err(path: &Path, message: impl Into<String>) -> Error {
     Error::Weights {
         path: path.into(),
@@ -77,8 +84,12 @@ fn transpose((shape, data): Entry) -> Entry {
     (vec![c, r], out)
 }
 
-/// The timm name of a named Hugging Face ViT/DINOv2 initializer, if it is one of the backbone's.
+/// The timm name of a named Hugging Face ViT/DINOv2 initializer, if it is one of the backbone's
+/// (the saliency decoder's, `decoder.*`, keep their names: mixq's decoder uses them).
 fn timm_name(hf: &str) -> Option<String> {
+    if hf.starts_with("decoder.") {
+        return Some(hf.to_string());
+    }
     let rest = hf.strip_prefix("backbone.").unwrap_or(hf);
     let fixed = match rest {
         "embeddings.cls_token" => Some("cls_token".to_string()),

