@@ -344,7 +344,9 @@ pub fn run_mixed(
     };
     for (seed, plans) in &seeded {
         let tag = tag(*seed);
-        plans.scores.save(run.file(&format!("scores{tag}.toml")))?;
+        if let Some(scores) = &plans.scores {
+            scores.save(run.file(&format!("scores{tag}.toml")))?;
+        }
         plans
             .table
             .save(run.file(&format!("sensitivity{tag}.toml")))?;
@@ -360,15 +362,17 @@ pub fn run_mixed(
     let (seed, first) = &seeded[0];
     let n_calib = first.calib.dims()[0];
     let order = site_ids(&sites);
-    contribution_chart(
-        run.file("relevance.png"),
-        &first.scores,
-        &order,
-        &format!(
-            "LRP contribution per site — {} ({})",
-            card.aliases[0], mixed.lrp_preset
-        ),
-    )?;
+    if let Some(scores) = &first.scores {
+        contribution_chart(
+            run.file("relevance.png"),
+            scores,
+            &order,
+            &format!(
+                "LRP contribution per site — {} ({})",
+                card.aliases[0], mixed.lrp_preset
+            ),
+        )?;
+    }
     sensitivity_heat_map(
         run.file("sensitivity.png"),
         &first.table,
@@ -413,8 +417,11 @@ pub fn run_mixed(
         "results",
     )?;
     run.write("results.json", json.as_bytes())?;
-    let mut pictures =
-        String::from("![relevance](relevance.png)\n\n![sensitivity](sensitivity.png)\n\n");
+    let mut pictures = String::new();
+    if first.scores.is_some() {
+        pictures += "![relevance](relevance.png)\n\n";
+    }
+    pictures += "![sensitivity](sensitivity.png)\n\n";
     for &avg in &mixed.budget.avg_bits {
         pictures += &format!("![bits at {avg}](bits-{avg}.png)\n\n");
     }
@@ -447,18 +454,22 @@ struct RankAgreement {
 fn rank_agreement(seeded: &[(u64, MixedPlans)], candidates: &[SiteBits]) -> Vec<RankAgreement> {
     seeded
         .iter()
-        .flat_map(|(seed, plans)| {
+        .filter_map(|(seed, plans)| Some((seed, &plans.table, plans.scores.as_ref()?)))
+        .flat_map(|(seed, table, scores)| {
             candidates.iter().map(|&bits| RankAgreement {
                 seed: *seed,
                 bits: format!("W{}A{}", bits.w_bits, bits.a_bits),
-                spearman: plans.table.rank_agreement(&plans.scores, bits),
+                spearman: table.rank_agreement(scores, bits),
             })
         })
         .collect()
 }
 
-/// One row per candidate: ρ as mean ± std over the seeds.
+/// One row per candidate: ρ as mean ± std over the seeds (nothing without LRP scores).
 fn rank_agreement_markdown(agreement: &[RankAgreement], candidates: &[SiteBits]) -> String {
+    if agreement.is_empty() {
+        return String::new();
+    }
     let mut s = String::from(
         "| sensitivity at | Spearman ρ (LRP contribution vs damage, over sites) |\n|---|---:|\n",
     );

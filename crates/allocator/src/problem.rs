@@ -32,6 +32,11 @@ impl Criterion {
             Criterion::Mix => "mix",
         }
     }
+
+    /// Whether it reads LRP contribution scores (`lrp` and `mix` do).
+    pub fn needs_scores(self) -> bool {
+        self != Criterion::Sensitivity
+    }
 }
 
 impl std::fmt::Display for Criterion {

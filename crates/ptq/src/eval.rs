@@ -353,19 +353,75 @@ pub struct SaliencySpread {
     pub mae: Spread,
 }
 
-impl SaliencySpread {
-    /// The spread over `seeds`' agreements; `None` when one of them has none.
-    pub fn of<'a>(seeds: impl IntoIterator<Item = Option<&'a SaliencyAgreement>>) -> Option<Self> {
-        let seeds: Vec<&SaliencyAgreement> = seeds.into_iter().collect::<Option<_>>()?;
-        if seeds.is_empty() {
+/// A backbone's label-free figures over several calibration seeds: token cosine to full
+/// precision (mean over images, and the worst image) and, with a saliency decoder, the maps'
+/// agreement. Serialized flat into the row that holds it (`cosine`, `cosine_min`, `saliency`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LabelFreeSpread {
+    /// Mean token cosine to full precision.
+    pub cosine: Spread,
+    /// The worst image's token cosine.
+    pub cosine_min: Spread,
+    /// The saliency maps against full precision's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saliency: Option<SaliencySpread>,
+}
+
+impl LabelFreeSpread {
+    /// The spread over every seed's metrics; `None` for classifiers (no feature agreement).
+    pub fn of<'a>(metrics: impl IntoIterator<Item = &'a Metrics>) -> Option<Self> {
+        let metrics: Vec<&Metrics> = metrics.into_iter().collect();
+        let features: Vec<&FeatureAgreement> = metrics
+            .iter()
+            .map(|m| m.features.as_ref())
+            .collect::<Option<_>>()?;
+        if features.is_empty() {
             return None;
         }
-        let spread = |f: fn(&SaliencyAgreement) -> f64| Spread::of(seeds.iter().map(|a| f(a)));
+        let saliency: Option<Vec<&SaliencyAgreement>> =
+            metrics.iter().map(|m| m.saliency.as_ref()).collect();
+        let saliency = saliency.filter(|s| !s.is_empty()).map(|s| {
+            let spread = |f: fn(&SaliencyAgreement) -> f64| Spread::of(s.iter().map(|a| f(a)));
+            SaliencySpread {
+                pearson: spread(SaliencyAgreement::pearson),
+                iou: spread(SaliencyAgreement::iou),
+                mae: spread(SaliencyAgreement::mae),
+            }
+        });
         Some(Self {
-            pearson: spread(SaliencyAgreement::pearson),
-            iou: spread(SaliencyAgreement::iou),
-            mae: spread(SaliencyAgreement::mae),
+            cosine: Spread::of(features.iter().map(|f| f.mean())),
+            cosine_min: Spread::of(features.iter().map(|f| f.cosine_min)),
+            saliency,
         })
+    }
+
+    /// The table columns [`Self::cells`] fills: with or without the saliency ones.
+    pub fn header(saliency: bool) -> &'static str {
+        if saliency {
+            "token cosine to FP (mean over images) | worst image | saliency Pearson | top-10 % IoU | saliency MAE"
+        } else {
+            "token cosine to FP (mean over images) | worst image"
+        }
+    }
+
+    /// This row's cells under [`Self::header`] (`-` where a figure is missing).
+    pub fn cells(this: Option<&Self>, saliency: bool) -> String {
+        let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+        let mut cells = format!(
+            "{} | {}",
+            opt(this.map(|l| l.cosine.format(4))),
+            opt(this.map(|l| l.cosine_min.format(4)))
+        );
+        if saliency {
+            let s = this.and_then(|l| l.saliency);
+            cells += &format!(
+                " | {} | {} | {}",
+                opt(s.map(|a| a.pearson.format(4))),
+                opt(s.map(|a| a.iou.format(3))),
+                opt(s.map(|a| a.mae.format(4)))
+            );
+        }
+        cells
     }
 }
 

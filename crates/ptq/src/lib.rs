@@ -40,8 +40,8 @@ pub use calibrate::{
 };
 pub use config::{PostLnMode, PtqConfig, SoftmaxMode, uniform_plan};
 pub use eval::{
-    Comparison, Evaluation, FeatureAgreement, Metrics, SaliencyAgreement, SaliencySpread, Spread,
-    compare, evaluate_data, host_logits, no_image_evaluated,
+    Comparison, Evaluation, FeatureAgreement, LabelFreeSpread, Metrics, SaliencyAgreement,
+    SaliencySpread, Spread, compare, evaluate_data, host_logits, no_image_evaluated,
 };
 pub use hooked::{relative_mse, sensitivity_hooked};
 pub use record::{PtqResults, PtqRow, PtqRun, ablation_grid};

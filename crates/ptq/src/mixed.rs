@@ -19,8 +19,8 @@ use mixq_vit_models::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Baseline, PtqConfig, PtqStage, SeedMetrics, SeededVariants, Spread, SweepOptions, Variant,
-    compare_on, sensitivity_sweep, sweep_fingerprint, uniform_plan,
+    Baseline, LabelFreeSpread, PtqConfig, PtqStage, SeedMetrics, SeededVariants, Spread,
+    SweepOptions, Variant, compare_on, sensitivity_sweep, sweep_fingerprint, uniform_plan,
 };
 
 /// Where calibration (and probe) images come from, and the bits of the image input.
@@ -182,6 +182,21 @@ pub fn calib_and_probe(
     Ok((batch_tensor(&first, device), probe))
 }
 
+/// A backbone has no classes: its sweep measures damage as 1 - token cosine, nothing else.
+fn check_backbone_metric(model: &Model, model_name: &str, metric: Metric) -> Result<()> {
+    if model.is_backbone() && metric != Metric::Cosine {
+        return Err(Error::invalid(
+            "--metric",
+            metric.name(),
+            format!(
+                "{model_name} is a backbone without classes: its damage is measured as 1 - token \
+                 cosine (--metric cosine)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs (or resumes, from `sweep.cache_dir`) the sensitivity sweep of `shard`; `progress` gets
 /// (points done, points in all).
 #[allow(clippy::too_many_arguments)]
@@ -196,6 +211,7 @@ pub fn sensitivity_table(
     seed: u64,
     progress: impl FnMut(usize, usize),
 ) -> Result<SensitivityTable> {
+    check_backbone_metric(model, model_name, sweep.metric)?;
     let config = PtqConfig::default();
     let options = SweepOptions {
         candidates: sweep.candidates()?,
@@ -321,8 +337,8 @@ pub struct MixedPlans {
     pub calib: Tensor<4>,
     /// The probe images, disjoint from them.
     pub probe: Probe,
-    /// LRP contribution scores.
-    pub scores: ContributionScores,
+    /// LRP contribution scores (none for a backbone: it has no class to explain).
+    pub scores: Option<ContributionScores>,
     /// The sensitivity table.
     pub table: SensitivityTable,
     /// `(name, budget, plan)`: `uniform WbAb` then `mixed <criterion>` for every budget.
@@ -343,6 +359,21 @@ pub fn make_plans(
 ) -> Result<MixedPlans> {
     let sites = model.sites();
     let candidates = config.sweep.candidates()?;
+    if model.is_backbone() {
+        // No class for LRP to explain: the plans come from the sweep alone.
+        if let Some(c) = config.budget.criteria.iter().find(|c| c.needs_scores()) {
+            return Err(Error::invalid(
+                "--criterion",
+                c.name(),
+                format!(
+                    "{} is a backbone without classes, so LRP has no class to explain: use \
+                     --criterion sensitivity",
+                    card.name
+                ),
+            ));
+        }
+        check_backbone_metric(model, &card.name, config.sweep.metric)?;
+    }
     if calibration.data.is_none() && card.dataset.is_none() {
         return Err(Error::invalid(
             "--calib-data",
@@ -354,22 +385,27 @@ pub fn make_plans(
         calib_and_probe(&card.data_spec(), calibration, &config.sweep, seed, device)?;
     let n_calib = calib.dims()[0];
 
-    // 1. LRP contribution scores on the calibration images.
-    let pre = &card.preprocess;
-    let options = ExplainOptions::new(config.lrp_preset, &pre.mean, &pre.std);
-    let batches: Vec<(Tensor<4>, Target)> = (0..n_calib)
-        .step_by(16)
-        .map(|s| {
-            (
-                calib.clone().narrow(0, s, 16.min(n_calib - s)),
-                Target::Predicted,
-            )
-        })
-        .collect();
-    let mut scores = contribution_scores(model, batches, &options, false, |done| {
-        progress(MixedStage::Lrp, done, n_calib)
-    })?;
-    scores.meta.insert("model".into(), card.name.clone());
+    // 1. LRP contribution scores on the calibration images (a classifier's predicted class).
+    let scores = if model.is_backbone() {
+        None
+    } else {
+        let pre = &card.preprocess;
+        let options = ExplainOptions::new(config.lrp_preset, &pre.mean, &pre.std);
+        let batches: Vec<(Tensor<4>, Target)> = (0..n_calib)
+            .step_by(16)
+            .map(|s| {
+                (
+                    calib.clone().narrow(0, s, 16.min(n_calib - s)),
+                    Target::Predicted,
+                )
+            })
+            .collect();
+        let mut scores = contribution_scores(model, batches, &options, false, |done| {
+            progress(MixedStage::Lrp, done, n_calib)
+        })?;
+        scores.meta.insert("model".into(), card.name.clone());
+        Some(scores)
+    };
 
     // 2. Sensitivity.
     let table = sensitivity_table(
@@ -387,7 +423,7 @@ pub fn make_plans(
     // 3. Plans: uniform and each criterion at each budget.
     let plans = budget_plans(
         &sites,
-        Some(&scores),
+        scores.as_ref(),
         &table,
         &candidates,
         &config.budget,
@@ -529,6 +565,9 @@ pub struct MixedRow {
     pub top5: Spread,
     /// Mean KL(FP || quantized) (0 for full precision).
     pub kl: Spread,
+    /// A backbone's token cosine and saliency agreement (none for classifiers).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub label_free: Option<LabelFreeSpread>,
     /// Every seed's figures (`seed: None` for full precision).
     pub seeds: Vec<SeedMetrics>,
 }
@@ -536,6 +575,9 @@ pub struct MixedRow {
 impl MixedRow {
     /// `rows` as a markdown table (`mean ± std` over the seeds; the value alone for one seed).
     pub fn markdown(rows: &[MixedRow]) -> String {
+        if rows.iter().any(|r| r.label_free.is_some()) {
+            return Self::label_free_markdown(rows);
+        }
         let mut s = String::from(
             "| plan | budget (avg bits) | avg W bits | avg A bits | top-1 % | top-5 % | KL to FP |\n|---|---:|---:|---:|---:|---:|---:|\n",
         );
@@ -549,6 +591,29 @@ impl MixedRow {
                 r.top1.format(2),
                 r.top5.format(2),
                 r.kl.format(4)
+            );
+        }
+        s
+    }
+
+    /// A backbone's table: token cosine (and saliency agreement) instead of accuracy.
+    fn label_free_markdown(rows: &[MixedRow]) -> String {
+        let saliency = rows
+            .iter()
+            .any(|r| r.label_free.is_some_and(|l| l.saliency.is_some()));
+        let header = LabelFreeSpread::header(saliency);
+        let rule = "---:|".repeat(header.matches('|').count() + 1);
+        let mut s = format!(
+            "| plan | budget (avg bits) | avg W bits | avg A bits | {header} |\n|---|---:|---:|---:|{rule}\n"
+        );
+        for r in rows {
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.name,
+                r.budget.map_or("-".into(), |b| b.to_string()),
+                r.avg_w_bits.format(2),
+                r.avg_a_bits.format(2),
+                LabelFreeSpread::cells(r.label_free.as_ref(), saliency),
             );
         }
         s
@@ -595,6 +660,7 @@ pub fn evaluate_plans(
         top1: one(fp.top1_pct()),
         top5: one(fp.top5_pct()),
         kl: one(0.0),
+        label_free: LabelFreeSpread::of([fp]),
         seeds: vec![SeedMetrics {
             seed: None,
             metrics: fp.clone(),
@@ -616,6 +682,7 @@ pub fn evaluate_plans(
             top1: r.top1,
             top5: r.top5,
             kl: r.kl,
+            label_free: r.label_free,
             seeds: r.seeds,
         });
     }

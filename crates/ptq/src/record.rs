@@ -6,7 +6,9 @@ use std::path::Path;
 use mixq_core::{BitPlan, Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{Metrics, PostLnMode, SaliencySpread, SeedMetrics, SoftmaxMode, Spread, VariantResult};
+use crate::{
+    LabelFreeSpread, Metrics, PostLnMode, SeedMetrics, SoftmaxMode, Spread, VariantResult,
+};
 
 /// One row of a PTQ table: a configuration over every calibration seed.
 #[derive(Clone, Debug, Serialize)]
@@ -27,15 +29,9 @@ pub struct PtqRow {
     pub loss: Spread,
     /// Mean KL(FP || quantized); none for the full-precision row.
     pub kl: Option<Spread>,
-    /// A backbone's mean token cosine to full precision (none for classifiers).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cosine: Option<Spread>,
-    /// A backbone's worst image's token cosine.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cosine_min: Option<Spread>,
-    /// A saliency decoder's maps against full precision's.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub saliency: Option<SaliencySpread>,
+    /// A backbone's token cosine and saliency agreement (none for classifiers).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub label_free: Option<LabelFreeSpread>,
 }
 
 impl PtqRow {
@@ -50,9 +46,7 @@ impl PtqRow {
             top5: one(metrics.top5_pct()),
             loss: one(metrics.loss()),
             kl: None,
-            cosine: metrics.features.map(|f| one(f.mean())),
-            cosine_min: metrics.features.map(|f| one(f.cosine_min)),
-            saliency: SaliencySpread::of([metrics.saliency.as_ref()]),
+            label_free: LabelFreeSpread::of([&metrics]),
             seeds: vec![SeedMetrics {
                 seed: None,
                 metrics,
@@ -74,9 +68,7 @@ impl PtqRow {
             top5: result.top5,
             loss: result.loss,
             kl: Some(result.kl),
-            cosine: result.cosine,
-            cosine_min: result.cosine_min,
-            saliency: result.saliency,
+            label_free: result.label_free,
             seeds: result.seeds,
         }
     }
@@ -102,7 +94,7 @@ pub struct PtqResults {
 impl PtqResults {
     /// The rows as a markdown table (mean ± std where there are several seeds).
     pub fn markdown(&self) -> String {
-        if self.rows.iter().any(|r| r.cosine.is_some()) {
+        if self.rows.iter().any(|r| r.label_free.is_some()) {
             return self.feature_markdown();
         }
         let mut s = String::from(
@@ -129,34 +121,22 @@ impl PtqResults {
     /// A backbone's table: token cosine to full precision instead of accuracy, and with a
     /// saliency decoder its maps' agreement with full precision's.
     fn feature_markdown(&self) -> String {
-        let saliency = self.rows.iter().any(|r| r.saliency.is_some());
-        let mut s = String::from(
-            "| model | post-LN | softmax | token cosine to FP (mean over images) | worst image |",
-        );
-        s.push_str(if saliency {
-            " saliency Pearson | top-10 % IoU | saliency MAE |\n|---|---|---|---:|---:|---:|---:|---:|\n"
-        } else {
-            "\n|---|---|---|---:|---:|\n"
-        });
+        let saliency = self
+            .rows
+            .iter()
+            .any(|r| r.label_free.is_some_and(|l| l.saliency.is_some()));
+        let header = LabelFreeSpread::header(saliency);
+        let rule = "---:|".repeat(header.matches('|').count() + 1);
+        let mut s = format!("| model | post-LN | softmax | {header} |\n|---|---|---|{rule}\n");
         let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
         for r in &self.rows {
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} |\n",
                 r.name,
                 opt(r.post_ln.map(|m| m.to_string())),
                 opt(r.softmax.map(|m| m.to_string())),
-                opt(r.cosine.map(|c| c.format(4))),
-                opt(r.cosine_min.map(|c| c.format(4))),
+                LabelFreeSpread::cells(r.label_free.as_ref(), saliency),
             ));
-            if saliency {
-                s.push_str(&format!(
-                    " {} | {} | {} |",
-                    opt(r.saliency.map(|a| a.pearson.format(4))),
-                    opt(r.saliency.map(|a| a.iou.format(3))),
-                    opt(r.saliency.map(|a| a.mae.format(4))),
-                ));
-            }
-            s.push('\n');
         }
         s
     }

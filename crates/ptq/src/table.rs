@@ -75,33 +75,20 @@ pub struct VariantResult {
     pub loss: Spread,
     /// Mean KL(FP || quantized).
     pub kl: Spread,
-    /// A backbone's mean token cosine to full precision (none for classifiers).
-    pub cosine: Option<Spread>,
-    /// A backbone's worst image's token cosine.
-    pub cosine_min: Option<Spread>,
-    /// A saliency decoder's maps against full precision's (none without a decoder).
-    pub saliency: Option<crate::SaliencySpread>,
+    /// A backbone's token cosine and saliency agreement (none for classifiers).
+    pub label_free: Option<crate::LabelFreeSpread>,
 }
 
 impl VariantResult {
     fn new(label: String, seeds: Vec<SeedMetrics>) -> Self {
         let spread = |f: fn(&Metrics) -> f64| Spread::of(seeds.iter().map(|s| f(&s.metrics)));
-        let features = |f: fn(&crate::FeatureAgreement) -> f64| {
-            let values: Option<Vec<f64>> = seeds
-                .iter()
-                .map(|s| s.metrics.features.as_ref().map(f))
-                .collect();
-            values.filter(|v| !v.is_empty()).map(Spread::of)
-        };
         Self {
             label,
             top1: spread(Metrics::top1_pct),
             top5: spread(Metrics::top5_pct),
             loss: spread(Metrics::loss),
             kl: spread(Metrics::kl),
-            cosine: features(crate::FeatureAgreement::mean),
-            cosine_min: features(|a| a.cosine_min),
-            saliency: crate::SaliencySpread::of(seeds.iter().map(|s| s.metrics.saliency.as_ref())),
+            label_free: crate::LabelFreeSpread::of(seeds.iter().map(|s| &s.metrics)),
             seeds,
         }
     }

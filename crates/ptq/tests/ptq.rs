@@ -417,7 +417,8 @@ fn feature_cosine_falls_with_the_bits() {
 }
 
 /// A backbone (no head) is compared by its tokens: the PTQ table gives each configuration's
-/// token cosine to full precision instead of accuracy, the full-precision row 1.
+/// token cosine to full precision instead of accuracy, the full-precision row 1; with a saliency
+/// decoder also the maps' agreement (full precision: Pearson 1, IoU 1, MAE 0).
 #[test]
 fn a_backbone_gets_the_token_cosine_table() {
     let device = Device::flex();
@@ -434,7 +435,10 @@ fn a_backbone_gets_the_token_cosine_table() {
         distilled: false,
         norm_eps: 1e-6,
         layer_scale: Some(0.5),
-        saliency_decoder: None,
+        saliency_decoder: Some(mixq_vit_models::SaliencyDecoderConfig {
+            channels: [8, 8, 4],
+            bn_eps: 1e-5,
+        }),
     };
     let model = mixq_vit_models::Model::Vit(config.init(&device).unwrap());
     assert!(model.is_backbone());
@@ -461,9 +465,27 @@ fn a_backbone_gets_the_token_cosine_table() {
     let cos: Vec<f64> = table
         .variants
         .iter()
-        .map(|v| v.cosine.unwrap().mean)
+        .map(|v| v.label_free.unwrap().cosine.mean)
         .collect();
     assert!(cos[0] > 0.99 && cos[0] > cos[1], "{cos:?}");
+    let fp_map = table.fp.saliency.unwrap();
+    assert_eq!(
+        (fp_map.images, fp_map.pearson(), fp_map.iou(), fp_map.mae()),
+        (6, 1.0, 1.0, 0.0)
+    );
+    let maps: Vec<mixq_ptq::SaliencySpread> = table
+        .variants
+        .iter()
+        .map(|v| v.label_free.unwrap().saliency.unwrap())
+        .collect();
+    assert!(
+        maps[0].pearson.mean > maps[1].pearson.mean && maps[1].pearson.mean < 1.0,
+        "{maps:?}"
+    );
+    assert!(
+        maps[1].mae.mean > 0.0 && maps[1].iou.mean <= 1.0,
+        "{maps:?}"
+    );
     let rows = vec![
         mixq_ptq::PtqRow::full_precision("b FP32".into(), table.fp.clone()),
         mixq_ptq::PtqRow::quantized(
@@ -482,11 +504,16 @@ fn a_backbone_gets_the_token_cosine_table() {
     };
     let md = results.markdown();
     assert!(
-        md.contains("token cosine") && md.contains("| b FP32 | - | - | 1.0000 | 1.0000 |"),
+        md.contains("token cosine")
+            && md.contains("saliency Pearson")
+            && md.contains("| b FP32 | - | - | 1.0000 | 1.0000 | 1.0000 | 1.000 | 0.0000 |"),
         "{md}"
     );
     let json = serde_json::to_string(&results).unwrap();
-    assert!(json.contains("\"cosine\""), "{json}");
+    assert!(
+        json.contains("\"cosine\"") && json.contains("\"saliency\":{\"pearson\""),
+        "{json}"
+    );
 }
 
 /// Per-channel magnitudes of the post-LayerNorm activations: one entry per LayerNorm → linear
@@ -538,4 +565,67 @@ fn post_ln_channels_find_a_planted_outlier() {
         .zip(&stats[0].abs_max)
         .fold(0f32, |e, (a, b)| e.max((a - b).abs()));
     assert!(err < 1e-5, "{err}");
+}
+
+/// Mixed precision on a backbone: LRP has no class to explain and KL/CE/top-1 mean nothing
+/// without classes, so `lrp`/`mix` and any metric but cosine are refused by name before any
+/// data is read.
+#[test]
+fn mixed_precision_on_a_backbone_takes_the_sweep_alone_with_cosine_damage() {
+    use mixq_allocator::Criterion;
+    use mixq_ptq::mixed::{BudgetConfig, CalibrationConfig, MixedConfig, SweepConfig, make_plans};
+    let device = Device::flex();
+    let card = mixq_vit_models::ModelCard::find("dinov2-s-focus").unwrap();
+    let mut arch = card.arch.clone();
+    // The card's architecture at a small width, random weights: what is checked is the refusal.
+    if let mixq_vit_models::ArchConfig::Vit(c) = &mut arch {
+        (c.embed_dim, c.depth, c.num_heads, c.img_size) = (48, 1, 3, 28);
+        c.saliency_decoder = None;
+    }
+    let model = arch.init(&device).unwrap();
+    let config = |criterion, metric| MixedConfig {
+        sweep: SweepConfig {
+            probe: 4,
+            candidates: "4,8".into(),
+            baseline: "fp".into(),
+            metric,
+            block_cache: true,
+            cache_dir: "/nonexistent".into(),
+            batch: 4,
+        },
+        budget: BudgetConfig {
+            avg_bits: vec![6.0],
+            avg_a_bits: None,
+            model_bytes: None,
+            bit_ops: None,
+            criteria: vec![Criterion::Sensitivity, criterion],
+            lambda: 1.0,
+        },
+        lrp_preset: mixq_lrp::Preset::Attnlrp,
+    };
+    let calibration = CalibrationConfig {
+        images: 4,
+        data: Some("/nonexistent/photos".into()),
+        image_bits: 8,
+    };
+    let run = |c: &MixedConfig| {
+        make_plans(&model, &card, 0, c, &calibration, &device, |_, _, _| {})
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+    use mixq_sensitivity::Metric;
+    let err = run(&config(Criterion::Mix, Metric::Cosine));
+    assert!(
+        err.contains("--criterion") && err.contains("mix") && err.contains("sensitivity"),
+        "{err}"
+    );
+    let err = run(&config(Criterion::Sensitivity, Metric::Kl));
+    assert!(
+        err.contains("--metric") && err.contains("kl") && err.contains("cosine"),
+        "{err}"
+    );
+    // With both right it goes on to the data, and fails there naming the folder.
+    let err = run(&config(Criterion::Sensitivity, Metric::Cosine));
+    assert!(err.contains("/nonexistent/photos"), "{err}");
 }
