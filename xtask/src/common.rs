@@ -116,28 +116,50 @@ pub fn progress(len: usize, what: &str) -> ProgressBar {
 }
 
 /// Progress bars for work reported as (stage, done, total): one bar per stage, made when its
-/// first report arrives and cleared when the next stage starts.
+/// first report arrives and cleared when the next stage starts; each stage's wall time is kept.
 #[derive(Default)]
 pub struct StageBars {
-    current: Option<(String, ProgressBar)>,
+    current: Option<(String, ProgressBar, Instant)>,
+    times: Vec<(String, f64)>,
 }
 
 impl StageBars {
     pub fn update(&mut self, stage: &str, done: usize, total: usize) {
-        if self.current.as_ref().is_none_or(|(s, _)| s != stage) {
+        if self.current.as_ref().is_none_or(|(s, _, _)| s != stage) {
             self.finish();
-            self.current = Some((stage.to_string(), progress(total, stage)));
+            self.current = Some((stage.to_string(), progress(total, stage), Instant::now()));
         }
-        let (_, bar) = self.current.as_ref().expect("set above");
+        let (_, bar, _) = self.current.as_ref().expect("set above");
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     }
 
     pub fn finish(&mut self) {
-        if let Some((_, bar)) = self.current.take() {
+        if let Some((stage, bar, start)) = self.current.take() {
             bar.finish_and_clear();
+            self.times.push((stage, start.elapsed().as_secs_f64()));
         }
     }
+
+    /// One line with each finished stage's wall time, in order (from its first report to the
+    /// next stage's, so a stage's set-up before its first report counts to the previous one).
+    pub fn times_line(&self) -> String {
+        let stages: Vec<String> = self
+            .times
+            .iter()
+            .map(|(stage, secs)| format!("{stage} {secs:.1} s"))
+            .collect();
+        format!(
+            "stage wall times ({} threads): {}",
+            threads(),
+            stages.join(", ")
+        )
+    }
+}
+
+/// The cores the process may use (what the CPU backends' thread pools size themselves to).
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Restores `trainer` from the `--resume` checkpoint, if there is one, and says where it goes on.

@@ -207,7 +207,7 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
         println!(
             "\nbatch {}, {} threads; each batch runs through all three forwards in turn.",
             args.eval_data.batch,
-            rayon_threads()
+            crate::common::threads()
         );
     }
     Ok(())
@@ -423,7 +423,7 @@ pub fn bench_int(args: BenchIntArgs) -> Result<()> {
     }
     println!(
         "\n{} threads (rayon), softmax {}, {} images per measurement, median of {}; random weights (seed {}), {} random calibration images.",
-        rayon_threads(),
+        crate::common::threads(),
         args.softmax,
         args.images,
         args.repeat,
@@ -449,7 +449,7 @@ fn gemm_table(device: &Device, repeat: usize) -> Result<()> {
     match peak {
         Some(p) => println!(
             "measured u8 x i8 peak: {p:.0} GOP/s on {} threads (vpdpbusd loop, real clock)",
-            rayon_threads()
+            crate::common::threads()
         ),
         None => println!("no AVX-512 VNNI: no peak measured"),
     }
@@ -513,9 +513,4 @@ fn gemm_table(device: &Device, repeat: usize) -> Result<()> {
     }
     println!();
     Ok(())
-}
-
-/// A tensor's values on the host.
-fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

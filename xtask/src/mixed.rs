@@ -124,6 +124,7 @@ pub fn run_sensitivity(args: SensitivityArgs) -> Result<()> {
             |done, total| bars.update("sensitivity", done, total),
         )?;
         bars.finish();
+        println!("{}", bars.times_line());
         table
     } else {
         let tables = args
@@ -325,6 +326,7 @@ pub fn run_mixed(
         bars.update(s.name(), d, t)
     })?;
     bars.finish();
+    println!("{}", bars.times_line());
     let table_md = MixedRow::markdown(&rows);
     print!("\n{table_md}");
     let candidates = parse_candidates(&mixed.sweep.candidates)?;

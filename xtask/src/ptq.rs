@@ -204,6 +204,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
         bars.update(stage.name(), d, t)
     })?;
     bars.finish();
+    println!("{}", bars.times_line());
     let (plans, seeds, n_calib) = (&config.plans, &config.seeds, results.calib_images);
     let describe = results.data.clone();
     let name = &card.aliases[0];
