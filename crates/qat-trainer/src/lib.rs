@@ -53,6 +53,7 @@ pub mod fp;
 pub mod loss;
 pub mod lsq;
 pub mod pose;
+pub mod recon;
 pub mod schedule;
 pub mod trainer;
 
@@ -66,5 +67,6 @@ pub use lsq::{
     lsq_grad_scale, round_ste,
 };
 pub use pose::{PoseTrainConfig, PoseTrainHistory, PoseTrainProgress, heatmap_loss, train_pose};
+pub use recon::{BlockRecon, ReconConfig, ReconProgress, Reconstruction, reconstruct};
 pub use schedule::{cosine_with_warmup, default_warmup};
 pub use trainer::{EpochStats, QatConfig, QatModule, QatTrainer, StepStats, evaluate_with};

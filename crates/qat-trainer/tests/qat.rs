@@ -1,6 +1,8 @@
 //! QAT: LSQ gradients, the straight-through estimator, the PTQ starting point, distillation,
 //! resume equivalence and checkpoint validation; FP training's resume and checkpoints. One test binary (each costs a burn link).
 
+use std::collections::BTreeMap;
+
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use mixq_core::{BitPlan, BitWidth, Error};
@@ -672,4 +674,100 @@ fn fp_config_errors_name_the_flag() {
         let e = config.validate().unwrap_err().to_string();
         assert!(e.contains(flag), "{e}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block reconstruction (AdaRound + LSQ activation steps, block by block).
+
+/// A trained digits model at `bits`, reconstructed on 64 training digits (`iters` per block):
+/// (the result, the FP reparameterized model PTQ quantized, test images, their labels).
+fn reconstructed(
+    name: &str,
+    bits: u8,
+    iters: usize,
+    seed: u64,
+) -> (
+    mixq_qat_trainer::Reconstruction,
+    Model,
+    Tensor<4>,
+    Vec<usize>,
+) {
+    let (card, model) = shipped(name);
+    let (train, test, calib) = digits(&card, 64, 360);
+    let plan = uniform_plan(&model.sites(), bits, bits, 8).unwrap();
+    let images = Tensor::<4>::from_data(
+        TensorData::new(train.images.clone(), [64, 1, 8, 8]),
+        &Device::flex(),
+    );
+    let config = mixq_qat_trainer::ReconConfig {
+        iters,
+        batch: 16,
+        seed,
+        ..Default::default()
+    };
+    let ptq = PtqConfig::default();
+    let student =
+        mixq_ptq::reparameterize(model.clone(), calib.clone(), &plan, ptq.post_ln).unwrap();
+    let r = mixq_qat_trainer::reconstruct(&model, calib, images, &plan, &ptq, &config, |_| {})
+        .unwrap();
+    let test_images = Tensor::<4>::from_data(
+        TensorData::new(test.images.clone(), [test.len(), 1, 8, 8]),
+        &Device::flex(),
+    );
+    (r, student, test_images, test.labels.clone())
+}
+
+#[test]
+fn reconstruction_rounds_each_weight_down_or_up_and_lowers_every_block_loss() {
+    let (mut r, mut student, test, labels) = reconstructed("digits-deit", 3, 200, 0);
+    for b in &r.blocks {
+        println!(
+            "block {}: loss {:.5} -> {:.5}, {} of {} weights flipped, {:.1} s",
+            b.block, b.loss_before, b.loss_after, b.flipped, b.weights, b.seconds
+        );
+        assert!(b.loss_after < b.loss_before, "{b:?}");
+        assert!(b.flipped > 0 && b.flipped < b.weights, "{b:?}");
+    }
+    // Every reconstructed weight is s * (code - z) with code = floor(w / s) or floor(w / s) + 1
+    // (clamped to the code range), w the FP weight PTQ's scales were computed from.
+    let fp: BTreeMap<_, _> = student
+        .linears_mut()
+        .into_iter()
+        .map(|l| (l.site.clone(), host(&l.weight.val())))
+        .collect();
+    let q = &mut r.quantized;
+    let weights = q.weights.clone();
+    for linear in q.model.linears_mut() {
+        let Some(quant) = weights.get(&linear.site) else {
+            continue;
+        };
+        if !r.blocks.iter().any(|b| b.sites.contains(&linear.site)) {
+            continue;
+        }
+        let cols = linear.weight.val().dims()[1];
+        let (w, wq) = (&fp[&linear.site], host(&linear.weight.val()));
+        for (k, (&w, &wq)) in w.iter().zip(&wq).enumerate() {
+            let (s, z) = (quant.scales()[k % cols], quant.zero_points()[k % cols]);
+            let code = wq / s + z;
+            assert!((code - code.round()).abs() < 1e-3, "{}: off the grid", linear.site);
+            let floor = ((w / s).floor() + z).clamp(quant.qmin() as f32, quant.qmax() as f32);
+            let ceil = ((w / s).floor() + 1.0 + z).clamp(quant.qmin() as f32, quant.qmax() as f32);
+            assert!(
+                code.round() == floor || code.round() == ceil,
+                "{} weight {k}: code {code} for w/s {}",
+                linear.site,
+                w / s
+            );
+        }
+    }
+    let top1 = |logits: Tensor<2>| {
+        let v = host(&logits);
+        let correct = labels
+            .iter()
+            .enumerate()
+            .filter(|&(i, &l)| mixq_sensitivity::argmax(&v[i * 10..(i + 1) * 10]) == l)
+            .count();
+        100.0 * correct as f64 / labels.len() as f64
+    };
+    println!("W3A3 test top-1 after reconstruction {:.2} %", top1(r.quantized.forward(test)));
 }

@@ -182,6 +182,46 @@ impl Model {
         }
     }
 
+    /// Transformer blocks in forward order (boundary `i` is block `i`'s input, boundary
+    /// `num_blocks()` the final norm's).
+    pub fn num_blocks(&self) -> usize {
+        match self {
+            Model::Vit(m) => m.blocks.len(),
+            Model::Swin(m) => m.layers.iter().map(|l| l.blocks.len()).sum(),
+        }
+    }
+
+    /// Boundary `i + 1` from boundary `i` (`[b, tokens, c]`): block `i`, and for Swin the next
+    /// stage's patch merging when block `i` ends a stage. Its sites are those whose
+    /// [`Self::resume_point`] is `i`: the unit block reconstruction optimises at once.
+    pub fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
+        match self {
+            Model::Vit(m) => m.blocks[i].forward(x, hook),
+            Model::Swin(m) => {
+                let [b, n, c] = x.dims();
+                let side = (n as f64).sqrt().round() as usize;
+                let mut y = x.reshape([b, side, side, c]);
+                let mut start = 0;
+                for (s, layer) in m.layers.iter().enumerate() {
+                    let end = start + layer.blocks.len();
+                    if i < end {
+                        y = layer.blocks[i - start].forward(y, hook);
+                        if i + 1 == end
+                            && let Some(down) =
+                                m.layers.get(s + 1).and_then(|l| l.downsample.as_ref())
+                        {
+                            y = down.forward(y, hook);
+                        }
+                        break;
+                    }
+                    start = end;
+                }
+                let [b, h, w, c] = y.dims();
+                y.reshape([b, h * w, c])
+            }
+        }
+    }
+
     /// Logits from boundary `point` onward, given that boundary's tensor (`[b, tokens, c]`
     /// as [`Self::boundaries`] returns it).
     pub fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
