@@ -708,8 +708,8 @@ fn reconstructed(
     let ptq = PtqConfig::default();
     let student =
         mixq_ptq::reparameterize(model.clone(), calib.clone(), &plan, ptq.post_ln).unwrap();
-    let r = mixq_qat_trainer::reconstruct(&model, calib, images, &plan, &ptq, &config, |_| {})
-        .unwrap();
+    let r =
+        mixq_qat_trainer::reconstruct(&model, calib, images, &plan, &ptq, &config, |_| {}).unwrap();
     let test_images = Tensor::<4>::from_data(
         TensorData::new(test.images.clone(), [test.len(), 1, 8, 8]),
         &Device::flex(),
@@ -749,7 +749,11 @@ fn reconstruction_rounds_each_weight_down_or_up_and_lowers_every_block_loss() {
         for (k, (&w, &wq)) in w.iter().zip(&wq).enumerate() {
             let (s, z) = (quant.scales()[k % cols], quant.zero_points()[k % cols]);
             let code = wq / s + z;
-            assert!((code - code.round()).abs() < 1e-3, "{}: off the grid", linear.site);
+            assert!(
+                (code - code.round()).abs() < 1e-3,
+                "{}: off the grid",
+                linear.site
+            );
             let floor = ((w / s).floor() + z).clamp(quant.qmin() as f32, quant.qmax() as f32);
             let ceil = ((w / s).floor() + 1.0 + z).clamp(quant.qmin() as f32, quant.qmax() as f32);
             assert!(
@@ -769,5 +773,62 @@ fn reconstruction_rounds_each_weight_down_or_up_and_lowers_every_block_loss() {
             .count();
         100.0 * correct as f64 / labels.len() as f64
     };
-    println!("W3A3 test top-1 after reconstruction {:.2} %", top1(r.quantized.forward(test)));
+    println!(
+        "W3A3 test top-1 after reconstruction {:.2} %",
+        top1(r.quantized.forward(test))
+    );
+}
+
+/// The same seed gives bitwise the same reconstructed weights; the exported integer engine
+/// computes what the reconstructed fake-quant model computes (the codes are on PTQ's grid).
+#[test]
+fn reconstruction_is_seeded_and_exports_to_the_integer_engine() {
+    let weights = |r: &mut mixq_qat_trainer::Reconstruction| -> Vec<Vec<f32>> {
+        r.quantized
+            .model
+            .linears_mut()
+            .into_iter()
+            .map(|l| host(&l.weight.val()))
+            .collect()
+    };
+    let (mut a, _, test, _) = reconstructed("digits-deit", 4, 40, 3);
+    let (mut b, _, _, _) = reconstructed("digits-deit", 4, 40, 3);
+    assert!(
+        weights(&mut a) == weights(&mut b),
+        "same seed, other weights"
+    );
+    assert_eq!(a.quantized.state, b.quantized.state);
+
+    let engine = mixq_deploy::IntModel::from_quantized(&a.quantized).unwrap();
+    let n = test.dims()[0];
+    let fq = host(&a.quantized.forward(test.clone()));
+    let int = engine.forward(&host(&test), n).unwrap();
+    let (mut agree, mut max_d, mut max_l) = (0, 0f32, 0f32);
+    for (f, e) in fq.chunks(10).zip(int.chunks(10)) {
+        agree += (mixq_sensitivity::argmax(f) == mixq_sensitivity::argmax(e)) as usize;
+        for (x, y) in f.iter().zip(e) {
+            max_d = max_d.max((x - y).abs());
+            max_l = max_l.max(x.abs());
+        }
+    }
+    println!(
+        "engine vs fake-quant after reconstruction: top-1 agree {agree}/{n}, max |Δ| {max_d:.3e} of {max_l:.2}"
+    );
+    assert!(agree as f32 >= 0.99 * n as f32, "{agree}/{n}");
+    assert!(max_d <= 0.05 * max_l, "{max_d} vs {max_l}");
+}
+
+/// At 8 bits the quantized blocks already follow the FP ones closely: reconstruction keeps
+/// nearly every weight at its round-to-nearest code and does not raise any block's loss.
+#[test]
+fn reconstruction_at_eight_bits_keeps_the_nearest_rounding() {
+    let (r, _, _, _) = reconstructed("digits-deit", 8, 100, 0);
+    for b in &r.blocks {
+        println!(
+            "W8A8 block {}: loss {:.3e} -> {:.3e}, {} of {} flipped",
+            b.block, b.loss_before, b.loss_after, b.flipped, b.weights
+        );
+        assert!(b.loss_after <= b.loss_before * 1.01, "{b:?}");
+        assert!(b.flipped * 100 < b.weights, "{b:?}");
+    }
 }

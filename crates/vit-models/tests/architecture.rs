@@ -55,3 +55,22 @@ fn swin_tiny_sites_cover_downsampling_and_head() {
         "Swin-T is about 4.5 GMACs, got {gmacs}"
     );
 }
+
+/// `forward_block` steps from one residual-stream boundary to the next: folded over every
+/// block from boundary 0 it reproduces each boundary the full forward records (ViT, distilled
+/// DeiT, Swin with its patch merging, layer-scale) exactly.
+#[test]
+fn forward_block_steps_between_the_boundaries() {
+    let device = Device::flex();
+    for name in common::FIXTURES {
+        let (model, input, _) = common::fixture(name, &device);
+        let hook = mixq_vit_models::NoHook;
+        let (bounds, _) = model.boundaries(input, &hook);
+        assert_eq!(bounds.len(), model.num_blocks() + 1, "{name}");
+        for i in 0..model.num_blocks() {
+            let next = model.forward_block(i, bounds[i].clone(), &hook);
+            let err = common::max_abs_diff(next, bounds[i + 1].clone());
+            assert!(err == 0.0, "{name} block {i}: {err}");
+        }
+    }
+}
