@@ -134,6 +134,13 @@ impl StageBars {
         bar.set_position(done as u64);
     }
 
+    /// Shows `message` beside the current stage's bar.
+    pub fn message(&self, message: &str) {
+        if let Some((_, bar, _)) = &self.current {
+            bar.set_message(message.to_string());
+        }
+    }
+
     pub fn finish(&mut self) {
         if let Some((stage, bar, start)) = self.current.take() {
             bar.finish_and_clear();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use mixq_core::{BitPlan, Error, Result, RunDir};
-use mixq_ptq::{PtqTableConfig, ablation_grid, ptq_table, uniform_plan};
+use mixq_ptq::{PtqTableConfig, ablation_grid, calibration_images, ptq_table, uniform_plan};
 
 use crate::common::{BitArgs, CalibArgs, EvalDataArgs, ModelArgs, QuantizerArgs, StageBars};
 use crate::mixed::{MixedArgs, run_mixed};
@@ -48,6 +48,8 @@ pub struct PtqArgs {
     pub mixed: bool,
     #[command(flatten)]
     pub mixed_args: MixedArgs,
+    #[command(flatten)]
+    pub recon: ReconArgs,
     /// Images of the generated synthetic training set (without --data); calibration and probe
     /// crops come from it, the held-out set (a fifth as many, or --val-images) is scored.
     #[arg(long, default_value_t = 300, help_heading = "Pose models (wtpose-*)")]
@@ -58,6 +60,32 @@ pub struct PtqArgs {
     /// Skip the flip test when scoring.
     #[arg(long, help_heading = "Pose models (wtpose-*)")]
     pub no_flip: bool,
+}
+
+/// Block reconstruction after calibration (learned rounding and activation steps per block).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Block reconstruction")]
+pub struct ReconArgs {
+    /// Optimise every block's weight rounding and activation steps against the FP block's
+    /// output (AdaRound + LSQ, block by block) after calibrating.
+    #[arg(long, conflicts_with = "mixed")]
+    pub recon: bool,
+    /// Optimisation steps per block.
+    #[arg(long, default_value_t = 1000, requires = "recon")]
+    pub recon_iters: usize,
+    /// Reconstruction images per seed (a seeded draw from the calibration source).
+    #[arg(long, default_value_t = 256, requires = "recon")]
+    pub recon_images: usize,
+}
+
+impl ReconArgs {
+    /// The library's hyper-parameters (`seed` is each calibration seed's).
+    fn config(&self) -> mixq_qat_trainer::ReconConfig {
+        mixq_qat_trainer::ReconConfig {
+            iters: self.recon_iters,
+            ..Default::default()
+        }
+    }
 }
 
 impl PtqArgs {
@@ -167,6 +195,20 @@ pub fn run(args: PtqArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
+    // Reconstructed rows say so.
+    let plans: Vec<(String, BitPlan)> = plans
+        .into_iter()
+        .map(|(l, p)| {
+            (
+                if args.recon.recon {
+                    format!("{l} recon")
+                } else {
+                    l
+                },
+                p,
+            )
+        })
+        .collect();
     let label = plans
         .iter()
         .map(|(l, _)| l.as_str())
@@ -199,12 +241,52 @@ pub fn run(args: PtqArgs) -> Result<()> {
             .clone()
             .or(args.eval_data.data.clone()),
     };
-    let mut bars = StageBars::default();
-    let results = ptq_table(&model, &card, &config, data, &device, |stage, d, t| {
-        bars.update(stage.name(), d, t)
-    })?;
+    let bars = std::cell::RefCell::new(StageBars::default());
+    let recon_images = |seed: u64| {
+        calibration_images(
+            &card.data_spec(),
+            config.calib_data.as_deref(),
+            args.recon.recon_images,
+            seed,
+            &device,
+        )
+    };
+    let recon_progress = |p: &mixq_qat_trainer::ReconProgress| {
+        let mut bars = bars.borrow_mut();
+        bars.update(
+            &format!("recon block {}/{}", p.block + 1, p.blocks),
+            p.iter,
+            p.iters,
+        );
+        bars.message(&format!("loss {:.4}", p.loss));
+    };
+    let reconstruct = mixq_qat_trainer::Reconstruct {
+        config: args.recon.config(),
+        images: &recon_images,
+        progress: &recon_progress,
+        reports: Default::default(),
+    };
+    let quantizer: &dyn mixq_ptq::Quantizer = if args.recon.recon {
+        &reconstruct
+    } else {
+        &mixq_ptq::Calibrate
+    };
+    let results = ptq_table(
+        &model,
+        &card,
+        &config,
+        quantizer,
+        data,
+        &device,
+        |stage, d, t| bars.borrow_mut().update(stage.name(), d, t),
+    )?;
+    let recon_reports = reconstruct.reports.into_inner();
+    let mut bars = bars.into_inner();
     bars.finish();
     println!("{}", bars.times_line());
+    if !recon_reports.is_empty() {
+        print!("\n{}", recon_markdown(&recon_reports));
+    }
     let (plans, seeds, n_calib) = (&config.plans, &config.seeds, results.calib_images);
     let describe = results.data.clone();
     let name = &card.aliases[0];
@@ -217,6 +299,10 @@ pub fn run(args: PtqArgs) -> Result<()> {
     )?;
     let json = mixq_core::to_json(&results, "results")?;
     run.write("results.json", json.as_bytes())?;
+    if !recon_reports.is_empty() {
+        let json = mixq_core::to_json(&recon_reports, "reconstruction")?;
+        run.write("recon.json", json.as_bytes())?;
+    }
     let seed_list = seeds
         .iter()
         .map(u64::to_string)
@@ -251,4 +337,27 @@ pub fn run(args: PtqArgs) -> Result<()> {
     let path = run.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())
+}
+
+/// Each reconstructed variant's blocks: the block-output loss before (PTQ) and after, the
+/// weights whose rounding changed, and the time.
+fn recon_markdown(reports: &[mixq_qat_trainer::ReconReport]) -> String {
+    let mut s = String::from(
+        "| seed | variant | block | loss PTQ | loss recon | weights flipped | seconds |\n|---:|---|---:|---:|---:|---:|---:|\n",
+    );
+    for r in reports {
+        for b in &r.blocks {
+            s += &format!(
+                "| {} | {} | {} | {:.5} | {:.5} | {:.2} % | {:.1} |\n",
+                r.seed,
+                r.label,
+                b.block,
+                b.loss_before,
+                b.loss_after,
+                100.0 * b.flipped as f64 / b.weights.max(1) as f64,
+                b.seconds
+            );
+        }
+    }
+    s
 }

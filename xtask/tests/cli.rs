@@ -917,3 +917,40 @@ fn shipped_mnist_deit_reaches_its_reported_accuracy() {
     // The whole MNIST test split; docs/results.md reports 99.27 %.
     shipped_model_reaches("mnist-deit", "MNIST", 99.27);
 }
+
+#[test]
+fn ptq_recon_reconstructs_every_block_and_records_it() {
+    let runs = tmpdir("recon");
+    let out = ok(&[
+        "ptq",
+        "--model",
+        "digits-deit",
+        "--bits",
+        "3",
+        "--recon",
+        "--recon-iters",
+        "20",
+        "--recon-images",
+        "32",
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("| digits-deit W3A3 recon | clipped-channel |"),
+        "{out}"
+    );
+    // One row per block (digits-deit has 4) with the loss before and after.
+    let blocks = out
+        .lines()
+        .filter(|l| l.starts_with("| 0 | W3A3 recon |"))
+        .count();
+    assert_eq!(blocks, 4, "{out}");
+    let run = only_run(&runs, "-ptq");
+    let recon: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("recon.json")).unwrap()).unwrap();
+    assert_eq!(recon[0]["images"], 32);
+    assert_eq!(recon[0]["blocks"].as_array().unwrap().len(), 4);
+    // Its options need --recon.
+    let err = xtask(&["ptq", "--model", "digits-deit", "--recon-iters", "5"]);
+    assert_eq!(err.status.code(), Some(2));
+}

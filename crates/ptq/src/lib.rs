@@ -48,6 +48,6 @@ pub use record::{PtqResults, PtqRow, PtqRun, ablation_grid};
 pub use state::{ActQuantizer, QuantState};
 pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};
 pub use table::{
-    PtqStage, PtqTableConfig, SeedMetrics, SeededVariants, Variant, VariantResult, VariantTable,
-    compare_on, compare_seeded, compare_variants, ptq_table,
+    Calibrate, PtqStage, PtqTableConfig, Quantizer, SeedMetrics, SeededVariants, Variant,
+    VariantResult, VariantTable, compare_on, compare_seeded, compare_variants, ptq_table,
 };

@@ -649,7 +649,7 @@ pub fn evaluate_plans(
                 .collect(),
         })
         .collect::<Vec<_>>();
-    let result = compare_on(model, &variants, data, device, progress)?;
+    let result = compare_on(model, &variants, &crate::Calibrate, data, device, progress)?;
     let fp = &result.fp;
     let one = |v: f64| Spread::of([v]);
     let mut rows = vec![MixedRow {

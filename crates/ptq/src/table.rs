@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! use mixq_datasets::EvalData;
-//! use mixq_ptq::{PtqTableConfig, ablation_grid, ptq_table, uniform_plan};
+//! use mixq_ptq::{Calibrate, PtqTableConfig, ablation_grid, ptq_table, uniform_plan};
 //! use mixq_vit_models::{ModelCard, WeightsChoice};
 //!
 //! let card = ModelCard::find("fmnist-deit")?;
@@ -22,7 +22,7 @@
 //!     calib_data: None, // the card's data set (its validation split)
 //! };
 //! let data = EvalData::open(&card.data_spec(), None, None, 250)?; // the 10,000 test images
-//! let results = ptq_table(&model, &card, &config, data, &device, |_, _, _| {})?;
+//! let results = ptq_table(&model, &card, &config, &Calibrate, data, &device, |_, _, _| {})?;
 //! print!("{}", results.markdown()); // "| fmnist-deit W4A4 | clipped-channel | logsqrt2 | 88.59 ± 0.04 | ..."
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
@@ -122,7 +122,36 @@ pub fn compare_variants(
             variants: variants.to_vec(),
         })
         .collect();
-    compare_seeded(model, &seeded, batches, calibrated, evaluated)
+    compare_seeded(model, &seeded, &Calibrate, batches, calibrated, evaluated)
+}
+
+/// How a variant becomes a quantized model. [`Calibrate`] is PTQ's calibration ([`quantize`]);
+/// block reconstruction (mixq-qat-trainer's `Reconstruct`) starts from it and optimises it.
+pub trait Quantizer {
+    /// `model` quantized with `variant`, calibrated on `calib`, the images of `seed`.
+    fn quantize(
+        &self,
+        model: &Model,
+        seed: u64,
+        calib: Tensor<4>,
+        variant: &Variant,
+    ) -> Result<QuantizedModel>;
+}
+
+/// PTQ's calibration: [`quantize`] with the variant's plan and options.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Calibrate;
+
+impl Quantizer for Calibrate {
+    fn quantize(
+        &self,
+        model: &Model,
+        _seed: u64,
+        calib: Tensor<4>,
+        variant: &Variant,
+    ) -> Result<QuantizedModel> {
+        quantize(model.clone(), calib, &variant.plan, &variant.config)
+    }
 }
 
 /// One calibration sample and the variants calibrated with it. Mixed precision chooses its
@@ -143,6 +172,7 @@ pub struct SeededVariants {
 pub fn compare_seeded(
     model: &Model,
     seeded: &[SeededVariants],
+    quantizer: &dyn Quantizer,
     batches: impl IntoIterator<Item = (Tensor<4>, Vec<usize>)>,
     mut calibrated: impl FnMut(usize),
     evaluated: impl FnMut(usize),
@@ -168,12 +198,7 @@ pub fn compare_seeded(
     let mut quantized: Vec<QuantizedModel> = Vec::new();
     for s in seeded {
         for v in &s.variants {
-            quantized.push(quantize(
-                model.clone(),
-                s.images.clone(),
-                &v.plan,
-                &v.config,
-            )?);
+            quantized.push(quantizer.quantize(model, s.seed, s.images.clone(), v)?);
             calibrated(quantized.len());
         }
     }
@@ -220,6 +245,7 @@ impl PtqStage {
 pub fn compare_on(
     model: &Model,
     seeded: &[SeededVariants],
+    quantizer: &dyn Quantizer,
     data: EvalData,
     device: &Device,
     mut progress: impl FnMut(PtqStage, usize, usize),
@@ -232,6 +258,7 @@ pub fn compare_on(
     let result = compare_seeded(
         model,
         seeded,
+        quantizer,
         batches,
         |done| (progress.borrow_mut())(PtqStage::Calibrate, done, total),
         |n| {
@@ -262,12 +289,13 @@ pub struct PtqTableConfig {
 }
 
 /// The PTQ table of `model` (of `card`): full precision, then every plan x quantizer
-/// configuration over the seeds, all evaluated in one pass over `data`. `progress` gets
-/// (stage, done, total).
+/// configuration over the seeds, each quantized by `quantizer` ([`Calibrate`] for PTQ), all
+/// evaluated in one pass over `data`. `progress` gets (stage, done, total).
 pub fn ptq_table(
     model: &Model,
     card: &ModelCard,
     config: &PtqTableConfig,
+    quantizer: &dyn Quantizer,
     data: EvalData,
     device: &Device,
     progress: impl FnMut(PtqStage, usize, usize),
@@ -312,7 +340,7 @@ pub fn ptq_table(
     let calib_images = seeded.first().map_or(0, |s| s.images.dims()[0]);
     let describe = data.describe.clone();
     let name = &card.aliases[0];
-    let result = compare_on(model, &seeded, data, device, progress)?;
+    let result = compare_on(model, &seeded, quantizer, data, device, progress)?;
     let mut rows = vec![PtqRow::full_precision(format!("{name} FP32"), result.fp)];
     for (v, r) in variants.iter().zip(result.variants) {
         let modes = (v.config.post_ln, v.config.softmax);

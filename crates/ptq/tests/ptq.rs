@@ -335,6 +335,7 @@ fn ptq_table_has_the_fp_row_then_every_plan_and_quantizer_over_the_seeds() {
         &model,
         &card,
         &config,
+        &mixq_ptq::Calibrate,
         data,
         &device,
         |stage, done, total| {
@@ -372,7 +373,18 @@ fn ptq_table_has_the_fp_row_then_every_plan_and_quantizer_over_the_seeds() {
         },
     );
     let data = EvalData::open(&card.data_spec(), None, Some(4), 4).unwrap();
-    assert!(ptq_table(&model, &card, &wrong, data, &device, |_, _, _| {}).is_err());
+    assert!(
+        ptq_table(
+            &model,
+            &card,
+            &wrong,
+            &mixq_ptq::Calibrate,
+            data,
+            &device,
+            |_, _, _| {}
+        )
+        .is_err()
+    );
 }
 
 /// The label-free comparison backbones get: full precision against itself scores 1, and the

@@ -67,6 +67,8 @@ pub use lsq::{
     lsq_grad_scale, round_ste,
 };
 pub use pose::{PoseTrainConfig, PoseTrainHistory, PoseTrainProgress, heatmap_loss, train_pose};
-pub use recon::{BlockRecon, ReconConfig, ReconProgress, Reconstruction, reconstruct};
+pub use recon::{
+    BlockRecon, ReconConfig, ReconProgress, ReconReport, Reconstruct, Reconstruction, reconstruct,
+};
 pub use schedule::{cosine_with_warmup, default_warmup};
 pub use trainer::{EpochStats, QatConfig, QatModule, QatTrainer, StepStats, evaluate_with};

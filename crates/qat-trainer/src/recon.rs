@@ -563,3 +563,64 @@ pub fn reconstruct(
         blocks: report,
     })
 }
+
+/// One reconstructed variant's figures, as [`Reconstruct`] keeps them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReconReport {
+    /// The calibration seed.
+    pub seed: u64,
+    /// The variant's label (`W4A4`, ...).
+    pub label: String,
+    /// Reconstruction images.
+    pub images: usize,
+    /// Every block's figures.
+    pub blocks: Vec<BlockRecon>,
+}
+
+/// [`reconstruct`] as a [`mixq_ptq::Quantizer`], so PTQ tables (`ptq_table`) can compare
+/// reconstructed variants: PTQ on each seed's calibration images, then block reconstruction on
+/// `images(seed)` with the batch order seeded by the calibration seed. Each variant's block
+/// figures are appended to `reports`.
+pub struct Reconstruct<'a> {
+    /// The hyper-parameters (`seed` is replaced by each calibration seed).
+    pub config: ReconConfig,
+    /// The reconstruction images of a calibration seed.
+    pub images: &'a dyn Fn(u64) -> Result<Tensor<4>>,
+    /// Every optimisation step.
+    pub progress: &'a dyn Fn(&ReconProgress),
+    /// What every call reconstructed.
+    pub reports: std::cell::RefCell<Vec<ReconReport>>,
+}
+
+impl mixq_ptq::Quantizer for Reconstruct<'_> {
+    fn quantize(
+        &self,
+        model: &Model,
+        seed: u64,
+        calib: Tensor<4>,
+        variant: &mixq_ptq::Variant,
+    ) -> Result<QuantizedModel> {
+        let images = (self.images)(seed)?;
+        let n = images.dims()[0];
+        let config = ReconConfig {
+            seed,
+            ..self.config.clone()
+        };
+        let r = reconstruct(
+            model,
+            calib,
+            images,
+            &variant.plan,
+            &variant.config,
+            &config,
+            |p| (self.progress)(&p),
+        )?;
+        self.reports.borrow_mut().push(ReconReport {
+            seed,
+            label: variant.label.clone(),
+            images: n,
+            blocks: r.blocks,
+        });
+        Ok(r.quantized)
+    }
+}
