@@ -76,6 +76,10 @@ pub struct ReconArgs {
     /// Reconstruction images per seed (a seeded draw from the calibration source).
     #[arg(long, default_value_t = 256, requires = "recon")]
     pub recon_images: usize,
+    /// QDrop: the probability that an activation element keeps its FP value while optimising
+    /// (0 turns it off).
+    #[arg(long, default_value_t = 0.5, requires = "recon")]
+    pub recon_drop: f64,
 }
 
 impl ReconArgs {
@@ -83,6 +87,7 @@ impl ReconArgs {
     fn config(&self) -> mixq_qat_trainer::ReconConfig {
         mixq_qat_trainer::ReconConfig {
             iters: self.recon_iters,
+            drop_prob: self.recon_drop,
             ..Default::default()
         }
     }

@@ -17,6 +17,9 @@
 //!   and zero points stay PTQ's and the weights stay on their integer grid;
 //! * **learned activation steps** (LSQ, [`LsqQuantizers`]) of the block's activation quantizers
 //!   (the attention probabilities' log quantizer learns its top level);
+//! * **QDrop** (Wei et al. 2022): while optimising, each activation element keeps its
+//!   full-precision value with probability `drop_prob` (0.5) instead of its quantized one, which
+//!   makes the learned rounding robust to the quantization noise it will see;
 //! * **loss**: the squared error of the block output, summed over channels and averaged over
 //!   tokens and images (BRECQ's `lp_loss`), plus the rounding term; Adam on `v` and on the steps.
 //!
@@ -35,8 +38,8 @@ use mixq_core::{BitPlan, Error, Result, SiteId};
 use mixq_ptq::{ActQuantizer, PtqConfig, QuantizedModel, quantize, reparameterize};
 use mixq_quant_kernels::{Granularity, LogQuantizer, MIN_SCALE, UniformQuantizer, host_values};
 use mixq_vit_models::{Model, NoHook, SiteHook, Slot};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -65,7 +68,10 @@ pub struct ReconConfig {
     pub beta: (f64, f64),
     /// Share of the steps before the regulariser starts.
     pub warmup: f64,
-    /// Seeds the batch order.
+    /// QDrop (Wei et al. 2022): during the optimisation each activation element keeps its
+    /// full-precision value with this probability instead of its quantized one (0: off).
+    pub drop_prob: f64,
+    /// Seeds the batch order and the QDrop masks.
     pub seed: u64,
 }
 
@@ -79,6 +85,7 @@ impl Default for ReconConfig {
             round_weight: 0.01,
             beta: (20.0, 2.0),
             warmup: 0.2,
+            drop_prob: 0.5,
             seed: 0,
         }
     }
@@ -240,6 +247,10 @@ struct ReconHook<'a> {
     index: BTreeMap<SiteId, usize>,
     rounding: &'a Rounding,
     acts: &'a LsqQuantizers,
+    drop_prob: f64,
+    /// QDrop's masks come from here, not the device's generator, so that the same seed gives
+    /// the same masks whatever else runs on the device.
+    masks: &'a std::sync::Mutex<ChaCha8Rng>,
 }
 
 impl SiteHook for ReconHook<'_> {
@@ -249,6 +260,19 @@ impl SiteHook for ReconHook<'_> {
                 self.grids[i].weight(rectified_sigmoid(self.rounding.v[i].val()))
             }
             (Slot::Weight, None) => x,
+            _ if self.drop_prob > 0.0 => {
+                // QDrop: each element keeps its FP value with probability `drop_prob`.
+                let quantized = self.acts.apply(site, slot, x.clone());
+                let [rows, cols] = x.dims();
+                let keep: Vec<f32> = {
+                    let mut rng = self.masks.lock().expect("mask lock");
+                    (0..rows * cols)
+                        .map(|_| (rng.random::<f64>() >= self.drop_prob) as u8 as f32)
+                        .collect()
+                };
+                let keep = Tensor::<2>::from_data(TensorData::new(keep, [rows, cols]), &x.device());
+                quantized.mul(keep.clone()) + x.mul(keep.neg().add_scalar(1.0))
+            }
             _ => self.acts.apply(site, slot, x),
         }
     }
@@ -341,6 +365,7 @@ pub fn reconstruct(
     config.validate()?;
     let device = images.device();
     let ad: Device = device.clone().autodiff();
+    let masks = std::sync::Mutex::new(ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(1)));
     let mut quantized = quantize(fp.clone(), calib.clone(), plan, ptq)?;
     let student = reparameterize(fp.clone(), calib, plan, ptq.post_ln)?;
     let frozen = student.clone().map(&mut Frozen);
@@ -437,6 +462,8 @@ pub fn reconstruct(
                 index: index.clone(),
                 rounding: &rounding,
                 acts: &acts,
+                drop_prob: config.drop_prob,
+                masks: &masks,
             };
             let rec = block_loss(frozen.forward_block(i, x, &hook), y);
             let rec_value = scalar(rec.clone())?;
