@@ -80,6 +80,10 @@ pub struct ReconArgs {
     /// (0 turns it off).
     #[arg(long, default_value_t = 0.5, requires = "recon")]
     pub recon_drop: f64,
+    /// Block-output loss: `mse`, or `fisher` (each element weighted by the diagonal Fisher of
+    /// the KL to the FP logits at the block output; classifiers).
+    #[arg(long, default_value = "mse", value_parser = ["mse", "fisher"], requires = "recon")]
+    pub recon_loss: String,
 }
 
 impl ReconArgs {
@@ -88,6 +92,11 @@ impl ReconArgs {
         mixq_qat_trainer::ReconConfig {
             iters: self.recon_iters,
             drop_prob: self.recon_drop,
+            loss: if self.recon_loss == "fisher" {
+                mixq_qat_trainer::ReconLoss::Fisher
+            } else {
+                mixq_qat_trainer::ReconLoss::Mse
+            },
             ..Default::default()
         }
     }

@@ -68,7 +68,8 @@ pub use lsq::{
 };
 pub use pose::{PoseTrainConfig, PoseTrainHistory, PoseTrainProgress, heatmap_loss, train_pose};
 pub use recon::{
-    BlockRecon, ReconConfig, ReconProgress, ReconReport, Reconstruct, Reconstruction, reconstruct,
+    BlockRecon, ReconConfig, ReconLoss, ReconProgress, ReconReport, Reconstruct, Reconstruction,
+    reconstruct,
 };
 pub use schedule::{cosine_with_warmup, default_warmup};
 pub use trainer::{EpochStats, QatConfig, QatModule, QatTrainer, StepStats, evaluate_with};

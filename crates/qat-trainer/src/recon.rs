@@ -50,6 +50,31 @@ use crate::trainer::MakeTrainable;
 const ZETA: f32 = 1.1;
 const GAMMA: f32 = -0.1;
 
+/// What the block-output error is weighted by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconLoss {
+    /// Every element alike: squared error.
+    #[default]
+    Mse,
+    /// Each element by `1 + F / mean(F)`, `F = g²` the diagonal Fisher estimate of that
+    /// element: `g` the gradient of KL(FP logits ‖ logits) with respect to the block output, per
+    /// image, the block quantized and the blocks after it in full precision (BRECQ's
+    /// `fisher_diag`, normalised to mean 1 and damped by 1 so that elements without gradient
+    /// still count). Classifiers only.
+    Fisher,
+}
+
+impl ReconLoss {
+    /// The name the CLI uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReconLoss::Mse => "mse",
+            ReconLoss::Fisher => "fisher",
+        }
+    }
+}
+
 /// Hyper-parameters of [`reconstruct`] (defaults: BRECQ's, with fewer iterations).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,6 +96,8 @@ pub struct ReconConfig {
     /// QDrop (Wei et al. 2022): during the optimisation each activation element keeps its
     /// full-precision value with this probability instead of its quantized one (0: off).
     pub drop_prob: f64,
+    /// The block-output loss.
+    pub loss: ReconLoss,
     /// Seeds the batch order and the QDrop masks.
     pub seed: u64,
 }
@@ -86,6 +113,7 @@ impl Default for ReconConfig {
             beta: (20.0, 2.0),
             warmup: 0.2,
             drop_prob: 0.5,
+            loss: ReconLoss::Mse,
             seed: 0,
         }
     }
@@ -305,9 +333,58 @@ impl ModuleMapper for Frozen {
     }
 }
 
-/// Block-output loss: squared error summed over channels, mean over tokens and images.
-fn block_loss(out: Tensor<3>, target: Tensor<3>) -> Tensor<1> {
-    out.sub(target).powi_scalar(2).sum_dim(2).mean()
+/// Block-output loss: squared error (times `weights`, when given) summed over channels, mean
+/// over tokens and images.
+fn block_loss(out: Tensor<3>, target: Tensor<3>, weights: Option<Tensor<3>>) -> Tensor<1> {
+    let err = out.sub(target).powi_scalar(2);
+    match weights {
+        Some(w) => err.mul(w),
+        None => err,
+    }
+    .sum_dim(2)
+    .mean()
+}
+
+/// [`ReconLoss::Fisher`]'s element weights for block `i` over every image: `1 + g² / mean(g²)`,
+/// `g` the gradient of KL(FP ‖ model) at the block's output, with the block as `quantized`
+/// computes it and the blocks after it as `fp_after` (the full-precision model on the autodiff
+/// device).
+fn fisher_weights(
+    quantized: &Model,
+    state: &dyn SiteHook,
+    fp_after: &Model,
+    i: usize,
+    input: &Tensor<3>,
+    fp_logits: &Tensor<2>,
+    batch: usize,
+) -> Result<Tensor<3>> {
+    let n = input.dims()[0];
+    let mut squares = Vec::new();
+    for start in (0..n).step_by(batch) {
+        let b = batch.min(n - start);
+        let y = quantized
+            .forward_block(i, input.clone().narrow(0, start, b), state)
+            .autodiff()
+            .require_grad();
+        let logits = fp_after.forward_from(i + 1, y.clone(), &NoHook);
+        // Summed over images (alpha 1: the KL term alone), so each image's gradient is its own.
+        let kl = crate::loss::distillation_loss(
+            logits,
+            fp_logits.clone().narrow(0, start, b),
+            &vec![0; b],
+            1.0,
+            1.0,
+        )
+        .mul_scalar(b as f32);
+        let grads = kl.backward();
+        let g = y.grad(&grads).ok_or_else(|| {
+            Error::invalid("fisher weights", i, "no gradient reached the block output")
+        })?;
+        squares.push(g.powi_scalar(2));
+    }
+    let squares = Tensor::cat(squares, 0);
+    let mean = host_values(&squares.clone().mean())?[0].max(f32::MIN_POSITIVE);
+    Ok(squares.div_scalar(mean).add_scalar(1.0))
 }
 
 fn scalar(t: Tensor<1>) -> Result<f64> {
@@ -328,7 +405,7 @@ fn full_loss(
     for start in (0..n).step_by(batch) {
         let b = batch.min(n - start);
         let out = model.forward_block(i, input.clone().narrow(0, start, b), hook);
-        sum += scalar(block_loss(out, target.clone().narrow(0, start, b)))? * b as f64;
+        sum += scalar(block_loss(out, target.clone().narrow(0, start, b), None))? * b as f64;
     }
     Ok(sum / n as f64)
 }
@@ -370,7 +447,14 @@ pub fn reconstruct(
     let student = reparameterize(fp.clone(), calib, plan, ptq.post_ln)?;
     let frozen = student.clone().map(&mut Frozen);
     let n = images.dims()[0];
-    let (targets, _) = fp.boundaries(images.clone(), &NoHook);
+    let (targets, fp_logits) = fp.boundaries(images.clone(), &NoHook);
+    if config.loss == ReconLoss::Fisher && fp.is_backbone() {
+        return Err(Error::invalid(
+            "--recon-loss",
+            "fisher",
+            "needs class logits; a backbone reconstructs with mse",
+        ));
+    }
     let (quantized_bounds, _) = quantized.model.boundaries(images, &quantized.state);
     let mut input = quantized_bounds[0].clone();
     drop(quantized_bounds);
@@ -394,6 +478,19 @@ pub fn reconstruct(
             &quantized.state,
             config.batch,
         )?;
+
+        let fisher = match config.loss {
+            ReconLoss::Mse => None,
+            ReconLoss::Fisher => Some(fisher_weights(
+                &quantized.model.clone().map(&mut Frozen),
+                &quantized.state,
+                &frozen,
+                i,
+                &input,
+                &fp_logits,
+                config.batch,
+            )?),
+        };
 
         // The block's full-precision (reparameterized) weights and their PTQ grids.
         let taker = WeightTaker {
@@ -456,7 +553,8 @@ pub fn reconstruct(
                 &device,
             );
             let x = input.clone().select(0, idx.clone()).autodiff();
-            let y = target.clone().select(0, idx).autodiff();
+            let y = target.clone().select(0, idx.clone()).autodiff();
+            let w = fisher.as_ref().map(|f| f.clone().select(0, idx).autodiff());
             let hook = ReconHook {
                 grids: &grids,
                 index: index.clone(),
@@ -465,7 +563,7 @@ pub fn reconstruct(
                 drop_prob: config.drop_prob,
                 masks: &masks,
             };
-            let rec = block_loss(frozen.forward_block(i, x, &hook), y);
+            let rec = block_loss(frozen.forward_block(i, x, &hook), y, w);
             let rec_value = scalar(rec.clone())?;
             if !rec_value.is_finite() {
                 return Err(Error::invalid(

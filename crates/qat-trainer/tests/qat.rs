@@ -692,6 +692,21 @@ fn reconstructed(
     Tensor<4>,
     Vec<usize>,
 ) {
+    reconstructed_with(name, bits, iters, seed, mixq_qat_trainer::ReconLoss::Mse)
+}
+
+fn reconstructed_with(
+    name: &str,
+    bits: u8,
+    iters: usize,
+    seed: u64,
+    loss: mixq_qat_trainer::ReconLoss,
+) -> (
+    mixq_qat_trainer::Reconstruction,
+    Model,
+    Tensor<4>,
+    Vec<usize>,
+) {
     let (card, model) = shipped(name);
     let (train, test, calib) = digits(&card, 64, 360);
     let plan = uniform_plan(&model.sites(), bits, bits, 8).unwrap();
@@ -703,6 +718,7 @@ fn reconstructed(
         iters,
         batch: 16,
         seed,
+        loss,
         ..Default::default()
     };
     let ptq = PtqConfig::default();
@@ -831,4 +847,53 @@ fn reconstruction_at_eight_bits_keeps_the_nearest_rounding() {
         assert!(b.loss_after <= b.loss_before * 1.01, "{b:?}");
         assert!(b.flipped * 100 < b.weights, "{b:?}");
     }
+}
+
+/// The Fisher-weighted loss (each element of the block-output error weighted by the KL
+/// gradient's square at it) still lowers every block's plain squared error, and a backbone,
+/// which has no logits for the KL, is refused by name.
+#[test]
+fn fisher_reconstruction_lowers_each_block_loss_and_needs_logits() {
+    let (r, _, _, _) = reconstructed_with(
+        "digits-deit",
+        3,
+        100,
+        0,
+        mixq_qat_trainer::ReconLoss::Fisher,
+    );
+    for b in &r.blocks {
+        println!(
+            "fisher block {}: loss {:.4} -> {:.4}, {} flipped",
+            b.block, b.loss_before, b.loss_after, b.flipped
+        );
+        assert!(b.loss_after < b.loss_before, "{b:?}");
+    }
+    let device = Device::flex();
+    let (card, _) = shipped("digits-deit");
+    let mut arch = card.arch.clone();
+    if let mixq_vit_models::ArchConfig::Vit(c) = &mut arch {
+        c.num_classes = 0;
+    }
+    let backbone = arch.init(&device).unwrap();
+    let images = Tensor::<4>::random([4, 1, 8, 8], burn::tensor::Distribution::Default, &device);
+    let plan = uniform_plan(&backbone.sites(), 4, 4, 8).unwrap();
+    let config = mixq_qat_trainer::ReconConfig {
+        loss: mixq_qat_trainer::ReconLoss::Fisher,
+        ..Default::default()
+    };
+    let err = mixq_qat_trainer::reconstruct(
+        &backbone,
+        images.clone(),
+        images,
+        &plan,
+        &PtqConfig::default(),
+        &config,
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("--recon-loss") && err.contains("fisher"),
+        "{err}"
+    );
 }
