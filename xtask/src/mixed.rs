@@ -10,11 +10,11 @@ use mixq_core::{
     BitPlan, ContributionScores, Result, RunDir, SensitivityTable, SiteBits, SiteId, SiteInfo,
 };
 use mixq_datasets::EvalData;
-use mixq_ptq::Spread;
 use mixq_ptq::mixed::{
     BudgetConfig, CalibrationConfig, MixedConfig, MixedPlans, MixedRow, SweepConfig, budget_plans,
     calib_and_probe, evaluate_plans, make_plans, sensitivity_table,
 };
+use mixq_ptq::{Spread, calibration_images};
 use mixq_report::{bits_chart, contribution_chart, sensitivity_heat_map};
 use mixq_sensitivity::{Metric, Shard, merge_tables};
 use mixq_vit_models::ModelCard;
@@ -289,6 +289,7 @@ pub fn run_mixed(
     model_args: &ModelArgs,
     seeds: &[u64],
     mixed: &MixedArgs,
+    recon: &crate::ptq::ReconArgs,
     calibration: &CalibrationConfig,
     data: Option<&Path>,
     eval_limit: Option<usize>,
@@ -301,9 +302,9 @@ pub fn run_mixed(
     let device = model_args.device.device()?;
     let model = model_args.load(&card, &device)?;
     let sites = model.sites();
-    let mut bars = StageBars::default();
+    let bars = std::cell::RefCell::new(StageBars::default());
     let config = mixed.config(runs);
-    let seeded = seeds
+    let mut seeded = seeds
         .iter()
         .map(|&seed| {
             let plans = make_plans(
@@ -314,17 +315,51 @@ pub fn run_mixed(
                 calibration,
                 &device,
                 |stage, done, total| {
-                    bars.update(&format!("{} (seed {seed})", stage.name()), done, total)
+                    bars.borrow_mut().update(
+                        &format!("{} (seed {seed})", stage.name()),
+                        done,
+                        total,
+                    )
                 },
             )?;
             Ok((seed, plans))
         })
         .collect::<Result<Vec<_>>>()?;
-    bars.finish();
+    bars.borrow_mut().finish();
+    // With --recon every plan is block-reconstructed after calibration; its rows say so.
+    let recon_images = |seed: u64| {
+        calibration_images(
+            &card.data_spec(),
+            calibration.data.as_deref(),
+            recon.recon_images,
+            seed,
+            &device,
+        )
+    };
+    let progress = |p: &mixq_qat_trainer::ReconProgress| crate::ptq::recon_progress(&bars, p);
+    let reconstruct = recon.reconstruct(&recon_images, &progress);
+    let quantizer: &dyn mixq_ptq::Quantizer = if recon.recon {
+        for (_, plans) in &mut seeded {
+            for (name, _, _) in &mut plans.plans {
+                name.push_str(" recon");
+            }
+        }
+        &reconstruct
+    } else {
+        &mixq_ptq::Calibrate
+    };
     let describe = eval.describe.clone();
-    let rows = evaluate_plans(&model, &card, &seeded, eval, &device, |s, d, t| {
-        bars.update(s.name(), d, t)
-    })?;
+    let rows = evaluate_plans(
+        &model,
+        &card,
+        &seeded,
+        quantizer,
+        eval,
+        &device,
+        |s, d, t| bars.borrow_mut().update(s.name(), d, t),
+    )?;
+    let recon_reports = reconstruct.reports.into_inner();
+    let mut bars = bars.into_inner();
     bars.finish();
     println!("{}", bars.times_line());
     let table_md = MixedRow::markdown(&rows);
@@ -337,6 +372,7 @@ pub fn run_mixed(
     // The run folder: with several seeds, each seed's files carry `-seed<s>`; the pictures
     // show the first seed.
     let run = RunDir::create(runs, "ptq-mixed")?;
+    crate::ptq::write_recon(&recon_reports, &run)?;
     let tag = |seed: u64| {
         if seeds.len() > 1 {
             format!("-seed{seed}")

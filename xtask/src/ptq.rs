@@ -68,7 +68,7 @@ pub struct PtqArgs {
 pub struct ReconArgs {
     /// Optimise every block's weight rounding and activation steps against the FP block's
     /// output (AdaRound + LSQ, block by block) after calibrating.
-    #[arg(long, conflicts_with = "mixed")]
+    #[arg(long)]
     pub recon: bool,
     /// Optimisation steps per block.
     #[arg(long, default_value_t = 1000, requires = "recon")]
@@ -87,6 +87,21 @@ pub struct ReconArgs {
 }
 
 impl ReconArgs {
+    /// Block reconstruction as a PTQ table's quantizer: `images` gives a seed's reconstruction
+    /// images, `progress` every step.
+    pub fn reconstruct<'a>(
+        &self,
+        images: &'a dyn Fn(u64) -> Result<burn::tensor::Tensor<4>>,
+        progress: &'a dyn Fn(&mixq_qat_trainer::ReconProgress),
+    ) -> mixq_qat_trainer::Reconstruct<'a> {
+        mixq_qat_trainer::Reconstruct {
+            config: self.config(),
+            images,
+            progress,
+            reports: Default::default(),
+        }
+    }
+
     /// The library's hyper-parameters (`seed` is each calibration seed's).
     fn config(&self) -> mixq_qat_trainer::ReconConfig {
         mixq_qat_trainer::ReconConfig {
@@ -181,6 +196,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
             &args.model,
             &args.calibration_seeds(),
             &args.mixed_args,
+            &args.recon,
             &calibration,
             args.eval_data.data.as_deref(),
             args.eval_data.eval,
@@ -298,9 +314,6 @@ pub fn run(args: PtqArgs) -> Result<()> {
     let mut bars = bars.into_inner();
     bars.finish();
     println!("{}", bars.times_line());
-    if !recon_reports.is_empty() {
-        print!("\n{}", recon_markdown(&recon_reports));
-    }
     let (plans, seeds, n_calib) = (&config.plans, &config.seeds, results.calib_images);
     let describe = results.data.clone();
     let name = &card.aliases[0];
@@ -313,10 +326,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
     )?;
     let json = mixq_core::to_json(&results, "results")?;
     run.write("results.json", json.as_bytes())?;
-    if !recon_reports.is_empty() {
-        let json = mixq_core::to_json(&recon_reports, "reconstruction")?;
-        run.write("recon.json", json.as_bytes())?;
-    }
+    write_recon(&recon_reports, &run)?;
     let seed_list = seeds
         .iter()
         .map(u64::to_string)
@@ -351,6 +361,28 @@ pub fn run(args: PtqArgs) -> Result<()> {
     let path = run.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())
+}
+
+/// Shows a reconstruction step on the current stage's bar (one bar per block, its loss).
+pub fn recon_progress(bars: &std::cell::RefCell<StageBars>, p: &mixq_qat_trainer::ReconProgress) {
+    let mut bars = bars.borrow_mut();
+    bars.update(
+        &format!("recon block {}/{}", p.block + 1, p.blocks),
+        p.iter,
+        p.iters,
+    );
+    bars.message(&format!("loss {:.4}", p.loss));
+}
+
+/// Prints the per-block table and writes `recon.json` into the run folder (nothing without
+/// reconstruction).
+pub fn write_recon(reports: &[mixq_qat_trainer::ReconReport], run: &RunDir) -> Result<()> {
+    if reports.is_empty() {
+        return Ok(());
+    }
+    print!("\n{}", recon_markdown(reports));
+    let json = mixq_core::to_json(&reports, "reconstruction")?;
+    run.write("recon.json", json.as_bytes())
 }
 
 /// Each reconstructed variant's blocks: the block-output loss before (PTQ) and after, the

@@ -953,4 +953,32 @@ fn ptq_recon_reconstructs_every_block_and_records_it() {
     // Its options need --recon.
     let err = xtask(&["ptq", "--model", "digits-deit", "--recon-iters", "5"]);
     assert_eq!(err.status.code(), Some(2));
+
+    // With --mixed every plan is reconstructed.
+    let runs = tmpdir("recon-mixed");
+    let out = ok(&[
+        "ptq",
+        "--model",
+        "digits-deit",
+        "--mixed",
+        "--avg-bits",
+        "3",
+        "--criterion",
+        "sensitivity",
+        "--recon",
+        "--recon-iters",
+        "5",
+        "--recon-images",
+        "16",
+        "--eval",
+        "50",
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("| uniform W3A3 recon | 3 |")
+            && out.contains("| mixed sensitivity recon | 3 |"),
+        "{out}"
+    );
+    assert!(only_run(&runs, "-ptq-mixed").join("recon.json").is_file());
 }

@@ -620,14 +620,16 @@ impl MixedRow {
     }
 }
 
-/// PTQ with every plan of [`make_plans`] on its calibration images, for each seed's plans, then
-/// one evaluation pass over `data` for full precision and all of them. Every seed's plans
+/// PTQ with every plan of [`make_plans`] on its calibration images (quantized by `quantizer`:
+/// [`crate::Calibrate`], or block reconstruction), for each seed's plans, then one evaluation
+/// pass over `data` for full precision and all of them. Every seed's plans
 /// must carry the same names and budgets (the same [`MixedConfig`]). `progress` gets (stage,
 /// done, total).
 pub fn evaluate_plans(
     model: &Model,
     card: &ModelCard,
     seeded: &[(u64, MixedPlans)],
+    quantizer: &dyn crate::Quantizer,
     data: EvalData,
     device: &Device,
     progress: impl FnMut(PtqStage, usize, usize),
@@ -642,14 +644,14 @@ pub fn evaluate_plans(
                 .plans
                 .iter()
                 .map(|(name, budget, plan)| Variant {
-                    label: format!("{name} @{budget:?}"),
+                    label: budget.map_or(name.clone(), |b| format!("{name} at {b} bits")),
                     plan: plan.clone(),
                     config: PtqConfig::default(),
                 })
                 .collect(),
         })
         .collect::<Vec<_>>();
-    let result = compare_on(model, &variants, &crate::Calibrate, data, device, progress)?;
+    let result = compare_on(model, &variants, quantizer, data, device, progress)?;
     let fp = &result.fp;
     let one = |v: f64| Spread::of([v]);
     let mut rows = vec![MixedRow {
