@@ -103,7 +103,7 @@ impl ReconArgs {
     }
 
     /// The library's hyper-parameters (`seed` is each calibration seed's).
-    fn config(&self) -> mixq_qat_trainer::ReconConfig {
+    pub fn config(&self) -> mixq_qat_trainer::ReconConfig {
         mixq_qat_trainer::ReconConfig {
             iters: self.recon_iters,
             drop_prob: self.recon_drop,
@@ -181,6 +181,13 @@ pub fn run(args: PtqArgs) -> Result<()> {
             ));
         }
         return crate::pose_ptq::run(&args);
+    }
+    if args.recon.recon {
+        // Fails before the minutes of calibration and sweeping.
+        args.recon.config().validate()?;
+        if args.recon.recon_images == 0 {
+            return Err(Error::invalid("--recon-images", 0, "must be at least 1"));
+        }
     }
     if args.mixed {
         let calibration = CalibrationConfig {

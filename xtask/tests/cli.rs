@@ -950,9 +950,17 @@ fn ptq_recon_reconstructs_every_block_and_records_it() {
         serde_json::from_str(&std::fs::read_to_string(run.join("recon.json")).unwrap()).unwrap();
     assert_eq!(recon[0]["images"], 32);
     assert_eq!(recon[0]["blocks"].as_array().unwrap().len(), 4);
-    // Its options need --recon.
+    // Its options need --recon; bad values are named before any work.
     let err = xtask(&["ptq", "--model", "digits-deit", "--recon-iters", "5"]);
     assert_eq!(err.status.code(), Some(2));
+    for (flag, value) in [
+        ("--recon-images", "0"),
+        ("--recon-iters", "0"),
+        ("--recon-drop", "1.5"),
+    ] {
+        let err = fails(&["ptq", "--model", "digits-deit", "--recon", flag, value]);
+        assert!(err.contains(flag) && err.contains(value), "{err}");
+    }
 
     // With --mixed every plan is reconstructed.
     let runs = tmpdir("recon-mixed");

@@ -135,6 +135,13 @@ impl ReconConfig {
                 "must be in [0, 1)",
             ));
         }
+        if !(0.0..1.0).contains(&self.drop_prob) {
+            return Err(Error::invalid(
+                "--recon-drop",
+                self.drop_prob,
+                "must be in [0, 1)",
+            ));
+        }
         Ok(())
     }
 
