@@ -913,6 +913,12 @@ fn outliers_prints_a_row_per_post_layernorm_activation_and_writes_json() {
 }
 
 #[test]
+fn shipped_fmnist_swin_reaches_its_reported_accuracy() {
+    // The whole Fashion-MNIST test split; docs/results.md reports 88.82 %.
+    shipped_model_reaches("fmnist-swin", "Fashion-MNIST", 88.82);
+}
+
+#[test]
 fn shipped_mnist_deit_reaches_its_reported_accuracy() {
     // The whole MNIST test split; docs/results.md reports 99.27 %.
     shipped_model_reaches("mnist-deit", "MNIST", 99.27);
