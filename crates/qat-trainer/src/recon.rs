@@ -26,6 +26,28 @@
 //! The patch embedding and the head keep PTQ's rounding (they run at 8 bits in mixq's plans).
 //! The result is a plain [`QuantizedModel`], so evaluation, `export` and the integer engine take
 //! it unchanged.
+//!
+//! ```
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use mixq_ptq::{PtqConfig, uniform_plan};
+//! use mixq_qat_trainer::{ReconConfig, reconstruct};
+//! use mixq_vit_models::ModelCard;
+//!
+//! let device = Device::flex();
+//! let card = ModelCard::find("digits-deit")?;
+//! let fp = card.arch.init(&device)?; // or trained weights
+//! let calib = Tensor::<4>::random([8, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+//! let images = Tensor::<4>::random([16, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+//! let plan = uniform_plan(&fp.sites(), 3, 3, 8)?; // W3A3
+//! let config = ReconConfig { iters: 10, batch: 8, ..ReconConfig::default() };
+//! let r = reconstruct(&fp, calib, images, &plan, &PtqConfig::default(), &config, |_| {})?;
+//! for b in &r.blocks {
+//!     println!("block {}: {:.4} -> {:.4}", b.block, b.loss_before, b.loss_after);
+//! }
+//! let logits = r.quantized.forward(Tensor::zeros([1, 1, 8, 8], &device)); // a QuantizedModel
+//! assert_eq!(logits.dims(), [1, 10]);
+//! # Ok::<(), mixq_core::Error>(())
+//! ```
 
 use std::collections::BTreeMap;
 use std::time::Instant;
