@@ -17,6 +17,11 @@
 //!   so a run resumed from a checkpoint ends with bitwise the same weights as an uninterrupted
 //!   one. [`QatTrainer::load_checkpoint`] rejects corrupt or mismatched files by key.
 //!
+//! [`reconstruct`] is the PTQ-time counterpart: block by block it learns the weights' rounding
+//! (AdaRound) and the activation steps (LSQ, QDrop) against the FP block's output on a few
+//! hundred images, leaving a plain quantized model on PTQ's grid ([`Reconstruct`] plugs it
+//! into `mixq_ptq::ptq_table` as a `Quantizer`; `cargo xtask ptq --recon`).
+//!
 //! The student starts as the FP model with PTQ's post-LayerNorm reparameterization applied, so
 //! before the first step it computes exactly the PTQ model; the teacher is the FP model itself.
 //! The CLI is `cargo xtask qat`. Pose models train with [`train_pose`].
