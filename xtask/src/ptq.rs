@@ -288,21 +288,8 @@ pub fn run(args: PtqArgs) -> Result<()> {
             &device,
         )
     };
-    let recon_progress = |p: &mixq_qat_trainer::ReconProgress| {
-        let mut bars = bars.borrow_mut();
-        bars.update(
-            &format!("recon block {}/{}", p.block + 1, p.blocks),
-            p.iter,
-            p.iters,
-        );
-        bars.message(&format!("loss {:.4}", p.loss));
-    };
-    let reconstruct = mixq_qat_trainer::Reconstruct {
-        config: args.recon.config(),
-        images: &recon_images,
-        progress: &recon_progress,
-        reports: Default::default(),
-    };
+    let progress = |p: &mixq_qat_trainer::ReconProgress| recon_progress(&bars, p);
+    let reconstruct = args.recon.reconstruct(&recon_images, &progress);
     let quantizer: &dyn mixq_ptq::Quantizer = if args.recon.recon {
         &reconstruct
     } else {

@@ -301,7 +301,7 @@ struct Rounding {
 /// The block's forward during reconstruction: soft-rounded weights, LSQ activations.
 struct ReconHook<'a> {
     grids: &'a [WeightGrid],
-    index: BTreeMap<SiteId, usize>,
+    index: &'a BTreeMap<SiteId, usize>,
     rounding: &'a Rounding,
     acts: &'a LsqQuantizers,
     drop_prob: f64,
@@ -586,7 +586,7 @@ pub fn reconstruct(
             let w = fisher.as_ref().map(|f| f.clone().select(0, idx).autodiff());
             let hook = ReconHook {
                 grids: &grids,
-                index: index.clone(),
+                index: &index,
                 rounding: &rounding,
                 acts: &acts,
                 drop_prob: config.drop_prob,
