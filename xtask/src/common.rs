@@ -88,6 +88,11 @@ impl ModelArgs {
     }
 }
 
+/// The arguments after `cargo xtask <command>`, for a report's reproduce line.
+pub fn command_line() -> String {
+    std::env::args().skip(2).collect::<Vec<_>>().join(" ")
+}
+
 /// Prints which build a benchmark measures, and warns when its kernels are not optimised.
 pub fn print_build() {
     let build = mixq_deploy::BuildInfo::current();

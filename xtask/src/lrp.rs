@@ -279,7 +279,7 @@ pub fn run(args: LrpArgs) -> Result<()> {
         "# LRP: {}\n\n{summary}\n{table}\n![contribution per site](contribution.png)\n\n\
          ![input relevance (red positive, blue negative)](heatmaps.png)\n\nReproduce:\n\n```\ncargo xtask lrp {}\n```\n",
         card.aliases[0],
-        std::env::args().skip(2).collect::<Vec<_>>().join(" "),
+        crate::common::command_line(),
     );
     run.write("report.md", report.as_bytes())?;
     let path = run.finish()?;

@@ -6,16 +6,14 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use mixq_allocator::parse_candidates;
-use mixq_core::{
-    BitPlan, ContributionScores, Result, RunDir, SensitivityTable, SiteBits, SiteId, SiteInfo,
-};
+use mixq_core::{ContributionScores, Result, RunDir, SensitivityTable};
 use mixq_datasets::EvalData;
 use mixq_ptq::mixed::{
-    BudgetConfig, CalibrationConfig, MixedConfig, MixedPlans, MixedRow, SweepConfig, budget_plans,
-    calib_and_probe, evaluate_plans, make_plans, sensitivity_table,
+    BudgetConfig, CalibrationConfig, MixedConfig, SweepConfig, budget_plans, calib_and_probe,
+    evaluate_plans, make_plans, sensitivity_table,
 };
-use mixq_ptq::{Spread, calibration_images};
-use mixq_report::{bits_chart, contribution_chart, sensitivity_heat_map};
+use mixq_ptq::{MixedReport, calibration_images};
+use mixq_report::sensitivity_heat_map;
 use mixq_sensitivity::{Metric, Shard, merge_tables};
 use mixq_vit_models::ModelCard;
 
@@ -151,7 +149,7 @@ pub fn run_sensitivity(args: SensitivityArgs) -> Result<()> {
     sensitivity_heat_map(
         run.file("sensitivity.png"),
         &table,
-        &site_ids(&sites),
+        &mixq_core::site_ids(&sites),
         &format!("Sensitivity — {} ({})", card.aliases[0], table.metric),
     )?;
     let path = run.finish()?;
@@ -301,7 +299,6 @@ pub fn run_mixed(
     let eval = EvalData::open(&card.data_spec(), data, eval_limit, batch)?;
     let device = model_args.device.device()?;
     let model = model_args.load(&card, &device)?;
-    let sites = model.sites();
     let bars = std::cell::RefCell::new(StageBars::default());
     let config = mixed.config(runs);
     let mut seeded = seeds
@@ -362,173 +359,20 @@ pub fn run_mixed(
     let mut bars = bars.into_inner();
     bars.finish();
     println!("{}", bars.times_line());
-    let table_md = MixedRow::markdown(&rows);
+    let report = MixedReport {
+        card: &card,
+        seeded: &seeded,
+        rows: &rows,
+        config: &config,
+        eval: &describe,
+    };
+    let (table_md, agreement_md) = report.tables()?;
     print!("\n{table_md}");
-    let candidates = parse_candidates(&mixed.sweep.candidates)?;
-    let agreement = rank_agreement(&seeded, &candidates);
-    let agreement_md = rank_agreement_markdown(&agreement, &candidates);
     print!("\n{agreement_md}");
-
-    // The run folder: with several seeds, each seed's files carry `-seed<s>`; the pictures
-    // show the first seed.
     let run = RunDir::create(runs, "ptq-mixed")?;
     crate::ptq::write_recon(&recon_reports, &run)?;
-    let tag = |seed: u64| {
-        if seeds.len() > 1 {
-            format!("-seed{seed}")
-        } else {
-            String::new()
-        }
-    };
-    for (seed, plans) in &seeded {
-        let tag = tag(*seed);
-        if let Some(scores) = &plans.scores {
-            scores.save(run.file(&format!("scores{tag}.toml")))?;
-        }
-        plans
-            .table
-            .save(run.file(&format!("sensitivity{tag}.toml")))?;
-        for (name, budget, plan) in &plans.plans {
-            let file = format!(
-                "plan-{}-{}{tag}.toml",
-                name.replace(' ', "-"),
-                budget.map(|b| b.to_string()).unwrap_or_default()
-            );
-            run.write(&file, plan.to_toml()?.as_bytes())?;
-        }
-    }
-    let (seed, first) = &seeded[0];
-    let n_calib = first.calib.dims()[0];
-    let order = site_ids(&sites);
-    if let Some(scores) = &first.scores {
-        contribution_chart(
-            run.file("relevance.png"),
-            scores,
-            &order,
-            &format!(
-                "LRP contribution per site — {} ({})",
-                card.aliases[0], mixed.lrp_preset
-            ),
-        )?;
-    }
-    sensitivity_heat_map(
-        run.file("sensitivity.png"),
-        &first.table,
-        &order,
-        &format!(
-            "Sensitivity — {} ({}, {} probe images)",
-            card.aliases[0],
-            first.table.metric,
-            first.probe.len()
-        ),
-    )?;
-    for &avg in &mixed.budget.avg_bits {
-        let at_budget: Vec<(&str, &BitPlan)> = first
-            .plans
-            .iter()
-            .filter(|(_, b, _)| *b == Some(avg))
-            .map(|(name, _, plan)| (name.as_str(), plan))
-            .collect();
-        bits_chart(
-            run.file(&format!("bits-{avg}.png")),
-            &at_budget,
-            &order,
-            &format!(
-                "Weight bits per site along the depth — {} at {avg} bits",
-                card.aliases[0]
-            ),
-        )?;
-    }
-    let json = mixq_core::to_json(
-        &serde_json::json!({
-            "model": card.name,
-            "seed": seed,
-            "seeds": seeds,
-            "calib_images": n_calib,
-            "probe_images": first.probe.len(),
-            "eval": describe,
-            "candidates": mixed.sweep.candidates,
-            "lambda": mixed.budget.lambda,
-            "rows": rows,
-            "rank_agreement": agreement,
-        }),
-        "results",
-    )?;
-    run.write("results.json", json.as_bytes())?;
-    let mut pictures = String::new();
-    if first.scores.is_some() {
-        pictures += "![relevance](relevance.png)\n\n";
-    }
-    pictures += "![sensitivity](sensitivity.png)\n\n";
-    for &avg in &mixed.budget.avg_bits {
-        pictures += &format!("![bits at {avg}](bits-{avg}.png)\n\n");
-    }
-    let seeds_text = seeds
-        .iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let report = format!(
-        "# Mixed-precision PTQ: {}\n\nCalibration {n_calib} images, probe {} images (disjoint), seeds {seeds_text} (mean ± std over them; pictures: seed {seed}). Evaluation: {describe}.\n\
-         Budgets cap the parameter-weighted average weight bits and the MAC-weighted average activation bits.\n\n{table_md}\n{agreement_md}\n{pictures}Reproduce:\n\n```\ncargo xtask ptq {}\n```\n",
-        card.aliases[0],
-        first.probe.len(),
-        std::env::args().skip(2).collect::<Vec<_>>().join(" ")
-    );
-    run.write("report.md", report.as_bytes())?;
+    report.write(&run, &crate::common::command_line())?;
     let path = run.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())
-}
-
-/// Spearman's ρ between LRP contribution and sensitivity, per seed and square candidate.
-#[derive(serde::Serialize)]
-struct RankAgreement {
-    seed: u64,
-    bits: String,
-    spearman: Option<f64>,
-}
-
-fn rank_agreement(seeded: &[(u64, MixedPlans)], candidates: &[SiteBits]) -> Vec<RankAgreement> {
-    seeded
-        .iter()
-        .filter_map(|(seed, plans)| Some((seed, &plans.table, plans.scores.as_ref()?)))
-        .flat_map(|(seed, table, scores)| {
-            candidates.iter().map(|&bits| RankAgreement {
-                seed: *seed,
-                bits: format!("W{}A{}", bits.w_bits, bits.a_bits),
-                spearman: table.rank_agreement(scores, bits),
-            })
-        })
-        .collect()
-}
-
-/// One row per candidate: ρ as mean ± std over the seeds (nothing without LRP scores).
-fn rank_agreement_markdown(agreement: &[RankAgreement], candidates: &[SiteBits]) -> String {
-    if agreement.is_empty() {
-        return String::new();
-    }
-    let mut s = String::from(
-        "| sensitivity at | Spearman ρ (LRP contribution vs damage, over sites) |\n|---|---:|\n",
-    );
-    for bits in candidates {
-        let label = format!("W{}A{}", bits.w_bits, bits.a_bits);
-        let values: Vec<f64> = agreement
-            .iter()
-            .filter(|a| a.bits == label)
-            .filter_map(|a| a.spearman)
-            .collect();
-        let rho = if values.is_empty() {
-            "-".to_string()
-        } else {
-            Spread::of(values).format(2)
-        };
-        s += &format!("| {label} | {rho} |\n");
-    }
-    s
-}
-
-/// The ids of `sites`, in forward order.
-pub(crate) fn site_ids(sites: &[SiteInfo]) -> Vec<SiteId> {
-    sites.iter().map(|s| s.id.clone()).collect()
 }

@@ -14,7 +14,6 @@ use mixq_ptq::pose::{PosePlans, PosePtqConfig, PosePtqRow, PoseStage, pose_ptq};
 use mixq_vit_models::WtPoseConfig;
 
 use crate::common::StageBars;
-use crate::mixed::site_ids;
 use crate::pose::{DataArgs, open_data, skeleton_pictures};
 use crate::ptq::PtqArgs;
 use mixq_report::sensitivity_heat_map;
@@ -138,7 +137,7 @@ pub fn run(args: &PtqArgs) -> Result<()> {
         sensitivity_heat_map(
             run.file("sensitivity.png"),
             table,
-            &site_ids(&sites),
+            &mixq_core::site_ids(&sites),
             &format!(
                 "Sensitivity — {} (relative heatmap MSE, {n_probe} probe crops)",
                 args.model.model
@@ -176,7 +175,7 @@ pub fn run(args: &PtqArgs) -> Result<()> {
         args.calibration.calib,
         out.held_out,
         if flip { "on" } else { "off" },
-        std::env::args().skip(2).collect::<Vec<_>>().join(" ")
+        crate::common::command_line()
     );
     run.write("report.md", report.as_bytes())?;
     let path = run.finish()?;

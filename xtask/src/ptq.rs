@@ -246,11 +246,6 @@ pub fn run(args: PtqArgs) -> Result<()> {
             )
         })
         .collect();
-    let label = plans
-        .iter()
-        .map(|(l, _)| l.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
     let grid = if args.ablation {
         ablation_grid()
     } else {
@@ -308,50 +303,13 @@ pub fn run(args: PtqArgs) -> Result<()> {
     let mut bars = bars.into_inner();
     bars.finish();
     println!("{}", bars.times_line());
-    let (plans, seeds, n_calib) = (&config.plans, &config.seeds, results.calib_images);
-    let describe = results.data.clone();
-    let name = &card.aliases[0];
-    let table = results.markdown();
-    print!("{table}");
-
+    print!("{}", results.markdown());
     let run = RunDir::create(
         &args.runs,
         if args.ablation { "ptq-ablation" } else { "ptq" },
     )?;
-    let json = mixq_core::to_json(&results, "results")?;
-    run.write("results.json", json.as_bytes())?;
     write_recon(&recon_reports, &run)?;
-    let seed_list = seeds
-        .iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    for (label, plan) in plans {
-        let mut plan = plan.clone();
-        plan.meta.insert("model".into(), card.name.clone());
-        plan.meta.insert("seed".into(), seed_list.clone());
-        let file = if plans.len() == 1 {
-            "plan.toml".to_string()
-        } else {
-            format!("plan-{label}.toml")
-        };
-        run.write(&file, plan.to_toml()?.as_bytes())?;
-    }
-    let spread_note = if seeds.len() > 1 {
-        format!(
-            " Figures are mean ± std (sample standard deviation) over the {} calibration seeds.",
-            seeds.len()
-        )
-    } else {
-        String::new()
-    };
-    let report = format!(
-        "# PTQ: {name} ({label})\n\nCalibration: {n_calib} images per seed (seeds {seed_list}). \
-         Evaluation: {describe}.{spread_note}\n\n{table}\n\
-         KL is the mean KL(FP || quantized) over the evaluation images. Reproduce:\n\n```\ncargo xtask ptq {}\n```\n",
-        std::env::args().skip(2).collect::<Vec<_>>().join(" "),
-    );
-    run.write("report.md", report.as_bytes())?;
+    results.write_run(&run, &card, &config.plans, &crate::common::command_line())?;
     let path = run.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())
@@ -374,30 +332,7 @@ pub fn write_recon(reports: &[mixq_qat_trainer::ReconReport], run: &RunDir) -> R
     if reports.is_empty() {
         return Ok(());
     }
-    print!("\n{}", recon_markdown(reports));
+    print!("\n{}", mixq_qat_trainer::ReconReport::markdown(reports));
     let json = mixq_core::to_json(&reports, "reconstruction")?;
     run.write("recon.json", json.as_bytes())
-}
-
-/// Each reconstructed variant's blocks: the block-output loss before (PTQ) and after, the
-/// weights whose rounding changed, and the time.
-fn recon_markdown(reports: &[mixq_qat_trainer::ReconReport]) -> String {
-    let mut s = String::from(
-        "| seed | variant | block | loss PTQ | loss recon | weights flipped | seconds |\n|---:|---|---:|---:|---:|---:|---:|\n",
-    );
-    for r in reports {
-        for b in &r.blocks {
-            s += &format!(
-                "| {} | {} | {} | {:.5} | {:.5} | {:.2} % | {:.1} |\n",
-                r.seed,
-                r.label,
-                b.block,
-                b.loss_before,
-                b.loss_after,
-                100.0 * b.flipped as f64 / b.weights.max(1) as f64,
-                b.seconds
-            );
-        }
-    }
-    s
 }

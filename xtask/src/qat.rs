@@ -287,7 +287,7 @@ pub fn run(args: QatArgs) -> Result<()> {
         train.len(),
         test.len(),
         data.name,
-        std::env::args().skip(2).collect::<Vec<_>>().join(" "),
+        crate::common::command_line(),
     );
     run.write("report.md", report.as_bytes())?;
     let path = run.finish()?;

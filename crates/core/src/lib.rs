@@ -35,7 +35,7 @@ pub fn to_json<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<St
 pub use fsutil::{RunDir, utc_stamp, write_atomic};
 pub use plan::{BitPlan, BitWidth, SiteBits};
 pub use scores::{ContributionScores, SensitivityPoint, SensitivityTable, spearman};
-pub use site::{SiteId, SiteInfo, SiteKind, SiteTotals, summarize_sites};
+pub use site::{SiteId, SiteInfo, SiteKind, SiteTotals, site_ids, summarize_sites};
 
 #[cfg(test)]
 mod tests {

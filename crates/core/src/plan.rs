@@ -66,6 +66,16 @@ pub struct SiteBits {
     pub a_bits: BitWidth,
 }
 
+impl SiteBits {
+    /// `w_bits` and `a_bits`, each checked as a [`BitWidth`].
+    pub fn new(w_bits: u8, a_bits: u8) -> Result<Self> {
+        Ok(Self {
+            w_bits: BitWidth::new(w_bits)?,
+            a_bits: BitWidth::new(a_bits)?,
+        })
+    }
+}
+
 /// The hand-off between allocator, PTQ, QAT and the integer engine: bits per site.
 ///
 /// Stored as TOML so a user can read and edit it; sites are kept sorted so the same plan is

@@ -174,13 +174,9 @@ pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::BitWidth;
 
     fn bits(w: u8, a: u8) -> SiteBits {
-        SiteBits {
-            w_bits: BitWidth::new(w).unwrap(),
-            a_bits: BitWidth::new(a).unwrap(),
-        }
+        SiteBits::new(w, a).unwrap()
     }
 
     #[test]

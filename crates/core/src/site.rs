@@ -81,6 +81,11 @@ pub struct SiteTotals {
     pub macs: u64,
 }
 
+/// The ids of `sites`, in their order (forward order for a model's sites).
+pub fn site_ids(sites: &[SiteInfo]) -> Vec<SiteId> {
+    sites.iter().map(|s| s.id.clone()).collect()
+}
+
 /// Adds up parameters and MACs over sites.
 pub fn summarize_sites(sites: &[SiteInfo]) -> SiteTotals {
     sites.iter().fold(SiteTotals::default(), |t, s| SiteTotals {

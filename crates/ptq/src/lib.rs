@@ -30,6 +30,7 @@ pub mod mixed;
 pub mod pose;
 pub mod record;
 pub mod reparam;
+pub mod run_report;
 pub mod state;
 pub mod sweep;
 pub mod table;
@@ -45,6 +46,7 @@ pub use eval::{
 };
 pub use hooked::{relative_mse, sensitivity_hooked};
 pub use record::{PtqResults, PtqRow, PtqRun, ablation_grid};
+pub use run_report::{MixedReport, RankAgreement};
 pub use state::{ActQuantizer, QuantState};
 pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};
 pub use table::{

@@ -86,7 +86,7 @@ pub fn sensitivity_sweep(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Record>> {
     let infos = model.sites();
-    let sites: Vec<SiteId> = infos.iter().map(|s| s.id.clone()).collect();
+    let sites = mixq_core::site_ids(&infos);
     let points = options.shard.select(&grid(&sites, &options.candidates));
     let total = points.len();
     let done_already = |c: &SweepCache| {

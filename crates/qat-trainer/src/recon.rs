@@ -731,6 +731,31 @@ pub struct ReconReport {
     pub blocks: Vec<BlockRecon>,
 }
 
+impl ReconReport {
+    /// Each variant's blocks as a markdown table: the block-output loss before (PTQ) and after,
+    /// the share of weights whose rounding changed, and the time.
+    pub fn markdown(reports: &[Self]) -> String {
+        let mut s = String::from(
+            "| seed | variant | block | loss PTQ | loss recon | weights flipped | seconds |\n|---:|---|---:|---:|---:|---:|---:|\n",
+        );
+        for r in reports {
+            for b in &r.blocks {
+                s += &format!(
+                    "| {} | {} | {} | {:.5} | {:.5} | {:.2} % | {:.1} |\n",
+                    r.seed,
+                    r.label,
+                    b.block,
+                    b.loss_before,
+                    b.loss_after,
+                    100.0 * b.flipped as f64 / b.weights.max(1) as f64,
+                    b.seconds
+                );
+            }
+        }
+        s
+    }
+}
+
 /// [`reconstruct`] as a [`mixq_ptq::Quantizer`], so PTQ tables (`ptq_table`) can compare
 /// reconstructed variants: PTQ on each seed's calibration images, then block reconstruction on
 /// `images(seed)` with the batch order seeded by the calibration seed. Each variant's block

@@ -3,17 +3,13 @@
 
 use mixq_allocator::{Budget, BudgetKind, Criterion};
 use mixq_core::{
-    BitWidth, ContributionScores, SensitivityPoint, SensitivityTable, SiteBits, SiteId, SiteInfo,
-    SiteKind,
+    ContributionScores, SensitivityPoint, SensitivityTable, SiteBits, SiteId, SiteInfo, SiteKind,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub fn bits(w: u8, a: u8) -> SiteBits {
-    SiteBits {
-        w_bits: BitWidth::new(w).unwrap(),
-        a_bits: BitWidth::new(a).unwrap(),
-    }
+    SiteBits::new(w, a).unwrap()
 }
 
 pub struct Instance {

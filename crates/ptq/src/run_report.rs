@@ -1,0 +1,292 @@
+//! What a PTQ run leaves in its run folder, so that a library user gets the same files as
+//! `cargo xtask ptq`: `results.json`, the plans, `report.md` and, for mixed precision, the
+//! scores, the sensitivity tables and the pictures.
+
+use mixq_core::{BitPlan, Result, RunDir, SiteBits, site_ids};
+use mixq_report::{bits_chart, contribution_chart, sensitivity_heat_map};
+use mixq_vit_models::ModelCard;
+use serde::Serialize;
+
+use crate::mixed::{MixedConfig, MixedPlans, MixedRow};
+use crate::{PtqResults, Spread};
+
+impl PtqResults {
+    /// Writes `results.json`, each plan (`plan.toml` for one, else `plan-<label>.toml`, with the
+    /// model and the seeds in its meta) and `report.md`, whose reproduce line is `command`
+    /// (the `cargo xtask ptq` arguments).
+    pub fn write_run(
+        &self,
+        run: &RunDir,
+        card: &ModelCard,
+        plans: &[(String, BitPlan)],
+        command: &str,
+    ) -> Result<()> {
+        run.write(
+            "results.json",
+            mixq_core::to_json(self, "results")?.as_bytes(),
+        )?;
+        let seed_list = join(&self.seeds, ",");
+        for (label, plan) in plans {
+            let mut plan = plan.clone();
+            plan.meta.insert("model".into(), card.name.clone());
+            plan.meta.insert("seed".into(), seed_list.clone());
+            let file = if plans.len() == 1 {
+                "plan.toml".to_string()
+            } else {
+                format!("plan-{label}.toml")
+            };
+            run.write(&file, plan.to_toml()?.as_bytes())?;
+        }
+        let spread_note = if self.seeds.len() > 1 {
+            format!(
+                " Figures are mean ± std (sample standard deviation) over the {} calibration seeds.",
+                self.seeds.len()
+            )
+        } else {
+            String::new()
+        };
+        let label = plans
+            .iter()
+            .map(|(l, _)| l.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let report = format!(
+            "# PTQ: {} ({label})\n\nCalibration: {} images per seed (seeds {seed_list}). \
+             Evaluation: {}.{spread_note}\n\n{}\n\
+             KL is the mean KL(FP || quantized) over the evaluation images. Reproduce:\n\n```\ncargo xtask ptq {command}\n```\n",
+            card.aliases[0],
+            self.calib_images,
+            self.data,
+            self.markdown(),
+        );
+        run.write("report.md", report.as_bytes())
+    }
+}
+
+/// Spearman's ρ between LRP contribution and sensitivity over the sites, for one seed and one
+/// square candidate (`W4A4`); `None` where either is constant.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RankAgreement {
+    /// The calibration seed.
+    pub seed: u64,
+    /// The candidate the damage was measured at (`W4A4`).
+    pub bits: String,
+    /// Spearman's ρ.
+    pub spearman: Option<f64>,
+}
+
+impl RankAgreement {
+    /// Every seed's ρ at every candidate (nothing for plans made without LRP scores).
+    pub fn of(seeded: &[(u64, MixedPlans)], candidates: &[SiteBits]) -> Vec<Self> {
+        seeded
+            .iter()
+            .filter_map(|(seed, plans)| Some((seed, &plans.table, plans.scores.as_ref()?)))
+            .flat_map(|(seed, table, scores)| {
+                candidates.iter().map(|&bits| Self {
+                    seed: *seed,
+                    bits: bits_label(bits),
+                    spearman: table.rank_agreement(scores, bits),
+                })
+            })
+            .collect()
+    }
+
+    /// One row per candidate: ρ as mean ± std over the seeds (empty without any ρ).
+    pub fn markdown(agreement: &[Self], candidates: &[SiteBits]) -> String {
+        if agreement.is_empty() {
+            return String::new();
+        }
+        let mut s = String::from(
+            "| sensitivity at | Spearman ρ (LRP contribution vs damage, over sites) |\n|---|---:|\n",
+        );
+        for &bits in candidates {
+            let label = bits_label(bits);
+            let values: Vec<f64> = agreement
+                .iter()
+                .filter(|a| a.bits == label)
+                .filter_map(|a| a.spearman)
+                .collect();
+            let rho = if values.is_empty() {
+                "-".to_string()
+            } else {
+                Spread::of(values).format(2)
+            };
+            s += &format!("| {label} | {rho} |\n");
+        }
+        s
+    }
+}
+
+fn bits_label(bits: SiteBits) -> String {
+    format!("W{}A{}", bits.w_bits, bits.a_bits)
+}
+
+fn join(values: &[u64], sep: &str) -> String {
+    values
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// A `ptq --mixed` run: every seed's plans and the rows that evaluated them.
+pub struct MixedReport<'a> {
+    /// The model.
+    pub card: &'a ModelCard,
+    /// What [`crate::mixed::make_plans`] made for each seed.
+    pub seeded: &'a [(u64, MixedPlans)],
+    /// What [`crate::mixed::evaluate_plans`] measured.
+    pub rows: &'a [MixedRow],
+    /// The configuration the plans were made with.
+    pub config: &'a MixedConfig,
+    /// The evaluation data, in words.
+    pub eval: &'a str,
+}
+
+impl MixedReport<'_> {
+    /// The rows and the LRP-vs-sensitivity agreement as markdown tables.
+    pub fn tables(&self) -> Result<(String, String)> {
+        let candidates = mixq_allocator::parse_candidates(&self.config.sweep.candidates)?;
+        let agreement = RankAgreement::of(self.seeded, &candidates);
+        Ok((
+            MixedRow::markdown(self.rows),
+            RankAgreement::markdown(&agreement, &candidates),
+        ))
+    }
+
+    /// Writes every seed's scores, sensitivity table and plans (with several seeds each file
+    /// carries `-seed<s>`), the pictures of the first seed (relevance, sensitivity, bits per
+    /// budget), `results.json` and `report.md`, whose reproduce line is `command`.
+    pub fn write(&self, run: &RunDir, command: &str) -> Result<()> {
+        let card = self.card;
+        let seeds: Vec<u64> = self.seeded.iter().map(|(s, _)| *s).collect();
+        let tag = |seed: u64| {
+            if seeds.len() > 1 {
+                format!("-seed{seed}")
+            } else {
+                String::new()
+            }
+        };
+        for (seed, plans) in self.seeded {
+            let tag = tag(*seed);
+            if let Some(scores) = &plans.scores {
+                scores.save(run.file(&format!("scores{tag}.toml")))?;
+            }
+            plans
+                .table
+                .save(run.file(&format!("sensitivity{tag}.toml")))?;
+            for (name, budget, plan) in &plans.plans {
+                let file = format!(
+                    "plan-{}-{}{tag}.toml",
+                    name.replace(' ', "-"),
+                    budget.map(|b| b.to_string()).unwrap_or_default()
+                );
+                run.write(&file, plan.to_toml()?.as_bytes())?;
+            }
+        }
+        let (seed, first) = &self.seeded[0];
+        let n_calib = first.calib.dims()[0];
+        let order = site_ids(&card.arch.sites());
+        let name = &card.aliases[0];
+        if let Some(scores) = &first.scores {
+            contribution_chart(
+                run.file("relevance.png"),
+                scores,
+                &order,
+                &format!(
+                    "LRP contribution per site — {name} ({})",
+                    self.config.lrp_preset
+                ),
+            )?;
+        }
+        sensitivity_heat_map(
+            run.file("sensitivity.png"),
+            &first.table,
+            &order,
+            &format!(
+                "Sensitivity — {name} ({}, {} probe images)",
+                first.table.metric,
+                first.probe.len()
+            ),
+        )?;
+        let avg_bits = &self.config.budget.avg_bits;
+        for &avg in avg_bits {
+            let at_budget: Vec<(&str, &BitPlan)> = first
+                .plans
+                .iter()
+                .filter(|(_, b, _)| *b == Some(avg))
+                .map(|(name, _, plan)| (name.as_str(), plan))
+                .collect();
+            bits_chart(
+                run.file(&format!("bits-{avg}.png")),
+                &at_budget,
+                &order,
+                &format!("Weight bits per site along the depth — {name} at {avg} bits"),
+            )?;
+        }
+        let candidates = mixq_allocator::parse_candidates(&self.config.sweep.candidates)?;
+        let agreement = RankAgreement::of(self.seeded, &candidates);
+        let json = mixq_core::to_json(
+            &serde_json::json!({
+                "model": card.name,
+                "seed": seed,
+                "seeds": seeds,
+                "calib_images": n_calib,
+                "probe_images": first.probe.len(),
+                "eval": self.eval,
+                "candidates": self.config.sweep.candidates,
+                "lambda": self.config.budget.lambda,
+                "rows": self.rows,
+                "rank_agreement": agreement,
+            }),
+            "results",
+        )?;
+        run.write("results.json", json.as_bytes())?;
+        let mut pictures = String::new();
+        if first.scores.is_some() {
+            pictures += "![relevance](relevance.png)\n\n";
+        }
+        pictures += "![sensitivity](sensitivity.png)\n\n";
+        for &avg in avg_bits {
+            pictures += &format!("![bits at {avg}](bits-{avg}.png)\n\n");
+        }
+        let (table_md, agreement_md) = self.tables()?;
+        let report = format!(
+            "# Mixed-precision PTQ: {name}\n\nCalibration {n_calib} images, probe {} images (disjoint), seeds {} (mean ± std over them; pictures: seed {seed}). Evaluation: {}.\n\
+             Budgets cap the parameter-weighted average weight bits and the MAC-weighted average activation bits.\n\n{table_md}\n{agreement_md}\n{pictures}Reproduce:\n\n```\ncargo xtask ptq {command}\n```\n",
+            first.probe.len(),
+            join(&seeds, ", "),
+            self.eval,
+        );
+        run.write("report.md", report.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(w: u8, a: u8) -> SiteBits {
+        SiteBits::new(w, a).unwrap()
+    }
+
+    #[test]
+    fn rank_agreement_rows_are_mean_and_sample_std_over_the_seeds() {
+        let rho = |seed, b: &str, v| RankAgreement {
+            seed,
+            bits: b.into(),
+            spearman: v,
+        };
+        let agreement = [
+            rho(0, "W4A4", Some(0.5)),
+            rho(1, "W4A4", Some(0.7)),
+            rho(0, "W8A8", None),
+            rho(1, "W8A8", None),
+        ];
+        let md = RankAgreement::markdown(&agreement, &[bits(4, 4), bits(8, 8)]);
+        let rows: Vec<&str> = md.lines().skip(2).collect();
+        // mean 0.6, sample std sqrt(0.02) = 0.141
+        assert_eq!(rows, ["| W4A4 | 0.60 ± 0.14 |", "| W8A8 | - |"]);
+        assert_eq!(RankAgreement::markdown(&[], &[bits(4, 4)]), "");
+    }
+}
