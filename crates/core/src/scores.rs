@@ -71,6 +71,13 @@ fn is_toml(path: &Path) -> bool {
 }
 
 impl ContributionScores {
+    /// The sites from the largest score down (ties in site order).
+    pub fn ranked(&self) -> Vec<(&SiteId, f64)> {
+        let mut ranked: Vec<(&SiteId, f64)> = self.scores.iter().map(|(s, v)| (s, *v)).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+        ranked
+    }
+
     /// Writes TOML when the path ends in `.toml`, JSON otherwise (atomically).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         save_as(self, path.as_ref())

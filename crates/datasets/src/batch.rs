@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::{DataError, EvalTransform, PassOrder, load_image};
+
 /// A batch of preprocessed images as one flat `f32` buffer.
 ///
 /// The crate has no tensor dependency; a model crate turns `images` and
@@ -22,6 +24,36 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The image files `paths` through `transform`, in that order, without labels. A file that
+    /// does not decode is an error naming it.
+    pub fn from_files(paths: &[PathBuf], transform: &EvalTransform) -> Result<Self, DataError> {
+        let mut images = Vec::with_capacity(paths.len() * transform.output_len());
+        for path in paths {
+            let img = load_image(path)?;
+            images.extend(crate::preprocess::try_eval_transform(
+                &img,
+                transform,
+                PassOrder::default(),
+            )?);
+        }
+        let size = transform.img_size;
+        Ok(Batch {
+            images,
+            shape: [paths.len(), transform.channels, size, size],
+            labels: Vec::new(),
+            paths: paths.to_vec(),
+            indices: (0..paths.len()).collect(),
+        })
+    }
+
+    /// Where image `i` came from: its file, else `#<index in its data set>`.
+    pub fn source_name(&self, i: usize) -> String {
+        match self.paths.get(i) {
+            Some(p) => p.display().to_string(),
+            None => format!("#{}", self.indices.get(i).copied().unwrap_or(i)),
+        }
+    }
+
     /// Number of images in the batch.
     pub fn len(&self) -> usize {
         self.shape[0]

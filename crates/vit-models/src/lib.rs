@@ -23,6 +23,7 @@
 
 pub mod card;
 pub mod explain;
+pub mod explain_data;
 pub mod hooks;
 pub mod layers;
 pub mod model;
@@ -39,6 +40,9 @@ pub use card::{ModelCard, Preprocess, TrainRecipe, models_dir};
 pub use explain::{
     ExplainOptions, Explanation, SiteRelevance, Target, contribution_scores,
     contribution_scores_with, object_shares,
+};
+pub use explain_data::{
+    DataExplanation, ExplainDataConfig, ImageRelevance, InputMap, TargetRule, explain_data,
 };
 pub use hooks::{NoHook, SiteHook, Slot};
 pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};

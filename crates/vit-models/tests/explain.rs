@@ -292,3 +292,63 @@ fn object_shares_and_intensities_follow_their_definitions() {
     assert_eq!(mean.len(), 1);
     assert!((mean[0] - 0.6).abs() < 1e-6, "{mean:?}");
 }
+
+#[test]
+fn explain_data_does_not_depend_on_its_batch_size_and_rejects_bad_targets() {
+    use mixq_datasets::sample_batch;
+    use mixq_vit_models::{ExplainDataConfig, ModelCard, TargetRule, explain_data};
+    let device = Device::flex();
+    let card = ModelCard::find("digits-deit").unwrap();
+    let model = card.arch.init(&device).unwrap();
+    let data = sample_batch(&card.data_spec(), None, 5, 0, "--images").unwrap();
+    let run = |batch, target| {
+        let config = ExplainDataConfig {
+            batch,
+            target,
+            heatmaps: 3,
+            ..ExplainDataConfig::default()
+        };
+        explain_data(&model, &card, &data, &config, &device, |_| {})
+    };
+    let (a, b) = (
+        run(2, TargetRule::Label).unwrap(),
+        run(5, TargetRule::Label).unwrap(),
+    );
+    assert_eq!(a.images.len(), 5);
+    assert_eq!(a.maps.len(), 3);
+    assert_eq!(a.site_order, mixq_core::site_ids(&card.arch.sites()));
+    for (x, y) in a.images.iter().zip(&b.images) {
+        assert_eq!((x.label, x.target), (y.label, y.target));
+        assert_eq!(Some(x.target), x.label, "the label is the class explained");
+        assert!((x.pixel_relevance - y.pixel_relevance).abs() < 1e-4);
+        let share = x.ink_relevance_share.unwrap();
+        assert!((0.0..=1.0).contains(&share), "{share}");
+    }
+    let worst = a
+        .scores
+        .scores
+        .iter()
+        .map(|(s, v)| (v - b.scores.scores[s]).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-6, "batch 2 vs 5: {worst}");
+    assert_eq!(a.scores.meta["model"], card.name);
+    assert!(a.top_sites_markdown(3).lines().count() == 5);
+    let err = run(2, TargetRule::Class(10)).unwrap_err().to_string();
+    assert!(
+        err.contains("--target = 10") && err.contains("10 classes"),
+        "{err}"
+    );
+    let files = mixq_datasets::Batch {
+        labels: Vec::new(),
+        ..data.clone()
+    };
+    let config = ExplainDataConfig {
+        target: TargetRule::Label,
+        ..ExplainDataConfig::default()
+    };
+    let err = explain_data(&model, &card, &files, &config, &device, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--target = label"), "{err}");
+    assert!(run(0, TargetRule::Predicted).is_err());
+}
