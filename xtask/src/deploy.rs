@@ -3,20 +3,17 @@
 //! against burn-flex's f32 forward in one process.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::Device;
 use clap::Args;
-use mixq_core::{BitPlan, BitWidth, Error, Result, SiteBits};
+use mixq_core::{BitPlan, Error, Result};
+use mixq_deploy::bench::{EngineBenchConfig, EngineBenchRow, bench_engine, gemm_speeds};
 use mixq_deploy::{Export, IntModel};
-use mixq_ptq::{PtqConfig, PtqRun, SoftmaxMode, evaluate_data, quantize, uniform_plan};
+use mixq_ptq::mixed::plan_averages;
+use mixq_ptq::{PtqConfig, PtqRun, SoftmaxMode, calibration_images, evaluate_data, uniform_plan};
 use mixq_vit_models::{ModelCard, SiteInfo};
 
-use crate::common::median;
 use crate::common::{BitArgs, CalibArgs, EvalDataArgs, ModelArgs, QuantizerArgs, progress};
-use mixq_ptq::calibration_images;
-use mixq_ptq::host_logits;
-use mixq_ptq::mixed::plan_averages;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -257,74 +254,15 @@ pub fn run_int(args: RunIntArgs) -> Result<()> {
     Ok(())
 }
 
-/// The mixed plan of `bench-int`: activations at 8 bits; in even blocks qkv 4, proj 8, fc1 2,
-/// fc2 4 weight bits, in odd blocks qkv 8, proj 4, fc1 4, fc2 2 — a 2/4/8 mix whose
-/// parameter-weighted average over the blocks is exactly 4 bits; patch embedding and head at 8.
-pub fn mixed_plan(sites: &[SiteInfo]) -> Result<BitPlan> {
-    let mut plan = uniform_plan(sites, 8, 8, 8)?;
-    for s in sites {
-        let id = s.id.as_str();
-        let Some(rest) = id.strip_prefix("blocks.") else {
-            continue;
-        };
-        let (block, layer) = rest.split_once('.').unwrap_or((rest, ""));
-        let even = block.parse::<usize>().map_or(true, |b| b % 2 == 0);
-        let w = match (layer, even) {
-            ("attn.qkv", true) | ("mlp.fc2", true) | ("attn.proj", false) | ("mlp.fc1", false) => 4,
-            ("attn.proj", true) | ("attn.qkv", false) => 8,
-            ("mlp.fc1", true) | ("mlp.fc2", false) => 2,
-            _ => continue,
-        };
-        plan.sites.insert(
-            s.id.clone(),
-            SiteBits {
-                w_bits: BitWidth::new(w)?,
-                a_bits: BitWidth::new(8)?,
-            },
-        );
-    }
-    plan.meta.insert("name".into(), "mixed-2/4/8".into());
-    Ok(plan)
-}
-
-#[derive(Debug, serde::Serialize)]
-struct BenchRow {
-    config: String,
-    avg_weight_bits: f64,
-    model_bytes: usize,
-    /// (batch, images/s, ms per batch)
-    speeds: Vec<(usize, f64, f64)>,
-}
-
-/// Seconds per image of `run(batch)` over `images` images (median of `repeat`, after a warm-up).
-fn time_it(
-    images: usize,
-    batch: usize,
-    repeat: usize,
-    run: &mut dyn FnMut(usize) -> Result<()>,
-) -> Result<f64> {
-    run(batch)?;
-    let mut times = Vec::new();
-    for _ in 0..repeat {
-        let start = Instant::now();
-        let mut done = 0;
-        while done < images {
-            run(batch)?;
-            done += batch;
-        }
-        times.push(start.elapsed().as_secs_f64() / done as f64);
-    }
-    Ok(median(times))
-}
-
 pub fn bench_int(args: BenchIntArgs) -> Result<()> {
-    if args.repeat == 0 || args.images == 0 || args.calib == 0 || args.batches.contains(&0) {
-        return Err(Error::invalid(
-            "--repeat/--images/--calib/--batches",
-            0,
-            "must be at least 1",
-        ));
-    }
+    let config = EngineBenchConfig {
+        batches: args.batches.clone(),
+        images: args.images,
+        calib: args.calib,
+        repeat: args.repeat,
+        softmax: args.softmax,
+    };
+    config.validate()?;
     let card = ModelCard::find(&args.model)?;
     let device = Device::flex();
     device.seed(args.seed);
@@ -335,92 +273,8 @@ pub fn bench_int(args: BenchIntArgs) -> Result<()> {
         model.save_safetensors(path)?;
         println!("wrote {} (timm names)", path.display());
     }
-    let sites = model.sites();
-    let s = card.arch.img_size();
-    let c = card.arch.in_chans();
-    let max_batch = *args.batches.iter().max().expect("non-empty");
-    let input = Tensor::<4>::random(
-        [max_batch, c, s, s],
-        Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let host = mixq_quant_kernels::host_values(&input)?;
-    let calib = Tensor::<4>::random(
-        [args.calib, c, s, s],
-        Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-
-    let mut rows = Vec::new();
-    let fp_bytes = model.num_params() * 4;
-    let mut speeds = Vec::new();
-    for &b in &args.batches {
-        let x = input.clone().narrow(0, 0, b);
-        let spi = time_it(args.images, b, args.repeat, &mut |_| {
-            let _ = host_logits(model.forward(x.clone()));
-            Ok(())
-        })?;
-        speeds.push((b, 1.0 / spi, spi * b as f64 * 1e3));
-    }
-    rows.push(BenchRow {
-        config: "FP32 burn-flex".into(),
-        avg_weight_bits: 32.0,
-        model_bytes: fp_bytes,
-        speeds,
-    });
-    let configs: Vec<(&str, BitPlan)> = vec![
-        ("W8A8", uniform_plan(&sites, 8, 8, 8)?),
-        ("W4A8", uniform_plan(&sites, 4, 8, 8)?),
-        ("mixed 2/4/8 A8", mixed_plan(&sites)?),
-    ];
-    let config = PtqConfig {
-        softmax: args.softmax,
-        ..PtqConfig::default()
-    };
-    for (name, plan) in configs {
-        let q = quantize(model.clone(), calib.clone(), &plan, &config)?;
-        let engine = IntModel::from_quantized(&q)?;
-        drop(q);
-        let model_bytes = engine.to_bytes()?.len();
-        let mut speeds = Vec::new();
-        for &b in &args.batches {
-            let x = &host[..b * c * s * s];
-            let spi = time_it(args.images, b, args.repeat, &mut |b| {
-                engine.forward(x, b).map(|_| ())
-            })?;
-            speeds.push((b, 1.0 / spi, spi * b as f64 * 1e3));
-        }
-        rows.push(BenchRow {
-            config: name.into(),
-            avg_weight_bits: plan_averages(&plan, &sites).0,
-            model_bytes,
-            speeds,
-        });
-    }
-
-    let fp = &rows[0];
-    print!("| {} | config | avg w bits | model MB |", card.aliases[0]);
-    for &b in &args.batches {
-        print!(" b{b} images/s | b{b} ms/batch | b{b} vs FP32 |");
-    }
-    println!();
-    print!("|---|---|---:|---:|");
-    for _ in &args.batches {
-        print!("---:|---:|---:|");
-    }
-    println!();
-    for r in &rows {
-        print!(
-            "| | {} | {:.2} | {:.1} |",
-            r.config,
-            r.avg_weight_bits,
-            r.model_bytes as f64 / 1e6
-        );
-        for (i, (_, ips, ms)) in r.speeds.iter().enumerate() {
-            print!(" {ips:.1} | {ms:.1} | {:.2}x |", ips / fp.speeds[i].1);
-        }
-        println!();
-    }
+    let rows = bench_engine(&model, &config, &device)?;
+    print!("{}", EngineBenchRow::markdown(&rows, &card.aliases[0]));
     println!(
         "\n{} threads (rayon), softmax {}, {} images per measurement, median of {}; random weights (seed {}), {} random calibration images.",
         crate::common::threads(),
@@ -437,15 +291,13 @@ pub fn bench_int(args: BenchIntArgs) -> Result<()> {
     Ok(())
 }
 
-/// GOP/s of the integer GEMM (int8 and int4 weights, `f32` output with the fused epilogue) and
-/// of burn-flex's `f32` matmul on DeiT-S's linear shapes, one image and a batch of 8, against
-/// the machine's measured `u8 × i8` peak.
+/// The integer GEMM's throughput against the machine's measured `u8 × i8` peak.
 fn gemm_table(device: &Device, repeat: usize) -> Result<()> {
-    use mixq_quant_kernels::igemm::{ActQuant, IntGemm, measured_vnni_peak_gops};
-    use mixq_quant_kernels::packing::PackedWeights;
-    let gemm = IntGemm::new();
-    let peak = measured_vnni_peak_gops();
-    println!("integer GEMM: {}", gemm.kernel_name());
+    let peak = mixq_quant_kernels::igemm::measured_vnni_peak_gops();
+    println!(
+        "integer GEMM: {}",
+        mixq_quant_kernels::igemm::IntGemm::new().kernel_name()
+    );
     match peak {
         Some(p) => println!(
             "measured u8 x i8 peak: {p:.0} GOP/s on {} threads (vpdpbusd loop, real clock)",
@@ -453,62 +305,14 @@ fn gemm_table(device: &Device, repeat: usize) -> Result<()> {
         ),
         None => println!("no AVX-512 VNNI: no peak measured"),
     }
-    println!(
-        "
-| M x K x N | int8 GOP/s | % of peak | int4 GOP/s | f32 burn-flex GOP/s |"
-    );
+    println!("\n| M x K x N | int8 GOP/s | % of peak | int4 GOP/s | f32 burn-flex GOP/s |");
     println!("|---|---:|---:|---:|---:|");
-    let aq = ActQuant::new(0.02, 128, BitWidth::new(8)?)?;
-    for (m, k, n) in [
-        (197, 384, 1152),
-        (197, 384, 1536),
-        (197, 1536, 384),
-        (1576, 384, 1152),
-        (1576, 384, 1536),
-        (1576, 1536, 384),
-    ] {
-        let ops = 2.0 * (m * n * k) as f64;
-        let a: Vec<u8> = (0..m * k).map(|i| (i * 7 % 251) as u8).collect();
-        // Best of at least `repeat` calls spread over at least 0.3 s: a single call is ~1 ms,
-        // and a shared machine's interruptions last longer than a few of them.
-        let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-            let (mut best, start, mut calls) = (f64::MAX, Instant::now(), 0);
-            while calls < repeat.max(5) || start.elapsed().as_secs_f64() < 0.3 {
-                let t = Instant::now();
-                f()?;
-                best = best.min(t.elapsed().as_secs_f64());
-                calls += 1;
-            }
-            Ok(ops / best / 1e9)
-        };
-        let mut int = Vec::new();
-        for bits in [8u8, 4] {
-            let qmax = (1i32 << bits) - 1;
-            let codes: Vec<i32> = (0..n * k)
-                .map(|i| (i * 13 % 97) as i32 % (qmax + 1))
-                .collect();
-            let w = PackedWeights::from_codes(
-                n,
-                k,
-                BitWidth::new(bits)?,
-                &codes,
-                vec![0.01; n],
-                vec![(qmax + 1) / 2; n],
-            )?;
-            let p = gemm.prepare(w)?;
-            let mut out = vec![0f32; m * n];
-            int.push(best(&mut || gemm.gemm_f32(&a, m, aq, &p, None, &mut out))?);
-        }
-        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), device);
-        let w = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), device);
-        let f32_gops = best(&mut || {
-            let _ = x.clone().matmul(w.clone()).into_data();
-            Ok(())
-        })?;
-        let pct = peak.map_or("-".into(), |p| format!("{:.0} %", 100.0 * int[0] / p));
+    for g in gemm_speeds(device, repeat)? {
+        let (m, k, n) = g.shape;
+        let pct = peak.map_or("-".into(), |p| format!("{:.0} %", 100.0 * g.int8_gops / p));
         println!(
-            "| {m} x {k} x {n} | {:.0} | {pct} | {:.0} | {f32_gops:.0} |",
-            int[0], int[1]
+            "| {m} x {k} x {n} | {:.0} | {pct} | {:.0} | {:.0} |",
+            g.int8_gops, g.int4_gops, g.f32_gops
         );
     }
     println!();

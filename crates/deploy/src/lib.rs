@@ -56,6 +56,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod format;
 mod ops;
 mod simd;

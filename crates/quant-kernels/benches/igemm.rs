@@ -17,16 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmOptions};
 use rten_tensor::Matrix;
 
-/// DeiT-S: qkv (384 → 1152), fc1 (384 → 1536), fc2 (1536 → 384); one image (197 tokens) and
-/// a batch of 8.
-const SHAPES: [(usize, usize, usize); 6] = [
-    (197, 384, 1152),
-    (197, 384, 1536),
-    (197, 1536, 384),
-    (1576, 384, 1152),
-    (1576, 384, 1536),
-    (1576, 1536, 384),
-];
+const SHAPES: [(usize, usize, usize); 6] = mixq_quant_kernels::igemm::DEIT_S_SHAPES;
 
 fn bench(c: &mut Criterion) {
     let mut r = ChaCha8Rng::seed_from_u64(0);

@@ -816,6 +816,17 @@ fn row_sums(a: &[u8], k: usize) -> Vec<i32> {
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
+/// `(M, K, N)` of DeiT-S's linears — qkv (384 → 1152), fc1 (384 → 1536), fc2 (1536 → 384) —
+/// for one image (197 tokens) and a batch of 8: the shapes the GEMM benchmarks time.
+pub const DEIT_S_SHAPES: [(usize, usize, usize); 6] = [
+    (197, 384, 1152),
+    (197, 384, 1536),
+    (197, 1536, 384),
+    (1576, 384, 1152),
+    (1576, 384, 1536),
+    (1576, 1536, 384),
+];
+
 /// The machine's measured `u8 × i8` peak in GOP/s on all rayon threads (a register-only
 /// `vpdpbusd` loop, see `igemm/vnni.rs`), or `None` without AVX-512 VNNI. What the integer
 /// GEMM's GOP/s are reported against.
