@@ -9,16 +9,13 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use mixq_core::{Error, Result};
-use mixq_datasets::{
-    CocoKeypoints, PoseData, PoseDataConfig, keypoint_results, load_image, topdown_dataset,
-};
-use mixq_ptq::pose::{PoseEval, evaluate_pose};
+use mixq_datasets::{CocoKeypoints, PoseData, PoseDataConfig, topdown_dataset};
+use mixq_ptq::pose::{PoseEval, evaluate_pose, skeleton_pictures};
 use mixq_qat_trainer::{PoseTrainConfig, PoseTrainProgress, train_pose};
 use mixq_vit_models::{NoHook, WtPoseConfig};
 use serde::Serialize;
 
 use crate::common::{DeviceName, progress};
-use mixq_datasets::data_error;
 
 #[derive(Args, Debug)]
 pub struct PoseArgs {
@@ -149,63 +146,6 @@ pub(crate) fn evaluate(
     });
     bar.finish_and_clear();
     out
-}
-
-/// Skeletons of the predictions (instance score >= 0.3, keypoints >= 0.2) over the first
-/// `count` held-out images, ground truth in green under the prediction in red.
-pub(crate) fn skeleton_pictures(
-    coco: &(CocoKeypoints, PathBuf),
-    predictions: &mixq_ptq::pose::PosePredictions,
-    count: usize,
-    out: &Path,
-) -> Result<()> {
-    let results = keypoint_results(predictions, 0.2, Some(0.9));
-    let mut pictures = Vec::new();
-    let mut captions = Vec::new();
-    for im in coco.0.images.iter().take(count) {
-        let path = coco.1.join(&im.file_name);
-        let mut img = load_image(&path)
-            .map_err(|e| data_error(&path, e))?
-            .to_rgb8();
-        for a in coco.0.annotations.iter().filter(|a| a.image_id == im.id) {
-            let kps: Vec<(f32, f32, f32)> = (0..17)
-                .map(|k| {
-                    let (x, y, v) = a.keypoint(k);
-                    (x as f32, y as f32, if v > 0.0 { 1.0 } else { 0.0 })
-                })
-                .collect();
-            mixq_report::draw_skeleton(
-                &mut img,
-                &kps,
-                &mixq_report::COCO_SKELETON,
-                [60, 200, 60],
-                0.5,
-            )?;
-        }
-        let mut shown = 0;
-        for r in results
-            .iter()
-            .filter(|r| r.image_id == im.id && r.score >= 0.3)
-        {
-            let kps: Vec<(f32, f32, f32)> = r
-                .keypoints
-                .chunks(3)
-                .map(|p| (p[0] as f32, p[1] as f32, p[2] as f32))
-                .collect();
-            mixq_report::draw_skeleton(
-                &mut img,
-                &kps,
-                &mixq_report::COCO_SKELETON,
-                [230, 40, 40],
-                0.2,
-            )?;
-            shown += 1;
-        }
-        captions.push(format!("image {}: {shown} predicted", im.id));
-        pictures.push(img);
-    }
-    let grid = mixq_report::image_grid(&pictures, 4, &captions)?;
-    mixq_report::save_png(out, &grid)
 }
 
 fn run_dir(runs: &Path, name: String) -> Result<PathBuf> {

@@ -14,8 +14,9 @@ use mixq_ptq::pose::{PosePlans, PosePtqConfig, PosePtqRow, PoseStage, pose_ptq};
 use mixq_vit_models::WtPoseConfig;
 
 use crate::common::StageBars;
-use crate::pose::{DataArgs, open_data, skeleton_pictures};
+use crate::pose::{DataArgs, open_data};
 use crate::ptq::PtqArgs;
+use mixq_ptq::pose::skeleton_pictures;
 use mixq_report::sensitivity_heat_map;
 
 /// The plans `args` ask for.

@@ -482,6 +482,64 @@ pub fn pose_ptq(
     })
 }
 
+/// Skeletons of the predictions (instance score >= 0.3, keypoints >= 0.2) over the first
+/// `count` images of `coco` (the set and its image folder), ground truth in green under the
+/// prediction in red, four to a row, written as one PNG to `out`.
+pub fn skeleton_pictures(
+    coco: &(CocoKeypoints, std::path::PathBuf),
+    predictions: &PosePredictions,
+    count: usize,
+    out: &std::path::Path,
+) -> Result<()> {
+    let results = keypoint_results(predictions, 0.2, Some(0.9));
+    let mut pictures = Vec::new();
+    let mut captions = Vec::new();
+    for im in coco.0.images.iter().take(count) {
+        let path = coco.1.join(&im.file_name);
+        let mut img = mixq_datasets::load_image(&path)
+            .map_err(|e| mixq_datasets::data_error(&path, e))?
+            .to_rgb8();
+        for a in coco.0.annotations.iter().filter(|a| a.image_id == im.id) {
+            let kps: Vec<(f32, f32, f32)> = (0..17)
+                .map(|k| {
+                    let (x, y, v) = a.keypoint(k);
+                    (x as f32, y as f32, if v > 0.0 { 1.0 } else { 0.0 })
+                })
+                .collect();
+            mixq_report::draw_skeleton(
+                &mut img,
+                &kps,
+                &mixq_report::COCO_SKELETON,
+                [60, 200, 60],
+                0.5,
+            )?;
+        }
+        let mut shown = 0;
+        for r in results
+            .iter()
+            .filter(|r| r.image_id == im.id && r.score >= 0.3)
+        {
+            let kps: Vec<(f32, f32, f32)> = r
+                .keypoints
+                .chunks(3)
+                .map(|p| (p[0] as f32, p[1] as f32, p[2] as f32))
+                .collect();
+            mixq_report::draw_skeleton(
+                &mut img,
+                &kps,
+                &mixq_report::COCO_SKELETON,
+                [230, 40, 40],
+                0.2,
+            )?;
+            shown += 1;
+        }
+        captions.push(format!("image {}: {shown} predicted", im.id));
+        pictures.push(img);
+    }
+    let grid = mixq_report::image_grid(&pictures, 4, &captions)?;
+    mixq_report::save_png(out, &grid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
