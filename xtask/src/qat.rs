@@ -5,9 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use mixq_core::{BitPlan, Error, Result, RunDir};
+use mixq_core::{BitPlan, Result, RunDir};
 use mixq_ptq::PtqConfig;
-use mixq_qat_trainer::{CHECKPOINT_FILE, EpochStats, FitConfig, ImageSet, QatConfig, QatTrainer};
+use mixq_qat_trainer::{
+    CHECKPOINT_FILE, EpochStats, FitConfig, QatConfig, QatTrainer, TrainingSplits,
+};
 use mixq_report::{LineChart, Series, line_chart};
 use serde::Serialize;
 
@@ -111,11 +113,7 @@ pub fn run(args: QatArgs) -> Result<()> {
         shift_fill: (0.0 - mean) / std,
     };
     config.validate()?;
-    for (name, value) in [("--limit", args.limit), ("--eval", args.eval)] {
-        if value == Some(0) {
-            return Err(Error::invalid(name, 0, "must be at least 1"));
-        }
-    }
+    let splits = TrainingSplits::new(&data, &card, args.limit, args.eval)?;
     let resume = args.run.checkpoint(CHECKPOINT_FILE, "qat")?;
 
     let device = args.model.device.device()?;
@@ -155,21 +153,10 @@ pub fn run(args: QatArgs) -> Result<()> {
     )?;
     bars.finish();
 
-    let mut train = ImageSet::from_labelled(&data.train, &data.name, mean, std)?;
-    let mut test = ImageSet::from_labelled(&data.test, &data.name, mean, std)?;
     // Per-epoch curves on the validation split where there is one (the test set is for the
     // final figure only); digits has none and monitors its test split.
-    let monitor = match &data.val {
-        Some(v) => Some(ImageSet::from_labelled(v, &data.name, mean, std)?),
-        None => None,
-    };
-    let monitor_name = if monitor.is_some() { "val" } else { "test" };
-    if let Some(n) = args.limit {
-        train.truncate(n);
-    }
-    if let Some(n) = args.eval {
-        test.truncate(n);
-    }
+    let (train, test) = (&splits.train, &splits.test);
+    let (monitor, monitor_name) = splits.monitor();
 
     let mut trainer = QatTrainer::new(
         &card.name,
@@ -194,19 +181,19 @@ pub fn run(args: QatArgs) -> Result<()> {
     }
 
     let eval_batch = 256;
-    let fp_metrics = trainer.evaluate_fp(&test, eval_batch)?;
-    let ptq_metrics = trainer.evaluate_ptq(&test, eval_batch)?;
+    let fp_metrics = trainer.evaluate_fp(test, eval_batch)?;
+    let ptq_metrics = trainer.evaluate_ptq(test, eval_batch)?;
     let fit_config = FitConfig {
-        monitor: Some(monitor.as_ref().unwrap_or(&test)),
+        monitor: Some(monitor),
         eval_batch,
         checkpoint: &checkpoint,
         stop_after: args.run.stop_after,
     };
-    if !fit_with_bars(&mut trainer, &train, &fit_config, |_, _| Ok(()))? {
+    if !fit_with_bars(&mut trainer, train, &fit_config, |_, _| Ok(()))? {
         return Ok(());
     }
 
-    let qat = trainer.evaluate(&test, eval_batch)?;
+    let qat = trainer.evaluate(test, eval_batch)?;
     let history = trainer.history().to_vec();
     let mean_secs = if history.is_empty() {
         0.0

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use mixq_core::{Error, Result, RunDir};
 use mixq_qat_trainer::{
-    EpochStats, FitConfig, FpConfig, FpTrainer, ImageSet, RecipeOverrides, train_recipe,
+    EpochStats, FitConfig, FpConfig, FpTrainer, RecipeOverrides, TrainingSplits, train_recipe,
 };
 use serde::Serialize;
 
@@ -86,11 +86,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let card = mixq_vit_models::ModelCard::find(&args.model)?;
     // Before loading any data: can the card be trained at all?
     train_recipe(&card)?;
-    if args.limit == Some(0) {
-        return Err(Error::invalid("--limit", 0, "must be at least 1"));
-    }
     let data = classification_data(&card.data_spec(), args.data.as_deref(), "train")?;
-    let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
     let overrides = RecipeOverrides {
         epochs: args.epochs,
         batch: args.batch,
@@ -113,18 +109,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let resume = args.run.checkpoint(TRAIN_CHECKPOINT, "train")?;
 
-    let mut train = ImageSet::from_labelled(&data.train, &data.name, mean, std)?;
-    if let Some(n) = args.limit {
-        train.truncate(n);
-    }
     // Per-epoch monitoring on the validation split; the test set is for the final figure only
     // (digits, which has no validation split, monitors nothing).
-    let val = data
-        .val
-        .as_ref()
-        .map(|v| ImageSet::from_labelled(v, &data.name, mean, std))
-        .transpose()?;
-    let test = ImageSet::from_labelled(&data.test, &data.name, mean, std)?;
+    let TrainingSplits { train, val, test } = TrainingSplits::new(&data, &card, args.limit, None)?;
 
     let device = args.device.device()?;
     let mut trainer = FpTrainer::new(&card.name, &card.arch, &device, config.clone())?;

@@ -18,6 +18,60 @@ pub struct ImageSet {
     pub labels: Vec<usize>,
 }
 
+/// A classification data set's splits as the trainers take them, normalised with the model's
+/// mean and std (these sets are grayscale: the first channel's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainingSplits {
+    /// The training split, cut to the `limit` asked for.
+    pub train: ImageSet,
+    /// The validation split, where the set has one (digits has none).
+    pub val: Option<ImageSet>,
+    /// The test split, cut to the `eval` limit asked for: for final figures.
+    pub test: ImageSet,
+}
+
+impl TrainingSplits {
+    /// `data`'s splits for a model of `card`: the first `limit` training images and the first
+    /// `eval` test images (all without a limit; a limit of 0 is an error naming `--limit` or
+    /// `--eval`).
+    pub fn new(
+        data: &mixq_datasets::ClassificationData,
+        card: &mixq_vit_models::ModelCard,
+        limit: Option<usize>,
+        eval: Option<usize>,
+    ) -> Result<Self> {
+        for (flag, value) in [("--limit", limit), ("--eval", eval)] {
+            if value == Some(0) {
+                return Err(Error::invalid(flag, 0, "must be at least 1"));
+            }
+        }
+        let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
+        let set = |s| ImageSet::from_labelled(s, &data.name, mean, std);
+        let mut train = set(&data.train)?;
+        let mut test = set(&data.test)?;
+        if let Some(n) = limit {
+            train.truncate(n);
+        }
+        if let Some(n) = eval {
+            test.truncate(n);
+        }
+        Ok(Self {
+            train,
+            val: data.val.as_ref().map(set).transpose()?,
+            test,
+        })
+    }
+
+    /// The split per-epoch curves are drawn on and its name: validation where there is one,
+    /// else test (digits).
+    pub fn monitor(&self) -> (&ImageSet, &'static str) {
+        match &self.val {
+            Some(v) => (v, "val"),
+            None => (&self.test, "test"),
+        }
+    }
+}
+
 /// One training batch: `[len, c, h, w]` values and the labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainBatch {

@@ -63,7 +63,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use checkpoint::{CHECKPOINT_FILE, CHECKPOINT_FORMAT, plan_fingerprint};
-pub use data::{Augment, ImageSet, TrainBatch, flip_horizontal, shift_image};
+pub use data::{Augment, ImageSet, TrainBatch, TrainingSplits, flip_horizontal, shift_image};
 pub use fit::{EpochTrainer, FitConfig, FitEvent, FitOutcome, fit};
 pub use fp::{FP_CHECKPOINT_FORMAT, FpConfig, FpTrainer, RecipeOverrides, train_recipe};
 pub use loss::distillation_loss;

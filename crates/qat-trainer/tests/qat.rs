@@ -897,3 +897,19 @@ fn fisher_reconstruction_lowers_each_block_loss_and_needs_logits() {
         "{err}"
     );
 }
+
+#[test]
+fn training_splits_cut_train_and_test_and_monitor_val_or_test() {
+    use mixq_qat_trainer::TrainingSplits;
+    let card = ModelCard::find("digits-deit").unwrap();
+    let data = mixq_datasets::classification_data(&card.data_spec(), None, "test").unwrap();
+    let splits = TrainingSplits::new(&data, &card, Some(10), Some(5)).unwrap();
+    assert_eq!((splits.train.len(), splits.test.len()), (10, 5));
+    assert!(splits.val.is_none(), "digits has no validation split");
+    let (monitor, name) = splits.monitor();
+    assert_eq!((monitor.len(), name), (5, "test"));
+    let all = TrainingSplits::new(&data, &card, None, None).unwrap();
+    assert_eq!(all.train.len(), data.train.labels.len());
+    let err = TrainingSplits::new(&data, &card, Some(0), None).unwrap_err();
+    assert!(err.to_string().contains("--limit = 0"), "{err}");
+}
