@@ -163,44 +163,7 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
             bar.set_position(done as u64)
         })?;
         bar.finish_and_clear();
-        println!(
-            "\n| data | images | FP32 top-1 % | fake-quant top-1 % | engine top-1 % | top-1 disagreements | max |Δlogits| | FP32 images/s | fake-quant images/s | engine images/s | engine vs FP32 |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        println!(
-            "| {describe} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2e} | {:.0} | {:.0} | {:.0} | {:.2}x |",
-            a.engine.metrics.images,
-            a.fp.metrics.top1_pct(),
-            a.fake_quant.metrics.top1_pct(),
-            a.engine.metrics.top1_pct(),
-            a.disagreements.len(),
-            a.max_abs_diff,
-            a.fp.images_per_second(),
-            a.fake_quant.images_per_second(),
-            a.engine.images_per_second(),
-            a.engine.images_per_second() / a.fp.images_per_second(),
-        );
-        let [p50, p90, p99] = a.diff_percentiles;
-        println!(
-            "per-image max |Δlogits| engine vs fake-quant: median {p50:.2e}, 90th percentile {p90:.2e}, 99th {p99:.2e}"
-        );
-        if !a.disagreements.is_empty() {
-            let shown: Vec<String> = a
-                .disagreements
-                .iter()
-                .take(20)
-                .map(usize::to_string)
-                .collect();
-            println!(
-                "images whose top-1 differs (data-set index{}): {}",
-                if a.disagreements.len() > 20 {
-                    ", first 20"
-                } else {
-                    ""
-                },
-                shown.join(", ")
-            );
-        }
+        print!("\n{}", a.markdown(&describe));
         println!(
             "\nbatch {}, {} threads; each batch runs through all three forwards in turn.",
             args.eval_data.batch,

@@ -49,6 +49,52 @@ pub struct Agreement {
     pub diff_percentiles: [f32; 3],
 }
 
+impl Agreement {
+    /// The figures as a markdown table (one row, `data` in its first cell), then the
+    /// percentiles and the first 20 disagreeing images as text.
+    pub fn markdown(&self, data: &str) -> String {
+        let mut s = String::from(
+            "| data | images | FP32 top-1 % | fake-quant top-1 % | engine top-1 % | top-1 disagreements | max |Δlogits| | FP32 images/s | fake-quant images/s | engine images/s | engine vs FP32 |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        s += &format!(
+            "| {data} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2e} | {:.0} | {:.0} | {:.0} | {:.2}x |\n",
+            self.engine.metrics.images,
+            self.fp.metrics.top1_pct(),
+            self.fake_quant.metrics.top1_pct(),
+            self.engine.metrics.top1_pct(),
+            self.disagreements.len(),
+            self.max_abs_diff,
+            self.fp.images_per_second(),
+            self.fake_quant.images_per_second(),
+            self.engine.images_per_second(),
+            self.engine.images_per_second() / self.fp.images_per_second(),
+        );
+        let [p50, p90, p99] = self.diff_percentiles;
+        s += &format!(
+            "per-image max |Δlogits| engine vs fake-quant: median {p50:.2e}, 90th percentile {p90:.2e}, 99th {p99:.2e}\n"
+        );
+        if !self.disagreements.is_empty() {
+            let shown: Vec<String> = self
+                .disagreements
+                .iter()
+                .take(20)
+                .map(usize::to_string)
+                .collect();
+            s += &format!(
+                "images whose top-1 differs (data-set index{}): {}\n",
+                if self.disagreements.len() > 20 {
+                    ", first 20"
+                } else {
+                    ""
+                },
+                shown.join(", ")
+            );
+        }
+        s
+    }
+}
+
 /// Runs `model`, its fake-quant version `quantized` and the integer `engine` built from it over
 /// every batch of `data`, each batch through all three in turn (so all three see the same load
 /// on a shared machine). `progress` gets (images done, images in all). An evaluation in which
