@@ -16,8 +16,6 @@ use mixq_vit_models::WtPoseConfig;
 use crate::common::StageBars;
 use crate::pose::{DataArgs, open_data};
 use crate::ptq::PtqArgs;
-use mixq_ptq::pose::skeleton_pictures;
-use mixq_report::sensitivity_heat_map;
 
 /// The plans `args` ask for.
 fn plans(args: &PtqArgs) -> Result<PosePlans> {
@@ -77,7 +75,6 @@ pub fn run(args: &PtqArgs) -> Result<()> {
         .init(&device)?
         .load_safetensors(weights)?
         .fold_batch_norm();
-    let sites = model.sites();
 
     let data_args = DataArgs {
         data: args.eval_data.data.clone(),
@@ -110,12 +107,7 @@ pub fn run(args: &PtqArgs) -> Result<()> {
         },
     )?;
     bars.finish();
-    let (plans, rows, predictions, table) = (out.plans, out.rows, out.predictions, out.table);
-    let (n_probe, flip) = (out.probe_crops, config.flip);
-
-    let md = PosePtqRow::markdown(&rows);
-    print!("\n{md}");
-
+    print!("\n{}", PosePtqRow::markdown(&out.rows));
     let run = RunDir::create(
         &args.runs,
         if args.mixed {
@@ -124,61 +116,13 @@ pub fn run(args: &PtqArgs) -> Result<()> {
             "ptq-pose"
         },
     )?;
-    for (i, (name, budget, plan)) in plans.iter().enumerate() {
-        let file = format!(
-            "plan-{i}-{}{}.toml",
-            name.replace([' ', '/'], "-"),
-            budget.map(|b| format!("-{b}")).unwrap_or_default()
-        );
-        run.write(&file, plan.to_toml()?.as_bytes())?;
-    }
-    let mut pictures = String::new();
-    if let Some(table) = &table {
-        table.save(run.file("sensitivity.toml"))?;
-        sensitivity_heat_map(
-            run.file("sensitivity.png"),
-            table,
-            &mixq_core::site_ids(&sites),
-            &format!(
-                "Sensitivity — {} (relative heatmap MSE, {n_probe} probe crops)",
-                args.model.model
-            ),
-        )?;
-        pictures += "![sensitivity](sensitivity.png)\n\n";
-    }
-    for (i, (row, pred)) in rows.iter().zip(&predictions).enumerate() {
-        let file = format!("skeletons-{i}.png");
-        skeleton_pictures(&data.val, pred, 8, &run.file(&file))?;
-        pictures += &format!("{}: ![{}]({file})\n\n", row.name, row.name);
-    }
-    let json = mixq_core::to_json(
-        &serde_json::json!({
-            "model": args.model.model,
-            "weights": weights,
-            "seed": seed,
-            "data": data.description,
-            "calib_crops": args.calibration.calib,
-            "probe_crops": n_probe,
-            "flip_test": flip,
-            "stats_order": mixq_datasets::OksStats::NAMES,
-            "rows": rows,
-        }),
-        "results",
+    out.write_run(
+        &run,
+        &config,
+        &data,
+        weights,
+        &crate::common::command_line(),
     )?;
-    run.write("results.json", json.as_bytes())?;
-    let report = format!(
-        "# PTQ: {} (pose)\n\n{}; checkpoint {} (BatchNorm folded); calibration {} crops, \
-         probe {n_probe} crops (disjoint, seed {seed}); held-out {} persons, flip test {}.\n\n\
-         {md}\n{pictures}Reproduce:\n\n```\ncargo xtask ptq {}\n```\n",
-        args.model.model,
-        data.description,
-        weights.display(),
-        args.calibration.calib,
-        out.held_out,
-        if flip { "on" } else { "off" },
-        crate::common::command_line()
-    );
-    run.write("report.md", report.as_bytes())?;
     let path = run.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())

@@ -262,6 +262,74 @@ impl MixedReport<'_> {
     }
 }
 
+impl crate::pose::PosePtq {
+    /// Writes every plan, the sensitivity table and heat map (mixed plans), each row's skeleton
+    /// pictures, `results.json` and `report.md` (reproduce line: `command`) of a pose PTQ run
+    /// on `data` with the checkpoint `weights`.
+    pub fn write_run(
+        &self,
+        run: &RunDir,
+        config: &crate::pose::PosePtqConfig,
+        data: &mixq_datasets::PoseData,
+        weights: &std::path::Path,
+        command: &str,
+    ) -> Result<()> {
+        let (model, seed, n_probe) = (&config.model, config.seed, self.probe_crops);
+        for (i, (name, budget, plan)) in self.plans.iter().enumerate() {
+            let file = format!(
+                "plan-{i}-{}{}.toml",
+                name.replace([' ', '/'], "-"),
+                budget.map(|b| format!("-{b}")).unwrap_or_default()
+            );
+            run.write(&file, plan.to_toml()?.as_bytes())?;
+        }
+        let mut pictures = String::new();
+        if let Some(table) = &self.table {
+            table.save(run.file("sensitivity.toml"))?;
+            let sites = mixq_vit_models::WtPoseConfig::variant(model)?.sites();
+            sensitivity_heat_map(
+                run.file("sensitivity.png"),
+                table,
+                &site_ids(&sites),
+                &format!("Sensitivity — {model} (relative heatmap MSE, {n_probe} probe crops)"),
+            )?;
+            pictures += "![sensitivity](sensitivity.png)\n\n";
+        }
+        for (i, (row, pred)) in self.rows.iter().zip(&self.predictions).enumerate() {
+            let file = format!("skeletons-{i}.png");
+            crate::pose::skeleton_pictures(&data.val, pred, 8, &run.file(&file))?;
+            pictures += &format!("{}: ![{}]({file})\n\n", row.name, row.name);
+        }
+        let json = mixq_core::to_json(
+            &serde_json::json!({
+                "model": model,
+                "weights": weights,
+                "seed": seed,
+                "data": data.description,
+                "calib_crops": config.calib,
+                "probe_crops": n_probe,
+                "flip_test": config.flip,
+                "stats_order": mixq_datasets::OksStats::NAMES,
+                "rows": self.rows,
+            }),
+            "results",
+        )?;
+        run.write("results.json", json.as_bytes())?;
+        let report = format!(
+            "# PTQ: {model} (pose)\n\n{}; checkpoint {} (BatchNorm folded); calibration {} crops, \
+             probe {n_probe} crops (disjoint, seed {seed}); held-out {} persons, flip test {}.\n\n\
+             {}\n{pictures}Reproduce:\n\n```\ncargo xtask ptq {command}\n```\n",
+            data.description,
+            weights.display(),
+            config.calib,
+            self.held_out,
+            if config.flip { "on" } else { "off" },
+            crate::pose::PosePtqRow::markdown(&self.rows),
+        );
+        run.write("report.md", report.as_bytes())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
