@@ -8,10 +8,8 @@ use clap::Args;
 use mixq_core::{BitPlan, Result, RunDir};
 use mixq_ptq::PtqConfig;
 use mixq_qat_trainer::{
-    CHECKPOINT_FILE, EpochStats, FitConfig, QatConfig, QatTrainer, TrainingSplits,
+    CHECKPOINT_FILE, FitConfig, QatConfig, QatReportContext, QatResults, QatTrainer, TrainingSplits,
 };
-use mixq_report::{LineChart, Series, line_chart};
-use serde::Serialize;
 
 use crate::common::{BitArgs, ModelArgs, ResumeArgs, StageBars, fit_with_bars, resume_trainer};
 use crate::mixed::MixedArgs;
@@ -74,28 +72,7 @@ pub struct QatArgs {
     pub run: ResumeArgs,
 }
 
-#[derive(Serialize)]
-struct Results<'a> {
-    model: &'a str,
-    plan: &'a str,
-    seed: u64,
-    avg_w_bits: f64,
-    avg_a_bits: f64,
-    train_images: usize,
-    test_images: usize,
-    fp_top1: f64,
-    ptq_top1: f64,
-    qat_top1: f64,
-    qat_top5: f64,
-    qat_loss: f64,
-    mean_epoch_seconds: f64,
-    epochs: &'a [EpochStats],
-    config: &'a QatConfig,
-    params_fingerprint: String,
-    resumed_from: Option<String>,
-}
-
-/// The checkpoint file of `--resume DIR` (DIR may also name the file itself).
+/// `cargo xtask qat`.
 pub fn run(args: QatArgs) -> Result<()> {
     let card = args.model.card()?;
     let data = classification_data(&card.data_spec(), args.data.as_deref(), "qat")?;
@@ -195,54 +172,10 @@ pub fn run(args: QatArgs) -> Result<()> {
 
     let qat = trainer.evaluate(test, eval_batch)?;
     let history = trainer.history().to_vec();
-    let mean_secs = if history.is_empty() {
-        0.0
-    } else {
-        history.iter().map(|e| e.seconds).sum::<f64>() / history.len() as f64
-    };
     let (avg_w, avg_a) = plan_averages(&plan, &sites);
-    let alias = &card.aliases[0];
-    let table = format!(
-        "| model | plan | avg W bits | avg A bits | FP top-1 % | PTQ top-1 % | QAT top-1 % | epochs | s / epoch |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|\n\
-         | {alias} | {label} | {avg_w:.2} | {avg_a:.2} | {:.2} | {:.2} | {:.2} | {} | {mean_secs:.1} |\n",
-        fp_metrics.top1_pct(),
-        ptq_metrics.top1_pct(),
-        qat.top1_pct(),
-        config.epochs,
-    );
-    print!("{table}");
-
-    if !history.is_empty() {
-        let epochs = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<(f64, f64)> {
-            history
-                .iter()
-                .filter_map(|e| f(e).map(|v| (e.epoch as f64, v)))
-                .collect()
-        };
-        let flat = |v: f64| vec![(1.0, v), (history.len() as f64, v)];
-        line_chart(
-            run.file("curves.png"),
-            &LineChart {
-                title: format!("QAT learning curves — {alias}, {label}"),
-                x_label: "epoch".into(),
-                y_label: "train loss".into(),
-                y2_label: "top-1 %".into(),
-                series: vec![
-                    Series::line("train loss", epochs(&|e| Some(e.train_loss))),
-                    Series::line("train top-1", epochs(&|e| Some(e.train_top1))).on_right(),
-                    Series::line(format!("{monitor_name} top-1"), epochs(&|e| e.monitor_top1))
-                        .on_right(),
-                    Series::line("FP test top-1", flat(fp_metrics.top1_pct())).on_right(),
-                    Series::line("PTQ test top-1", flat(ptq_metrics.top1_pct())).on_right(),
-                ],
-                ..Default::default()
-            },
-        )?;
-    }
-    let results = Results {
-        model: &card.name,
-        plan: &label,
+    let results = QatResults {
+        model: card.name.clone(),
+        plan: label.clone(),
         seed,
         avg_w_bits: avg_w,
         avg_a_bits: avg_a,
@@ -253,30 +186,21 @@ pub fn run(args: QatArgs) -> Result<()> {
         qat_top1: qat.top1_pct(),
         qat_top5: qat.top5_pct(),
         qat_loss: qat.loss(),
-        mean_epoch_seconds: mean_secs,
-        epochs: &history,
-        config: &config,
+        mean_epoch_seconds: QatResults::mean_seconds(&history),
+        epochs: history,
+        config: config.clone(),
         params_fingerprint: trainer.params_fingerprint(),
         resumed_from: resume.as_ref().map(|p| p.display().to_string()),
     };
-    let json = mixq_core::to_json(&results, "results")?;
-    run.write("results.json", json.as_bytes())?;
-    let report = format!(
-        "# QAT: {alias} ({label})\n\nLSQ steps initialised from PTQ ({} calibration images, seed {seed}); \
-         distillation from the FP model (alpha {}, T {}); AdamW lr {} (steps {}), warm-up + cosine; \
-         {} training images, {} test images ({}).\n\n{table}\n\
-         ![learning curves](curves.png)\n\nReproduce:\n\n```\ncargo xtask qat {}\n```\n",
-        args.calib,
-        config.kd_alpha,
-        config.kd_temperature,
-        config.lr,
-        config.step_lr,
-        train.len(),
-        test.len(),
-        data.name,
-        crate::common::command_line(),
-    );
-    run.write("report.md", report.as_bytes())?;
+    let alias = &card.aliases[0];
+    print!("{}", results.markdown(alias));
+    let ctx = QatReportContext {
+        alias,
+        calib_images: args.calib,
+        data: &data.name,
+        monitor: monitor_name,
+    };
+    results.write_run(&run, &ctx, &crate::common::command_line())?;
     let path = run.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())

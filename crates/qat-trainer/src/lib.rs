@@ -59,6 +59,7 @@ pub mod loss;
 pub mod lsq;
 pub mod pose;
 pub mod recon;
+pub mod report;
 pub mod schedule;
 pub mod trainer;
 
@@ -76,5 +77,6 @@ pub use recon::{
     BlockRecon, ReconConfig, ReconLoss, ReconProgress, ReconReport, Reconstruct, Reconstruction,
     reconstruct,
 };
+pub use report::{QatReportContext, QatResults};
 pub use schedule::{cosine_with_warmup, default_warmup};
 pub use trainer::{EpochStats, QatConfig, QatModule, QatTrainer, StepStats, evaluate_with};

@@ -1,0 +1,145 @@
+//! What a QAT run leaves in its run folder (`results.json`, `curves.png`, `report.md`), written
+//! by the library so that a user driving [`crate::QatTrainer`] gets the same files as
+//! `cargo xtask qat`.
+
+use mixq_core::{Result, RunDir};
+use mixq_report::{LineChart, Series, line_chart};
+use serde::Serialize;
+
+use crate::{EpochStats, QatConfig};
+
+/// A finished QAT run: `results.json` is its serialised form.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QatResults {
+    /// The model card's name.
+    pub model: String,
+    /// The plan's label (`W4A4`, `mixed sensitivity 3`, `plan <file>`).
+    pub plan: String,
+    /// The run's seed.
+    pub seed: u64,
+    /// Parameter-weighted average weight bits of the plan.
+    pub avg_w_bits: f64,
+    /// MAC-weighted average activation bits of the plan.
+    pub avg_a_bits: f64,
+    /// Training images.
+    pub train_images: usize,
+    /// Test images of the final figures.
+    pub test_images: usize,
+    /// Full precision's test top-1 %.
+    pub fp_top1: f64,
+    /// PTQ's test top-1 % (the starting point).
+    pub ptq_top1: f64,
+    /// QAT's test top-1 %.
+    pub qat_top1: f64,
+    /// QAT's test top-5 %.
+    pub qat_top5: f64,
+    /// QAT's test cross-entropy.
+    pub qat_loss: f64,
+    /// Mean seconds of an epoch's training steps.
+    pub mean_epoch_seconds: f64,
+    /// Every epoch.
+    pub epochs: Vec<EpochStats>,
+    /// The hyper-parameters.
+    pub config: QatConfig,
+    /// Fingerprint of the trained parameters.
+    pub params_fingerprint: String,
+    /// The checkpoint the run continued from.
+    pub resumed_from: Option<String>,
+}
+
+/// What the report says besides the results.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QatReportContext<'a> {
+    /// The model's short name.
+    pub alias: &'a str,
+    /// Calibration images of the PTQ start.
+    pub calib_images: usize,
+    /// The data set's name.
+    pub data: &'a str,
+    /// The split the per-epoch top-1 was measured on (`val` or `test`).
+    pub monitor: &'a str,
+}
+
+impl QatResults {
+    /// The mean of the epochs' training seconds (0 without epochs).
+    pub fn mean_seconds(epochs: &[EpochStats]) -> f64 {
+        if epochs.is_empty() {
+            0.0
+        } else {
+            epochs.iter().map(|e| e.seconds).sum::<f64>() / epochs.len() as f64
+        }
+    }
+
+    /// The one-row summary table.
+    pub fn markdown(&self, alias: &str) -> String {
+        format!(
+            "| model | plan | avg W bits | avg A bits | FP top-1 % | PTQ top-1 % | QAT top-1 % | epochs | s / epoch |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|\n\
+             | {alias} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} |\n",
+            self.plan,
+            self.avg_w_bits,
+            self.avg_a_bits,
+            self.fp_top1,
+            self.ptq_top1,
+            self.qat_top1,
+            self.config.epochs,
+            self.mean_epoch_seconds,
+        )
+    }
+
+    /// Writes the learning curves (`curves.png`, when an epoch ran), `results.json` and
+    /// `report.md`, whose reproduce line is `command` (the `cargo xtask qat` arguments).
+    pub fn write_run(&self, run: &RunDir, ctx: &QatReportContext, command: &str) -> Result<()> {
+        let (alias, label, history) = (ctx.alias, &self.plan, &self.epochs);
+        if !history.is_empty() {
+            let epochs = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<(f64, f64)> {
+                history
+                    .iter()
+                    .filter_map(|e| f(e).map(|v| (e.epoch as f64, v)))
+                    .collect()
+            };
+            let flat = |v: f64| vec![(1.0, v), (history.len() as f64, v)];
+            line_chart(
+                run.file("curves.png"),
+                &LineChart {
+                    title: format!("QAT learning curves — {alias}, {label}"),
+                    x_label: "epoch".into(),
+                    y_label: "train loss".into(),
+                    y2_label: "top-1 %".into(),
+                    series: vec![
+                        Series::line("train loss", epochs(&|e| Some(e.train_loss))),
+                        Series::line("train top-1", epochs(&|e| Some(e.train_top1))).on_right(),
+                        Series::line(
+                            format!("{} top-1", ctx.monitor),
+                            epochs(&|e| e.monitor_top1),
+                        )
+                        .on_right(),
+                        Series::line("FP test top-1", flat(self.fp_top1)).on_right(),
+                        Series::line("PTQ test top-1", flat(self.ptq_top1)).on_right(),
+                    ],
+                    ..Default::default()
+                },
+            )?;
+        }
+        let json = mixq_core::to_json(self, "results")?;
+        run.write("results.json", json.as_bytes())?;
+        let config = &self.config;
+        let report = format!(
+            "# QAT: {alias} ({label})\n\nLSQ steps initialised from PTQ ({} calibration images, seed {}); \
+             distillation from the FP model (alpha {}, T {}); AdamW lr {} (steps {}), warm-up + cosine; \
+             {} training images, {} test images ({}).\n\n{}\n\
+             ![learning curves](curves.png)\n\nReproduce:\n\n```\ncargo xtask qat {command}\n```\n",
+            ctx.calib_images,
+            self.seed,
+            config.kd_alpha,
+            config.kd_temperature,
+            config.lr,
+            config.step_lr,
+            self.train_images,
+            self.test_images,
+            ctx.data,
+            self.markdown(alias),
+        );
+        run.write("report.md", report.as_bytes())
+    }
+}
