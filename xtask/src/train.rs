@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use mixq_core::{Error, Result, RunDir};
 use mixq_qat_trainer::{
-    EpochStats, FitConfig, FpConfig, FpTrainer, RecipeOverrides, TrainingSplits, train_recipe,
+    EpochStats, FitConfig, FpConfig, FpTrainer, RecipeOverrides, TrainResults, TrainingSplits,
+    train_recipe,
 };
-use serde::Serialize;
 
 use crate::common::{DeviceName, ResumeArgs, fit_with_bars, resume_trainer};
 use mixq_datasets::classification_data;
@@ -59,24 +59,6 @@ pub struct TrainArgs {
     pub run: ResumeArgs,
     #[arg(long, value_enum, default_value = "flex")]
     pub device: DeviceName,
-}
-
-#[derive(Serialize)]
-struct Results<'a> {
-    model: &'a str,
-    data: &'a str,
-    seed: u64,
-    config: &'a FpConfig,
-    train_images: usize,
-    val_images: usize,
-    test_images: usize,
-    test_top1: f64,
-    test_top5: f64,
-    test_loss: f64,
-    train_seconds: f64,
-    device: String,
-    epochs: &'a [mixq_qat_trainer::EpochStats],
-    checkpoint: String,
 }
 
 /// The per-epoch log beside the checkpoint, rewritten after every epoch.
@@ -156,11 +138,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let model = trainer.model();
     model.save_safetensors(&out)?;
     let secs: f64 = trainer.history().iter().map(|e| e.seconds).sum();
-    let results = Results {
-        model: &card.name,
-        data: &data.name,
+    let results = TrainResults {
+        model: card.name.clone(),
+        data: data.name.clone(),
         seed: args.seed,
-        config: &config,
+        config: config.clone(),
         train_images: train.len(),
         val_images: val.as_ref().map_or(0, |v| v.len()),
         test_images: metrics.images,
@@ -169,28 +151,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         test_loss: metrics.loss(),
         train_seconds: secs,
         device: format!("{:?}", args.device).to_lowercase(),
-        epochs: trainer.history(),
+        epochs: trainer.history().to_vec(),
         checkpoint: out.display().to_string(),
     };
     let json = mixq_core::to_json(&results, "results")?;
     run.write("results.json", json.as_bytes())?;
     let path = run.finish()?;
-    println!(
-        "| model | data | seed | epochs | train s | test images | test top-1 % | test CE | checkpoint |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {} | {} | {:.0} | {} | {:.2} | {:.4} | {} |",
-        card.aliases[0],
-        data.name,
-        args.seed,
-        config.epochs,
-        secs,
-        metrics.images,
-        metrics.top1_pct(),
-        metrics.loss(),
-        out.display()
-    );
+    print!("{}", results.markdown(&card.aliases[0]));
     println!("\nwrote {}", path.display());
     Ok(())
 }

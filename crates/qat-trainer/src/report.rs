@@ -1,12 +1,12 @@
-//! What a QAT run leaves in its run folder (`results.json`, `curves.png`, `report.md`), written
-//! by the library so that a user driving [`crate::QatTrainer`] gets the same files as
-//! `cargo xtask qat`.
+//! What a training run leaves in its run folder: a QAT run's `results.json`, `curves.png` and
+//! `report.md`, an FP run's `results.json`; written by the library so that a user driving
+//! [`crate::QatTrainer`] or [`crate::FpTrainer`] gets the same files as `cargo xtask qat|train`.
 
 use mixq_core::{Result, RunDir};
 use mixq_report::{LineChart, Series, line_chart};
 use serde::Serialize;
 
-use crate::{EpochStats, QatConfig};
+use crate::{EpochStats, FpConfig, QatConfig};
 
 /// A finished QAT run: `results.json` is its serialised form.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -141,5 +141,57 @@ impl QatResults {
             self.markdown(alias),
         );
         run.write("report.md", report.as_bytes())
+    }
+}
+
+/// A finished full-precision training run: `results.json` is its serialised form.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainResults {
+    /// The model card's name.
+    pub model: String,
+    /// The data set's name.
+    pub data: String,
+    /// The run's seed.
+    pub seed: u64,
+    /// The recipe.
+    pub config: FpConfig,
+    /// Training images.
+    pub train_images: usize,
+    /// Validation images (0 without a validation split).
+    pub val_images: usize,
+    /// Test images of the final figures.
+    pub test_images: usize,
+    /// Test top-1 %.
+    pub test_top1: f64,
+    /// Test top-5 %.
+    pub test_top5: f64,
+    /// Test cross-entropy.
+    pub test_loss: f64,
+    /// Seconds of all epochs' training steps.
+    pub train_seconds: f64,
+    /// The burn device it trained on.
+    pub device: String,
+    /// Every epoch.
+    pub epochs: Vec<EpochStats>,
+    /// Where the weights were written.
+    pub checkpoint: String,
+}
+
+impl TrainResults {
+    /// The one-row summary table.
+    pub fn markdown(&self, alias: &str) -> String {
+        format!(
+            "| model | data | seed | epochs | train s | test images | test top-1 % | test CE | checkpoint |\n\
+             |---|---|---|---|---|---|---|---|---|\n\
+             | {alias} | {} | {} | {} | {:.0} | {} | {:.2} | {:.4} | {} |\n",
+            self.data,
+            self.seed,
+            self.config.epochs,
+            self.train_seconds,
+            self.test_images,
+            self.test_top1,
+            self.test_loss,
+            self.checkpoint,
+        )
     }
 }
