@@ -11,9 +11,8 @@ use clap::{Args, Subcommand};
 use mixq_core::{Error, Result};
 use mixq_datasets::{CocoKeypoints, PoseData, PoseDataConfig, topdown_dataset};
 use mixq_ptq::pose::{PoseEval, evaluate_pose, skeleton_pictures};
-use mixq_qat_trainer::{PoseTrainConfig, PoseTrainProgress, train_pose};
+use mixq_qat_trainer::{PoseTrainConfig, PoseTrainProgress, PoseTrainResults, train_pose};
 use mixq_vit_models::{NoHook, WtPoseConfig};
-use serde::Serialize;
 
 use crate::common::{DeviceName, progress};
 
@@ -161,24 +160,6 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     mixq_core::write_atomic(path, text.as_bytes())
 }
 
-#[derive(Debug, Serialize)]
-struct TrainReport<'a> {
-    model: &'a str,
-    config: &'a WtPoseConfig,
-    params: u64,
-    gflops: f64,
-    data: &'a str,
-    train_persons: usize,
-    epochs: usize,
-    batch: usize,
-    lr: f64,
-    seed: u64,
-    init: Option<&'a Path>,
-    epoch_seconds: Vec<f64>,
-    epoch_loss: Vec<f64>,
-    eval: &'a PoseEval,
-}
-
 fn train(args: TrainArgs) -> Result<()> {
     let config = PoseTrainConfig {
         epochs: args.epochs,
@@ -235,8 +216,7 @@ fn train(args: TrainArgs) -> Result<()> {
         &eval_device,
     )?;
     skeleton_pictures(&data.val, &predictions, 8, &dir.join("skeletons.png"))?;
-    let mean_epoch = epoch_seconds.iter().sum::<f64>() / epoch_seconds.len() as f64;
-    let report = TrainReport {
+    let report = PoseTrainResults {
         model: &args.model,
         config: &cfg,
         params: cfg.num_params(),
@@ -248,28 +228,15 @@ fn train(args: TrainArgs) -> Result<()> {
         lr: args.lr,
         seed: args.seed,
         init: args.init.as_deref(),
-        epoch_seconds: epoch_seconds.clone(),
-        epoch_loss: epoch_loss.clone(),
+        epoch_seconds,
+        epoch_loss,
         eval: &result,
     };
     write(
         &dir.join("results.json"),
         &mixq_core::to_json(&report, "report")?,
     )?;
-    let mut md = format!(
-        "# pose train {}\n\n{}\n\ntrain persons {}, held-out persons {}, {} epochs, batch {}, \
-         {:.1} s/epoch (mean), params {:.2} M, {:.3} GFLOPs\n\n",
-        args.model,
-        data.description,
-        train_set.len(),
-        val_set.len(),
-        args.epochs,
-        args.batch,
-        mean_epoch,
-        cfg.num_params() as f64 / 1e6,
-        cfg.gflops(),
-    );
-    md.push_str(&PoseEval::markdown(&[(args.model.clone(), &result)]));
+    let md = report.markdown(val_set.len());
     write(&dir.join("results.md"), &md)?;
     println!("{md}");
     println!("run folder: {}", dir.display());

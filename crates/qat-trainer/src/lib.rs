@@ -77,6 +77,6 @@ pub use recon::{
     BlockRecon, ReconConfig, ReconLoss, ReconProgress, ReconReport, Reconstruct, Reconstruction,
     reconstruct,
 };
-pub use report::{QatReportContext, QatResults, TrainResults};
+pub use report::{PoseTrainResults, QatReportContext, QatResults, TrainResults};
 pub use schedule::{cosine_with_warmup, default_warmup};
 pub use trainer::{EpochStats, QatConfig, QatModule, QatTrainer, StepStats, evaluate_with};

@@ -195,3 +195,60 @@ impl TrainResults {
         )
     }
 }
+
+/// A finished pose training run: `results.json` is its serialised form.
+#[derive(Debug, Serialize)]
+pub struct PoseTrainResults<'a> {
+    /// The WTPose variant.
+    pub model: &'a str,
+    /// Its configuration.
+    pub config: &'a mixq_vit_models::WtPoseConfig,
+    /// Parameters.
+    pub params: u64,
+    /// GFLOPs as the paper counts them.
+    pub gflops: f64,
+    /// The data, in words.
+    pub data: &'a str,
+    /// Person crops trained on.
+    pub train_persons: usize,
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// The run's seed.
+    pub seed: u64,
+    /// The checkpoint training started from (`None`: random weights).
+    pub init: Option<&'a std::path::Path>,
+    /// Wall seconds of each epoch.
+    pub epoch_seconds: Vec<f64>,
+    /// Mean heatmap loss of each epoch.
+    pub epoch_loss: Vec<f64>,
+    /// OKS AP on the held-out persons.
+    pub eval: &'a mixq_ptq::pose::PoseEval,
+}
+
+impl PoseTrainResults<'_> {
+    /// `results.md`: what was trained on what, then the OKS AP table.
+    pub fn markdown(&self, held_out: usize) -> String {
+        let mean_epoch =
+            self.epoch_seconds.iter().sum::<f64>() / self.epoch_seconds.len().max(1) as f64;
+        let mut md = format!(
+            "# pose train {}\n\n{}\n\ntrain persons {}, held-out persons {held_out}, {} epochs, batch {}, \
+             {mean_epoch:.1} s/epoch (mean), params {:.2} M, {:.3} GFLOPs\n\n",
+            self.model,
+            self.data,
+            self.train_persons,
+            self.epochs,
+            self.batch,
+            self.params as f64 / 1e6,
+            self.gflops,
+        );
+        md.push_str(&mixq_ptq::pose::PoseEval::markdown(&[(
+            self.model.to_string(),
+            self.eval,
+        )]));
+        md
+    }
+}
