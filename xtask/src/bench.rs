@@ -63,6 +63,9 @@ pub struct BenchArgs {
     pub repeat: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Data-parallel parts of each training batch, one thread each (train suite).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
 }
 
 /// Seconds to run `images` images through `model` in batches of `batch`.
@@ -206,6 +209,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         shift_fill: -1.0,
                         hflip: recipe.hflip,
                         label_smoothing: recipe.label_smoothing,
+                        workers: args.workers,
                     };
                     let mut trainer = FpTrainer::new(&card.name, &card.arch, &device, config)?;
                     trainer.train_epoch(&data, &mut |_| {})?; // warm-up

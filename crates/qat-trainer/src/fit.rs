@@ -195,6 +195,7 @@ mod tests {
             shift_fill: 0.0,
             hflip: false,
             label_smoothing: 0.0,
+            workers: 1,
         };
         FpTrainer::new(&card.name, &card.arch, &Device::flex(), config).unwrap()
     }

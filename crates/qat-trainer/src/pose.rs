@@ -116,8 +116,7 @@ pub fn train_pose(
     mut progress: impl FnMut(PoseTrainProgress),
 ) -> Result<(WtPose, PoseTrainHistory)> {
     config.validate()?;
-    device.seed(config.seed);
-    let mut model = cfg.init(device)?;
+    let mut model = mixq_vit_models::seeded(device, config.seed, || cfg.init(device))?;
     if let Some(path) = init {
         model = model.load_safetensors(path)?;
     }

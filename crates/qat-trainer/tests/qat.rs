@@ -519,6 +519,7 @@ fn fp_config(epochs: usize) -> FpConfig {
         shift_fill: -1.0,
         hflip: true,
         label_smoothing: 0.1,
+        workers: 1,
     }
 }
 
@@ -547,6 +548,25 @@ fn same_values(a: &FpTrainer, b: &FpTrainer) -> bool {
         })
 }
 
+/// A ViT from scratch needs hundreds of steps on digits; on two classes that differ in which
+/// half holds the ink, `config`'s 80 steps must reach near-perfect accuracy.
+fn assert_learns_halves(config: FpConfig) {
+    let halves = halves(64);
+    let mut learner = fp_trainer("digits-deit", config);
+    let before = learner.evaluate(&halves, 64).unwrap();
+    while !learner.finished() {
+        learner.train_epoch(&halves, &mut |_| {}).unwrap();
+    }
+    let after = learner.evaluate(&halves, 64).unwrap();
+    assert!(
+        after.loss() < 0.5 * before.loss() && after.top1_pct() > 95.0,
+        "loss {} -> {}, top-1 {:.1} %: training did not learn",
+        before.loss(),
+        after.loss(),
+        after.top1_pct()
+    );
+}
+
 #[test]
 fn fp_training_learns_and_resumes_bitwise() {
     let card = ModelCard::find("digits-deit").unwrap();
@@ -561,22 +581,7 @@ fn fp_training_learns_and_resumes_bitwise() {
     }
     assert!(whole.finished());
 
-    // A ViT from scratch needs hundreds of steps on digits; on two classes that differ in
-    // which half holds the ink, 80 steps must reach near-perfect accuracy.
-    let halves = halves(64);
-    let mut learner = fp_trainer("digits-deit", fp_config(10));
-    let before = learner.evaluate(&halves, 64).unwrap();
-    while !learner.finished() {
-        learner.train_epoch(&halves, &mut |_| {}).unwrap();
-    }
-    let after = learner.evaluate(&halves, 64).unwrap();
-    assert!(
-        after.loss() < 0.5 * before.loss() && after.top1_pct() > 95.0,
-        "loss {} -> {}, top-1 {:.1} %: training did not learn",
-        before.loss(),
-        after.loss(),
-        after.top1_pct()
-    );
+    assert_learns_halves(fp_config(10));
 
     // Interrupted after epoch 1, resumed in a fresh trainer: the data generator continues
     // where it stood, so the end is bitwise the same.
@@ -912,4 +917,51 @@ fn training_splits_cut_train_and_test_and_monitor_val_or_test() {
     assert_eq!(all.train.len(), data.train.labels.len());
     let err = TrainingSplits::new(&data, &card, Some(0), None).unwrap_err();
     assert!(err.to_string().contains("--limit = 0"), "{err}");
+}
+
+#[test]
+fn fp_training_in_two_parts_is_deterministic_resumes_bitwise_and_learns() {
+    let card = ModelCard::find("digits-deit").unwrap();
+    let (train, _, _) = digits(&card, 96, 16);
+    let two = |epochs| FpConfig {
+        workers: 2,
+        ..fp_config(epochs)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("train.safetensors");
+    let run = |epochs| {
+        let mut t = fp_trainer("digits-deit", two(epochs));
+        while !t.finished() {
+            t.train_epoch(&train, &mut |_| {}).unwrap();
+        }
+        t
+    };
+    let (a, b) = (run(2), run(2));
+    assert!(
+        same_values(&a, &b),
+        "two-part training is not deterministic"
+    );
+    // A different run from the one-part one (the parts' gradients are summed in float), but
+    // the same start.
+    let mut one = fp_trainer("digits-deit", fp_config(2));
+    assert!(one.param_values() == fp_trainer("digits-deit", two(2)).param_values());
+    while !one.finished() {
+        one.train_epoch(&train, &mut |_| {}).unwrap();
+    }
+    assert!(!same_values(&a, &one));
+    let mut first = fp_trainer("digits-deit", two(2));
+    first.train_epoch(&train, &mut |_| {}).unwrap();
+    first.save_checkpoint(&ckpt).unwrap();
+    let mut resumed = fp_trainer("digits-deit", two(2));
+    resumed.load_checkpoint(&ckpt).unwrap();
+    resumed.train_epoch(&train, &mut |_| {}).unwrap();
+    assert!(same_values(&a, &resumed), "resumed two-part run differs");
+    // The worker count is part of the run's identity.
+    let mut other = fp_trainer("digits-deit", fp_config(2));
+    let e = error_of(other.load_checkpoint(&ckpt));
+    assert!(e.contains("workers"), "{e}");
+    assert_learns_halves(FpConfig {
+        workers: 2,
+        ..fp_config(10)
+    });
 }

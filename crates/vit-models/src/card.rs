@@ -64,6 +64,13 @@ pub struct TrainRecipe {
     /// Label smoothing of the cross-entropy (0: none).
     #[serde(default)]
     pub label_smoothing: f32,
+    /// Data-parallel parts of each batch, each on its own thread (1: none).
+    #[serde(default = "one_worker")]
+    pub workers: usize,
+}
+
+fn one_worker() -> usize {
+    1
 }
 
 impl Default for TrainRecipe {
@@ -77,6 +84,7 @@ impl Default for TrainRecipe {
             pad: 1,
             hflip: false,
             label_smoothing: 0.0,
+            workers: 1,
         }
     }
 }

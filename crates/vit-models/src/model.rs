@@ -20,6 +20,17 @@ pub enum ArchConfig {
     Swin(SwinConfig),
 }
 
+/// Runs `init` right after seeding `device`'s generator with `seed`, holding a process-wide
+/// lock: burn's generator is global state, so two seeded initialisations on other threads
+/// (parallel tests, a library user's threads) would otherwise interleave their draws and get
+/// weights that depend on the timing.
+pub fn seeded<T>(device: &Device, seed: u64, init: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    init()
+}
+
 impl ArchConfig {
     /// Checks the configuration (sizes divide, heads divide the width); errors name the key.
     pub fn validate(&self) -> Result<()> {
@@ -29,7 +40,13 @@ impl ArchConfig {
         }
     }
 
-    /// A model with random weights (call `device.seed(..)` first for reproducibility).
+    /// A model with random weights drawn from `seed` (see [`seeded`]).
+    pub fn init_seeded(&self, device: &Device, seed: u64) -> Result<Model> {
+        seeded(device, seed, || self.init(device))
+    }
+
+    /// A model with random weights (call `device.seed(..)` first for reproducibility, or use
+    /// [`ArchConfig::init_seeded`]).
     pub fn init(&self, device: &Device) -> Result<Model> {
         Ok(match self {
             ArchConfig::Vit(c) => Model::Vit(c.init(device)?),

@@ -244,8 +244,7 @@ impl ModelCard {
     /// The model with its weights on `device`; `seed` seeds the initial (random) weights.
     pub fn load(&self, choice: &WeightsChoice, seed: u64, device: &Device) -> Result<Model> {
         let source = self.weights_source(choice)?;
-        device.seed(seed);
-        let model = self.arch.init(device)?;
+        let model = self.arch.init_seeded(device, seed)?;
         match source {
             Some(source) => model.load_weights(&source),
             None => Ok(model),
