@@ -342,11 +342,10 @@ impl FpTrainer {
                 parts.par_iter().map(run_part).collect()
             };
             let results = results.into_iter().collect::<Result<Vec<_>>>()?;
-            let loss_value = results
-                .iter()
-                .map(|r| r.loss * r.images as f64)
-                .sum::<f64>()
-                / n as f64;
+            let loss_value = match results.as_slice() {
+                [one] => one.loss,
+                parts => parts.iter().map(|r| r.loss * r.images as f64).sum::<f64>() / n as f64,
+            };
             if !loss_value.is_finite() {
                 return Err(Error::invalid(
                     "loss",
