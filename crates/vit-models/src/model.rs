@@ -20,15 +20,29 @@ pub enum ArchConfig {
     Swin(SwinConfig),
 }
 
-/// Runs `init` right after seeding `device`'s generator with `seed`, holding a process-wide
-/// lock: burn's generator is global state, so two seeded initialisations on other threads
+/// Runs `init` right after seeding `device`'s generator with `seed` and draws every parameter
+/// before returning, holding a process-wide lock: burn's generator is global state and its
+/// parameters are drawn lazily, on first use, so two seeded initialisations on other threads
 /// (parallel tests, a library user's threads) would otherwise interleave their draws and get
 /// weights that depend on the timing.
-pub fn seeded<T>(device: &Device, seed: u64, init: impl FnOnce() -> T) -> T {
+pub fn seeded<M: Module>(
+    device: &Device,
+    seed: u64,
+    init: impl FnOnce() -> Result<M>,
+) -> Result<M> {
+    /// Touches every parameter, which draws the lazily initialised ones.
+    struct Draw;
+    impl burn::module::ModuleVisitor for Draw {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(seed);
-    init()
+    let model = init()?;
+    model.visit(&mut Draw);
+    Ok(model)
 }
 
 impl ArchConfig {
