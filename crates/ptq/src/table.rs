@@ -23,7 +23,7 @@
 //! };
 //! let data = EvalData::open(&card.data_spec(), None, None, 250)?; // the 10,000 test images
 //! let results = ptq_table(&model, &card, &config, &Calibrate, data, &device, |_, _, _| {})?;
-//! print!("{}", results.markdown()); // "| fmnist-deit W4A4 | clipped-channel | logsqrt2 | 88.59 ± 0.04 | ..."
+//! print!("{}", results.markdown()); // "| fmnist-deit W4A4 | clipped-channel | logsqrt2 | 90.02 ± 0.21 | ..."
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
