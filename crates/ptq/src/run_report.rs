@@ -250,7 +250,8 @@ impl MixedReport<'_> {
         for &avg in avg_bits {
             pictures += &format!("![bits at {avg}](bits-{avg}.png)\n\n");
         }
-        let (table_md, agreement_md) = self.tables()?;
+        let table_md = MixedRow::markdown(self.rows);
+        let agreement_md = RankAgreement::markdown(&agreement, &candidates);
         let report = format!(
             "# Mixed-precision PTQ: {name}\n\nCalibration {n_calib} images, probe {} images (disjoint), seeds {} (mean ± std over them; pictures: seed {seed}). Evaluation: {}.\n\
              Budgets cap the parameter-weighted average weight bits and the MAC-weighted average activation bits.\n\n{table_md}\n{agreement_md}\n{pictures}Reproduce:\n\n```\ncargo xtask ptq {command}\n```\n",

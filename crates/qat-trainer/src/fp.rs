@@ -319,27 +319,27 @@ impl FpTrainer {
         } in batches
         {
             let n = labels.len();
-            let parts = split_batch(&images, shape, &labels, c.workers);
+            let mut parts = split_batch(images, shape, labels, c.workers);
             let model = &self.model;
             let several = parts.len() > 1;
-            let run_part = |(images, shape, labels): &(Vec<f32>, [usize; 4], Vec<usize>)| {
+            let run_part = |(images, shape, labels): (Vec<f32>, [usize; 4], Vec<usize>)| {
                 if several {
                     // Each part on leaves of its own: burn's autodiff puts tensors that share
                     // leaves into one graph behind one lock, which would run the parts'
                     // backward passes one after the other.
                     let own = model.clone().map(&mut OwnLeaves);
-                    part_step(&own, &loss_fn, images, *shape, labels, &ad)
+                    part_step(&own, &loss_fn, images, shape, &labels, &ad)
                 } else {
-                    part_step(model, &loss_fn, images, *shape, labels, &ad)
+                    part_step(model, &loss_fn, images, shape, &labels, &ad)
                 }
             };
             // On rayon's pool, whose threads live on: a thread spawned per step would start a
             // fresh allocator heap every step, and the kernel would fault and zero its pages.
-            let results: Vec<Result<PartStep>> = if parts.len() == 1 {
-                vec![run_part(&parts[0])]
-            } else {
+            let results: Vec<Result<PartStep>> = if several {
                 use rayon::prelude::*;
-                parts.par_iter().map(run_part).collect()
+                parts.into_par_iter().map(run_part).collect()
+            } else {
+                vec![run_part(parts.pop().expect("one part"))]
             };
             let results = results.into_iter().collect::<Result<Vec<_>>>()?;
             let loss_value = match results.as_slice() {
@@ -465,16 +465,20 @@ struct PartStep {
     grads: GradientsParams,
 }
 
-/// The batch as `parts` consecutive slices of (nearly) equal size; one part keeps it whole.
+/// The batch as `parts` consecutive slices of (nearly) equal size; one part is the batch itself,
+/// not a copy.
 fn split_batch(
-    images: &[f32],
+    images: Vec<f32>,
     shape: [usize; 4],
-    labels: &[usize],
+    labels: Vec<usize>,
     parts: usize,
 ) -> Vec<(Vec<f32>, [usize; 4], Vec<usize>)> {
     let n = labels.len();
     let per_image = images.len() / n.max(1);
     let parts = parts.clamp(1, n.max(1));
+    if parts == 1 {
+        return vec![(images, shape, labels)];
+    }
     let size = n.div_ceil(parts);
     (0..n)
         .step_by(size)
@@ -493,12 +497,12 @@ fn split_batch(
 fn part_step(
     model: &Model,
     loss_fn: &burn::nn::loss::CrossEntropyLoss,
-    images: &[f32],
+    images: Vec<f32>,
     shape: [usize; 4],
     labels: &[usize],
     ad: &Device,
 ) -> Result<PartStep> {
-    let x = Tensor::<4>::from_data(TensorData::new(images.to_vec(), shape), ad);
+    let x = Tensor::<4>::from_data(TensorData::new(images, shape), ad);
     let targets: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
     let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [shape[0]]), ad);
     let logits = model.forward(x);
@@ -611,12 +615,12 @@ mod tests {
             .collect();
         let labels: Vec<usize> = (0..n).map(|i| i * 3 % 10).collect();
         let shape = [n, 1, 8, 8];
-        let whole = part_step(&model, &loss_fn, &images, shape, &labels, &ad).unwrap();
-        let parts: Vec<PartStep> = split_batch(&images, shape, &labels, 2)
-            .iter()
+        let whole = part_step(&model, &loss_fn, images.clone(), shape, &labels, &ad).unwrap();
+        let parts: Vec<PartStep> = split_batch(images, shape, labels, 2)
+            .into_iter()
             .map(|(x, s, l)| {
                 let own = model.clone().map(&mut OwnLeaves);
-                part_step(&own, &loss_fn, x, *s, l, &ad).unwrap()
+                part_step(&own, &loss_fn, x, s, &l, &ad).unwrap()
             })
             .collect();
         assert_eq!(parts.iter().map(|p| p.images).collect::<Vec<_>>(), [4, 3]);
