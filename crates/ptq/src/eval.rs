@@ -6,6 +6,7 @@ use std::time::Instant;
 use burn::tensor::Tensor;
 use mixq_datasets::{Batch, EvalData};
 use mixq_vit_models::{Model, NoHook};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::QuantizedModel;
@@ -79,10 +80,17 @@ pub fn compare(
                 let same = out.fp.saliency.get_or_insert_default();
                 same.add(map, map, h * w);
             }
-            for (q, m) in variants.iter().zip(&mut out.quantized) {
-                let q_tokens = q.features(x.clone());
-                let q_map = saliency(&q.model, &q_tokens);
-                let (qf, _, _) = tokens(q_tokens);
+            // The variants are independent: one per rayon thread (on these small models one
+            // forward keeps about one core busy).
+            let outputs: Vec<_> = variants
+                .par_iter()
+                .map(|q| {
+                    let q_tokens = q.features(x.clone());
+                    let q_map = saliency(&q.model, &q_tokens);
+                    (tokens(q_tokens).0, q_map)
+                })
+                .collect();
+            for ((qf, q_map), m) in outputs.into_iter().zip(&mut out.quantized) {
                 m.add(&class_token(&qf), &labels, Some(&class_token(&fp)));
                 m.features.get_or_insert_default().add(&fp, &qf, n, d);
                 if let (Some(reference), Some(map)) = (&fp_map, &q_map) {
@@ -96,12 +104,14 @@ pub fn compare(
         }
         let fp_logits = host_logits(model.forward(x.clone()));
         out.fp.add(&fp_logits, &labels, None);
-        for (q, m) in variants.iter().zip(&mut out.quantized) {
-            m.add(
-                &host_logits(q.forward(x.clone())),
-                &labels,
-                Some(&fp_logits),
-            );
+        // One variant per rayon thread, as above; each variant's metrics are summed in batch
+        // order, so the figures do not depend on the thread count.
+        let logits: Vec<Vec<f32>> = variants
+            .par_iter()
+            .map(|q| host_logits(q.forward(x.clone())))
+            .collect();
+        for (q_logits, m) in logits.iter().zip(&mut out.quantized) {
+            m.add(q_logits, &labels, Some(&fp_logits));
         }
         progress(labels.len());
     }

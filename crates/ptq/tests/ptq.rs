@@ -100,8 +100,15 @@ fn one_pass_comparison_equals_each_model_alone() {
         (input.clone().slice(1..2), vec![labels[1]]),
     ];
     let mut done = Vec::new();
-    let got = compare(&model, &variants, batches, |n| done.push(n));
+    let got = compare(&model, &variants, batches.clone(), |n| done.push(n));
     assert_eq!(done, [1, 1]);
+    // The variants run on rayon's threads: one thread gives the same figures, bit for bit.
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| compare(&model, &variants, batches, |_| {}));
+    assert_eq!(one_thread, got);
 
     let fp = host(model.forward(input.clone()));
     let mut alone = Metrics::default();

@@ -83,6 +83,23 @@ fn cached_sweep_equals_uncached_bit_for_bit() {
     }
 }
 
+/// Sites are measured on rayon's threads: one thread and three give the same records, in the
+/// same order.
+#[test]
+fn sweep_is_the_same_on_one_thread_and_on_three() {
+    let (model, calib, probe) = setup("digits-deit");
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| run(&model, &calib, &probe, &options(&[3], true)))
+    };
+    let one = on(1);
+    assert_eq!(one.len(), model.sites().len());
+    assert_eq!(one, on(3));
+}
+
 #[test]
 fn eight_bits_do_less_damage_than_two_bits() {
     let (model, calib, probe) = setup("digits-deit");

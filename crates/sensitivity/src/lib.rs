@@ -39,6 +39,7 @@ use burn::tensor::Tensor;
 use mixq_core::{Error, Result, SiteBits, SiteId};
 pub use mixq_vit_models::NoHook;
 use mixq_vit_models::{Model, SiteHook, Slot};
+use rayon::prelude::*;
 
 pub use cache::{SweepCache, fingerprint};
 pub use grid::{Shard, grid, merge_tables, to_table};
@@ -171,7 +172,7 @@ pub fn measure_candidate(
     } else {
         Vec::new()
     };
-    for site in sites {
+    let measure = |site: &SiteId| -> Result<Record> {
         let hook = OnlySite {
             site,
             quantized,
@@ -186,11 +187,20 @@ pub fn measure_candidate(
             };
             logits.extend(host(out));
         }
-        on_record(Record {
+        Ok(Record {
             site: site.clone(),
             bits,
             damage: damage(reference, &logits, &probe.labels)?,
-        })?;
+        })
+    };
+    // Sites are measured independently, one per rayon thread (one small-model forward keeps
+    // about one core busy); records are handed over in site order, a chunk at a time, so a
+    // cache written by `on_record` loses at most one chunk when the run is stopped.
+    for chunk in sites.chunks(rayon::current_num_threads().max(1)) {
+        let records: Vec<Result<Record>> = chunk.par_iter().map(measure).collect();
+        for record in records {
+            on_record(record?)?;
+        }
     }
     Ok(())
 }
