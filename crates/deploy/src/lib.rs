@@ -58,6 +58,7 @@
 
 pub mod bench;
 pub mod format;
+mod layer;
 mod ops;
 mod simd;
 mod verify;
@@ -73,6 +74,7 @@ use mixq_quant_kernels::{Granularity, IntGemm, PackedWeights, UniformQuantizer, 
 use mixq_vit_models::{ArchConfig, Model, Slot};
 
 pub use format::{FORMAT_NAME, FORMAT_VERSION, Header, WeightInfo};
+pub use layer::IntLinear;
 pub use verify::{Agreement, Forward, verify};
 
 use format::{Stored, Tensors};
@@ -184,13 +186,7 @@ impl IntModel {
 
         let linear = |l: &mixq_vit_models::layers::Linear| -> Result<SiteWeights> {
             let (in_f, out_f) = l.dims();
-            let w = host_values(&l.weight.val())?; // [in, out]
-            let mut t = vec![0f32; in_f * out_f];
-            for i in 0..in_f {
-                for o in 0..out_f {
-                    t[o * in_f + i] = w[i * out_f + o];
-                }
-            }
+            let t = transposed(&host_values(&l.weight.val())?, in_f, out_f);
             let bias = l.bias.as_ref().map(|b| host_values(&b.val())).transpose()?;
             Ok((t, (in_f, out_f), bias))
         };
@@ -208,58 +204,15 @@ impl IntModel {
                     Stored::F32(vec![out_f], bias.unwrap_or_else(|| vec![0.0; out_f])),
                 );
                 if !q.plan.sites.contains_key(id) {
-                    let mut w = vec![0f32; in_f * out_f];
-                    for o in 0..out_f {
-                        for i in 0..in_f {
-                            w[i * out_f + o] = w_out_in[o * in_f + i];
-                        }
-                    }
+                    let w = transposed(&w_out_in, out_f, in_f);
                     t.insert(format!("{id}.weight"), Stored::F32(vec![in_f, out_f], w));
                     return Ok(());
                 }
                 let wq = q.weights.get(id).ok_or_else(|| {
                     Error::invalid("site", id, "planned but has no weight quantizer")
                 })?;
-                let input = match q.state.get(id, Slot::Input) {
-                    Some(a @ ActQuantizer::Uniform(_)) => a.clone(),
-                    _ => {
-                        return Err(Error::invalid(
-                            "site",
-                            id,
-                            "planned but has no uniform input quantizer",
-                        ));
-                    }
-                };
-                // Weight quantizers are per output channel: axis 1 of `[in, out]` linear weights,
-                // axis 0 of `[out, in*k*k]` conv weights; the packed rows are output channels.
-                let rows = UniformQuantizer::from_parts(
-                    wq.bits(),
-                    wq.is_symmetric(),
-                    match wq.granularity() {
-                        Granularity::PerTensor => Granularity::PerTensor,
-                        _ => Granularity::PerChannel { axis: 0 },
-                    },
-                    wq.scales().to_vec(),
-                    wq.zero_points().to_vec(),
-                )?;
-                let packed = PackedWeights::quantize(&w_out_in, out_f, in_f, &rows)?;
-                if let Some(i) = packed
-                    .dequantize()
-                    .iter()
-                    .zip(&w_out_in)
-                    .position(|(a, b)| a.to_bits() != b.to_bits() && a != b)
-                {
-                    return Err(Error::invalid(
-                        "weights",
-                        id,
-                        format!(
-                            "value {} (output {}, input {}) is not on the quantizer grid: was the model quantized with this plan?",
-                            w_out_in[i],
-                            i / in_f,
-                            i % in_f
-                        ),
-                    ));
-                }
+                let input = ActQuantizer::Uniform(input_quantizer(&q.state, id)?.clone());
+                let packed = pack_on_grid(id, &w_out_in, (in_f, out_f), wq)?;
                 t.insert(
                     format!("{id}.qweight"),
                     Stored::U8(vec![out_f, packed.row_bytes()], packed.data().to_vec()),
@@ -468,6 +421,73 @@ impl IntModel {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::from_bytes(&bytes, path)
     }
+}
+
+/// A row-major `[rows, cols]` matrix as `[cols, rows]`.
+fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+/// A planned site's input quantizer: the integer kernels need a uniform one.
+fn input_quantizer<'a>(
+    state: &'a mixq_ptq::QuantState,
+    id: &SiteId,
+) -> Result<&'a UniformQuantizer> {
+    match state.get(id, Slot::Input) {
+        Some(ActQuantizer::Uniform(q)) => Ok(q),
+        _ => Err(Error::invalid(
+            "site",
+            id,
+            "planned but has no uniform input quantizer",
+        )),
+    }
+}
+
+/// `w_out_in` (`[out, in]`, already fake-quantized) as integer codes of the per-output-channel
+/// weight quantizer `wq` (axis 1 of `[in, out]` linear weights, axis 0 of `[out, in*k*k]` conv
+/// weights; the packed rows are output channels). A value off the grid is an error: the codes
+/// would not reproduce it.
+fn pack_on_grid(
+    id: &SiteId,
+    w_out_in: &[f32],
+    (in_f, out_f): (usize, usize),
+    wq: &UniformQuantizer,
+) -> Result<PackedWeights> {
+    let rows = UniformQuantizer::from_parts(
+        wq.bits(),
+        wq.is_symmetric(),
+        match wq.granularity() {
+            Granularity::PerTensor => Granularity::PerTensor,
+            _ => Granularity::PerChannel { axis: 0 },
+        },
+        wq.scales().to_vec(),
+        wq.zero_points().to_vec(),
+    )?;
+    let packed = PackedWeights::quantize(w_out_in, out_f, in_f, &rows)?;
+    if let Some(i) = packed
+        .dequantize()
+        .iter()
+        .zip(w_out_in)
+        .position(|(a, b)| a.to_bits() != b.to_bits() && a != b)
+    {
+        return Err(Error::invalid(
+            "weights",
+            id,
+            format!(
+                "value {} (output {}, input {}) is not on the quantizer grid: was the model quantized with this plan?",
+                w_out_in[i],
+                i / in_f,
+                i % in_f
+            ),
+        ));
+    }
+    Ok(packed)
 }
 
 /// An exported model and how closely it follows the fake-quant model it came from.

@@ -1,15 +1,16 @@
-//! A model that is not one of mixq's, taken through mixed-precision PTQ with the public API
-//! only: a three-layer MLP for the 8x8 digits, built from mixq's `Linear` sites so that its
-//! forward passes every tensor through a `SiteHook`.
+//! A model that is not one of mixq's, taken through mixed-precision PTQ and onto the integer
+//! kernels with the public API only: a three-layer MLP for the 8x8 digits, built from mixq's
+//! `Linear` sites so that its forward passes every tensor through a `SiteHook`.
 //!
 //! 1. train it in full precision (burn autodiff, a few epochs);
 //! 2. calibrate uniform W3A3 and W8A8 with `quantize_hooked`;
 //! 3. measure every site alone at every candidate bit-width (`sensitivity_hooked`);
 //! 4. let the allocator choose a plan at an average of 3 bits (`budget_plans`);
-//! 5. calibrate that plan and compare all of them on the test split.
+//! 5. calibrate that plan and compare all of them on the test split;
+//! 6. run each quantized model on the integer kernels (`IntLinear`: `u8` activations x packed
+//!    2-8-bit weights, exact `i32` sums) and compare it with its fake-quant forward.
 //!
-//! `cargo run -p mixq-ptq --example own_model`. CI runs it through its test. Export to the
-//! integer engine is not part of it: the engine runs the ViT family only so far.
+//! `cargo run -p mixq-deploy --example own_model`. CI runs it through its test.
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -18,8 +19,12 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation::relu};
 use mixq_allocator::{Criterion, parse_candidates};
 use mixq_core::{Result, SiteId, SiteInfo, SiteKind};
 use mixq_datasets::{KnownDataset, LabelledImages};
+use mixq_deploy::IntLinear;
 use mixq_ptq::mixed::{BudgetConfig, budget_plans};
-use mixq_ptq::{PtqConfig, host_logits, quantize_hooked, sensitivity_hooked, uniform_plan};
+use mixq_ptq::{
+    HookQuantizers, PtqConfig, host_logits, quantize_hooked, sensitivity_hooked, uniform_plan,
+};
+use mixq_quant_kernels::host_values;
 use mixq_vit_models::layers::{Linear, LinearConfig};
 use mixq_vit_models::{NoHook, SiteHook};
 
@@ -60,6 +65,35 @@ impl Mlp {
     }
 }
 
+/// The MLP on the integer kernels: the same layers, each an [`IntLinear`] built from the
+/// quantizers calibration found; ReLU stays in `f32`.
+struct IntMlp {
+    fc1: IntLinear,
+    fc2: IntLinear,
+    head: IntLinear,
+}
+
+impl IntMlp {
+    fn new(model: &Mlp, q: &HookQuantizers) -> Result<Self> {
+        Ok(Self {
+            fc1: IntLinear::new(&model.fc1, q)?,
+            fc2: IntLinear::new(&model.fc2, q)?,
+            head: IntLinear::new(&model.head, q)?,
+        })
+    }
+
+    /// Logits of `rows` images (`[rows, 64]`, row-major), as `[rows, 10]`.
+    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let relu = |mut v: Vec<f32>| {
+            v.iter_mut().for_each(|x| *x = x.max(0.0));
+            v
+        };
+        let x = relu(self.fc1.forward(x, rows)?);
+        let x = relu(self.fc2.forward(&x, rows)?);
+        self.head.forward(&x, rows)
+    }
+}
+
 /// A split as one `[n, 64]` tensor of normalised pixels and its labels.
 fn tensors(set: &LabelledImages, device: &Device) -> Result<(Tensor<2>, Vec<usize>)> {
     let x = set
@@ -69,18 +103,29 @@ fn tensors(set: &LabelledImages, device: &Device) -> Result<(Tensor<2>, Vec<usiz
     Ok((x, set.labels.clone()))
 }
 
-fn top1(logits: Tensor<2>, labels: &[usize]) -> f64 {
-    let v = host_logits(logits);
-    let k = v.len() / labels.len();
-    let correct = labels
-        .iter()
-        .enumerate()
-        .filter(|&(i, &l)| {
-            let row = &v[i * k..(i + 1) * k];
-            (0..k).all(|j| row[j] <= row[l])
-        })
-        .count();
+/// Each image's predicted class (the first largest logit) from row-major logits.
+fn predictions(logits: &[f32], images: usize) -> Vec<usize> {
+    let k = logits.len() / images;
+    logits
+        .chunks_exact(k)
+        .map(|row| (0..k).fold(0, |best, j| if row[j] > row[best] { j } else { best }))
+        .collect()
+}
+
+fn top1(predicted: &[usize], labels: &[usize]) -> f64 {
+    let correct = predicted.iter().zip(labels).filter(|(p, l)| p == l).count();
     100.0 * correct as f64 / labels.len() as f64
+}
+
+/// One row of the comparison.
+#[derive(Debug)]
+struct Row {
+    name: String,
+    avg_w_bits: f64,
+    /// Fake-quant (or FP32) test top-1 %.
+    top1: f64,
+    /// On the integer kernels, and how many test images change class there (quantized rows).
+    engine: Option<(f64, usize)>,
 }
 
 /// Trains in full precision: AdamW, full-batch steps (the set is small).
@@ -101,8 +146,8 @@ fn train(train: &LabelledImages, epochs: usize) -> Result<Mlp> {
     Ok(model.valid())
 }
 
-/// Every row of the comparison: (name, average weight bits, test top-1 %).
-fn run() -> Result<Vec<(String, f64, f64)>> {
+/// Every row of the comparison.
+fn run() -> Result<Vec<Row>> {
     let data = KnownDataset::Digits
         .open()
         .map_err(|e| mixq_core::Error::invalid("data", "digits", e.to_string()))?;
@@ -143,39 +188,69 @@ fn run() -> Result<Vec<(String, f64, f64)>> {
         allocation: None,
     });
 
-    let mut rows = vec![(
-        "FP32".to_string(),
-        32.0,
-        top1(model.forward(test.clone(), &NoHook), &labels),
-    )];
+    let n = labels.len();
+    let fp = host_logits(model.forward(test.clone(), &NoHook));
+    let mut rows = vec![Row {
+        name: "FP32".into(),
+        avg_w_bits: 32.0,
+        top1: top1(&predictions(&fp, n), &labels),
+        engine: None,
+    }];
+    let test_host = host_values(&test)?;
     for p in &plans {
         let quantized = quantize_hooked(&sites, &p.plan, &PtqConfig::default(), false, calibrate)?;
-        let (w_bits, _) = mixq_ptq::mixed::plan_averages(&p.plan, &sites);
-        let acc = top1(model.forward(test.clone(), &quantized), &labels);
-        rows.push((p.name.clone(), w_bits, acc));
+        let (avg_w_bits, _) = mixq_ptq::mixed::plan_averages(&p.plan, &sites);
+        let fake = predictions(&host_logits(model.forward(test.clone(), &quantized)), n);
+        let int = predictions(&IntMlp::new(&model, &quantized)?.forward(&test_host, n)?, n);
+        let differ = fake.iter().zip(&int).filter(|(a, b)| a != b).count();
+        rows.push(Row {
+            name: p.name.clone(),
+            avg_w_bits,
+            top1: top1(&fake, &labels),
+            engine: Some((top1(&int, &labels), differ)),
+        });
     }
     Ok(rows)
 }
 
 fn main() -> Result<()> {
-    println!("| plan | avg weight bits | test top-1 % |\n|---|---:|---:|");
-    for (name, bits, acc) in run()? {
-        println!("| {name} | {bits:.2} | {acc:.2} |");
+    println!(
+        "| plan | avg weight bits | test top-1 % | integer kernels top-1 % | images whose class differs |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for r in run()? {
+        let (engine, differ) = r.engine.map_or(("-".into(), "-".into()), |(t, d)| {
+            (format!("{t:.2}"), d.to_string())
+        });
+        println!(
+            "| {} | {:.2} | {:.2} | {engine} | {differ} |",
+            r.name, r.avg_w_bits, r.top1
+        );
     }
     Ok(())
 }
 
 #[test]
-fn an_own_model_goes_through_mixed_precision_ptq() {
+fn an_own_model_goes_through_mixed_precision_ptq_onto_the_integer_kernels() {
     let rows = run().unwrap();
-    let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
         ["FP32", "uniform W3A3", "mixed sensitivity", "uniform W8A8"]
     );
-    let fp = rows[0].2;
+    let fp = rows[0].top1;
     assert!(fp > 85.0, "the MLP did not train: {fp} %");
     // The allocated plan keeps to its budget; W8A8 is close to full precision.
-    assert!(rows[2].1 <= 3.0 + 1e-9, "{rows:?}");
-    assert!((rows[3].2 - fp).abs() <= 2.0, "{rows:?}");
+    assert!(rows[2].avg_w_bits <= 3.0 + 1e-9, "{rows:?}");
+    assert!((rows[3].top1 - fp).abs() <= 2.0, "{rows:?}");
+    // The integer kernels compute the fake-quant function: at most 2 of the 360 test images
+    // change class (a value on a rounding boundary may land on the neighbouring code).
+    for r in &rows[1..] {
+        let (engine, differ) = r.engine.unwrap();
+        assert!(differ <= 2, "{rows:?}");
+        assert!(
+            (engine - r.top1).abs() <= 2.0 * 100.0 / 360.0 + 1e-9,
+            "{rows:?}"
+        );
+    }
 }
