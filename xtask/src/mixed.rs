@@ -299,7 +299,7 @@ pub fn run_mixed(
     let eval = EvalData::open(&card.data_spec(), data, eval_limit, batch)?;
     let device = model_args.device.device()?;
     let model = model_args.load(&card, &device)?;
-    let bars = std::cell::RefCell::new(StageBars::default());
+    let bars = std::sync::Mutex::new(StageBars::default());
     let config = mixed.config(runs);
     let mut seeded = seeds
         .iter()
@@ -312,7 +312,7 @@ pub fn run_mixed(
                 calibration,
                 &device,
                 |stage, done, total| {
-                    bars.borrow_mut().update(
+                    bars.lock().expect("progress bars").update(
                         &format!("{} (seed {seed})", stage.name()),
                         done,
                         total,
@@ -322,7 +322,7 @@ pub fn run_mixed(
             Ok((seed, plans))
         })
         .collect::<Result<Vec<_>>>()?;
-    bars.borrow_mut().finish();
+    bars.lock().expect("progress bars").finish();
     // With --recon every plan is block-reconstructed after calibration; its rows say so.
     let recon_images = |seed: u64| {
         calibration_images(
@@ -353,10 +353,10 @@ pub fn run_mixed(
         quantizer,
         eval,
         &device,
-        |s, d, t| bars.borrow_mut().update(s.name(), d, t),
+        |s, d, t| bars.lock().expect("progress bars").update(s.name(), d, t),
     )?;
-    let recon_reports = reconstruct.reports.into_inner();
-    let mut bars = bars.into_inner();
+    let recon_reports = reconstruct.into_reports();
+    let mut bars = bars.into_inner().expect("progress bars");
     bars.finish();
     println!("{}", bars.times_line());
     let report = MixedReport {

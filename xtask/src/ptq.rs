@@ -91,8 +91,8 @@ impl ReconArgs {
     /// images, `progress` every step.
     pub fn reconstruct<'a>(
         &self,
-        images: &'a dyn Fn(u64) -> Result<burn::tensor::Tensor<4>>,
-        progress: &'a dyn Fn(&mixq_qat_trainer::ReconProgress),
+        images: &'a (dyn Fn(u64) -> Result<burn::tensor::Tensor<4>> + Sync),
+        progress: &'a (dyn Fn(&mixq_qat_trainer::ReconProgress) + Sync),
     ) -> mixq_qat_trainer::Reconstruct<'a> {
         mixq_qat_trainer::Reconstruct {
             config: self.config(),
@@ -273,7 +273,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
             .clone()
             .or(args.eval_data.data.clone()),
     };
-    let bars = std::cell::RefCell::new(StageBars::default());
+    let bars = std::sync::Mutex::new(StageBars::default());
     let recon_images = |seed: u64| {
         calibration_images(
             &card.data_spec(),
@@ -297,10 +297,14 @@ pub fn run(args: PtqArgs) -> Result<()> {
         quantizer,
         data,
         &device,
-        |stage, d, t| bars.borrow_mut().update(stage.name(), d, t),
+        |stage, d, t| {
+            bars.lock()
+                .expect("progress bars")
+                .update(stage.name(), d, t)
+        },
     )?;
-    let recon_reports = reconstruct.reports.into_inner();
-    let mut bars = bars.into_inner();
+    let recon_reports = reconstruct.into_reports();
+    let mut bars = bars.into_inner().expect("progress bars");
     bars.finish();
     println!("{}", bars.times_line());
     print!("{}", results.markdown());
@@ -316,8 +320,8 @@ pub fn run(args: PtqArgs) -> Result<()> {
 }
 
 /// Shows a reconstruction step on the current stage's bar (one bar per block, its loss).
-pub fn recon_progress(bars: &std::cell::RefCell<StageBars>, p: &mixq_qat_trainer::ReconProgress) {
-    let mut bars = bars.borrow_mut();
+pub fn recon_progress(bars: &std::sync::Mutex<StageBars>, p: &mixq_qat_trainer::ReconProgress) {
+    let mut bars = bars.lock().expect("progress bars");
     bars.update(
         &format!("recon block {}/{}", p.block + 1, p.blocks),
         p.iter,

@@ -50,6 +50,6 @@ pub use run_report::{MixedReport, RankAgreement};
 pub use state::{ActQuantizer, QuantState};
 pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};
 pub use table::{
-    Calibrate, PtqStage, PtqTableConfig, Quantizer, SeedMetrics, SeededVariants, Variant,
-    VariantResult, VariantTable, compare_on, compare_seeded, compare_variants, ptq_table,
+    Calibrate, PtqStage, PtqTableConfig, QuantizeJob, Quantizer, SeedMetrics, SeededVariants,
+    Variant, VariantResult, VariantTable, compare_on, compare_seeded, compare_variants, ptq_table,
 };

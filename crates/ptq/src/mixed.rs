@@ -632,7 +632,7 @@ pub fn evaluate_plans(
     quantizer: &dyn crate::Quantizer,
     data: EvalData,
     device: &Device,
-    progress: impl FnMut(PtqStage, usize, usize),
+    progress: impl FnMut(PtqStage, usize, usize) + Send,
 ) -> Result<Vec<MixedRow>> {
     let sites = model.sites();
     let variants = seeded

@@ -28,11 +28,13 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use burn::tensor::{Device, Tensor};
 use mixq_core::{BitPlan, Error, Result};
 use mixq_datasets::EvalData;
 use mixq_vit_models::{Model, ModelCard, batch_tensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -111,7 +113,7 @@ pub fn compare_variants(
     variants: &[Variant],
     calibrations: &[(u64, Tensor<4>)],
     batches: impl IntoIterator<Item = (Tensor<4>, Vec<usize>)>,
-    calibrated: impl FnMut(usize),
+    calibrated: impl FnMut(usize) + Send,
     evaluated: impl FnMut(usize),
 ) -> Result<VariantTable> {
     let seeded: Vec<SeededVariants> = calibrations
@@ -125,9 +127,20 @@ pub fn compare_variants(
     compare_seeded(model, &seeded, &Calibrate, batches, calibrated, evaluated)
 }
 
+/// One model to quantize: a variant under a calibration seed and its images.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantizeJob<'a> {
+    /// The calibration seed.
+    pub seed: u64,
+    /// Its calibration images.
+    pub calib: &'a Tensor<4>,
+    /// The plan and options.
+    pub variant: &'a Variant,
+}
+
 /// How a variant becomes a quantized model. [`Calibrate`] is PTQ's calibration ([`quantize`]);
 /// block reconstruction (mixq-qat-trainer's `Reconstruct`) starts from it and optimises it.
-pub trait Quantizer {
+pub trait Quantizer: Sync {
     /// `model` quantized with `variant`, calibrated on `calib`, the images of `seed`.
     fn quantize(
         &self,
@@ -136,6 +149,25 @@ pub trait Quantizer {
         calib: Tensor<4>,
         variant: &Variant,
     ) -> Result<QuantizedModel>;
+
+    /// Every job, in order. The jobs are independent, so they run one per rayon thread (one
+    /// small model's calibration or reconstruction keeps about one core busy); `done` is
+    /// called after each, from the thread that finished it, with the number done so far.
+    fn quantize_all(
+        &self,
+        model: &Model,
+        jobs: &[QuantizeJob<'_>],
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<QuantizedModel>> {
+        let finished = std::sync::atomic::AtomicUsize::new(0);
+        jobs.par_iter()
+            .map(|job| {
+                let q = self.quantize(model, job.seed, job.calib.clone(), job.variant)?;
+                done(finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1);
+                Ok(q)
+            })
+            .collect()
+    }
 }
 
 /// PTQ's calibration: [`quantize`] with the variant's plan and options.
@@ -174,7 +206,7 @@ pub fn compare_seeded(
     seeded: &[SeededVariants],
     quantizer: &dyn Quantizer,
     batches: impl IntoIterator<Item = (Tensor<4>, Vec<usize>)>,
-    mut calibrated: impl FnMut(usize),
+    mut calibrated: impl FnMut(usize) + Send,
     evaluated: impl FnMut(usize),
 ) -> Result<VariantTable> {
     let labels: Vec<&str> = seeded.first().map_or(Vec::new(), |s| {
@@ -195,13 +227,20 @@ pub fn compare_seeded(
         }
     }
     // Seed-major: seed i's variants are quantized[i * labels.len()..].
-    let mut quantized: Vec<QuantizedModel> = Vec::new();
-    for s in seeded {
-        for v in &s.variants {
-            quantized.push(quantizer.quantize(model, s.seed, s.images.clone(), v)?);
-            calibrated(quantized.len());
-        }
-    }
+    let jobs: Vec<QuantizeJob> = seeded
+        .iter()
+        .flat_map(|s| {
+            s.variants.iter().map(|variant| QuantizeJob {
+                seed: s.seed,
+                calib: &s.images,
+                variant,
+            })
+        })
+        .collect();
+    let calibrated = Mutex::new(&mut calibrated);
+    let quantized = quantizer.quantize_all(model, &jobs, &|n| {
+        (calibrated.lock().expect("progress lock"))(n)
+    })?;
     let Comparison { fp, quantized: qm } = compare(model, &quantized, batches, evaluated);
     let variants = labels
         .iter()
@@ -248,22 +287,23 @@ pub fn compare_on(
     quantizer: &dyn Quantizer,
     data: EvalData,
     device: &Device,
-    mut progress: impl FnMut(PtqStage, usize, usize),
+    mut progress: impl FnMut(PtqStage, usize, usize) + Send,
 ) -> Result<VariantTable> {
     let total = seeded.iter().map(|s| s.variants.len()).sum();
     let (len, source) = (data.len, data.source);
     let batches = data.batches.map(|b| (batch_tensor(&b, device), b.labels));
-    let progress = std::cell::RefCell::new(&mut progress);
+    let progress = Mutex::new(&mut progress);
+    let report = |stage, done, total| (progress.lock().expect("progress lock"))(stage, done, total);
     let mut evaluated = 0;
     let result = compare_seeded(
         model,
         seeded,
         quantizer,
         batches,
-        |done| (progress.borrow_mut())(PtqStage::Calibrate, done, total),
+        |done| report(PtqStage::Calibrate, done, total),
         |n| {
             evaluated += n;
-            (progress.borrow_mut())(PtqStage::Evaluate, evaluated, len)
+            report(PtqStage::Evaluate, evaluated, len)
         },
     )?;
     if result.fp.images == 0 {
@@ -298,7 +338,7 @@ pub fn ptq_table(
     quantizer: &dyn Quantizer,
     data: EvalData,
     device: &Device,
-    progress: impl FnMut(PtqStage, usize, usize),
+    progress: impl FnMut(PtqStage, usize, usize) + Send,
 ) -> Result<PtqResults> {
     let sites = model.sites();
     for (_, plan) in &config.plans {

@@ -765,27 +765,30 @@ impl ReconReport {
 
 /// [`reconstruct`] as a [`mixq_ptq::Quantizer`], so PTQ tables (`ptq_table`) can compare
 /// reconstructed variants: PTQ on each seed's calibration images, then block reconstruction on
-/// `images(seed)` with the batch order seeded by the calibration seed. Each variant's block
-/// figures are appended to `reports`.
+/// `images(seed)` with the batch order seeded by the calibration seed. Variants are
+/// reconstructed one per rayon thread (each on its own variables: the result does not depend on
+/// the thread count); each one's block figures are appended to `reports` in the order of the
+/// jobs.
 pub struct Reconstruct<'a> {
     /// The hyper-parameters (`seed` is replaced by each calibration seed).
     pub config: ReconConfig,
     /// The reconstruction images of a calibration seed.
-    pub images: &'a dyn Fn(u64) -> Result<Tensor<4>>,
-    /// Every optimisation step.
-    pub progress: &'a dyn Fn(&ReconProgress),
+    pub images: &'a (dyn Fn(u64) -> Result<Tensor<4>> + Sync),
+    /// Every optimisation step (of whichever variant made it).
+    pub progress: &'a (dyn Fn(&ReconProgress) + Sync),
     /// What every call reconstructed.
-    pub reports: std::cell::RefCell<Vec<ReconReport>>,
+    pub reports: std::sync::Mutex<Vec<ReconReport>>,
 }
 
-impl mixq_ptq::Quantizer for Reconstruct<'_> {
-    fn quantize(
+impl Reconstruct<'_> {
+    /// One variant reconstructed, and its report.
+    fn one(
         &self,
         model: &Model,
         seed: u64,
         calib: Tensor<4>,
         variant: &mixq_ptq::Variant,
-    ) -> Result<QuantizedModel> {
+    ) -> Result<(QuantizedModel, ReconReport)> {
         let images = (self.images)(seed)?;
         let n = images.dims()[0];
         let config = ReconConfig {
@@ -801,12 +804,57 @@ impl mixq_ptq::Quantizer for Reconstruct<'_> {
             &config,
             |p| (self.progress)(&p),
         )?;
-        self.reports.borrow_mut().push(ReconReport {
+        let report = ReconReport {
             seed,
             label: variant.label.clone(),
             images: n,
             blocks: r.blocks,
-        });
-        Ok(r.quantized)
+        };
+        Ok((r.quantized, report))
+    }
+
+    /// The reports so far (what [`Self::reports`] holds).
+    pub fn into_reports(self) -> Vec<ReconReport> {
+        self.reports.into_inner().expect("reports lock")
+    }
+}
+
+impl mixq_ptq::Quantizer for Reconstruct<'_> {
+    fn quantize(
+        &self,
+        model: &Model,
+        seed: u64,
+        calib: Tensor<4>,
+        variant: &mixq_ptq::Variant,
+    ) -> Result<QuantizedModel> {
+        let (q, report) = self.one(model, seed, calib, variant)?;
+        self.reports.lock().expect("reports lock").push(report);
+        Ok(q)
+    }
+
+    fn quantize_all(
+        &self,
+        model: &Model,
+        jobs: &[mixq_ptq::QuantizeJob<'_>],
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<QuantizedModel>> {
+        use rayon::prelude::*;
+        let finished = std::sync::atomic::AtomicUsize::new(0);
+        let results = jobs
+            .par_iter()
+            .map(|job| {
+                let r = self.one(model, job.seed, job.calib.clone(), job.variant)?;
+                done(finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1);
+                Ok(r)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut reports = self.reports.lock().expect("reports lock");
+        Ok(results
+            .into_iter()
+            .map(|(q, report)| {
+                reports.push(report);
+                q
+            })
+            .collect())
     }
 }

@@ -839,6 +839,83 @@ fn reconstruction_is_seeded_and_exports_to_the_integer_engine() {
     assert!(max_d <= 0.05 * max_l, "{max_d} vs {max_l}");
 }
 
+/// `Reconstruct` runs its variants on rayon's threads: one thread and three give the same
+/// models and the same reports, in the order of the jobs.
+#[test]
+fn reconstructing_variants_in_parallel_equals_one_after_another() {
+    let (card, model) = shipped("digits-deit");
+    let (train, _, calib) = digits(&card, 64, 8);
+    let images = Tensor::<4>::from_data(
+        TensorData::new(train.images.clone(), [64, 1, 8, 8]),
+        &Device::flex(),
+    );
+    let variants: Vec<mixq_ptq::Variant> = [4, 3]
+        .map(|b| mixq_ptq::Variant {
+            label: format!("W{b}A{b}"),
+            plan: uniform_plan(&model.sites(), b, b, 8).unwrap(),
+            config: PtqConfig::default(),
+        })
+        .into();
+    let jobs: Vec<mixq_ptq::QuantizeJob> = [0, 1]
+        .iter()
+        .flat_map(|&seed| variants.iter().map(move |variant| (seed, variant)))
+        .map(|(seed, variant)| mixq_ptq::QuantizeJob {
+            seed,
+            calib: &calib,
+            variant,
+        })
+        .collect();
+    let on = |threads: usize| {
+        let images = |_: u64| Ok(images.clone());
+        let recon = mixq_qat_trainer::Reconstruct {
+            config: mixq_qat_trainer::ReconConfig {
+                iters: 20,
+                batch: 16,
+                ..Default::default()
+            },
+            images: &images,
+            progress: &|_| {},
+            reports: Default::default(),
+        };
+        let models = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                use mixq_ptq::Quantizer;
+                recon.quantize_all(&model, &jobs, &|_| {})
+            })
+            .unwrap();
+        let mut weights = Vec::new();
+        for mut q in models {
+            weights.extend(
+                q.model
+                    .linears_mut()
+                    .into_iter()
+                    .map(|l| host(&l.weight.val())),
+            );
+        }
+        let reports: Vec<(u64, String, Vec<f64>)> = recon
+            .into_reports()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.seed,
+                    r.label,
+                    r.blocks.iter().map(|b| b.loss_after).collect(),
+                )
+            })
+            .collect();
+        (weights, reports)
+    };
+    let (one_w, one_r) = on(1);
+    let (three_w, three_r) = on(3);
+    assert!(one_w == three_w, "other weights on three threads");
+    assert_eq!(one_r, three_r);
+    let order: Vec<(u64, &str)> = one_r.iter().map(|r| (r.0, r.1.as_str())).collect();
+    assert_eq!(order, [(0, "W4A4"), (0, "W3A3"), (1, "W4A4"), (1, "W3A3")]);
+}
+
 /// At 8 bits the quantized blocks already follow the FP ones closely: reconstruction keeps
 /// nearly every weight at its round-to-nearest code and does not raise any block's loss.
 #[test]
