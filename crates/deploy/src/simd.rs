@@ -52,15 +52,10 @@ impl Quant {
     }
 
     /// [`ActQuant::quantize_one`] of one value, bit for bit, without `round_ties_even`'s libm
-    /// call (x86-64's baseline has no SSE4.1 `roundss`): adding and subtracting `1.5 · 2^23`
-    /// rounds half to even in the default rounding mode for `|y| ≤ 2^22`, and larger values
-    /// clamp to the end codes either way.
+    /// call ([`mixq_quant_kernels::round_ties_even_for_codes`]).
     #[inline]
     pub fn code(&self, v: f32) -> u8 {
-        const MAGIC: f32 = 12_582_912.0;
-        const LIMIT: f32 = 4_194_304.0;
-        let y = (v / self.s).clamp(-LIMIT, LIMIT);
-        let r = (y + MAGIC) - MAGIC;
+        let r = mixq_quant_kernels::round_ties_even_for_codes(v / self.s);
         let c = (r + self.z).clamp(self.lo, self.hi);
         // NaN fails both comparisons of `clamp` and maps to `lo`, as in `quantize_one`.
         if c.is_nan() { self.lo as u8 } else { c as u8 }

@@ -55,10 +55,33 @@ pub use igemm::{ActQuant, Backend, IntGemm, PreparedWeights, RhsLayout};
 pub use log::{LogBase, LogQuantizer};
 pub use observer::{RangeMethod, calibrate_log, calibrate_uniform, observe_ranges, quantile};
 pub use packing::PackedWeights;
-pub use uniform::{Granularity, MIN_SCALE, UniformQuantizer};
+pub use uniform::{Granularity, MIN_SCALE, UniformQuantizer, round_ties_even_for_codes};
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use mixq_core::{Error, Result};
+
+/// Whether `x` is a plain burn-flex `f32` tensor (the PTQ forward on the CPU), whose fake-quant
+/// runs as one host pass ([`host_pass`]). A fake-quant is 5 (uniform) to 17 (log) tensor ops,
+/// each a full pass over the activation into a new buffer; the host twins compute the same
+/// values bit for bit in one pass (tests compare them), where the tensor ops were most of a
+/// small model's fake-quant forward. Autodiff tensors and other devices keep the tensor ops.
+pub(crate) fn takes_host_pass<const D: usize>(x: &Tensor<D>) -> bool {
+    let device = x.device();
+    x.dtype() == DType::F32 && !device.is_autodiff() && device == Device::flex()
+}
+
+/// `fake` applied to the values of `x` (see [`takes_host_pass`]), in `x`'s shape and device.
+pub(crate) fn host_pass<const D: usize>(
+    x: Tensor<D>,
+    fake: impl FnOnce(&[f32]) -> Vec<f32>,
+) -> Tensor<D> {
+    let (device, dims) = (x.device(), x.dims());
+    let values = x
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("an f32 tensor holds f32 values");
+    Tensor::from_data(TensorData::new(fake(&values), dims), &device)
+}
 
 /// Copies a float tensor's values to the host as `f32` (row-major), whatever its float dtype,
 /// for calibration.

@@ -166,6 +166,9 @@ impl LogQuantizer {
     /// Quantizes and dequantizes `x` on its own device, keeping its shape. Never NaN for
     /// `x >= 0` (0 maps to exactly 0).
     pub fn fake_quant<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if crate::takes_host_pass(&x) {
+            return crate::host_pass(x, |v| self.fake_quant_host(v));
+        }
         let dims = x.dims();
         let numel: usize = dims.iter().product();
         let device = x.device();

@@ -172,10 +172,22 @@ pub(crate) fn affine_params(
     }
 }
 
+/// `y.round_ties_even()` wherever it matters for a code, without its libm call (x86-64's
+/// baseline has no SSE4.1 `roundss`, so `round_ties_even` is a call per value and does not
+/// vectorise): adding and subtracting `1.5 · 2^23` rounds half to even in the default rounding
+/// mode for `|y| ≤ 2^22`; larger values are first clamped to `±2^22`, which clamps to the same
+/// end code as the exact rounding would (codes are within `±2^9`). NaN stays NaN.
+#[inline]
+pub fn round_ties_even_for_codes(y: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    const LIMIT: f32 = 4_194_304.0;
+    (y.clamp(-LIMIT, LIMIT) + MAGIC) - MAGIC
+}
+
 /// The integer code of one value, as an `f32` (exact: codes are below 2^24).
 #[inline]
 pub(crate) fn code(x: f32, s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
-    ((x / s).round_ties_even() + z).clamp(qmin, qmax)
+    (round_ties_even_for_codes(x / s) + z).clamp(qmin, qmax)
 }
 
 /// Fake-quantizes one value; the scalar twin of [`UniformQuantizer::fake_quant`].
@@ -434,13 +446,18 @@ impl UniformQuantizer {
     pub fn fake_quant_host(&self, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
         let layout = self.host_layout(x.len(), shape)?;
         let (qmin, qmax) = (self.qmin() as f32, self.qmax() as f32);
-        Ok(x.iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                let p = layout.param_of(i);
-                fake_quant_scalar(v, self.scale[p], self.zero_point[p], qmin, qmax)
-            })
-            .collect())
+        let mut out = Vec::with_capacity(x.len());
+        // Runs of `inner` values share one step size: one tight loop per run.
+        for (run, values) in x.chunks_exact(layout.inner).enumerate() {
+            let p = run % layout.params;
+            let (s, z) = (self.scale[p], self.zero_point[p]);
+            out.extend(
+                values
+                    .iter()
+                    .map(|&v| fake_quant_scalar(v, s, z, qmin, qmax)),
+            );
+        }
+        Ok(out)
     }
 
     /// Quantizes and dequantizes `x` on its own device, keeping its shape and float dtype.
@@ -454,6 +471,12 @@ impl UniformQuantizer {
         let layout = self
             .layout(&dims)
             .unwrap_or_else(|e| panic!("UniformQuantizer::fake_quant: {e}"));
+        if crate::takes_host_pass(&x) {
+            return crate::host_pass(x, |v| {
+                self.fake_quant_host(v, &dims)
+                    .expect("the shape was checked above")
+            });
+        }
         if layout.params == 1 {
             // One range: scalar ops, and `clamp(round(x/s) + z, qmin, qmax) - z` as
             // `clamp(round(x/s), qmin - z, qmax - z)` (z is an integer, so this is exact in f32).
@@ -500,4 +523,35 @@ fn check_param_count(granularity: Granularity, n: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::*;
+
+    /// The add-and-subtract rounding gives `round_ties_even`'s codes for every value a code can
+    /// come from: ties, values near them, large and non-finite values (which clamp).
+    #[test]
+    fn fast_rounding_gives_the_exact_codes() {
+        let mut values = vec![0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30];
+        for k in -600..600 {
+            let tie = k as f32 + 0.5;
+            values.extend([tie, tie.next_up(), tie.next_down(), k as f32 * 0.37]);
+        }
+        values.extend([
+            4_194_303.5,
+            4_194_304.5,
+            8_388_607.5,
+            16_777_217.0,
+            -4_194_304.5,
+        ]);
+        for (qmin, qmax, z) in [(0.0, 255.0, 0.0), (0.0, 15.0, 7.0), (-127.0, 127.0, 0.0)] {
+            for &y in &values {
+                let exact = (y.round_ties_even() + z).clamp(qmin, qmax);
+                let fast = (round_ties_even_for_codes(y) + z).clamp(qmin, qmax);
+                assert_eq!(exact, fast, "y {y}, codes [{qmin}, {qmax}], z {z}");
+            }
+            assert!(round_ties_even_for_codes(f32::NAN).is_nan());
+        }
+    }
 }

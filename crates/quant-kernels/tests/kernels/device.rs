@@ -9,10 +9,16 @@ use rand::Rng;
 
 use crate::common::{SHAPE, bits, granularities, rng, varied_data};
 
+/// burn-flex's plain tensors take the host twins (one pass); its autodiff tensors and
+/// burn-ndarray's run the tensor ops, which must give the same bits.
 fn devices() -> Vec<(&'static str, Device)> {
     #[allow(deprecated)]
     let ndarray = Device::ndarray();
-    vec![("flex", Device::flex()), ("ndarray", ndarray)]
+    vec![
+        ("flex (host pass)", Device::flex()),
+        ("flex autodiff (tensor ops)", Device::flex().autodiff()),
+        ("ndarray (tensor ops)", ndarray),
+    ]
 }
 
 fn tensor3(x: &[f32], device: &Device) -> Tensor<3> {
