@@ -52,4 +52,5 @@ pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};
 pub use table::{
     Calibrate, PtqStage, PtqTableConfig, QuantizeJob, Quantizer, SeedMetrics, SeededVariants,
     Variant, VariantResult, VariantTable, compare_on, compare_seeded, compare_variants, ptq_table,
+    run_jobs,
 };

@@ -159,15 +159,28 @@ pub trait Quantizer: Sync {
         jobs: &[QuantizeJob<'_>],
         done: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<QuantizedModel>> {
-        let finished = std::sync::atomic::AtomicUsize::new(0);
-        jobs.par_iter()
-            .map(|job| {
-                let q = self.quantize(model, job.seed, job.calib.clone(), job.variant)?;
-                done(finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1);
-                Ok(q)
-            })
-            .collect()
+        run_jobs(jobs, done, |job| {
+            self.quantize(model, job.seed, job.calib.clone(), job.variant)
+        })
     }
+}
+
+/// `work` on every job, one per rayon thread, the results in the jobs' order; `done` is called
+/// after each job with the number done so far (what [`Quantizer::quantize_all`] does, for
+/// quantizers that return more than the model).
+pub fn run_jobs<T: Send>(
+    jobs: &[QuantizeJob<'_>],
+    done: &(dyn Fn(usize) + Sync),
+    work: impl Fn(&QuantizeJob<'_>) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    jobs.par_iter()
+        .map(|job| {
+            let out = work(job)?;
+            done(finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1);
+            Ok(out)
+        })
+        .collect()
 }
 
 /// PTQ's calibration: [`quantize`] with the variant's plan and options.

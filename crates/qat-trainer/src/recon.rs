@@ -838,16 +838,9 @@ impl mixq_ptq::Quantizer for Reconstruct<'_> {
         jobs: &[mixq_ptq::QuantizeJob<'_>],
         done: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<QuantizedModel>> {
-        use rayon::prelude::*;
-        let finished = std::sync::atomic::AtomicUsize::new(0);
-        let results = jobs
-            .par_iter()
-            .map(|job| {
-                let r = self.one(model, job.seed, job.calib.clone(), job.variant)?;
-                done(finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1);
-                Ok(r)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let results = mixq_ptq::run_jobs(jobs, done, |job| {
+            self.one(model, job.seed, job.calib.clone(), job.variant)
+        })?;
         let mut reports = self.reports.lock().expect("reports lock");
         Ok(results
             .into_iter()
