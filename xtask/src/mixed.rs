@@ -353,7 +353,11 @@ pub fn run_mixed(
         quantizer,
         eval,
         &device,
-        |s, d, t| bars.lock().expect("progress bars").update(s.name(), d, t),
+        |s, d, t| {
+            bars.lock()
+                .expect("progress bars")
+                .update(crate::ptq::stage_name(s, recon.recon), d, t)
+        },
     )?;
     let recon_reports = reconstruct.into_reports();
     let mut bars = bars.into_inner().expect("progress bars");

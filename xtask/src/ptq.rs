@@ -300,7 +300,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
         |stage, d, t| {
             bars.lock()
                 .expect("progress bars")
-                .update(stage.name(), d, t)
+                .update(stage_name(stage, args.recon.recon), d, t)
         },
     )?;
     let recon_reports = reconstruct.into_reports();
@@ -321,13 +321,25 @@ pub fn run(args: PtqArgs) -> Result<()> {
 
 /// Shows a reconstruction step on the current stage's bar (one bar per block, its loss).
 pub fn recon_progress(bars: &std::sync::Mutex<StageBars>, p: &mixq_qat_trainer::ReconProgress) {
-    let mut bars = bars.lock().expect("progress bars");
-    bars.update(
-        &format!("recon block {}/{}", p.block + 1, p.blocks),
+    // Models are reconstructed in parallel: the bar counts finished models (the table's
+    // calibrate stage, named `reconstruct`), the message shows the latest step of any of them.
+    bars.lock().expect("progress bars").message(&format!(
+        "block {}/{} step {}/{} loss {:.4}",
+        p.block + 1,
+        p.blocks,
         p.iter,
         p.iters,
-    );
-    bars.message(&format!("loss {:.4}", p.loss));
+        p.loss
+    ));
+}
+
+/// How a PTQ table's stage is named on its bar: with `--recon` the quantizing stage is the
+/// reconstruction.
+pub fn stage_name(stage: mixq_ptq::PtqStage, recon: bool) -> &'static str {
+    match stage {
+        mixq_ptq::PtqStage::Calibrate if recon => "reconstruct",
+        _ => stage.name(),
+    }
 }
 
 /// Prints the per-block table and writes `recon.json` into the run folder (nothing without

@@ -107,7 +107,8 @@ pub struct VariantTable {
 
 /// Quantizes `model` with every variant for every `(seed, calibration images)` pair, then
 /// evaluates full precision and all of them over `batches` in one pass. `calibrated` is called
-/// after each quantization, `evaluated` with each batch's size.
+/// with 0 before the first quantization and with the number done after each, `evaluated` with
+/// each batch's size.
 pub fn compare_variants(
     model: &Model,
     variants: &[Variant],
@@ -250,6 +251,7 @@ pub fn compare_seeded(
             })
         })
         .collect();
+    calibrated(0);
     let calibrated = Mutex::new(&mut calibrated);
     let quantized = quantizer.quantize_all(model, &jobs, &|n| {
         (calibrated.lock().expect("progress lock"))(n)
