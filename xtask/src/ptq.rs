@@ -77,8 +77,8 @@ pub struct ReconArgs {
     #[arg(long, default_value_t = 256, requires = "recon")]
     pub recon_images: usize,
     /// QDrop: the probability that an activation element keeps its FP value while optimising
-    /// (0 turns it off).
-    #[arg(long, default_value_t = 0.5, requires = "recon")]
+    /// (0, the default, turns it off; QDrop's paper uses 0.5).
+    #[arg(long, default_value_t = 0.0, requires = "recon")]
     pub recon_drop: f64,
     /// Block-output loss: `mse`, or `fisher` (each element weighted by the diagonal Fisher of
     /// the KL to the FP logits at the block output; classifiers).

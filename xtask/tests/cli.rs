@@ -956,6 +956,10 @@ fn ptq_recon_reconstructs_every_block_and_records_it() {
         serde_json::from_str(&std::fs::read_to_string(run.join("recon.json")).unwrap()).unwrap();
     assert_eq!(recon[0]["images"], 32);
     assert_eq!(recon[0]["blocks"].as_array().unwrap().len(), 4);
+    // The hyper-parameters it ran with: QDrop is off unless asked for.
+    assert_eq!(recon[0]["config"]["iters"], 20);
+    assert_eq!(recon[0]["config"]["drop_prob"], 0.0);
+    assert_eq!(recon[0]["config"]["loss"], "mse");
     // Its options need --recon; bad values are named before any work.
     let err = xtask(&["ptq", "--model", "digits-deit", "--recon-iters", "5"]);
     assert_eq!(err.status.code(), Some(2));
@@ -984,6 +988,8 @@ fn ptq_recon_reconstructs_every_block_and_records_it() {
         "5",
         "--recon-images",
         "16",
+        "--recon-drop",
+        "0.5",
         "--eval",
         "50",
         "--runs",
@@ -994,5 +1000,18 @@ fn ptq_recon_reconstructs_every_block_and_records_it() {
             && out.contains("| mixed sensitivity recon | 3 |"),
         "{out}"
     );
-    assert!(only_run(&runs, "-ptq-mixed").join("recon.json").is_file());
+    let recon: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(only_run(&runs, "-ptq-mixed").join("recon.json")).unwrap(),
+    )
+    .unwrap();
+    let drops: Vec<_> = recon
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["config"]["drop_prob"])
+        .collect();
+    assert!(
+        drops.len() == 2 && drops.iter().all(|d| **d == 0.5),
+        "{drops:?}"
+    );
 }

@@ -697,7 +697,14 @@ fn reconstructed(
     Tensor<4>,
     Vec<usize>,
 ) {
-    reconstructed_with(name, bits, iters, seed, mixq_qat_trainer::ReconLoss::Mse)
+    reconstructed_with(
+        name,
+        bits,
+        iters,
+        seed,
+        mixq_qat_trainer::ReconLoss::Mse,
+        0.0,
+    )
 }
 
 fn reconstructed_with(
@@ -706,6 +713,7 @@ fn reconstructed_with(
     iters: usize,
     seed: u64,
     loss: mixq_qat_trainer::ReconLoss,
+    drop_prob: f64,
 ) -> (
     mixq_qat_trainer::Reconstruction,
     Model,
@@ -724,6 +732,7 @@ fn reconstructed_with(
         batch: 16,
         seed,
         loss,
+        drop_prob,
         ..Default::default()
     };
     let ptq = PtqConfig::default();
@@ -812,13 +821,30 @@ fn reconstruction_is_seeded_and_exports_to_the_integer_engine() {
             .map(|l| host(&l.weight.val()))
             .collect()
     };
-    let (mut a, _, test, _) = reconstructed("digits-deit", 4, 40, 3);
-    let (mut b, _, _, _) = reconstructed("digits-deit", 4, 40, 3);
+    // With QDrop on, the seed also draws the masks.
+    let qdrop = |seed| {
+        reconstructed_with(
+            "digits-deit",
+            4,
+            40,
+            seed,
+            mixq_qat_trainer::ReconLoss::Mse,
+            0.5,
+        )
+    };
+    let (mut a, _, test, _) = qdrop(3);
+    let (mut b, _, _, _) = qdrop(3);
     assert!(
         weights(&mut a) == weights(&mut b),
         "same seed, other weights"
     );
     assert_eq!(a.quantized.state, b.quantized.state);
+    // QDrop acts: the default (off) ends elsewhere from the same seed.
+    let (mut off, _, _, _) = reconstructed("digits-deit", 4, 40, 3);
+    assert!(
+        weights(&mut a) != weights(&mut off),
+        "QDrop 0.5 and QDrop off gave the same weights"
+    );
 
     let engine = mixq_deploy::IntModel::from_quantized(&a.quantized).unwrap();
     let n = test.dims()[0];
@@ -942,6 +968,7 @@ fn fisher_reconstruction_lowers_each_block_loss_and_needs_logits() {
         100,
         0,
         mixq_qat_trainer::ReconLoss::Fisher,
+        0.0,
     );
     for b in &r.blocks {
         println!(
