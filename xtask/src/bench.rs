@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: whole-model timings measured side by side in one process (the machine
 //! is shared and noisy; ratios from one run are what we report). Random weights, random images.
 
+use mixq_vit_models::Network;
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};

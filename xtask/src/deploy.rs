@@ -2,6 +2,7 @@
 //! command line — export a calibrated model to one file, evaluate the file, and time it
 //! against burn-flex's f32 forward in one process.
 
+use mixq_vit_models::Network;
 use std::path::PathBuf;
 
 use burn::tensor::Device;

@@ -1,6 +1,7 @@
 //! `cargo xtask ptq`: post-training quantization with a fixed bit plan (or `--plan FILE`),
 //! full precision and quantized side by side, and the run folder with plan, results, report.
 
+use mixq_vit_models::Network;
 use std::path::{Path, PathBuf};
 
 use clap::Args;

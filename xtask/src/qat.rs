@@ -2,6 +2,7 @@
 //! `--plan FILE`, or `--mixed` from the same allocator as `ptq --mixed`), resumable from the
 //! checkpoint every epoch writes, and a run folder with learning curves and the final table.
 
+use mixq_vit_models::Network;
 use std::path::{Path, PathBuf};
 
 use clap::Args;

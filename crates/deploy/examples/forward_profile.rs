@@ -2,6 +2,7 @@
 //! for profilers: `cargo run --release -p mixq-deploy --example forward_profile -- [batch]
 //! [runs] [wbits]`, e.g. under `perf record`. Prints the time per batch.
 
+use mixq_vit_models::Network;
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};

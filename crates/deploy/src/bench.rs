@@ -3,6 +3,7 @@
 //! shapes. Wall-clock timings of whole batches; a criterion bench (`benches/int_forward.rs`)
 //! covers the kernels.
 
+use mixq_vit_models::Network;
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};

@@ -31,7 +31,7 @@
 //! use mixq_deploy::IntModel;
 //! use mixq_ptq::{PtqConfig, quantize, uniform_plan};
 //! use mixq_quant_kernels::host_values;
-//! use mixq_vit_models::ModelCard;
+//! use mixq_vit_models::{ModelCard, Network};
 //!
 //! let device = Device::flex();
 //! let card = ModelCard::find("digits-deit")?;

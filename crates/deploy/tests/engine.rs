@@ -9,6 +9,7 @@ use mixq_deploy::IntModel;
 use mixq_ptq::{PtqConfig, QuantizedModel, SoftmaxMode, quantize, uniform_plan};
 use mixq_quant_kernels::host_values;
 use mixq_sensitivity::argmax;
+use mixq_vit_models::Network;
 use mixq_vit_models::{ArchConfig, ModelCard, VitConfig, WeightsSource};
 
 /// The engine and the fake-quant model differ only by float rounding (exact integer products

@@ -1,6 +1,7 @@
 //! Calibration: from a full-precision model, a calibration batch and a bit plan to a
 //! fake-quantized model (weights quantized in place, activations through [`QuantState`]).
 
+use mixq_vit_models::Network;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 

@@ -8,7 +8,7 @@
 //! ```
 //! use burn::tensor::{Device, Distribution, Tensor};
 //! use mixq_ptq::{PtqConfig, quantize, uniform_plan};
-//! use mixq_vit_models::ModelCard;
+//! use mixq_vit_models::{ModelCard, Network};
 //!
 //! let device = Device::flex();
 //! let card = ModelCard::find("digits-deit")?;

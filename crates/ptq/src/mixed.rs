@@ -3,6 +3,7 @@
 //! plan of the same size. [`make_plans`] runs the three; each is also callable alone;
 //! [`evaluate_plans`] scores what it made.
 
+use mixq_vit_models::Network;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

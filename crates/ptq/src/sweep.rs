@@ -1,6 +1,7 @@
 //! The sensitivity sweep with mixq's quantizers: one isolated calibration per candidate
 //! bit-width, then mixq-sensitivity measures each site alone on the probe set.
 
+use mixq_vit_models::Network;
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleVisitor, Param};

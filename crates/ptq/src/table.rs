@@ -5,7 +5,7 @@
 //! ```no_run
 //! use mixq_datasets::EvalData;
 //! use mixq_ptq::{Calibrate, PtqTableConfig, ablation_grid, ptq_table, uniform_plan};
-//! use mixq_vit_models::{ModelCard, WeightsChoice};
+//! use mixq_vit_models::{ModelCard, Network, WeightsChoice};
 //!
 //! let card = ModelCard::find("fmnist-deit")?;
 //! let device = burn::tensor::Device::flex();
@@ -27,6 +27,7 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
+use mixq_vit_models::Network;
 use std::path::PathBuf;
 use std::sync::Mutex;
 

@@ -6,6 +6,7 @@ use mixq_ptq::{
     Metrics, PostLnMode, PtqConfig, SoftmaxMode, Variant, compare, compare_variants, quantize,
     reparameterize, uniform_plan,
 };
+use mixq_vit_models::Network;
 use mixq_vit_models::testing::{FIXTURES, fixture, max_abs_diff};
 
 fn host(t: Tensor<2>) -> Vec<f32> {

@@ -6,6 +6,7 @@ use mixq_core::{BitWidth, SiteBits, SiteId};
 use mixq_datasets::Digits;
 use mixq_ptq::{Baseline, PtqConfig, SweepOptions, sensitivity_sweep, sweep_fingerprint};
 use mixq_sensitivity::{Metric, Probe, Record, Shard, SweepCache, merge_tables, to_table};
+use mixq_vit_models::Network;
 use mixq_vit_models::{Model, ModelCard, WeightsSource};
 
 fn bits(b: u8) -> SiteBits {

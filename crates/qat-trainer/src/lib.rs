@@ -30,7 +30,7 @@
 //! use burn::tensor::{Device, Distribution, Tensor};
 //! use mixq_ptq::{PtqConfig, uniform_plan};
 //! use mixq_qat_trainer::{ImageSet, QatConfig, QatTrainer};
-//! use mixq_vit_models::ModelCard;
+//! use mixq_vit_models::{ModelCard, Network};
 //!
 //! let device = Device::flex();
 //! let card = ModelCard::find("digits-deit")?;

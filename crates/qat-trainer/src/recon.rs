@@ -32,7 +32,7 @@
 //! use burn::tensor::{Device, Distribution, Tensor};
 //! use mixq_ptq::{PtqConfig, uniform_plan};
 //! use mixq_qat_trainer::{ReconConfig, reconstruct};
-//! use mixq_vit_models::ModelCard;
+//! use mixq_vit_models::{ModelCard, Network};
 //!
 //! let device = Device::flex();
 //! let card = ModelCard::find("digits-deit")?;
@@ -50,6 +50,7 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
+use mixq_vit_models::Network;
 use std::collections::BTreeMap;
 use std::time::Instant;
 

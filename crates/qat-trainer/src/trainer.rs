@@ -2,6 +2,7 @@
 //! the FP teacher with two AdamW optimizers, one for the model's parameters and one, with its
 //! own learning rate and no weight decay, for the step sizes.
 
+use mixq_vit_models::Network;
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};

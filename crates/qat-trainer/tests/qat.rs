@@ -1,6 +1,7 @@
 //! QAT: LSQ gradients, the straight-through estimator, the PTQ starting point, distillation,
 //! resume equivalence and checkpoint validation; FP training's resume and checkpoints. One test binary (each costs a burn link).
 
+use mixq_vit_models::Network;
 use std::collections::BTreeMap;
 
 use burn::module::Module;

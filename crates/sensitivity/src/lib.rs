@@ -37,6 +37,7 @@ mod metric;
 
 use burn::tensor::Tensor;
 use mixq_core::{Error, Result, SiteBits, SiteId};
+use mixq_vit_models::Network;
 pub use mixq_vit_models::NoHook;
 use mixq_vit_models::{Model, SiteHook, Slot};
 use rayon::prelude::*;

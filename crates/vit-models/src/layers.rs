@@ -259,6 +259,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// Its sites in forward order: `fc1`, `fc2`.
+    pub fn site_ids(&self) -> [SiteId; 2] {
+        [self.fc1.site.clone(), self.fc2.site.clone()]
+    }
+
     /// `path` is the MLP's module path (`blocks.0.mlp`).
     pub fn new(path: &SiteId, dim: usize, hidden: usize, device: &Device) -> Self {
         Mlp {

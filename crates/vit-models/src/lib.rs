@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
-//! use mixq_vit_models::{ModelCard, summarize_sites};
+//! use mixq_vit_models::{ModelCard, Network, summarize_sites};
 //!
 //! let card = ModelCard::find("digits-deit")?;
 //! let device = Device::flex();
@@ -28,6 +28,7 @@ pub mod hooks;
 pub mod layers;
 pub mod model;
 pub mod neighborhood;
+pub mod network;
 pub mod onnx;
 pub mod saliency;
 pub mod swin;
@@ -47,6 +48,7 @@ pub use explain_data::{
 pub use hooks::{NoHook, SiteHook, Slot};
 pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};
 pub use model::{ArchConfig, Model, seeded};
+pub use network::{Network, OutputKind};
 pub use saliency::{SaliencyDecoder, SaliencyDecoderConfig};
 pub use swin::{SwinConfig, SwinTransformer};
 pub use vit::{VisionTransformer, VitConfig, resample_pos_embed};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hooks::{NoHook, SiteHook};
 use crate::layers::{Conv2d, LayerNorm, Linear};
+use crate::network::{Network, OutputKind};
 use crate::swin::{SwinConfig, SwinTransformer};
 use crate::vit::{VisionTransformer, VitConfig};
 
@@ -101,6 +102,16 @@ impl ArchConfig {
     }
 }
 
+/// `$body` with `$m` bound to the family's model, whichever family `$model` holds.
+macro_rules! each_family {
+    ($model:expr, $m:ident => $body:expr) => {
+        match $model {
+            Model::Vit($m) => $body,
+            Model::Swin($m) => $body,
+        }
+    };
+}
+
 /// A classification model of any family. (A process holds one or two models, so the size
 /// difference between variants costs nothing worth a box on every access.)
 #[allow(clippy::large_enum_variant)]
@@ -120,10 +131,7 @@ impl Model {
 
     /// The forward with every site's tensors passed through `hook` (quantizers, observers).
     pub fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
-        match self {
-            Model::Vit(m) => m.forward_with(images, hook),
-            Model::Swin(m) => m.forward_with(images, hook),
-        }
+        each_family!(self, m => m.forward_with(images, hook))
     }
 
     /// The final-normed tokens `[b, tokens, c]` (ViT: prefix tokens and patches; Swin: the
@@ -157,10 +165,7 @@ impl Model {
         hook: &dyn SiteHook,
         boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
     ) -> Tensor<2> {
-        match self {
-            Model::Vit(m) => m.forward_head(m.forward_features_with(images, hook, boundary), hook),
-            Model::Swin(m) => m.forward_head(m.forward_features_with(images, hook, boundary), hook),
-        }
+        each_family!(self, m => m.forward_head(m.forward_features_with(images, hook, boundary), hook))
     }
 
     /// The residual-stream tensors at every boundary (block inputs, then the final norm's
@@ -179,120 +184,9 @@ impl Model {
         (kept, logits)
     }
 
-    /// The boundary from which `site`'s computation can be rerun (see [`Self::forward_from`]),
-    /// or `None` when it needs the images (the patch embedding, or an unknown site).
-    pub fn resume_point(&self, site: &SiteId) -> Option<usize> {
-        let parts: Vec<&str> = site.as_str().split('.').collect();
-        let index = |i: usize| parts.get(i).and_then(|p| p.parse::<usize>().ok());
-        match self {
-            Model::Vit(m) => match parts.first().copied() {
-                Some("blocks") => index(1).filter(|&b| b < m.blocks.len()),
-                Some("head") | Some("head_dist") => Some(m.blocks.len()),
-                _ => None,
-            },
-            Model::Swin(m) => {
-                let first_block_of = |stage: usize| -> usize {
-                    m.layers[..stage].iter().map(|l| l.blocks.len()).sum()
-                };
-                match (parts.first().copied(), parts.get(2).copied()) {
-                    (Some("layers"), Some("blocks")) => {
-                        let (stage, block) = (index(1)?, index(3)?);
-                        (stage < m.layers.len() && block < m.layers[stage].blocks.len())
-                            .then(|| first_block_of(stage) + block)
-                    }
-                    // Patch merging sits before its stage's first block: rerun the previous
-                    // stage's last block too.
-                    (Some("layers"), Some("downsample")) => {
-                        let stage = index(1)?;
-                        (stage > 0 && stage < m.layers.len()).then(|| first_block_of(stage) - 1)
-                    }
-                    (Some("head"), _) => Some(first_block_of(m.layers.len())),
-                    _ => None,
-                }
-            }
-        }
-    }
-
-    /// Transformer blocks in forward order (boundary `i` is block `i`'s input, boundary
-    /// `num_blocks()` the final norm's).
-    pub fn num_blocks(&self) -> usize {
-        match self {
-            Model::Vit(m) => m.blocks.len(),
-            Model::Swin(m) => m.layers.iter().map(|l| l.blocks.len()).sum(),
-        }
-    }
-
-    /// Boundary `i + 1` from boundary `i` (`[b, tokens, c]`): block `i`, and for Swin the next
-    /// stage's patch merging when block `i` ends a stage. Its sites are those whose
-    /// [`Self::resume_point`] is `i`: the unit block reconstruction optimises at once.
-    pub fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
-        match self {
-            Model::Vit(m) => m.blocks[i].forward(x, hook),
-            Model::Swin(m) => {
-                let [b, n, c] = x.dims();
-                let side = (n as f64).sqrt().round() as usize;
-                let mut y = x.reshape([b, side, side, c]);
-                let mut start = 0;
-                for (s, layer) in m.layers.iter().enumerate() {
-                    let end = start + layer.blocks.len();
-                    if i < end {
-                        y = layer.blocks[i - start].forward(y, hook);
-                        if i + 1 == end
-                            && let Some(down) =
-                                m.layers.get(s + 1).and_then(|l| l.downsample.as_ref())
-                        {
-                            y = down.forward(y, hook);
-                        }
-                        break;
-                    }
-                    start = end;
-                }
-                let [b, h, w, c] = y.dims();
-                y.reshape([b, h * w, c])
-            }
-        }
-    }
-
-    /// Logits from boundary `point` onward, given that boundary's tensor (`[b, tokens, c]`
-    /// as [`Self::boundaries`] returns it).
-    pub fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
-        match self {
-            Model::Vit(m) => {
-                let x = m.blocks[point.min(m.blocks.len())..]
-                    .iter()
-                    .fold(x, |x, b| b.forward(x, hook));
-                m.forward_head(m.norm.forward(x, hook), hook)
-            }
-            Model::Swin(m) => {
-                let [b, n, c] = x.dims();
-                let side = (n as f64).sqrt().round() as usize;
-                let mut y = x.reshape([b, side, side, c]);
-                let (mut start, mut entered) = (0, false);
-                for layer in &m.layers {
-                    let end = start + layer.blocks.len();
-                    if entered {
-                        if let Some(down) = &layer.downsample {
-                            y = down.forward(y, hook);
-                        }
-                        for block in &layer.blocks {
-                            y = block.forward(y, hook);
-                        }
-                    } else if point < end {
-                        entered = true;
-                        for block in &layer.blocks[point - start..] {
-                            y = block.forward(y, hook);
-                        }
-                    }
-                    start = end;
-                }
-                m.forward_head(m.norm.forward(y, hook), hook)
-            }
-        }
-    }
-
     /// A backbone: no classifier head, its output is features (a ViT with `num_classes = 0`).
     pub fn is_backbone(&self) -> bool {
-        matches!(self, Model::Vit(m) if m.head.is_none())
+        self.output_kind() == OutputKind::Features
     }
 
     /// The configuration the model was built from.
@@ -302,83 +196,51 @@ impl Model {
             Model::Swin(m) => ArchConfig::Swin(m.config.clone()),
         }
     }
+}
 
-    /// Every quantizable site in forward order.
-    pub fn sites(&self) -> Vec<SiteInfo> {
-        self.arch().sites()
+/// Each family's own declaration, through one type.
+impl Network for Model {
+    fn sites(&self) -> Vec<SiteInfo> {
+        each_family!(self, m => m.sites())
+    }
+
+    fn output_kind(&self) -> OutputKind {
+        each_family!(self, m => m.output_kind())
+    }
+
+    fn block_sites(&self) -> Vec<Vec<SiteId>> {
+        each_family!(self, m => m.block_sites())
+    }
+
+    fn num_blocks(&self) -> usize {
+        each_family!(self, m => m.num_blocks())
+    }
+
+    fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
+        each_family!(self, m => m.forward_block(i, x, hook))
+    }
+
+    fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
+        each_family!(self, m => m.forward_from(point, x, hook))
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        each_family!(self, m => m.linears_mut())
+    }
+
+    fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)> {
+        each_family!(self, m => m.post_norm_pairs_mut())
+    }
+
+    fn resume_point(&self, site: &SiteId) -> Option<usize> {
+        each_family!(self, m => m.resume_point(site))
     }
 }
 
 /// Mutable access to the parameters that post-training quantization rewrites.
 impl Model {
-    /// Every linear site, in forward order.
-    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        let mut out = Vec::new();
-        match self {
-            Model::Vit(m) => {
-                for b in &mut m.blocks {
-                    out.extend([
-                        &mut b.attn.qkv,
-                        &mut b.attn.proj,
-                        &mut b.mlp.fc1,
-                        &mut b.mlp.fc2,
-                    ]);
-                }
-                out.extend(m.head.as_mut());
-                out.extend(m.head_dist.as_mut());
-            }
-            Model::Swin(m) => {
-                for stage in &mut m.layers {
-                    if let Some(d) = &mut stage.downsample {
-                        out.push(&mut d.reduction);
-                    }
-                    for b in &mut stage.blocks {
-                        out.extend([
-                            &mut b.attn.qkv,
-                            &mut b.attn.proj,
-                            &mut b.mlp.fc1,
-                            &mut b.mlp.fc2,
-                        ]);
-                    }
-                }
-                out.push(&mut m.head.fc);
-            }
-        }
-        out
-    }
-
     /// The patch-embedding convolution.
     pub fn patch_embed_mut(&mut self) -> &mut Conv2d {
-        match self {
-            Model::Vit(m) => &mut m.patch_embed.proj,
-            Model::Swin(m) => &mut m.patch_embed.proj,
-        }
-    }
-
-    /// Each LayerNorm with the linear site that reads its output directly (`norm1` -> `qkv`,
-    /// `norm2` -> `fc1`, Swin's `downsample.norm` -> `reduction`): the post-LayerNorm sites whose
-    /// per-channel ranges can be folded into the norm (RepQ-ViT reparameterization).
-    pub fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)> {
-        let mut out = Vec::new();
-        match self {
-            Model::Vit(m) => {
-                for b in &mut m.blocks {
-                    out.push((&mut b.norm1, &mut b.attn.qkv));
-                    out.push((&mut b.norm2, &mut b.mlp.fc1));
-                }
-            }
-            Model::Swin(m) => {
-                for stage in &mut m.layers {
-                    if let Some(d) = &mut stage.downsample {
-                        out.push((&mut d.norm, &mut d.reduction));
-                    }
-                    for b in &mut stage.blocks {
-                        out.push((&mut b.norm1, &mut b.attn.qkv));
-                        out.push((&mut b.norm2, &mut b.mlp.fc1));
-                    }
-                }
-            }
-        }
-        out
+        each_family!(self, m => &mut m.patch_embed.proj)
     }
 }

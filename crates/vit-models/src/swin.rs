@@ -13,6 +13,7 @@ use crate::hooks::{NoHook, SiteHook, softmax};
 use crate::layers::{
     Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
+use crate::network::{Network, OutputKind};
 use crate::vit::{attention_scores, attention_values, site};
 
 /// Architecture of a Swin Transformer (timm's constructor arguments).
@@ -335,6 +336,16 @@ pub fn shifted_window_mask_hw(h: usize, w: usize, window: usize, shift: usize) -
 }
 
 impl WindowAttention {
+    /// Its sites in forward order: `qkv`, `matmul_qk`, `matmul_av`, `proj`.
+    pub fn site_ids(&self) -> [SiteId; 4] {
+        [
+            self.qkv.site.clone(),
+            self.matmul_qk.clone(),
+            self.matmul_av.clone(),
+            self.proj.site.clone(),
+        ]
+    }
+
     /// Attention within windows: `x` is `[windows, n, c]`, `mask` `[mask_windows, n, n]`.
     pub fn forward(
         &self,
@@ -458,6 +469,13 @@ impl SwinBlock {
             shift,
             mask_size,
         }
+    }
+
+    /// Its sites in forward order (attention, then MLP).
+    pub fn site_ids(&self) -> Vec<SiteId> {
+        let mut ids = self.attn.site_ids().to_vec();
+        ids.extend(self.mlp.site_ids());
+        ids
     }
 
     /// One block on `[b, h, w, c]` tokens.
@@ -680,6 +698,123 @@ impl SwinTransformer {
     /// The plain forward.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.forward_with(images, &NoHook)
+    }
+}
+
+/// `[b, h*w, c]` as the square NHWC map `[b, side, side, c]` Swin's blocks take.
+fn square_map(x: Tensor<3>) -> Tensor<4> {
+    let [b, n, c] = x.dims();
+    let side = (n as f64).sqrt().round() as usize;
+    x.reshape([b, side, side, c])
+}
+
+/// Block `i` of the residual stream is the `i`-th Swin block counted over all stages, and,
+/// when it ends a stage, the next stage's patch merging: merging sits before its stage's first
+/// block, so a change there reruns from the previous stage's last block.
+impl Network for SwinTransformer {
+    fn sites(&self) -> Vec<SiteInfo> {
+        self.config.sites()
+    }
+
+    fn output_kind(&self) -> OutputKind {
+        OutputKind::Logits
+    }
+
+    fn block_sites(&self) -> Vec<Vec<SiteId>> {
+        let mut out = Vec::new();
+        for (s, stage) in self.layers.iter().enumerate() {
+            for (b, block) in stage.blocks.iter().enumerate() {
+                let mut ids = block.site_ids();
+                if b + 1 == stage.blocks.len()
+                    && let Some(down) = self.layers.get(s + 1).and_then(|l| l.downsample.as_ref())
+                {
+                    ids.push(down.reduction.site.clone());
+                }
+                out.push(ids);
+            }
+        }
+        out
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.layers.iter().map(|l| l.blocks.len()).sum()
+    }
+
+    fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
+        let mut y = square_map(x);
+        let mut start = 0;
+        for (s, layer) in self.layers.iter().enumerate() {
+            let end = start + layer.blocks.len();
+            if i < end {
+                y = layer.blocks[i - start].forward(y, hook);
+                if i + 1 == end
+                    && let Some(down) = self.layers.get(s + 1).and_then(|l| l.downsample.as_ref())
+                {
+                    y = down.forward(y, hook);
+                }
+                break;
+            }
+            start = end;
+        }
+        let [b, h, w, c] = y.dims();
+        y.reshape([b, h * w, c])
+    }
+
+    fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
+        let mut y = square_map(x);
+        let (mut start, mut entered) = (0, false);
+        for layer in &self.layers {
+            let end = start + layer.blocks.len();
+            if entered {
+                if let Some(down) = &layer.downsample {
+                    y = down.forward(y, hook);
+                }
+                for block in &layer.blocks {
+                    y = block.forward(y, hook);
+                }
+            } else if point < end {
+                entered = true;
+                for block in &layer.blocks[point - start..] {
+                    y = block.forward(y, hook);
+                }
+            }
+            start = end;
+        }
+        self.forward_head(self.norm.forward(y, hook), hook)
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out = Vec::new();
+        for stage in &mut self.layers {
+            if let Some(d) = &mut stage.downsample {
+                out.push(&mut d.reduction);
+            }
+            for b in &mut stage.blocks {
+                out.extend([
+                    &mut b.attn.qkv,
+                    &mut b.attn.proj,
+                    &mut b.mlp.fc1,
+                    &mut b.mlp.fc2,
+                ]);
+            }
+        }
+        out.push(&mut self.head.fc);
+        out
+    }
+
+    /// `downsample.norm` -> `reduction`, and `norm1` -> `qkv`, `norm2` -> `fc1` of every block.
+    fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)> {
+        let mut out = Vec::new();
+        for stage in &mut self.layers {
+            if let Some(d) = &mut stage.downsample {
+                out.push((&mut d.norm, &mut d.reduction));
+            }
+            for b in &mut stage.blocks {
+                out.push((&mut b.norm1, &mut b.attn.qkv));
+                out.push((&mut b.norm2, &mut b.mlp.fc1));
+            }
+        }
+        out
     }
 }
 

@@ -14,6 +14,7 @@ use crate::hooks::{NoHook, SiteHook, Slot, hook_nd, softmax};
 use crate::layers::{
     Conv2d, Conv2dConfig, LayerNorm, LayerScale, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
+use crate::network::{Network, OutputKind};
 use crate::saliency::{SaliencyDecoder, SaliencyDecoderConfig};
 
 /// Architecture of a ViT/DeiT (timm's constructor arguments).
@@ -239,6 +240,16 @@ impl Attention {
         }
     }
 
+    /// Its sites in forward order: `qkv`, `matmul_qk`, `matmul_av`, `proj`.
+    pub fn site_ids(&self) -> [SiteId; 4] {
+        [
+            self.qkv.site.clone(),
+            self.matmul_qk.clone(),
+            self.matmul_av.clone(),
+            self.proj.site.clone(),
+        ]
+    }
+
     /// Multi-head self-attention on `[b, tokens, dim]`.
     pub fn forward(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
         let [q, k, v] = split_qkv(self.qkv.forward(x, hook), self.num_heads);
@@ -304,6 +315,13 @@ pub struct Block {
 }
 
 impl Block {
+    /// Its sites in forward order (attention, then MLP).
+    pub fn site_ids(&self) -> Vec<SiteId> {
+        let mut ids = self.attn.site_ids().to_vec();
+        ids.extend(self.mlp.site_ids());
+        ids
+    }
+
     /// `x + ls1(attn(norm1(x)))`, then `x + ls2(mlp(norm2(x)))`.
     pub fn forward(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
         let scaled = |ls: &Option<LayerScale>, y: Tensor<3>| match ls {
@@ -420,6 +438,64 @@ impl VisionTransformer {
     /// The plain forward.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.forward_with(images, &NoHook)
+    }
+}
+
+/// ViT's blocks are the residual-stream blocks; the final norm and the head(s) follow them.
+impl Network for VisionTransformer {
+    fn sites(&self) -> Vec<SiteInfo> {
+        self.config.sites()
+    }
+
+    fn output_kind(&self) -> OutputKind {
+        match self.head {
+            Some(_) => OutputKind::Logits,
+            None => OutputKind::Features,
+        }
+    }
+
+    fn block_sites(&self) -> Vec<Vec<SiteId>> {
+        self.blocks.iter().map(Block::site_ids).collect()
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
+        self.blocks[i].forward(x, hook)
+    }
+
+    fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
+        let x = self.blocks[point.min(self.blocks.len())..]
+            .iter()
+            .fold(x, |x, b| b.forward(x, hook));
+        self.forward_head(self.norm.forward(x, hook), hook)
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out = Vec::new();
+        for b in &mut self.blocks {
+            out.extend([
+                &mut b.attn.qkv,
+                &mut b.attn.proj,
+                &mut b.mlp.fc1,
+                &mut b.mlp.fc2,
+            ]);
+        }
+        out.extend(self.head.as_mut());
+        out.extend(self.head_dist.as_mut());
+        out
+    }
+
+    /// `norm1` -> `qkv` and `norm2` -> `fc1` of every block.
+    fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)> {
+        let mut out = Vec::new();
+        for b in &mut self.blocks {
+            out.push((&mut b.norm1, &mut b.attn.qkv));
+            out.push((&mut b.norm2, &mut b.mlp.fc1));
+        }
+        out
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
 use mixq_lrp::{AttentionRule, Preset};
+use mixq_vit_models::Network;
 use mixq_vit_models::{ExplainOptions, Explanation, Model, Target, contribution_scores};
 
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];

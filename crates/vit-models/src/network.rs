@@ -1,0 +1,77 @@
+//! The model interface the pipeline stages take: what a model family declares about its
+//! structure (its sites, its residual-stream blocks and what they contain, the parameters PTQ
+//! rewrites, what it outputs), implemented once per family next to its layers.
+
+use burn::tensor::Tensor;
+use mixq_core::{SiteId, SiteInfo};
+use serde::{Deserialize, Serialize};
+
+use crate::hooks::SiteHook;
+use crate::layers::{LayerNorm, Linear};
+
+/// What a model's forward returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// Class logits `[b, classes]` (a classifier: top-1, KL, LRP targets).
+    Logits,
+    /// Final-normed tokens (a backbone without a head: compared by token cosine).
+    Features,
+}
+
+/// A model family's structure, as sensitivity sweeps, PTQ and block reconstruction use it.
+///
+/// The residual stream is cut into *blocks*: boundary `i` is block `i`'s input and boundary
+/// [`Network::num_blocks`] the input of what follows the last block (final norm and head). A
+/// block's sites are what [`Network::forward_block`] runs, so a change at one site only needs
+/// the model rerun from its block ([`Network::resume_point`]).
+pub trait Network {
+    /// Every quantizable site in forward order, with parameters and MACs per image.
+    fn sites(&self) -> Vec<SiteInfo>;
+
+    /// What the forward returns.
+    fn output_kind(&self) -> OutputKind;
+
+    /// The sites each block runs, block by block in forward order, as the modules were built
+    /// with them.
+    fn block_sites(&self) -> Vec<Vec<SiteId>>;
+
+    /// Blocks in forward order.
+    fn num_blocks(&self) -> usize {
+        self.block_sites().len()
+    }
+
+    /// Boundary `i + 1` from boundary `i` (`[b, tokens, c]`): block `i`.
+    fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3>;
+
+    /// The output from boundary `point` onward, given that boundary's tensor.
+    fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2>;
+
+    /// Every linear site, in forward order.
+    fn linears_mut(&mut self) -> Vec<&mut Linear>;
+
+    /// Each LayerNorm with the linear site that reads its output directly: the post-LayerNorm
+    /// sites whose per-channel ranges can be folded into the norm (RepQ-ViT reparameterization).
+    fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)>;
+
+    /// The boundary from which `site`'s computation can be rerun with [`Network::forward_from`]:
+    /// its block, or [`Network::num_blocks`] for a site after the last block (the head);
+    /// `None` when it needs the images (the patch embedding) or is no site of the model.
+    fn resume_point(&self, site: &SiteId) -> Option<usize> {
+        let blocks = self.block_sites();
+        if let Some(i) = blocks.iter().position(|b| b.contains(site)) {
+            return Some(i);
+        }
+        let order: Vec<SiteId> = self.sites().into_iter().map(|s| s.id).collect();
+        let at = order.iter().position(|id| id == site)?;
+        let last_in_a_block = blocks
+            .iter()
+            .flatten()
+            .filter_map(|id| order.iter().position(|o| o == id))
+            .max();
+        match last_in_a_block {
+            Some(last) if at > last => Some(blocks.len()),
+            _ => None,
+        }
+    }
+}
