@@ -1,5 +1,6 @@
 //! `cargo xtask eval`: accuracy, loss and throughput of a model on a data set.
 
+use mixq_vit_models::Network;
 use std::path::{Path, PathBuf};
 
 use clap::Args;

@@ -1,6 +1,7 @@
 //! Whole DeiT-S (random weights) on the integer engine vs burn-flex's f32 forward, batch 1 and 8.
 //! `cargo xtask bench-int` prints the same comparison as one table with model bytes.
 
+use mixq_vit_models::Network;
 use std::time::Duration;
 
 use burn::tensor::{Device, Distribution, Tensor};

@@ -2,6 +2,7 @@
 //! whole data set: does the file compute what the PTQ tables report, and how fast is it next to
 //! burn-flex's `f32` forward of the same model?
 
+use mixq_vit_models::Network;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};

@@ -1,6 +1,7 @@
 //! Classification metrics: top-1/top-5, cross-entropy, and KL divergence to reference logits;
 //! full precision and quantized variants compared in one pass over the data.
 
+use mixq_vit_models::Network;
 use std::time::Instant;
 
 use burn::tensor::Tensor;

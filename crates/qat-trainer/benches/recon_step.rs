@@ -4,6 +4,7 @@
 //! are drawn on the host) and the MSE and Fisher-weighted losses.
 //! `cargo bench -p mixq-qat-trainer --bench recon_step`.
 
+use mixq_vit_models::Network;
 use std::time::Duration;
 
 use burn::tensor::{Device, Distribution, Tensor};

@@ -6,6 +6,7 @@
 //! epoch's order and augmentation in turn, and each checkpoint records its position, so a
 //! resumed run draws exactly what the uninterrupted one would have.
 
+use mixq_vit_models::Network;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;

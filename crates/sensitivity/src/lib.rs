@@ -3,7 +3,7 @@
 //! Mix-QViT's second criterion: how much the model's output changes when one site alone is
 //! quantized at a candidate bit-width while every other site stays at the baseline. The sweep
 //! runs the probe images once per candidate up to every block boundary, caches those tensors,
-//! and reruns only from the site's block onward ([`Model::resume_point`]); results go to an
+//! and reruns only from the site's block onward ([`Network::resume_point`](mixq_vit_models::Network::resume_point)); results go to an
 //! append-only [`SweepCache`] so a rerun or a crash resumes, and a [`Shard`] of the grid can run
 //! in another process.
 //!
@@ -37,9 +37,8 @@ mod metric;
 
 use burn::tensor::Tensor;
 use mixq_core::{Error, Result, SiteBits, SiteId};
-use mixq_vit_models::Network;
 pub use mixq_vit_models::NoHook;
-use mixq_vit_models::{Model, SiteHook, Slot};
+use mixq_vit_models::{Network, SiteHook, Slot};
 use rayon::prelude::*;
 
 pub use cache::{SweepCache, fingerprint};
@@ -131,7 +130,7 @@ impl SiteHook for OnlySite<'_> {
 }
 
 /// Full-precision logits of the probe set, row-major `[n, classes]`.
-pub fn reference_logits(model: &Model, probe: &Probe) -> Vec<f32> {
+pub fn reference_logits(model: &dyn Network, probe: &Probe) -> Vec<f32> {
     probe
         .batches()
         .flat_map(|x| host(model.forward(x)))
@@ -142,7 +141,8 @@ fn host(t: Tensor<2>) -> Vec<f32> {
     t.into_data().try_into_vec::<f32>().unwrap_or_default()
 }
 
-/// Measures every site of `sites` at `bits` on one calibrated candidate: `model` with
+/// Measures every site of `sites` at `bits` on one calibrated candidate: `model` (any
+/// [`Network`]: mixq's families or a model of one's own) with
 /// `quantized` (a hook that quantizes every site at `bits`, e.g. mixq-ptq's isolated
 /// quantizers) applied to one site at a time and `baseline` to the others.
 ///
@@ -151,7 +151,7 @@ fn host(t: Tensor<2>) -> Vec<f32> {
 /// on a deterministic backend.
 #[allow(clippy::too_many_arguments)]
 pub fn measure_candidate(
-    model: &Model,
+    model: &dyn Network,
     quantized: &dyn SiteHook,
     baseline: &dyn SiteHook,
     probe: &Probe,

@@ -4,6 +4,7 @@
 use burn::tensor::{Device, Distribution, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mixq_vit_models::ModelCard;
+use mixq_vit_models::Network;
 
 fn forward(c: &mut Criterion) {
     let device = Device::flex();

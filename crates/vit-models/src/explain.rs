@@ -1,6 +1,7 @@
 //! LRP explanations: every model family in "LRP mode" (mixq-lrp's rules through the site
 //! hook), relevance read at every site, at block boundaries and at the pixels.
 
+use crate::network::Network;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 

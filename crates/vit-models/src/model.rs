@@ -5,7 +5,7 @@ use burn::tensor::{Device, Tensor};
 use mixq_core::{Result, SiteId, SiteInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::{NoHook, SiteHook};
+use crate::hooks::SiteHook;
 use crate::layers::{Conv2d, LayerNorm, Linear};
 use crate::network::{Network, OutputKind};
 use crate::swin::{SwinConfig, SwinTransformer};
@@ -124,16 +124,6 @@ pub enum Model {
 }
 
 impl Model {
-    /// Logits `[b, classes]` for normalized images `[b, c, h, w]`.
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.forward_with(images, &NoHook)
-    }
-
-    /// The forward with every site's tensors passed through `hook` (quantizers, observers).
-    pub fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
-        each_family!(self, m => m.forward_with(images, hook))
-    }
-
     /// The final-normed tokens `[b, tokens, c]` (ViT: prefix tokens and patches; Swin: the
     /// last stage's map, row-major), every site through `hook`: what a backbone outputs, and
     /// what a label-free comparison of two models reads.
@@ -155,33 +145,6 @@ impl Model {
             Model::Vit(m) => m.saliency(features, size),
             Model::Swin(_) => None,
         }
-    }
-
-    /// [`Self::forward_with`], passing the residual stream (`[b, tokens, c]`) through
-    /// `boundary` at the input of every block and of the final norm.
-    pub fn forward_with_boundaries(
-        &self,
-        images: Tensor<4>,
-        hook: &dyn SiteHook,
-        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
-    ) -> Tensor<2> {
-        each_family!(self, m => m.forward_head(m.forward_features_with(images, hook, boundary), hook))
-    }
-
-    /// The residual-stream tensors at every boundary (block inputs, then the final norm's
-    /// input, as `[b, tokens, c]`) and the logits, all through `hook`: what a sweep caches so
-    /// that a change at one site only reruns the model from the site's block onward.
-    pub fn boundaries(
-        &self,
-        images: Tensor<4>,
-        hook: &dyn SiteHook,
-    ) -> (Vec<Tensor<3>>, Tensor<2>) {
-        let mut kept = Vec::new();
-        let logits = self.forward_with_boundaries(images, hook, &mut |x| {
-            kept.push(x.clone());
-            x
-        });
-        (kept, logits)
     }
 
     /// A backbone: no classifier head, its output is features (a ViT with `num_classes = 0`).
@@ -206,6 +169,19 @@ impl Network for Model {
 
     fn output_kind(&self) -> OutputKind {
         each_family!(self, m => m.output_kind())
+    }
+
+    fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
+        each_family!(self, m => m.forward_with(images, hook))
+    }
+
+    fn forward_with_boundaries(
+        &self,
+        images: Tensor<4>,
+        hook: &dyn SiteHook,
+        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<2> {
+        each_family!(self, m => m.forward_with_boundaries(images, hook, boundary))
     }
 
     fn block_sites(&self) -> Vec<Vec<SiteId>> {

@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use mixq_core::{SiteId, SiteInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::SiteHook;
+use crate::hooks::{NoHook, SiteHook};
 use crate::layers::{LayerNorm, Linear};
 
 /// What a model's forward returns.
@@ -25,12 +25,46 @@ pub enum OutputKind {
 /// [`Network::num_blocks`] the input of what follows the last block (final norm and head). A
 /// block's sites are what [`Network::forward_block`] runs, so a change at one site only needs
 /// the model rerun from its block ([`Network::resume_point`]).
-pub trait Network {
+///
+/// A model of one's own built from mixq's layers ([`Linear`](crate::layers::Linear) and
+/// the others take a [`SiteHook`]) implements it to be swept with the block cache
+/// (`mixq_sensitivity::measure_candidate`); `Sync` because sweeps measure sites in parallel.
+pub trait Network: Sync {
     /// Every quantizable site in forward order, with parameters and MACs per image.
     fn sites(&self) -> Vec<SiteInfo>;
 
     /// What the forward returns.
     fn output_kind(&self) -> OutputKind;
+
+    /// The output for normalized images `[b, c, h, w]`, every site's tensors through `hook`
+    /// (quantizers, observers).
+    fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2>;
+
+    /// The plain forward.
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_with(images, &NoHook)
+    }
+
+    /// [`Network::forward_with`], passing the residual stream (`[b, tokens, c]`) through
+    /// `boundary` at every block boundary (each block's input, then the input of what
+    /// follows the last block).
+    fn forward_with_boundaries(
+        &self,
+        images: Tensor<4>,
+        hook: &dyn SiteHook,
+        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<2>;
+
+    /// The residual-stream tensors at every boundary and the output, all through `hook`: what
+    /// a sweep caches so that a change at one site only reruns the model from its block.
+    fn boundaries(&self, images: Tensor<4>, hook: &dyn SiteHook) -> (Vec<Tensor<3>>, Tensor<2>) {
+        let mut kept = Vec::new();
+        let out = self.forward_with_boundaries(images, hook, &mut |x| {
+            kept.push(x.clone());
+            x
+        });
+        (kept, out)
+    }
 
     /// The sites each block runs, block by block in forward order, as the modules were built
     /// with them.

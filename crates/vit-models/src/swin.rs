@@ -9,7 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::{NoHook, SiteHook, softmax};
+use crate::hooks::{SiteHook, softmax};
 use crate::layers::{
     Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
@@ -689,16 +689,6 @@ impl SwinTransformer {
         let pooled = x.reshape([b, h * w, c]).mean_dim(1).reshape([b, c]);
         self.head.fc.forward(pooled, hook)
     }
-
-    /// Logits `[b, num_classes]` for normalized images `[b, c, h, w]`, every site through `hook`.
-    pub fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
-        self.forward_head(self.forward_features(images, hook), hook)
-    }
-
-    /// The plain forward.
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.forward_with(images, &NoHook)
-    }
 }
 
 /// `[b, h*w, c]` as the square NHWC map `[b, side, side, c]` Swin's blocks take.
@@ -718,6 +708,19 @@ impl Network for SwinTransformer {
 
     fn output_kind(&self) -> OutputKind {
         OutputKind::Logits
+    }
+
+    fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
+        self.forward_head(self.forward_features(images, hook), hook)
+    }
+
+    fn forward_with_boundaries(
+        &self,
+        images: Tensor<4>,
+        hook: &dyn SiteHook,
+        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<2> {
+        self.forward_head(self.forward_features_with(images, hook, boundary), hook)
     }
 
     fn block_sites(&self) -> Vec<Vec<SiteId>> {

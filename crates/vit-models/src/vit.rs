@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::{NoHook, SiteHook, Slot, hook_nd, softmax};
+use crate::hooks::{SiteHook, Slot, hook_nd, softmax};
 use crate::layers::{
     Conv2d, Conv2dConfig, LayerNorm, LayerScale, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
@@ -429,16 +429,6 @@ impl VisionTransformer {
             .reshape([b, d, gh, gw]);
         Some(decoder.forward(grid, [h, w]))
     }
-
-    /// Logits `[b, num_classes]` for normalized images `[b, c, h, w]`, every site through `hook`.
-    pub fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
-        self.forward_head(self.forward_features(images, hook), hook)
-    }
-
-    /// The plain forward.
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.forward_with(images, &NoHook)
-    }
 }
 
 /// ViT's blocks are the residual-stream blocks; the final norm and the head(s) follow them.
@@ -452,6 +442,19 @@ impl Network for VisionTransformer {
             Some(_) => OutputKind::Logits,
             None => OutputKind::Features,
         }
+    }
+
+    fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
+        self.forward_head(self.forward_features(images, hook), hook)
+    }
+
+    fn forward_with_boundaries(
+        &self,
+        images: Tensor<4>,
+        hook: &dyn SiteHook,
+        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<2> {
+        self.forward_head(self.forward_features_with(images, hook, boundary), hook)
     }
 
     fn block_sites(&self) -> Vec<Vec<SiteId>> {

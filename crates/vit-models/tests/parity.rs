@@ -3,6 +3,7 @@
 
 use crate::common::*;
 use burn::tensor::{Device, Tensor};
+use mixq_vit_models::Network;
 use mixq_vit_models::weights::WeightsSource;
 use mixq_vit_models::{Model, NoHook};
 
