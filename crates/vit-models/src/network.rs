@@ -15,7 +15,8 @@ use crate::layers::{LayerNorm, Linear};
 pub enum OutputKind {
     /// Class logits `[b, classes]` (a classifier: top-1, KL, LRP targets).
     Logits,
-    /// Final-normed tokens (a backbone without a head: compared by token cosine).
+    /// Features of a backbone without a head: the final-normed class token `[b, dim]`
+    /// (`Model::features_with` gives every token; label-free metrics compare by cosine).
     Features,
 }
 
