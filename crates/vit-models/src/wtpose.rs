@@ -724,15 +724,6 @@ impl Bottleneck {
         };
         activation::relu(y + identity)
     }
-
-    fn fold(self) -> Self {
-        Bottleneck {
-            conv1: self.conv1.fold(),
-            conv2: self.conv2.fold(),
-            conv3: self.conv3.fold(),
-            downsample: self.downsample.map(ConvBn::fold),
-        }
-    }
 }
 
 /// NATTEN's `NATLayer`: pre-LN neighbourhood attention and MLP, each residual branch scaled
@@ -955,20 +946,35 @@ impl WtPose {
     /// The inference model: every conv + BatchNorm merged into one conv with bias (uses the
     /// running statistics, i.e. the eval-mode BatchNorm).
     pub fn fold_batch_norm(self) -> Self {
+        self.map_conv_bns(&mut ConvBn::fold)
+    }
+
+    /// Every conv + BatchNorm unit (stem, ResNet stage, `conv3`, the waterfall's convs) through
+    /// `f`: the one walk over them that folding and setting statistics share.
+    pub fn map_conv_bns(self, f: &mut dyn FnMut(ConvBn) -> ConvBn) -> Self {
         let wf = self.waterfall;
         WtPose {
-            stem: self.stem.into_iter().map(ConvBn::fold).collect(),
-            layer1: self.layer1.into_iter().map(Bottleneck::fold).collect(),
-            conv3: self.conv3.fold(),
+            stem: self.stem.into_iter().map(&mut *f).collect(),
+            layer1: self
+                .layer1
+                .into_iter()
+                .map(|b| Bottleneck {
+                    conv1: f(b.conv1),
+                    conv2: f(b.conv2),
+                    conv3: f(b.conv3),
+                    downsample: b.downsample.map(&mut *f),
+                })
+                .collect(),
+            conv3: f(self.conv3),
             layers: self.layers,
             norms: self.norms,
             waterfall: Waterfall {
-                conv1: wf.conv1.fold(),
+                conv1: f(wf.conv1),
                 blocks: wf.blocks,
-                pool: wf.pool.fold(),
-                conv2: wf.conv2.fold(),
-                low: wf.low.fold(),
-                last: wf.last.into_iter().map(ConvBn::fold).collect(),
+                pool: f(wf.pool),
+                conv2: f(wf.conv2),
+                low: f(wf.low),
+                last: wf.last.into_iter().map(&mut *f).collect(),
             },
             head: self.head,
             config: self.config,
@@ -1022,37 +1028,10 @@ impl WtPose {
 
     /// Sets every BatchNorm's running statistics (tests, and checkpoints trained elsewhere).
     pub fn map_batch_norms(self, f: &mut dyn FnMut(BatchNorm) -> BatchNorm) -> Self {
-        let mut cb = |c: ConvBn| ConvBn {
+        self.map_conv_bns(&mut |c| ConvBn {
             bn: c.bn.map(&mut *f),
             ..c
-        };
-        let wf = self.waterfall;
-        WtPose {
-            stem: self.stem.into_iter().map(&mut cb).collect(),
-            layer1: self
-                .layer1
-                .into_iter()
-                .map(|b| Bottleneck {
-                    conv1: cb(b.conv1),
-                    conv2: cb(b.conv2),
-                    conv3: cb(b.conv3),
-                    downsample: b.downsample.map(&mut cb),
-                })
-                .collect(),
-            conv3: cb(self.conv3),
-            layers: self.layers,
-            norms: self.norms,
-            waterfall: Waterfall {
-                conv1: cb(wf.conv1),
-                blocks: wf.blocks,
-                pool: cb(wf.pool),
-                conv2: cb(wf.conv2),
-                low: cb(wf.low),
-                last: wf.last.into_iter().map(&mut cb).collect(),
-            },
-            head: self.head,
-            config: self.config,
-        }
+        })
     }
 }
 
