@@ -343,7 +343,7 @@ fn quantize_weight<const D: usize>(
 /// Folds the per-channel ranges of the post-LN inputs into the model (step 1 of [`quantize`])
 /// and returns the per-tensor quantizers of those inputs.
 fn fold_post_ln(
-    model: &mut Model,
+    model: &mut dyn Network,
     calib: &Tensor<4>,
     plan: &BitPlan,
     mode: PostLnMode,
@@ -492,12 +492,14 @@ fn calibrate(
 
 /// Only the reparameterization (step 1), in full precision: the returned model computes the
 /// same function as `model` (up to float rounding); its post-LN inputs are the folded `X'`.
-pub fn reparameterize(
-    mut model: Model,
+/// Any [`Network`] (its `post_norm_pairs_mut` says what to fold), so a model of one's own can
+/// be reparameterized before [`quantize_hooked`].
+pub fn reparameterize<N: Network>(
+    mut model: N,
     calib: Tensor<4>,
     plan: &BitPlan,
     mode: PostLnMode,
-) -> Result<Model> {
+) -> Result<N> {
     plan.check_sites(model.sites().iter().map(|s| &s.id))?;
     fold_post_ln(&mut model, &calib, plan, mode)?;
     Ok(model)
@@ -511,7 +513,8 @@ pub fn reparameterize(
 /// (`true`, like [`quantize_isolated`], for a sensitivity sweep).
 ///
 /// The post-LN reparameterization needs the model's LayerNorm/linear pairs and is not applied
-/// here: post-LN inputs get per-tensor quantizers whatever `config.post_ln` says.
+/// here: post-LN inputs get per-tensor quantizers whatever `config.post_ln` says (a model that
+/// implements [`Network`] can be folded by [`reparameterize`] first).
 pub fn quantize_hooked(
     sites: &[SiteInfo],
     plan: &BitPlan,

@@ -649,3 +649,64 @@ fn mixed_precision_on_a_backbone_takes_the_sweep_alone_with_cosine_damage() {
     let err = run(&config(Criterion::Sensitivity, Metric::Cosine));
     assert!(err.contains("/nonexistent/photos"), "{err}");
 }
+
+/// Records one site's input.
+struct InputOf(SiteId, std::sync::Mutex<Vec<f32>>);
+
+impl mixq_vit_models::SiteHook for InputOf {
+    fn apply(&self, site: &SiteId, slot: mixq_vit_models::Slot, x: Tensor<2>) -> Tensor<2> {
+        if *site == self.0 && slot == mixq_vit_models::Slot::Input {
+            *self.1.lock().unwrap() = host(x.clone());
+        }
+        x
+    }
+}
+
+/// RepQ's reparameterization takes any `Network`: on a model of one's own (not one of mixq's
+/// families) it keeps the function and gives every post-LN input channel the same range.
+#[test]
+fn an_own_network_is_reparameterized() {
+    let device = Device::flex();
+    device.seed(3);
+    let mut model = mixq_vit_models::testing::RowMlp::new(&device);
+    // Uneven channels after block 0's norm, as trained models have.
+    let gamma: Vec<f32> = (0..8).map(|c| 0.25 * (c + 1) as f32).collect();
+    model.blocks[0].norm.gamma = burn::module::Param::from_tensor(Tensor::from_data(
+        burn::tensor::TensorData::new(gamma, [8]),
+        &device,
+    ));
+    let images = Tensor::<4>::random(
+        [16, 1, 8, 8],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let plan = uniform_plan(&model.sites(), 4, 4, 8).unwrap();
+    let site = SiteId::new("blocks.0.fc1");
+    let ranges = |model: &dyn Network| {
+        let hook = InputOf(site.clone(), Default::default());
+        let _ = model.forward_with(images.clone(), &hook);
+        let x = hook.1.into_inner().unwrap();
+        (0..8)
+            .map(|c| {
+                let column = x.iter().skip(c).step_by(8);
+                let max = column.clone().fold(f32::MIN, |m, &v| m.max(v));
+                max - column.fold(f32::MAX, |m, &v| m.min(v))
+            })
+            .collect::<Vec<f32>>()
+    };
+    let spread = |r: &[f32]| {
+        let (lo, hi) = r
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        hi / lo
+    };
+    let before = ranges(&model);
+    let reference = model.forward(images.clone());
+    let rep = reparameterize(model, images.clone(), &plan, PostLnMode::ChannelReparam).unwrap();
+    let after = ranges(&rep);
+    println!("channel ranges before {before:?}, after {after:?}");
+    assert!(spread(&before) > 3.0, "{before:?}");
+    assert!(spread(&after) < 1.001, "{after:?}");
+    let err = max_abs_diff(rep.forward(images), reference);
+    assert!(err < 1e-4, "{err}");
+}

@@ -1,10 +1,17 @@
-//! The committed timm parity fixtures (tests/fixtures, made by tools/make_fixtures.py), for
-//! the tests of this crate and of the crates built on it.
+//! The committed timm parity fixtures (tests/fixtures, made by tools/make_fixtures.py), and a
+//! small model of one's own ([`RowMlp`]), for the tests of this crate and of the crates built
+//! on it.
 
 use std::path::PathBuf;
 
+use burn::module::Module;
+use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor, TensorData};
+use mixq_core::{SiteId, SiteInfo, SiteKind};
 
+use crate::hooks::SiteHook;
+use crate::layers::{LayerNorm, Linear, LinearConfig};
+use crate::network::{Network, OutputKind};
 use crate::swin::SwinConfig;
 use crate::vit::VitConfig;
 use crate::weights::WeightsSource;
@@ -127,4 +134,135 @@ pub fn shipped(name: &str, device: &Device) -> (crate::ModelCard, Model) {
         .and_then(|m| m.load_weights(&WeightsSource::Safetensors(path)))
         .unwrap_or_else(|e| panic!("{e}"));
     (card, model)
+}
+
+/// A model of one's own built from mixq's layers, as a user would write it: the rows of an
+/// 8x8 grey image as 8 tokens, residual MLP blocks, mean over tokens, a 10-class classifier.
+/// It implements [`Network`], so the crates built on this one test their model-agnostic
+/// paths with a model that is none of mixq's families.
+#[derive(Module, Debug)]
+pub struct RowMlp {
+    /// The residual blocks.
+    pub blocks: Vec<RowBlock>,
+    /// The classifier on the mean token.
+    pub head: Linear,
+}
+
+/// `x + fc2(gelu(fc1(norm(x))))`.
+#[derive(Module, Debug)]
+pub struct RowBlock {
+    /// Before `fc1`.
+    pub norm: LayerNorm,
+    /// 8 -> 16.
+    pub fc1: Linear,
+    /// 16 -> 8.
+    pub fc2: Linear,
+}
+
+impl RowBlock {
+    fn new(i: usize, device: &Device) -> Self {
+        let path = SiteId::new(format!("blocks.{i}"));
+        RowBlock {
+            norm: LayerNorm::new(8, 1e-6, device),
+            fc1: LinearConfig::new(8, 16).init(path.join("fc1"), device),
+            fc2: LinearConfig::new(16, 8).init(path.join("fc2"), device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
+        let h = self.fc1.forward(self.norm.forward(x.clone(), hook), hook);
+        x + self.fc2.forward(gelu(h), hook)
+    }
+}
+
+impl RowMlp {
+    /// Three blocks with random weights (seed `device` first for reproducibility).
+    pub fn new(device: &Device) -> Self {
+        RowMlp {
+            blocks: (0..3).map(|i| RowBlock::new(i, device)).collect(),
+            head: LinearConfig::new(8, 10).init(SiteId::new("head"), device),
+        }
+    }
+
+    fn pool_and_classify(&self, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
+        let [b, _, c] = x.dims();
+        self.head.forward(x.mean_dim(1).reshape([b, c]), hook)
+    }
+}
+
+impl Network for RowMlp {
+    fn sites(&self) -> Vec<SiteInfo> {
+        let linears = self.blocks.iter().flat_map(|b| [&b.fc1, &b.fc2]);
+        linears
+            .chain([&self.head])
+            .map(|l| {
+                let (i, o) = l.dims();
+                let params = (i * o) as u64;
+                SiteInfo {
+                    id: l.site.clone(),
+                    kind: SiteKind::Linear,
+                    params,
+                    macs: 8 * params,
+                }
+            })
+            .collect()
+    }
+
+    fn output_kind(&self) -> OutputKind {
+        OutputKind::Logits
+    }
+
+    fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
+        self.forward_with_boundaries(images, hook, &mut |x| x)
+    }
+
+    fn forward_with_boundaries(
+        &self,
+        images: Tensor<4>,
+        hook: &dyn SiteHook,
+        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<2> {
+        let [b, _, h, w] = images.dims();
+        let x = self
+            .blocks
+            .iter()
+            .fold(images.reshape([b, h, w]), |x, block| {
+                block.forward(boundary(x), hook)
+            });
+        self.pool_and_classify(boundary(x), hook)
+    }
+
+    fn block_sites(&self) -> Vec<Vec<SiteId>> {
+        self.blocks
+            .iter()
+            .map(|b| vec![b.fc1.site.clone(), b.fc2.site.clone()])
+            .collect()
+    }
+
+    fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
+        self.blocks[i].forward(x, hook)
+    }
+
+    fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
+        let x = self.blocks[point..]
+            .iter()
+            .fold(x, |x, block| block.forward(x, hook));
+        self.pool_and_classify(x, hook)
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out: Vec<&mut Linear> = Vec::new();
+        for b in &mut self.blocks {
+            out.extend([&mut b.fc1, &mut b.fc2]);
+        }
+        out.push(&mut self.head);
+        out
+    }
+
+    fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)> {
+        self.blocks
+            .iter_mut()
+            .map(|b| (&mut b.norm, &mut b.fc1))
+            .collect()
+    }
 }
