@@ -13,7 +13,6 @@ use mixq_lrp::{
 };
 
 use crate::hooks::{SiteHook, Slot};
-use crate::model::Model;
 
 /// Which class relevance starts from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +81,7 @@ pub struct SiteRelevance {
     pub input_abs: Option<Vec<f32>>,
 }
 
-/// The result of [`Model::explain`] for one batch.
+/// The result of [`Network::explain`] for one batch.
 #[derive(Clone, Debug)]
 pub struct Explanation {
     /// Classes of the explained logits.
@@ -162,129 +161,128 @@ fn host(t: Tensor<1>) -> Vec<f32> {
     t.into_data().try_into_vec::<f32>().unwrap_or_default()
 }
 
-impl Model {
-    /// Explains a batch of normalised images `[b, c, h, w]`: one forward in LRP mode and one
-    /// backward from the target logits. Works on a plain (non-autodiff) model: the
-    /// parameters act as constants, so no parameter gradients are computed.
-    pub fn explain(
-        &self,
-        images: Tensor<4>,
-        target: &Target,
-        options: &ExplainOptions,
-    ) -> Result<Explanation> {
-        let [b, c, h, w] = images.dims();
-        if options.pixel_low.len() != c || options.pixel_high.len() != c {
-            return Err(Error::invalid(
-                "pixel range",
-                options.pixel_low.len(),
-                format!("need one bound per input channel ({c})"),
-            ));
-        }
-        let device = images.device();
-        let bound = |v: &[f32]| {
-            Tensor::<1>::from_data(TensorData::new(v.to_vec(), [c]), &device)
-                .reshape([1, c, 1, 1])
-                .expand([b, c, h, w])
-                .detach()
-                .autodiff()
-                .require_grad()
-        };
-        let (low, high) = (bound(&options.pixel_low), bound(&options.pixel_high));
-        let mut rules = options.rules();
-        rules.pixels = Some(PixelBounds {
-            site: SiteId::new("patch_embed.proj"),
-            low: low.clone(),
-            high: high.clone(),
-        });
-        let hook = LrpHook {
-            rules,
-            read_inputs: options.read_inputs,
-            probes: Mutex::new(Vec::new()),
-        };
-        let x = images.detach().autodiff().require_grad();
-        let mut boundaries = Vec::new();
-        let logits = self.forward_with_boundaries(x.clone(), &hook, &mut |t| {
-            let (t, probe) = RelevanceTap::attach(t);
-            boundaries.push(probe);
-            t
-        });
-
-        let num_classes = logits.dims()[1];
-        let logits_host = logits
-            .clone()
-            .without_autodiff()
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap_or_default();
-        let targets = resolve_targets(target, &logits_host, b, num_classes)?;
-        let mut onehot = vec![0f32; b * num_classes];
-        for (i, &t) in targets.iter().enumerate() {
-            onehot[i * num_classes + t] = 1.0;
-        }
-        let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b, num_classes]), &device);
-        let grads = (logits * onehot).sum().backward();
-
-        let zeros = || Tensor::<4>::zeros([b, c, h, w], &device);
-        let term = |leaf: &Tensor<4>| match leaf.grad(&grads) {
-            Some(g) => g * leaf.clone().without_autodiff().detach(),
-            None => zeros(),
-        };
-        let pixels = term(&x) + term(&low) + term(&high);
-        let pixels = pixels.into_data().try_into_vec::<f32>().unwrap_or_default();
-
-        let mut by_site: BTreeMap<SiteId, SiteRelevance> = BTreeMap::new();
-        let probes = hook.probes.into_inner().expect("probe list poisoned");
-        let mut order = Vec::new();
-        for (site, slot, probe) in probes {
-            let rel = probe.relevance(&grads);
-            let [rows, last] = rel.dims();
-            let (abs, signed) = per_image_sums(rel.reshape([b, rows * last / b]));
-            let entry = by_site.entry(site.clone()).or_insert_with(|| {
-                order.push(site.clone());
-                SiteRelevance {
-                    site,
-                    output: vec![0.0; b],
-                    output_abs: vec![0.0; b],
-                    input: None,
-                    input_abs: None,
-                }
-            });
-            if slot == Slot::Output {
-                entry.output = signed;
-                entry.output_abs = abs;
-            } else {
-                let add = |acc: &mut Option<Vec<f32>>, v: &[f32]| {
-                    let acc = acc.get_or_insert_with(|| vec![0.0; b]);
-                    acc.iter_mut().zip(v).for_each(|(a, v)| *a += v);
-                };
-                add(&mut entry.input, &signed);
-                add(&mut entry.input_abs, &abs);
-            }
-        }
-        let sites = order.iter().filter_map(|s| by_site.remove(s)).collect();
-        let boundaries = boundaries
-            .iter()
-            .map(|p| {
-                let rel = p.relevance(&grads);
-                host(rel.reshape([b as i64, -1]).sum_dim(1).reshape([b]))
-            })
-            .collect();
-        let target_logits = targets
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| logits_host[i * num_classes + t])
-            .collect();
-        Ok(Explanation {
-            num_classes,
-            logits: logits_host,
-            targets,
-            target_logits,
-            pixels,
-            pixel_shape: [b, c, h, w],
-            sites,
-            boundaries,
-        })
+/// [`Network::explain`]: one forward in LRP mode and one backward from the target logits.
+pub(crate) fn explain<N: Network + ?Sized>(
+    model: &N,
+    images: Tensor<4>,
+    target: &Target,
+    options: &ExplainOptions,
+) -> Result<Explanation> {
+    let [b, c, h, w] = images.dims();
+    if options.pixel_low.len() != c || options.pixel_high.len() != c {
+        return Err(Error::invalid(
+            "pixel range",
+            options.pixel_low.len(),
+            format!("need one bound per input channel ({c})"),
+        ));
     }
+    let device = images.device();
+    let bound = |v: &[f32]| {
+        Tensor::<1>::from_data(TensorData::new(v.to_vec(), [c]), &device)
+            .reshape([1, c, 1, 1])
+            .expand([b, c, h, w])
+            .detach()
+            .autodiff()
+            .require_grad()
+    };
+    let (low, high) = (bound(&options.pixel_low), bound(&options.pixel_high));
+    let mut rules = options.rules();
+    // The pixel rule (z^B) belongs to the first site, the one that sees the pixels (the
+    // patch embedding of mixq's families).
+    let first = model.sites().into_iter().next().map(|s| s.id);
+    rules.pixels = Some(PixelBounds {
+        site: first.unwrap_or_else(|| SiteId::new("patch_embed.proj")),
+        low: low.clone(),
+        high: high.clone(),
+    });
+    let hook = LrpHook {
+        rules,
+        read_inputs: options.read_inputs,
+        probes: Mutex::new(Vec::new()),
+    };
+    let x = images.detach().autodiff().require_grad();
+    let mut boundaries = Vec::new();
+    let logits = model.forward_with_boundaries(x.clone(), &hook, &mut |t| {
+        let (t, probe) = RelevanceTap::attach(t);
+        boundaries.push(probe);
+        t
+    });
+
+    let num_classes = logits.dims()[1];
+    let logits_host = logits
+        .clone()
+        .without_autodiff()
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    let targets = resolve_targets(target, &logits_host, b, num_classes)?;
+    let mut onehot = vec![0f32; b * num_classes];
+    for (i, &t) in targets.iter().enumerate() {
+        onehot[i * num_classes + t] = 1.0;
+    }
+    let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b, num_classes]), &device);
+    let grads = (logits * onehot).sum().backward();
+
+    let zeros = || Tensor::<4>::zeros([b, c, h, w], &device);
+    let term = |leaf: &Tensor<4>| match leaf.grad(&grads) {
+        Some(g) => g * leaf.clone().without_autodiff().detach(),
+        None => zeros(),
+    };
+    let pixels = term(&x) + term(&low) + term(&high);
+    let pixels = pixels.into_data().try_into_vec::<f32>().unwrap_or_default();
+
+    let mut by_site: BTreeMap<SiteId, SiteRelevance> = BTreeMap::new();
+    let probes = hook.probes.into_inner().expect("probe list poisoned");
+    let mut order = Vec::new();
+    for (site, slot, probe) in probes {
+        let rel = probe.relevance(&grads);
+        let [rows, last] = rel.dims();
+        let (abs, signed) = per_image_sums(rel.reshape([b, rows * last / b]));
+        let entry = by_site.entry(site.clone()).or_insert_with(|| {
+            order.push(site.clone());
+            SiteRelevance {
+                site,
+                output: vec![0.0; b],
+                output_abs: vec![0.0; b],
+                input: None,
+                input_abs: None,
+            }
+        });
+        if slot == Slot::Output {
+            entry.output = signed;
+            entry.output_abs = abs;
+        } else {
+            let add = |acc: &mut Option<Vec<f32>>, v: &[f32]| {
+                let acc = acc.get_or_insert_with(|| vec![0.0; b]);
+                acc.iter_mut().zip(v).for_each(|(a, v)| *a += v);
+            };
+            add(&mut entry.input, &signed);
+            add(&mut entry.input_abs, &abs);
+        }
+    }
+    let sites = order.iter().filter_map(|s| by_site.remove(s)).collect();
+    let boundaries = boundaries
+        .iter()
+        .map(|p| {
+            let rel = p.relevance(&grads);
+            host(rel.reshape([b as i64, -1]).sum_dim(1).reshape([b]))
+        })
+        .collect();
+    let target_logits = targets
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| logits_host[i * num_classes + t])
+        .collect();
+    Ok(Explanation {
+        num_classes,
+        logits: logits_host,
+        targets,
+        target_logits,
+        pixels,
+        pixel_shape: [b, c, h, w],
+        sites,
+        boundaries,
+    })
 }
 
 fn resolve_targets(
@@ -355,7 +353,7 @@ pub fn object_shares(map: &[f32], intensities: &[f32], threshold: f32) -> (f64, 
 ///
 /// `progress` is called once per batch with the number of images done.
 pub fn contribution_scores(
-    model: &Model,
+    model: &dyn Network,
     batches: impl IntoIterator<Item = (Tensor<4>, Target)>,
     options: &ExplainOptions,
     at_inputs: bool,
@@ -369,7 +367,7 @@ pub fn contribution_scores(
 /// [`contribution_scores`], handing each batch's [`Explanation`] to `each` (with the index of
 /// its first image) before it is summed: for per-image maps and figures.
 pub fn contribution_scores_with(
-    model: &Model,
+    model: &dyn Network,
     batches: impl IntoIterator<Item = (Tensor<4>, Target)>,
     options: &ExplainOptions,
     at_inputs: bool,

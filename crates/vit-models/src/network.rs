@@ -3,9 +3,10 @@
 //! rewrites, what it outputs), implemented once per family next to its layers.
 
 use burn::tensor::Tensor;
-use mixq_core::{SiteId, SiteInfo};
+use mixq_core::{Result, SiteId, SiteInfo};
 use serde::{Deserialize, Serialize};
 
+use crate::explain::{ExplainOptions, Explanation, Target};
 use crate::hooks::{NoHook, SiteHook};
 use crate::layers::{LayerNorm, Linear};
 
@@ -88,6 +89,19 @@ pub trait Network: Sync {
     /// Each LayerNorm with the linear site that reads its output directly: the post-LayerNorm
     /// sites whose per-channel ranges can be folded into the norm (RepQ-ViT reparameterization).
     fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)>;
+
+    /// LRP: explains a batch of normalised images `[b, c, h, w]` with one forward in LRP mode
+    /// (mixq-lrp's rules at every layer, relevance read at every site, block boundary and
+    /// pixel) and one backward from the target logits. Works on a plain (non-autodiff) model:
+    /// the parameters act as constants, so no parameter gradients are computed.
+    fn explain(
+        &self,
+        images: Tensor<4>,
+        target: &Target,
+        options: &ExplainOptions,
+    ) -> Result<Explanation> {
+        crate::explain::explain(self, images, target, options)
+    }
 
     /// The boundary from which `site`'s computation can be rerun with [`Network::forward_from`]:
     /// its block, or [`Network::num_blocks`] for a site after the last block (the head);
