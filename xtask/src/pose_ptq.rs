@@ -46,6 +46,14 @@ pub fn run(args: &PtqArgs) -> Result<()> {
             "the post-LN x softmax ablation is for the classification models",
         ));
     }
+    if args.recon.recon {
+        return Err(Error::invalid(
+            "--recon",
+            &args.model.model,
+            "block reconstruction takes the ViT, DeiT and Swin models; WTPose declares no \
+             residual-stream blocks yet",
+        ));
+    }
     if args.mixed && !matches!(args.mixed_args.sweep.baseline.as_str(), "fp" | "fp32") {
         return Err(Error::invalid(
             "--baseline",

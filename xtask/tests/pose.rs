@@ -179,6 +179,8 @@ fn pose_ptq_bad_input_gets_one_clear_error() {
     assert!(err.contains("--calib"), "{err}");
     let err = fails(&[&with_ckpt[..], &["--ablation"]].concat());
     assert!(err.contains("--ablation"), "{err}");
+    let err = fails(&[&with_ckpt[..], &["--recon"]].concat());
+    assert!(err.contains("--recon"), "{err}");
     let err = fails(&[&with_ckpt[..], &["--mixed", "--baseline", "8"]].concat());
     assert!(err.contains("--baseline"), "{err}");
     let err = fails(&[
