@@ -171,10 +171,6 @@ impl Network for Model {
         each_family!(self, m => m.output_kind())
     }
 
-    fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
-        each_family!(self, m => m.forward_with(images, hook))
-    }
-
     fn forward_with_boundaries(
         &self,
         images: Tensor<4>,

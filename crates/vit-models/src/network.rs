@@ -40,7 +40,9 @@ pub trait Network: Sync {
 
     /// The output for normalized images `[b, c, h, w]`, every site's tensors through `hook`
     /// (quantizers, observers).
-    fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2>;
+    fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
+        self.forward_with_boundaries(images, hook, &mut |x| x)
+    }
 
     /// The plain forward.
     fn forward(&self, images: Tensor<4>) -> Tensor<2> {

@@ -710,10 +710,6 @@ impl Network for SwinTransformer {
         OutputKind::Logits
     }
 
-    fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
-        self.forward_head(self.forward_features(images, hook), hook)
-    }
-
     fn forward_with_boundaries(
         &self,
         images: Tensor<4>,

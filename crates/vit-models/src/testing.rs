@@ -212,10 +212,6 @@ impl Network for RowMlp {
         OutputKind::Logits
     }
 
-    fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<2> {
-        self.forward_with_boundaries(images, hook, &mut |x| x)
-    }
-
     fn forward_with_boundaries(
         &self,
         images: Tensor<4>,
