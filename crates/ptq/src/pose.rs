@@ -18,7 +18,7 @@ use mixq_datasets::pose_transform::{decode_heatmaps, flip_heatmaps_back};
 use mixq_datasets::{
     CocoKeypoints, PoseData, PoseMeta, TopDownDataset, evaluate_keypoints, keypoint_results,
 };
-use mixq_vit_models::{NoHook, SiteHook, WtPose, pose_batch_tensor};
+use mixq_vit_models::{Network, NoHook, SiteHook, WtPose, pose_batch_tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -109,9 +109,9 @@ pub fn evaluate_pose(
             .batch(chunk, None, 0)
             .map_err(|e| Error::invalid("data", "<batch>", e.to_string()))?;
         let x = pose_batch_tensor(&b, device);
-        let mut hm = host_heatmaps(model.forward_with(x.clone(), hook))?;
+        let mut hm = host_heatmaps(model.heatmaps_with(x.clone(), hook))?;
         if flip {
-            let hf = host_heatmaps(model.forward_with(x.flip([3]), hook))?;
+            let hf = host_heatmaps(model.heatmaps_with(x.flip([3]), hook))?;
             for i in 0..chunk.len() {
                 let back = flip_heatmaps_back(&hf[i * plane..(i + 1) * plane], k, (hw, hh), true);
                 for (a, f) in hm[i * plane..(i + 1) * plane].iter_mut().zip(back) {
@@ -150,7 +150,7 @@ pub fn evaluate_pose(
 fn heatmaps(model: &WtPose, batches: &[Tensor<4>], hook: &dyn SiteHook) -> Vec<f32> {
     batches
         .iter()
-        .flat_map(|x| host_heatmaps(model.forward_with(x.clone(), hook)).unwrap_or_default())
+        .flat_map(|x| host_heatmaps(model.heatmaps_with(x.clone(), hook)).unwrap_or_default())
         .collect()
 }
 
@@ -171,7 +171,7 @@ pub fn pose_sensitivity(
         image_bits,
         "heatmap-rel-mse",
         |h| {
-            let _ = model.forward_with(calib.clone(), h);
+            let _ = model.heatmaps_with(calib.clone(), h);
         },
         |h| heatmaps(model, probe, h),
         progress,
@@ -431,7 +431,7 @@ pub fn pose_ptq(
             &PtqConfig::default(),
             false,
             |h| {
-                let _ = model.forward_with(calib.clone(), h);
+                let _ = model.heatmaps_with(calib.clone(), h);
             },
         )?);
         progress(PoseStage::Calibrate, quantized.len(), plans.len());

@@ -710,3 +710,62 @@ fn an_own_network_is_reparameterized() {
     let err = max_abs_diff(rep.forward(images), reference);
     assert!(err < 1e-4, "{err}");
 }
+
+/// WTPose's post-LN pairs (Swin blocks, patch mergings, the waterfall's neighbourhood-attention
+/// layers) fold like the classifiers': function kept, uneven channels of one NA layer's MLP
+/// input evened out.
+#[test]
+fn wtpose_is_reparameterized() {
+    let device = Device::flex();
+    device.seed(5);
+    let cfg = mixq_vit_models::WtPoseConfig::tiny();
+    let mut model = cfg.init(&device).unwrap().fold_batch_norm();
+    let d = cfg.wtm_dim;
+    let gamma: Vec<f32> = (0..d).map(|c| 0.1 + 0.05 * (c % 16) as f32).collect();
+    model.waterfall.blocks[1].norm2.gamma = burn::module::Param::from_tensor(Tensor::from_data(
+        burn::tensor::TensorData::new(gamma, [d]),
+        &device,
+    ));
+    let images = Tensor::<4>::random(
+        [2, 3, 128, 96],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let plan = uniform_plan(&model.sites(), 8, 8, 8).unwrap();
+    let site = SiteId::new("wtm.blocks.1.mlp.fc1");
+    // Each channel's (min, max) at the site's input.
+    let extremes = |model: &dyn Network| {
+        let hook = InputOf(site.clone(), Default::default());
+        let _ = model.forward_with(images.clone(), &hook);
+        let x = hook.1.into_inner().unwrap();
+        (0..d)
+            .map(|c| {
+                let column = x.iter().skip(c).step_by(d);
+                let max = column.clone().fold(f32::MIN, |m, &v| m.max(v));
+                (column.fold(f32::MAX, |m, &v| m.min(v)), max)
+            })
+            .collect::<Vec<(f32, f32)>>()
+    };
+    let before = extremes(&model);
+    let reference = model.forward(images.clone());
+    let scale = reference.clone().abs().max().into_scalar::<f32>();
+    let rep = reparameterize(model, images.clone(), &plan, PostLnMode::ChannelReparam).unwrap();
+    let after = extremes(&rep);
+    // The fold evens out the quantizer's ranges, which hold zero: the channels whose values
+    // straddle zero end with equal ranges (the others lie inside theirs).
+    let straddling: Vec<usize> = (0..d)
+        .filter(|&c| before[c].0 < 0.0 && before[c].1 > 0.0)
+        .collect();
+    assert!(straddling.len() > d / 2, "{before:?}");
+    let spread = |r: &[(f32, f32)]| {
+        let (lo, hi) = straddling
+            .iter()
+            .map(|&c| r[c].1 - r[c].0)
+            .fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(v), b.max(v)));
+        hi / lo
+    };
+    assert!(spread(&before) > 3.0, "{before:?}");
+    assert!(spread(&after) < 1.001, "{after:?}");
+    let err = max_abs_diff(rep.forward(images), reference);
+    assert!(err < 1e-4 * scale.max(1.0), "{err} (outputs up to {scale})");
+}

@@ -142,7 +142,7 @@ pub fn train_pose(
                     config.seed ^ (epoch as u64).wrapping_mul(0x5851_F42D),
                 )
                 .map_err(|e| Error::invalid("data", "<batch>", e.to_string()))?;
-            let pred = model.forward(pose_batch_tensor(&b, device));
+            let pred = model.heatmaps(pose_batch_tensor(&b, device));
             let loss = heatmap_loss(pred, &b, device);
             sum += loss.clone().into_scalar::<f32>() as f64 * chunk.len() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);

@@ -19,6 +19,16 @@ pub enum OutputKind {
     /// Features of a backbone without a head: the final-normed class token `[b, dim]`
     /// (`Model::features_with` gives every token; label-free metrics compare by cosine).
     Features,
+    /// Keypoint heatmaps `[b, keypoints, height, width]`, flattened row-major to
+    /// `[b, keypoints * height * width]` (a top-down pose model: WTPose).
+    Heatmaps {
+        /// Heatmaps per image, one per keypoint.
+        keypoints: usize,
+        /// Rows of each heatmap.
+        height: usize,
+        /// Columns of each heatmap.
+        width: usize,
+    },
 }
 
 /// A model family's structure, as sensitivity sweeps, PTQ and block reconstruction use it.
@@ -26,7 +36,9 @@ pub enum OutputKind {
 /// The residual stream is cut into *blocks*: boundary `i` is block `i`'s input and boundary
 /// [`Network::num_blocks`] the input of what follows the last block (final norm and head). A
 /// block's sites are what [`Network::forward_block`] runs, so a change at one site only needs
-/// the model rerun from its block ([`Network::resume_point`]).
+/// the model rerun from its block ([`Network::resume_point`]). A model without one residual
+/// stream declares no blocks (WTPose: its stages feed the head at several scales): it has no
+/// boundaries, none of its sites a resume point, and a sweep reruns it from the images.
 ///
 /// A model of one's own built from mixq's layers ([`Linear`](crate::layers::Linear) and
 /// the others take a [`SiteHook`]) implements it to be swept with the block cache

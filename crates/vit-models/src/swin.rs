@@ -415,6 +415,9 @@ pub struct SwinBlock {
     /// The padded `[h, w]` that `attn_mask` was built for.
     #[module(skip)]
     pub mask_size: [usize; 2],
+    /// The `[h, w]` map the block was built for.
+    #[module(skip)]
+    pub resolution: [usize; 2],
 }
 
 /// `h` rounded up to a multiple of `window`.
@@ -468,7 +471,15 @@ impl SwinBlock {
             attn_mask,
             shift,
             mask_size,
+            resolution,
         }
+    }
+
+    /// Whether the block pads its normed tokens to whole windows (as timm and mmpose do): the
+    /// zero rows enter `qkv` as real keys, and a post-LN fold would shift them, so its
+    /// `norm1 -> qkv` is then no foldable pair.
+    pub fn pads_normed_tokens(&self) -> bool {
+        self.mask_size != self.resolution
     }
 
     /// Its sites in forward order (attention, then MLP).
@@ -616,6 +627,39 @@ impl SwinStage {
             x = block.forward(x, hook);
         }
         x
+    }
+
+    /// Its linear sites in forward order: the merging's reduction, then each block's.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out = Vec::new();
+        if let Some(d) = &mut self.downsample {
+            out.push(&mut d.reduction);
+        }
+        for b in &mut self.blocks {
+            out.extend([
+                &mut b.attn.qkv,
+                &mut b.attn.proj,
+                &mut b.mlp.fc1,
+                &mut b.mlp.fc2,
+            ]);
+        }
+        out
+    }
+
+    /// `downsample.norm` -> `reduction`, and `norm1` -> `qkv` (where the block does not pad,
+    /// see [`SwinBlock::pads_normed_tokens`]), `norm2` -> `fc1` of every block.
+    pub fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)> {
+        let mut out = Vec::new();
+        if let Some(d) = &mut self.downsample {
+            out.push((&mut d.norm, &mut d.reduction));
+        }
+        for b in &mut self.blocks {
+            if !b.pads_normed_tokens() {
+                out.push((&mut b.norm1, &mut b.attn.qkv));
+            }
+            out.push((&mut b.norm2, &mut b.mlp.fc1));
+        }
+        out
     }
 }
 
@@ -783,37 +827,21 @@ impl Network for SwinTransformer {
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        let mut out = Vec::new();
-        for stage in &mut self.layers {
-            if let Some(d) = &mut stage.downsample {
-                out.push(&mut d.reduction);
-            }
-            for b in &mut stage.blocks {
-                out.extend([
-                    &mut b.attn.qkv,
-                    &mut b.attn.proj,
-                    &mut b.mlp.fc1,
-                    &mut b.mlp.fc2,
-                ]);
-            }
-        }
+        let mut out: Vec<&mut Linear> = self
+            .layers
+            .iter_mut()
+            .flat_map(SwinStage::linears_mut)
+            .collect();
         out.push(&mut self.head.fc);
         out
     }
 
-    /// `downsample.norm` -> `reduction`, and `norm1` -> `qkv`, `norm2` -> `fc1` of every block.
+    /// Every stage's pairs ([`SwinStage::post_norm_pairs_mut`]).
     fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)> {
-        let mut out = Vec::new();
-        for stage in &mut self.layers {
-            if let Some(d) = &mut stage.downsample {
-                out.push((&mut d.norm, &mut d.reduction));
-            }
-            for b in &mut stage.blocks {
-                out.push((&mut b.norm1, &mut b.attn.qkv));
-                out.push((&mut b.norm2, &mut b.mlp.fc1));
-            }
-        }
-        out
+        self.layers
+            .iter_mut()
+            .flat_map(SwinStage::post_norm_pairs_mut)
+            .collect()
     }
 }
 

@@ -29,8 +29,9 @@ use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{NoHook, SiteHook};
-use crate::layers::{Conv2d, Conv2dConfig, LayerNorm, Mlp};
+use crate::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, Mlp};
 use crate::neighborhood::NeighborhoodAttention;
+use crate::network::{Network, OutputKind};
 use crate::swin::{SwinStage, SwinStageDims, padded_len};
 use crate::vit::site;
 
@@ -742,6 +743,9 @@ pub struct NatLayer {
     pub gamma1: Option<Param<Tensor<1>>>,
     /// Layer scale of the MLP branch, when present.
     pub gamma2: Option<Param<Tensor<1>>>,
+    /// The `[h, w]` map the layer was built for.
+    #[module(skip)]
+    pub resolution: [usize; 2],
 }
 
 impl NatLayer {
@@ -770,7 +774,37 @@ impl NatLayer {
             ),
             gamma1: scale(),
             gamma2: scale(),
+            resolution: cfg.stage_resolution(0),
         }
+    }
+
+    /// Its linear sites in forward order.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        vec![
+            &mut self.attn.qkv,
+            &mut self.attn.proj,
+            &mut self.mlp.fc1,
+            &mut self.mlp.fc2,
+        ]
+    }
+
+    /// Whether attention pads the normed map up to `kernel * dilation` (the zero rows enter
+    /// `qkv` as real keys, so a post-LN fold would shift them).
+    pub fn pads_normed_tokens(&self) -> bool {
+        let [h, w] = self.resolution;
+        self.attn.padded(h, w) != (h, w)
+    }
+
+    /// `norm1` -> `qkv` (unless attention pads, see [`NatLayer::pads_normed_tokens`]),
+    /// `norm2` -> `fc1`.
+    pub fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)> {
+        let pads = self.pads_normed_tokens();
+        let mut out = Vec::with_capacity(2);
+        if !pads {
+            out.push((&mut self.norm1, &mut self.attn.qkv));
+        }
+        out.push((&mut self.norm2, &mut self.mlp.fc1));
+        out
     }
 
     /// NHWC in and out.
@@ -908,8 +942,9 @@ pub struct WtPose {
 }
 
 impl WtPose {
-    /// Heatmaps `[n, K, H/4, W/4]` for normalized images, every site through `hook`.
-    pub fn forward_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
+    /// Heatmaps `[n, K, H/4, W/4]` for normalized images, every site through `hook` (what
+    /// [`Network::forward_with`] returns flattened).
+    pub fn heatmaps_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
         let mut x = images;
         for conv in &self.stem {
             x = conv.forward(x, hook);
@@ -928,14 +963,9 @@ impl WtPose {
         self.head.forward(x, hook)
     }
 
-    /// The plain forward.
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<4> {
-        self.forward_with(images, &NoHook)
-    }
-
-    /// See [`WtPoseConfig::sites`].
-    pub fn sites(&self) -> Vec<SiteInfo> {
-        self.config.sites()
+    /// The plain heatmaps.
+    pub fn heatmaps(&self, images: Tensor<4>) -> Tensor<4> {
+        self.heatmaps_with(images, &NoHook)
     }
 
     /// GFLOPs as the paper counts them (see [`MacCount::Paper`]).
@@ -1032,6 +1062,84 @@ impl WtPose {
             bn: c.bn.map(&mut *f),
             ..c
         })
+    }
+}
+
+/// WTPose has no residual-stream blocks (its four stages and the ResNet features all feed the
+/// waterfall), so sweeps rerun it from the images; its output is the flattened heatmaps.
+impl Network for WtPose {
+    fn sites(&self) -> Vec<SiteInfo> {
+        self.config.sites()
+    }
+
+    fn output_kind(&self) -> OutputKind {
+        let [height, width] = self.config.heatmap_size();
+        OutputKind::Heatmaps {
+            keypoints: self.config.num_keypoints,
+            height,
+            width,
+        }
+    }
+
+    /// The heatmaps flattened to `[n, K * H/4 * W/4]`; `boundary` is never called.
+    fn forward_with_boundaries(
+        &self,
+        images: Tensor<4>,
+        hook: &dyn SiteHook,
+        _boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<2> {
+        let heatmaps = self.heatmaps_with(images, hook);
+        let [n, k, h, w] = heatmaps.dims();
+        heatmaps.reshape([n, k * h * w])
+    }
+
+    fn block_sites(&self) -> Vec<Vec<SiteId>> {
+        Vec::new()
+    }
+
+    /// # Panics
+    /// Always: WTPose has no blocks.
+    fn forward_block(&self, i: usize, _x: Tensor<3>, _hook: &dyn SiteHook) -> Tensor<3> {
+        panic!("WTPose has no residual-stream blocks (block {i} asked for)")
+    }
+
+    /// # Panics
+    /// Always: WTPose has no block boundaries.
+    fn forward_from(&self, point: usize, _x: Tensor<3>, _hook: &dyn SiteHook) -> Tensor<2> {
+        panic!("WTPose has no block boundaries (boundary {point} asked for)")
+    }
+
+    /// The Swin stages' linears, then the waterfall's neighbourhood-attention layers'.
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out: Vec<&mut Linear> = self
+            .layers
+            .iter_mut()
+            .flat_map(SwinStage::linears_mut)
+            .collect();
+        out.extend(
+            self.waterfall
+                .blocks
+                .iter_mut()
+                .flat_map(NatLayer::linears_mut),
+        );
+        out
+    }
+
+    /// The Swin stages' pairs and each neighbourhood-attention layer's. The stage output norms
+    /// feed the waterfall's convs through a resize, so they are no pair.
+    fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)> {
+        let mut out: Vec<(&mut LayerNorm, &mut Linear)> = self
+            .layers
+            .iter_mut()
+            .flat_map(SwinStage::post_norm_pairs_mut)
+            .collect();
+        out.extend(
+            self.waterfall
+                .blocks
+                .iter_mut()
+                .flat_map(NatLayer::post_norm_pairs_mut),
+        );
+        out
     }
 }
 

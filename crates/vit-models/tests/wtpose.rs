@@ -9,7 +9,9 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use mixq_vit_models::neighborhood::{NeighborhoodAttention, axis_windows};
 use mixq_vit_models::wtpose::with_running_stats;
-use mixq_vit_models::{MacCount, SiteHook, SiteId, SiteKind, Slot, WTPOSE_VARIANTS, WtPoseConfig};
+use mixq_vit_models::{
+    MacCount, Network, SiteHook, SiteId, SiteKind, Slot, WTPOSE_VARIANTS, WtPoseConfig,
+};
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec::<f32>().unwrap()
@@ -321,7 +323,7 @@ fn every_variant_gives_stride_4_heatmaps() {
         let model = cfg.init(&device).unwrap();
         let [h, w] = cfg.input_size;
         let x = Tensor::<4>::random([batch, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
-        let y = model.forward(x);
+        let y = model.heatmaps(x);
         assert_eq!(y.dims(), [batch, 17, h / 4, w / 4], "{name}");
         assert!(values(y).iter().all(|v| v.is_finite()), "{name}");
     }
@@ -351,7 +353,7 @@ fn folded_batch_norm_equals_eval_forward() {
     assert!(draws > 10);
     let x = Tensor::<4>::random([2, 3, 128, 96], Distribution::Normal(0.0, 1.0), &device);
     // A plain (non-autodiff) device: BatchNorm uses its running statistics.
-    let want = model.forward(x.clone());
+    let want = model.heatmaps(x.clone());
     let folded = model.fold_batch_norm();
     assert!(
         folded
@@ -360,7 +362,7 @@ fn folded_batch_norm_equals_eval_forward() {
             .all(|c| c.bn.is_none() && c.conv.bias.is_some())
     );
     assert!(folded.waterfall.last.iter().all(|c| c.bn.is_none()));
-    let got = folded.forward(x);
+    let got = folded.heatmaps(x);
     let scale = want.clone().abs().max().into_scalar::<f32>().max(1.0);
     let err = (got - want).abs().max().into_scalar::<f32>();
     assert!(
@@ -377,7 +379,7 @@ fn folding_changes_nothing_but_running_stats_matter() {
     device.seed(4);
     let model = WtPoseConfig::tiny().init(&device).unwrap();
     let x = Tensor::<4>::random([1, 3, 128, 96], Distribution::Normal(0.0, 1.0), &device);
-    let before = model.forward(x.clone());
+    let before = model.heatmaps(x.clone());
     let shifted = model.map_batch_norms(&mut |bn| {
         let [c] = bn.gamma.dims();
         with_running_stats(
@@ -386,7 +388,7 @@ fn folding_changes_nothing_but_running_stats_matter() {
             Tensor::full([c], 2.0, &device),
         )
     });
-    let after = shifted.forward(x);
+    let after = shifted.heatmaps(x);
     let diff = (before - after).abs().max().into_scalar::<f32>();
     assert!(diff > 1e-3, "running statistics had no effect ({diff})");
 }
@@ -415,8 +417,8 @@ fn every_linear_and_conv_is_a_listed_site() {
     let batch = 2;
     let x = Tensor::<4>::random([batch, 3, 128, 96], Distribution::Normal(0.0, 1.0), &device);
     let rec = Recorder::default();
-    let plain = model.forward(x.clone());
-    let hooked = model.forward_with(x, &rec);
+    let plain = model.heatmaps(x.clone());
+    let hooked = model.heatmaps_with(x, &rec);
     assert!((plain - hooked).abs().max().into_scalar::<f32>() < 1e-5);
     let seen = rec.seen.into_inner().unwrap();
     // Order of first appearance, and the slots' dims per site.
@@ -461,6 +463,63 @@ fn every_linear_and_conv_is_a_listed_site() {
     }
 }
 
+/// WTPose through the model interface: its output is the heatmaps flattened, declared as such;
+/// the linears and norm -> linear pairs it hands to PTQ are its Linear sites in forward order;
+/// it has no blocks, so no site resumes from a boundary.
+#[test]
+fn wtpose_is_a_network_with_heatmap_output() {
+    let device = Device::flex();
+    let cfg = WtPoseConfig::tiny();
+    let mut model = cfg.init(&device).unwrap();
+    let x = Tensor::<4>::random([2, 3, 128, 96], Distribution::Normal(0.0, 1.0), &device);
+    let heatmaps = model.heatmaps(x.clone());
+    let [n, k, h, w] = heatmaps.dims();
+    assert_eq!([n, k, h, w], [2, cfg.num_keypoints, 32, 24]);
+    assert_eq!(
+        model.output_kind(),
+        mixq_vit_models::OutputKind::Heatmaps {
+            keypoints: k,
+            height: h,
+            width: w
+        }
+    );
+    let (bounds, flat) = model.boundaries(x, &mixq_vit_models::NoHook);
+    assert!(bounds.is_empty());
+    assert_eq!(values(flat), values(heatmaps));
+
+    let sites = model.sites();
+    assert!(sites.iter().all(|s| model.resume_point(&s.id).is_none()));
+    let linear_sites: Vec<SiteId> = sites
+        .iter()
+        .filter(|s| s.kind == SiteKind::Linear)
+        .map(|s| s.id.clone())
+        .collect();
+    let linears: Vec<SiteId> = model.linears_mut().iter().map(|l| l.site.clone()).collect();
+    assert_eq!(linears, linear_sites);
+    let pairs: Vec<String> = model
+        .post_norm_pairs_mut()
+        .iter()
+        .map(|(_, l)| l.site.to_string())
+        .collect();
+    let blocks: usize = cfg.depths.iter().sum::<usize>() + 2 * cfg.wtm_dilations.len();
+    // Every block's norm2 -> fc1 and the 3 patch mergings; norm1 -> qkv only where attention
+    // does not pad the normed map (a fold would shift the zero rows): window 4 pads stage 2's
+    // 8x6 and stage 3's 4x3 maps; the NA layers' 32x24 map covers kernel 3 x dilation 4.
+    assert_eq!(pairs.len(), 2 * blocks + 3 - 2, "{pairs:?}");
+    for padded in ["layers.2.blocks.0.attn.qkv", "layers.3.blocks.0.attn.qkv"] {
+        assert!(!pairs.iter().any(|p| p == padded), "{padded}: {pairs:?}");
+    }
+    for end in [".attn.qkv", ".mlp.fc1", ".downsample.reduction"] {
+        assert!(pairs.iter().any(|p| p.ends_with(end)), "{end}: {pairs:?}");
+    }
+    assert!(
+        pairs.iter().all(|p| p.ends_with(".attn.qkv")
+            || p.ends_with(".mlp.fc1")
+            || p.ends_with(".reduction")),
+        "{pairs:?}"
+    );
+}
+
 #[test]
 fn checkpoint_round_trips_with_batch_norm_statistics() {
     let device = Device::flex();
@@ -486,7 +545,7 @@ fn checkpoint_round_trips_with_batch_norm_statistics() {
         .load_safetensors(&path)
         .unwrap();
     let x = Tensor::<4>::random([1, 3, 128, 96], Distribution::Normal(0.0, 1.0), &device);
-    let err = (model.forward(x.clone()) - loaded.forward(x))
+    let err = (model.heatmaps(x.clone()) - loaded.heatmaps(x))
         .abs()
         .max()
         .into_scalar::<f32>();
