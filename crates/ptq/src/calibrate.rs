@@ -18,11 +18,12 @@ use crate::config::{PostLnMode, PtqConfig, SoftmaxMode};
 use crate::reparam::{ChannelTarget, apply_fold, channel_fold};
 use crate::state::{ActQuantizer, QuantState};
 
-/// A model ready for fake-quantized inference.
+/// A model ready for fake-quantized inference: one of mixq's families ([`Model`], the
+/// default) or any other [`Network`] (WTPose, a model of one's own).
 #[derive(Debug)]
-pub struct QuantizedModel {
+pub struct QuantizedModel<N = Model> {
     /// Weights already fake-quantized (and post-LN sites reparameterized when asked).
-    pub model: Model,
+    pub model: N,
     /// Activation quantizers, by site and slot.
     pub state: QuantState,
     /// The bits every site was quantized with.
@@ -36,10 +37,10 @@ pub struct QuantizedModel {
 /// Every planned site quantized *alone*: the quantizers each site gets when every other site
 /// stays in full precision (one calibration for all sites, instead of one per site).
 #[derive(Debug)]
-pub struct IsolatedQuantizers {
+pub struct IsolatedQuantizers<N = Model> {
     /// The full-precision model, post-LN sites reparameterized (the same function as the
     /// original up to float rounding).
-    pub model: Model,
+    pub model: N,
     /// Activation quantizers, calibrated in a full-precision pass.
     pub state: QuantState,
     /// Fake-quantized weights by site, in the 2-D view the site hook sees at
@@ -49,12 +50,15 @@ pub struct IsolatedQuantizers {
     pub plan: BitPlan,
 }
 
-impl QuantizedModel {
-    /// Logits of `images` with every planned site fake-quantized.
+impl<N: Network> QuantizedModel<N> {
+    /// The output (logits, features, flattened heatmaps) of `images` with every planned site
+    /// fake-quantized.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.model.forward_with(images, &self.state)
     }
+}
 
+impl QuantizedModel {
     /// Final-normed tokens `[b, tokens, c]` with every planned site fake-quantized.
     pub fn features(&self, images: Tensor<4>) -> Tensor<3> {
         self.model.features_with(images, &self.state)
@@ -98,7 +102,7 @@ fn substitute(
 
 /// Quantizes every site it has quantizers for: weights from [`IsolatedQuantizers::weights`],
 /// activations through the state. Wrap it to quantize one site at a time.
-impl SiteHook for IsolatedQuantizers {
+impl<N: Sync> SiteHook for IsolatedQuantizers<N> {
     fn apply(&self, site: &SiteId, slot: Slot, x: Tensor<2>) -> Tensor<2> {
         substitute(&self.weights, &self.state, site, slot, x)
     }
@@ -387,12 +391,12 @@ fn fold_post_ln(
 /// Steps: (1) for `channel-reparam`/`clipped-channel`, record the post-LN inputs and fold their
 /// per-channel ranges into the model; (2) quantize every planned weight per output channel;
 /// (3) one full-precision pass calibrates the remaining activation quantizers.
-pub fn quantize(
-    model: Model,
+pub fn quantize<N: Network>(
+    model: N,
     calib: Tensor<4>,
     plan: &BitPlan,
     config: &PtqConfig,
-) -> Result<QuantizedModel> {
+) -> Result<QuantizedModel<N>> {
     let (model, state, weights, quantizers) = calibrate(model, calib, plan, config, true)?;
     debug_assert!(weights.is_empty());
     Ok(QuantizedModel {
@@ -406,12 +410,12 @@ pub fn quantize(
 /// Calibrates every planned site as if it were the only quantized one (see
 /// [`IsolatedQuantizers`]); a sensitivity sweep then quantizes one site at a time through a
 /// hook, from one calibration per bit-width.
-pub fn quantize_isolated(
-    model: Model,
+pub fn quantize_isolated<N: Network>(
+    model: N,
     calib: Tensor<4>,
     plan: &BitPlan,
     config: &PtqConfig,
-) -> Result<IsolatedQuantizers> {
+) -> Result<IsolatedQuantizers<N>> {
     let (model, state, weights, _) = calibrate(model, calib, plan, config, false)?;
     Ok(IsolatedQuantizers {
         model,
@@ -421,8 +425,8 @@ pub fn quantize_isolated(
     })
 }
 
-type Calibrated = (
-    Model,
+type Calibrated<N> = (
+    N,
     QuantState,
     BTreeMap<SiteId, Tensor<2>>,
     BTreeMap<SiteId, UniformQuantizer>,
@@ -430,13 +434,13 @@ type Calibrated = (
 
 /// Steps (1)-(3) of [`quantize`]; with `in_place` false the quantized weights are returned
 /// instead of written into the model, so the calibration pass runs on full-precision weights.
-fn calibrate(
-    mut model: Model,
+fn calibrate<N: Network>(
+    mut model: N,
     calib: Tensor<4>,
     plan: &BitPlan,
     config: &PtqConfig,
     in_place: bool,
-) -> Result<Calibrated> {
+) -> Result<Calibrated<N>> {
     let sites = model.sites();
     plan.check_sites(sites.iter().map(|s| &s.id))?;
     let kinds: BTreeMap<SiteId, SiteKind> = sites.iter().map(|s| (s.id.clone(), s.kind)).collect();
@@ -461,16 +465,28 @@ fn calibrate(
             }
         }
     }
-    let conv = model.patch_embed_mut();
-    if let Some(bits) = plan.sites.get(&conv.site) {
-        let (w, q) = quantize_weight(conv.weight.val(), 0, bits.w_bits, config)?;
-        quantizers.insert(conv.site.clone(), q);
-        if in_place {
-            conv.weight = Param::initialized(conv.weight.id, w);
-        } else {
-            let [o, i, kh, kw] = w.dims();
-            weights.insert(conv.site.clone(), w.reshape([o, i * kh * kw]));
+    for conv in model.convs_mut() {
+        if let Some(bits) = plan.sites.get(&conv.site) {
+            let (w, q) = quantize_weight(conv.weight.val(), 0, bits.w_bits, config)?;
+            quantizers.insert(conv.site.clone(), q);
+            if in_place {
+                conv.weight = Param::initialized(conv.weight.id, w);
+            } else {
+                let [o, i, kh, kw] = w.dims();
+                weights.insert(conv.site.clone(), w.reshape([o, i * kh * kw]));
+            }
         }
+    }
+    // A planned site whose weights neither `linears_mut` nor `convs_mut` handed over would
+    // silently stay in full precision.
+    if let Some(missed) = sites.iter().find(|s| {
+        s.kind.has_weights() && plan.sites.contains_key(&s.id) && !quantizers.contains_key(&s.id)
+    }) {
+        return Err(Error::invalid(
+            "site",
+            &missed.id,
+            "has weights but the model's linears_mut/convs_mut do not hand them over",
+        ));
     }
 
     let calibrator = Calibrator {

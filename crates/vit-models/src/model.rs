@@ -200,6 +200,10 @@ impl Network for Model {
         each_family!(self, m => m.linears_mut())
     }
 
+    fn convs_mut(&mut self) -> Vec<&mut Conv2d> {
+        each_family!(self, m => m.convs_mut())
+    }
+
     fn post_norm_pairs_mut(&mut self) -> Vec<(&mut LayerNorm, &mut Linear)> {
         each_family!(self, m => m.post_norm_pairs_mut())
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::explain::{ExplainOptions, Explanation, Target};
 use crate::hooks::{NoHook, SiteHook};
-use crate::layers::{LayerNorm, Linear};
+use crate::layers::{Conv2d, LayerNorm, Linear};
 
 /// What a model's forward returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +99,9 @@ pub trait Network: Sync {
 
     /// Every linear site, in forward order.
     fn linears_mut(&mut self) -> Vec<&mut Linear>;
+
+    /// Every conv site, in forward order (the patch embedding of a ViT; WTPose's convs).
+    fn convs_mut(&mut self) -> Vec<&mut Conv2d>;
 
     /// Each LayerNorm with the linear site that reads its output directly: the post-LayerNorm
     /// sites whose per-channel ranges can be folded into the norm (RepQ-ViT reparameterization).

@@ -826,6 +826,10 @@ impl Network for SwinTransformer {
         self.forward_head(self.norm.forward(y, hook), hook)
     }
 
+    fn convs_mut(&mut self) -> Vec<&mut Conv2d> {
+        vec![&mut self.patch_embed.proj]
+    }
+
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut out: Vec<&mut Linear> = self
             .layers

@@ -246,6 +246,11 @@ impl Network for RowMlp {
         self.pool_and_classify(x, hook)
     }
 
+    /// None: it reads the image rows as tokens.
+    fn convs_mut(&mut self) -> Vec<&mut crate::layers::Conv2d> {
+        Vec::new()
+    }
+
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut out: Vec<&mut Linear> = Vec::new();
         for b in &mut self.blocks {

@@ -472,6 +472,10 @@ impl Network for VisionTransformer {
         self.forward_head(self.norm.forward(x, hook), hook)
     }
 
+    fn convs_mut(&mut self) -> Vec<&mut Conv2d> {
+        vec![&mut self.patch_embed.proj]
+    }
+
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut out = Vec::new();
         for b in &mut self.blocks {

@@ -678,11 +678,11 @@ impl ConvBn {
         if self.relu { activation::relu(y) } else { y }
     }
 
-    /// The conv with the BatchNorm's inference transform merged in:
+    /// Merges the BatchNorm's inference transform into the conv (and drops it):
     /// `w' = w * g / sqrt(var + eps)`, `b' = (b - mean) * g / sqrt(var + eps) + beta`.
-    pub fn fold(self) -> Self {
-        let Some(bn) = self.bn else { return self };
-        let mut conv = self.conv;
+    pub fn fold(&mut self) {
+        let Some(bn) = self.bn.take() else { return };
+        let conv = &mut self.conv;
         let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
         let [o, ..] = conv.weight.dims();
         let bias = match &conv.bias {
@@ -693,11 +693,6 @@ impl ConvBn {
         let weight = conv.weight.val() * scale.reshape([o, 1, 1, 1]);
         conv.weight = Param::from_tensor(weight);
         conv.bias = Some(Param::from_tensor(bias));
-        ConvBn {
-            conv,
-            bn: None,
-            relu: self.relu,
-        }
     }
 }
 
@@ -975,40 +970,23 @@ impl WtPose {
 
     /// The inference model: every conv + BatchNorm merged into one conv with bias (uses the
     /// running statistics, i.e. the eval-mode BatchNorm).
-    pub fn fold_batch_norm(self) -> Self {
-        self.map_conv_bns(&mut ConvBn::fold)
+    pub fn fold_batch_norm(mut self) -> Self {
+        for unit in self.conv_bns_mut() {
+            unit.fold();
+        }
+        self
     }
 
-    /// Every conv + BatchNorm unit (stem, ResNet stage, `conv3`, the waterfall's convs) through
-    /// `f`: the one walk over them that folding and setting statistics share.
-    pub fn map_conv_bns(self, f: &mut dyn FnMut(ConvBn) -> ConvBn) -> Self {
-        let wf = self.waterfall;
-        WtPose {
-            stem: self.stem.into_iter().map(&mut *f).collect(),
-            layer1: self
-                .layer1
-                .into_iter()
-                .map(|b| Bottleneck {
-                    conv1: f(b.conv1),
-                    conv2: f(b.conv2),
-                    conv3: f(b.conv3),
-                    downsample: b.downsample.map(&mut *f),
-                })
-                .collect(),
-            conv3: f(self.conv3),
-            layers: self.layers,
-            norms: self.norms,
-            waterfall: Waterfall {
-                conv1: f(wf.conv1),
-                blocks: wf.blocks,
-                pool: f(wf.pool),
-                conv2: f(wf.conv2),
-                low: f(wf.low),
-                last: wf.last.into_iter().map(&mut *f).collect(),
-            },
-            head: self.head,
-            config: self.config,
-        }
+    /// Every conv + BatchNorm unit in forward order (stem, ResNet stage, `conv3`, the
+    /// waterfall's convs): the one walk over them that folding, setting statistics and PTQ
+    /// ([`Network::convs_mut`]) share.
+    pub fn conv_bns_mut(&mut self) -> Vec<&mut ConvBn> {
+        conv_bn_units(
+            &mut self.stem,
+            &mut self.layer1,
+            &mut self.conv3,
+            &mut self.waterfall,
+        )
     }
 
     /// Saves every parameter and BatchNorm statistic (burn's names, e.g.
@@ -1057,11 +1035,11 @@ impl WtPose {
     }
 
     /// Sets every BatchNorm's running statistics (tests, and checkpoints trained elsewhere).
-    pub fn map_batch_norms(self, f: &mut dyn FnMut(BatchNorm) -> BatchNorm) -> Self {
-        self.map_conv_bns(&mut |c| ConvBn {
-            bn: c.bn.map(&mut *f),
-            ..c
-        })
+    pub fn map_batch_norms(mut self, f: &mut dyn FnMut(BatchNorm) -> BatchNorm) -> Self {
+        for unit in self.conv_bns_mut() {
+            unit.bn = unit.bn.take().map(&mut *f);
+        }
+        self
     }
 }
 
@@ -1109,6 +1087,21 @@ impl Network for WtPose {
         panic!("WTPose has no block boundaries (boundary {point} asked for)")
     }
 
+    /// Every conv + BatchNorm unit's conv ([`WtPose::conv_bns_mut`]), then the head.
+    fn convs_mut(&mut self) -> Vec<&mut Conv2d> {
+        let mut out: Vec<&mut Conv2d> = conv_bn_units(
+            &mut self.stem,
+            &mut self.layer1,
+            &mut self.conv3,
+            &mut self.waterfall,
+        )
+        .into_iter()
+        .map(|unit| &mut unit.conv)
+        .collect();
+        out.push(&mut self.head);
+        out
+    }
+
     /// The Swin stages' linears, then the waterfall's neighbourhood-attention layers'.
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut out: Vec<&mut Linear> = self
@@ -1141,6 +1134,26 @@ impl Network for WtPose {
         );
         out
     }
+}
+
+/// The conv + BatchNorm units of WTPose's parts in forward order (the fields it takes, so that
+/// the head can be borrowed beside them).
+fn conv_bn_units<'a>(
+    stem: &'a mut [ConvBn],
+    layer1: &'a mut [Bottleneck],
+    conv3: &'a mut ConvBn,
+    waterfall: &'a mut Waterfall,
+) -> Vec<&'a mut ConvBn> {
+    let mut out: Vec<&mut ConvBn> = stem.iter_mut().collect();
+    for b in layer1 {
+        out.extend([&mut b.conv1, &mut b.conv2, &mut b.conv3]);
+        out.extend(b.downsample.as_mut());
+    }
+    out.push(conv3);
+    let wf = waterfall;
+    out.extend([&mut wf.conv1, &mut wf.pool, &mut wf.conv2, &mut wf.low]);
+    out.extend(wf.last.iter_mut());
+    out
 }
 
 /// Replaces a BatchNorm's running statistics.
