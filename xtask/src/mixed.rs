@@ -31,7 +31,8 @@ pub struct SweepArgs {
     /// What the other sites run at while one is measured: `fp` or a bit-width (e.g. 8).
     #[arg(long, default_value = "fp")]
     pub baseline: String,
-    /// Damage metric written to the table: kl, ce, top1 or cosine (backbones).
+    /// Damage metric written to the table: kl, ce, top1, cosine (backbones) or rel-mse (error
+    /// relative to the outputs' energy).
     #[arg(long, default_value = "kl")]
     pub metric: Metric,
     /// Rerun every site from the images instead of from its block's cached input.

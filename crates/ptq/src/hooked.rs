@@ -3,29 +3,11 @@
 //! two closures, one that runs the calibration images and one that returns the outputs on the
 //! probe images, so nothing here depends on its type.
 
-use mixq_core::{Error, Result, SensitivityPoint, SensitivityTable, SiteBits, SiteInfo};
-use mixq_sensitivity::OnlySite;
+use mixq_core::{Result, SensitivityPoint, SensitivityTable, SiteBits, SiteInfo};
+use mixq_sensitivity::{OnlySite, relative_mse};
 use mixq_vit_models::{NoHook, SiteHook};
 
 use crate::{PtqConfig, quantize_hooked, uniform_plan};
-
-/// `sum (q - r)^2 / sum r^2`: the quantized outputs' error relative to the full-precision
-/// outputs' energy (scale-free, so budgets mean the same on any checkpoint).
-pub fn relative_mse(reference: &[f32], quantized: &[f32]) -> Result<f64> {
-    if reference.len() != quantized.len() || reference.is_empty() {
-        return Err(Error::invalid(
-            "outputs",
-            quantized.len(),
-            format!("expected {} values", reference.len()),
-        ));
-    }
-    let (mut err, mut energy) = (0.0f64, 0.0f64);
-    for (&r, &q) in reference.iter().zip(quantized) {
-        err += ((q - r) as f64).powi(2);
-        energy += (r as f64).powi(2);
-    }
-    Ok(err / energy.max(f64::MIN_POSITIVE))
-}
 
 /// Every site alone at every candidate, the others in full precision; damage
 /// [`relative_mse`] of `outputs` (the model on the probe images, flattened) against its
@@ -71,20 +53,4 @@ pub fn sensitivity_hooked(
         }
     }
     Ok(table)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relative_mse_is_scale_free_and_checks_lengths() {
-        let r = [1.0, -2.0, 2.0];
-        assert_eq!(relative_mse(&r, &r).unwrap(), 0.0);
-        // error energy 1 over reference energy 9
-        assert!((relative_mse(&r, &[2.0, -2.0, 2.0]).unwrap() - 1.0 / 9.0).abs() < 1e-12);
-        let r10: Vec<f32> = r.iter().map(|v| v * 10.0).collect();
-        assert!((relative_mse(&r10, &[20.0, -20.0, 20.0]).unwrap() - 1.0 / 9.0).abs() < 1e-12);
-        assert!(relative_mse(&r, &[1.0]).is_err());
-    }
 }

@@ -44,7 +44,8 @@ pub use eval::{
     Comparison, Evaluation, FeatureAgreement, LabelFreeSpread, Metrics, SaliencyAgreement,
     SaliencySpread, Spread, compare, evaluate_data, host_logits, no_image_evaluated,
 };
-pub use hooked::{relative_mse, sensitivity_hooked};
+pub use hooked::sensitivity_hooked;
+pub use mixq_sensitivity::relative_mse;
 pub use record::{PtqResults, PtqRow, PtqRun, ablation_grid};
 pub use run_report::{MixedReport, RankAgreement};
 pub use state::{ActQuantizer, QuantState};

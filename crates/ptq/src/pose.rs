@@ -25,9 +25,10 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::hooked::sensitivity_hooked;
 use crate::mixed::{BudgetConfig, budget_plans, plan_averages};
+use crate::sweep::{Baseline, SweepOptions, sensitivity_sweep};
 use crate::{PostLnMode, PtqConfig, quantize, uniform_plan};
+use mixq_sensitivity::{Metric, Probe, Shard, SweepCache, to_table};
 
 /// Per crop: its geometry and `[x, y, score]` per keypoint in image pixels.
 pub type PosePredictions = Vec<(PoseMeta, Vec<[f64; 3]>)>;
@@ -147,36 +148,44 @@ pub fn evaluate_pose(
     ))
 }
 
-/// Heatmaps of every probe batch through `hook`, flattened.
-fn heatmaps(model: &WtPose, batches: &[Tensor<4>], hook: &dyn SiteHook) -> Vec<f32> {
-    batches
-        .iter()
-        .flat_map(|x| host_heatmaps(model.heatmaps_with(x.clone(), hook)).unwrap_or_default())
-        .collect()
-}
-
-/// Every site alone at every candidate, the others in full precision; damage
-/// [`relative_mse`](crate::relative_mse) of the heatmaps on the probe crops (metric `heatmap-rel-mse`). `progress`
-/// gets (points done, points in all).
+/// Every site alone at every candidate, the others in full precision, through the sweep of
+/// every [`Network`] ([`sensitivity_sweep`], without a cache): damage [`Metric::RelMse`] of the
+/// heatmaps on the probe crops (their labels unused). `progress` gets (points done, points in
+/// all).
 pub fn pose_sensitivity(
     model: &WtPose,
     calib: &Tensor<4>,
-    probe: &[Tensor<4>],
+    probe: &Probe,
     candidates: &[SiteBits],
     image_bits: u8,
     progress: impl FnMut(usize, usize),
 ) -> Result<SensitivityTable> {
-    sensitivity_hooked(
-        &model.sites(),
-        candidates,
+    let options = SweepOptions {
+        candidates: candidates.to_vec(),
+        baseline: Baseline::FullPrecision,
         image_bits,
-        "heatmap-rel-mse",
-        |h| {
-            let _ = model.heatmaps_with(calib.clone(), h);
-        },
-        |h| heatmaps(model, probe, h),
+        use_cache: false,
+        shard: Shard::WHOLE,
+    };
+    let records = sensitivity_sweep(
+        model,
+        calib,
+        probe,
+        &pose_ptq_config(),
+        &options,
+        &mut SweepCache::in_memory(),
         progress,
-    )
+    )?;
+    Ok(to_table(&records, Metric::RelMse, Default::default()))
+}
+
+/// Pose PTQ's quantizer settings: post-LN inputs per tensor (RepQ-ViT's fold is not measured
+/// on pose models yet), the rest as for classifiers.
+fn pose_ptq_config() -> PtqConfig {
+    PtqConfig {
+        post_ln: PostLnMode::Uniform,
+        ..PtqConfig::default()
+    }
 }
 
 /// Bytes of the quantized weights (linear/conv sites; biases and norms not counted); `None`:
@@ -369,10 +378,6 @@ pub fn pose_ptq(
     let mut order: Vec<usize> = (0..train_set.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
     let calib = crops(&train_set, &order[..config.calib], device)?;
-    let probe: Vec<Tensor<4>> = order[config.calib..config.calib + n_probe]
-        .chunks(probe_batch.max(1))
-        .map(|idx| crops(&train_set, idx, device))
-        .collect::<Result<_>>()?;
 
     let (mut plans, table) = match &config.plans {
         PosePlans::Given { name, plan } => {
@@ -391,6 +396,12 @@ pub fn pose_ptq(
             candidates, budget, ..
         } => {
             let candidates = mixq_allocator::parse_candidates(candidates)?;
+            let probe_idx = &order[config.calib..config.calib + n_probe];
+            let probe = Probe::new(
+                crops(&train_set, probe_idx, device)?,
+                vec![0; n_probe],
+                probe_batch.max(1),
+            )?;
             let table = pose_sensitivity(
                 model,
                 &calib,
@@ -448,11 +459,7 @@ pub fn pose_ptq(
         eval: fp,
     }];
     let mut predictions = vec![fp_pred];
-    // Post-LN inputs per tensor: RepQ-ViT's fold is not measured on pose models yet.
-    let ptq = PtqConfig {
-        post_ln: PostLnMode::Uniform,
-        ..PtqConfig::default()
-    };
+    let ptq = pose_ptq_config();
     // One quantized copy at a time: a plan is calibrated, evaluated and dropped.
     for (done, (name, budget, plan)) in plans.iter().enumerate() {
         let q = quantize(model.clone(), calib.clone(), plan, &ptq)?;

@@ -10,7 +10,7 @@ use mixq_core::{BitWidth, Result, SiteBits, SiteId};
 use mixq_sensitivity::{
     Probe, Record, Shard, SweepCache, fingerprint, grid, measure_candidate, reference_logits,
 };
-use mixq_vit_models::{Model, NoHook};
+use mixq_vit_models::NoHook;
 
 use crate::calibrate::{IsolatedQuantizers, quantize_isolated};
 use crate::config::{PostLnMode, PtqConfig, uniform_plan};
@@ -51,8 +51,8 @@ impl ModuleVisitor for WeightBytes {
 }
 
 /// The sweep's cache key: weights, calibration and probe data, and the options.
-pub fn sweep_fingerprint(
-    model: &Model,
+pub fn sweep_fingerprint<M: Module>(
+    model: &M,
     calib: &Tensor<4>,
     probe: &Probe,
     config: &PtqConfig,
@@ -77,8 +77,8 @@ pub fn sweep_fingerprint(
 
 /// Runs (or resumes, from `cache`) the shard's part of the (site, candidate) grid and returns
 /// its records. `progress(done, total)` is called after every point.
-pub fn sensitivity_sweep(
-    model: &Model,
+pub fn sensitivity_sweep<N: Network + Module>(
+    model: &N,
     calib: &Tensor<4>,
     probe: &Probe,
     config: &PtqConfig,
@@ -108,7 +108,7 @@ pub fn sensitivity_sweep(
     }
     if !by_candidate.is_empty() {
         let reference = reference_logits(model, probe);
-        let base: Option<IsolatedQuantizers> = match options.baseline {
+        let base: Option<IsolatedQuantizers<N>> = match options.baseline {
             Baseline::FullPrecision => None,
             Baseline::Bits(b) => {
                 let plan = uniform_plan(&infos, b.get(), b.get(), options.image_bits)?;

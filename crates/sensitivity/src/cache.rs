@@ -47,8 +47,8 @@ impl SweepCache {
             let lines: Vec<&str> = text.lines().collect();
             for (i, line) in lines.iter().enumerate() {
                 match serde_json::from_str::<Record>(line) {
-                    // Written before the cosine damage existed: measured again.
-                    Ok(r) if r.damage.cosine.is_nan() => {}
+                    // Written before the cosine or relative-MSE damage existed: measured again.
+                    Ok(r) if r.damage.cosine.is_nan() || r.damage.rel_mse.is_nan() => {}
                     Ok(r) => {
                         done.insert((r.site.clone(), r.bits), r);
                     }
@@ -137,6 +137,7 @@ mod tests {
                 ce: 0.2,
                 top1: 0.0,
                 cosine: 0.05,
+                rel_mse: 0.01,
             },
         };
         cache.add(new.clone()).unwrap();

@@ -43,7 +43,7 @@ use rayon::prelude::*;
 
 pub use cache::{SweepCache, fingerprint};
 pub use grid::{Shard, grid, merge_tables, to_table};
-pub use metric::{Damage, Metric, argmax, damage};
+pub use metric::{Damage, Metric, argmax, damage, relative_mse};
 
 /// One measured (site, bits) point.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

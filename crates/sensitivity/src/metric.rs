@@ -21,16 +21,20 @@ pub enum Metric {
     /// Mean 1 − cosine similarity of each image's output to full precision's: needs no labels
     /// and no classes (a backbone's output is its final-normed class token).
     Cosine,
+    /// [`relative_mse`] of all outputs against full precision's: the error relative to the
+    /// outputs' energy, for outputs that are no distribution (a pose model's heatmaps).
+    RelMse,
 }
 
 impl Metric {
-    /// The name tables and the CLI use (`kl`, `ce`, `top1`).
+    /// The name tables and the CLI use (`kl`, `ce`, `top1`, `cosine`, `rel-mse`).
     pub fn name(self) -> &'static str {
         match self {
             Metric::Kl => "kl",
             Metric::Ce => "ce",
             Metric::Top1 => "top1",
             Metric::Cosine => "cosine",
+            Metric::RelMse => "rel-mse",
         }
     }
 
@@ -41,6 +45,7 @@ impl Metric {
             Metric::Ce => d.ce,
             Metric::Top1 => d.top1,
             Metric::Cosine => d.cosine,
+            Metric::RelMse => d.rel_mse,
         }
     }
 }
@@ -54,10 +59,16 @@ impl fmt::Display for Metric {
 impl FromStr for Metric {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        [Metric::Kl, Metric::Ce, Metric::Top1, Metric::Cosine]
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| Error::invalid("metric", s, "expected kl, ce, top1 or cosine"))
+        [
+            Metric::Kl,
+            Metric::Ce,
+            Metric::Top1,
+            Metric::Cosine,
+            Metric::RelMse,
+        ]
+        .into_iter()
+        .find(|m| m.name() == s)
+        .ok_or_else(|| Error::invalid("metric", s, "expected kl, ce, top1, cosine or rel-mse"))
     }
 }
 
@@ -74,6 +85,10 @@ pub struct Damage {
     /// before this field read it as NaN: not measured, so the sweep measures them again.
     #[serde(default = "not_measured")]
     pub cosine: f64,
+    /// [`relative_mse`] of all outputs. Cache lines from before this field read it as NaN,
+    /// as for `cosine`.
+    #[serde(default = "not_measured")]
+    pub rel_mse: f64,
 }
 
 fn not_measured() -> f64 {
@@ -89,6 +104,24 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
         .ln()
         + max;
     row.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// `sum (q - r)^2 / sum r^2`: the quantized outputs' error relative to the full-precision
+/// outputs' energy (scale-free, so budgets mean the same on any checkpoint).
+pub fn relative_mse(reference: &[f32], quantized: &[f32]) -> Result<f64> {
+    if reference.len() != quantized.len() || reference.is_empty() {
+        return Err(Error::invalid(
+            "outputs",
+            quantized.len(),
+            format!("expected {} values", reference.len()),
+        ));
+    }
+    let (mut err, mut energy) = (0.0f64, 0.0f64);
+    for (&r, &q) in reference.iter().zip(quantized) {
+        err += ((q - r) as f64).powi(2);
+        energy += (r as f64).powi(2);
+    }
+    Ok(err / energy.max(f64::MIN_POSITIVE))
 }
 
 /// The predicted class of one row of logits (the first of equal maxima).
@@ -113,7 +146,10 @@ pub fn damage(reference: &[f32], logits: &[f32], labels: &[usize]) -> Result<Dam
         ));
     }
     let classes = reference.len() / n;
-    let mut d = Damage::default();
+    let mut d = Damage {
+        rel_mse: relative_mse(reference, logits)?,
+        ..Damage::default()
+    };
     for i in 0..n {
         let (r, q) = (
             &reference[i * classes..(i + 1) * classes],
@@ -163,5 +199,23 @@ mod tests {
         // A cache line written before the field existed still reads, as not measured.
         let old: Damage = serde_json::from_str(r#"{"kl": 0.1, "ce": 0.2, "top1": 0.0}"#).unwrap();
         assert!(old.cosine.is_nan());
+        assert!(old.rel_mse.is_nan());
+    }
+
+    #[test]
+    fn relative_mse_is_scale_free_and_over_every_output() {
+        // Errors 1 and 2 against energy 3^2 + 4^2 + 0 + 0: (1 + 4) / 25, whatever the rows.
+        let reference = [3.0, 4.0, 0.0, 0.0];
+        let quantized = [4.0, 4.0, 0.0, 2.0];
+        let d = damage(&reference, &quantized, &[0, 0]).unwrap();
+        assert!((d.rel_mse - 0.2).abs() < 1e-12, "{d:?}");
+        assert_eq!(Metric::RelMse.of(&d), d.rel_mse);
+        assert_eq!("rel-mse".parse::<Metric>().unwrap(), Metric::RelMse);
+        let scaled: Vec<f32> = quantized.iter().map(|v| 10.0 * v).collect();
+        let reference10: Vec<f32> = reference.iter().map(|v| 10.0 * v).collect();
+        let d10 = damage(&reference10, &scaled, &[0, 0]).unwrap();
+        assert!((d10.rel_mse - 0.2).abs() < 1e-12, "{d10:?}");
+        assert!(relative_mse(&reference, &quantized[..3]).is_err());
+        assert!(relative_mse(&[], &[]).is_err());
     }
 }
