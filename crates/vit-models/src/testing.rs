@@ -9,7 +9,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor, TensorData};
 use mixq_core::{SiteId, SiteInfo, SiteKind};
 
-use crate::hooks::SiteHook;
+use crate::hooks::{SiteHook, Slot};
 use crate::layers::{LayerNorm, Linear, LinearConfig};
 use crate::network::{Network, OutputKind};
 use crate::swin::SwinConfig;
@@ -192,17 +192,18 @@ impl RowMlp {
 
 impl Network for RowMlp {
     fn sites(&self) -> Vec<SiteInfo> {
-        let linears = self.blocks.iter().flat_map(|b| [&b.fc1, &b.fc2]);
+        // The blocks run on 8 tokens, the head on their mean.
+        let linears = self.blocks.iter().flat_map(|b| [(&b.fc1, 8), (&b.fc2, 8)]);
         linears
-            .chain([&self.head])
-            .map(|l| {
+            .chain([(&self.head, 1)])
+            .map(|(l, tokens)| {
                 let (i, o) = l.dims();
                 let params = (i * o) as u64;
                 SiteInfo {
                     id: l.site.clone(),
                     kind: SiteKind::Linear,
                     params,
-                    macs: 8 * params,
+                    macs: tokens * params,
                 }
             })
             .collect()
@@ -265,5 +266,88 @@ impl Network for RowMlp {
             .iter_mut()
             .map(|b| (&mut b.norm, &mut b.fc1))
             .collect()
+    }
+}
+
+/// Records every (site, slot, 2-D dims) the hook sees, in order.
+#[derive(Default)]
+struct SlotDims(std::sync::Mutex<Vec<(SiteId, Slot, [usize; 2])>>);
+
+impl SiteHook for SlotDims {
+    fn apply(&self, site: &SiteId, slot: Slot, x: Tensor<2>) -> Tensor<2> {
+        let dims = x.dims();
+        self.0
+            .lock()
+            .expect("recorder lock")
+            .push((site.clone(), slot, dims));
+        x
+    }
+}
+
+/// Checks a model's declared [`Network::sites`] against one forward of `images`
+/// (`[b, c, h, w]`): the sites appear in forward order, and each site's parameters and MACs per
+/// image follow from the tensors it passes through the hook (a linear's weight `[in, out]`, a
+/// conv's `[out, in*k*k]`, a matmul's left operand `[rows, inner]`, times the output per image).
+/// The error lists every mismatch. For the tests of a model family, the own one included.
+pub fn check_sites(model: &dyn Network, images: Tensor<4>) -> std::result::Result<(), String> {
+    let batch = images.dims()[0];
+    let seen = SlotDims::default();
+    let _ = model.forward_with(images, &seen);
+    let seen = seen.0.into_inner().expect("recorder lock");
+    let mut order: Vec<SiteId> = Vec::new();
+    let mut dims: std::collections::BTreeMap<(SiteId, Slot), [usize; 2]> = Default::default();
+    for (site, slot, d) in seen {
+        if !order.contains(&site) {
+            order.push(site.clone());
+        }
+        dims.insert((site, slot), d);
+    }
+    let sites = model.sites();
+    let listed: Vec<SiteId> = sites.iter().map(|s| s.id.clone()).collect();
+    let mut problems = Vec::new();
+    if order != listed {
+        problems.push(format!(
+            "sites() order {listed:?} differs from the forward's {order:?}"
+        ));
+    }
+    for s in &sites {
+        let get = |slot| dims.get(&(s.id.clone(), slot)).copied();
+        let Some([orows, ocols]) = get(Slot::Output) else {
+            problems.push(format!("{}: no output passed the hook", s.id));
+            continue;
+        };
+        let out_per_image = (orows * ocols / batch) as u64;
+        let weight = get(Slot::Weight);
+        let (params, inner) = match (s.kind, weight, get(Slot::OperandA)) {
+            (SiteKind::Linear, Some([i, o]), _) => ((i * o) as u64, i as u64),
+            (SiteKind::Conv, Some([o, ikk]), _) => ((o * ikk) as u64, ikk as u64),
+            (SiteKind::MatMulQk | SiteKind::MatMulAv, None, Some([_, inner])) => (0, inner as u64),
+            (kind, w, a) => {
+                problems.push(format!(
+                    "{}: declared {kind:?} but passed weight {w:?}, operand {a:?}",
+                    s.id
+                ));
+                continue;
+            }
+        };
+        if s.params != params {
+            problems.push(format!(
+                "{}: {} params declared, {params} seen",
+                s.id, s.params
+            ));
+        }
+        if s.macs != out_per_image * inner {
+            problems.push(format!(
+                "{}: {} MACs declared, {} seen",
+                s.id,
+                s.macs,
+                out_per_image * inner
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
     }
 }

@@ -122,16 +122,17 @@ impl VitConfig {
             pos_embed: token(self.num_tokens()),
             blocks: (0..self.depth)
                 .map(|i| {
-                    let path = SiteId::new(format!("blocks.{i}"));
-                    let scale = || self.layer_scale.map(|v| LayerScale::new(d, v, device));
-                    Block {
-                        norm1: LayerNorm::new(d, self.norm_eps, device),
-                        attn: Attention::new(&path.join("attn"), d, self.num_heads, device),
-                        ls1: scale(),
-                        norm2: LayerNorm::new(d, self.norm_eps, device),
-                        mlp: Mlp::new(&path.join("mlp"), d, self.mlp_hidden(), device),
-                        ls2: scale(),
-                    }
+                    Block::new(
+                        &SiteId::new(format!("blocks.{i}")),
+                        BlockDims {
+                            dim: d,
+                            heads: self.num_heads,
+                            mlp_hidden: self.mlp_hidden(),
+                            norm_eps: self.norm_eps,
+                            layer_scale: self.layer_scale,
+                        },
+                        device,
+                    )
                 })
                 .collect(),
             norm: LayerNorm::new(d, self.norm_eps, device),
@@ -314,7 +315,36 @@ pub struct Block {
     pub ls2: Option<LayerScale>,
 }
 
+/// The shape of a [`Block`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockDims {
+    /// Token width.
+    pub dim: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Hidden width of the MLP.
+    pub mlp_hidden: usize,
+    /// Epsilon of both LayerNorms.
+    pub norm_eps: f64,
+    /// Initial value of the layer-scales, when the block has them.
+    pub layer_scale: Option<f64>,
+}
+
 impl Block {
+    /// A block at `path` (`blocks.3`): its sites are `path.attn.*` and `path.mlp.*`.
+    pub fn new(path: &SiteId, dims: BlockDims, device: &Device) -> Self {
+        let d = dims.dim;
+        let scale = || dims.layer_scale.map(|v| LayerScale::new(d, v, device));
+        Block {
+            norm1: LayerNorm::new(d, dims.norm_eps, device),
+            attn: Attention::new(&path.join("attn"), d, dims.heads, device),
+            ls1: scale(),
+            norm2: LayerNorm::new(d, dims.norm_eps, device),
+            mlp: Mlp::new(&path.join("mlp"), d, dims.mlp_hidden, device),
+            ls2: scale(),
+        }
+    }
+
     /// Its sites in forward order (attention, then MLP).
     pub fn site_ids(&self) -> Vec<SiteId> {
         let mut ids = self.attn.site_ids().to_vec();

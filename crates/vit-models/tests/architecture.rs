@@ -139,3 +139,21 @@ fn resume_point_is_the_last_boundary_before_each_site() {
         );
     }
 }
+
+/// Every family's hand-declared sites (order, parameters, MACs) agree with what its forward
+/// passes through the hook: ViT, distilled DeiT, Swin with patch merging, layer-scale ViT, the
+/// own-model `RowMlp` and WTPose.
+#[test]
+fn declared_sites_match_the_forward() {
+    use mixq_vit_models::testing::{FIXTURES, RowMlp, check_sites, fixture};
+    let device = Device::flex();
+    for name in FIXTURES {
+        let (model, images, _) = fixture(name, &device);
+        check_sites(&model, images).unwrap_or_else(|e| panic!("{name}:\n{e}"));
+    }
+    let images = burn::tensor::Tensor::<4>::ones([2, 1, 8, 8], &device);
+    check_sites(&RowMlp::new(&device), images).unwrap();
+    let wtpose = mixq_vit_models::WtPoseConfig::tiny().init(&device).unwrap();
+    let images = burn::tensor::Tensor::<4>::ones([2, 3, 128, 96], &device);
+    check_sites(&wtpose, images).unwrap();
+}

@@ -2,7 +2,6 @@
 //! shapes of every variant, parameter/GFLOP counts against the paper, BatchNorm folding, and
 //! the site list against what a forward pass actually routes through the hook.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use burn::module::{Module, Param};
@@ -414,53 +413,20 @@ fn every_linear_and_conv_is_a_listed_site() {
     let device = Device::flex();
     let cfg = WtPoseConfig::tiny();
     let model = cfg.init(&device).unwrap();
-    let batch = 2;
-    let x = Tensor::<4>::random([batch, 3, 128, 96], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<4>::random([2, 3, 128, 96], Distribution::Normal(0.0, 1.0), &device);
     let rec = Recorder::default();
     let plain = model.heatmaps(x.clone());
-    let hooked = model.heatmaps_with(x, &rec);
+    let hooked = model.heatmaps_with(x.clone(), &rec);
     assert!((plain - hooked).abs().max().into_scalar::<f32>() < 1e-5);
-    let seen = rec.seen.into_inner().unwrap();
-    // Order of first appearance, and the slots' dims per site.
-    let mut order: Vec<SiteId> = Vec::new();
-    let mut dims: BTreeMap<(SiteId, Slot), [usize; 2]> = BTreeMap::new();
-    for (site, slot, d) in seen {
-        if !order.contains(&site) {
-            order.push(site.clone());
-        }
-        dims.insert((site, slot), d);
-    }
+    // Order, parameters and MACs per image against what the forward passes through the hook.
+    mixq_vit_models::testing::check_sites(&model, x).unwrap();
     let sites = model.sites();
-    let listed: Vec<SiteId> = sites.iter().map(|s| s.id.clone()).collect();
-    assert_eq!(order, listed, "forward order == sites() order");
     let count = |k: SiteKind| sites.iter().filter(|s| s.kind == k).count();
     // stem 2 + bottleneck 4 + conv3 + waterfall 6 + head; Swin and NA linears per block.
     assert_eq!(count(SiteKind::Conv), 2 + 4 * cfg.res_blocks + 1 + 6 + 1);
     let blocks: usize = cfg.depths.iter().sum::<usize>() + 2 * cfg.wtm_dilations.len();
     assert_eq!(count(SiteKind::Linear), 4 * blocks + 3);
     assert_eq!(count(SiteKind::MatMulQk), blocks);
-    for s in &sites {
-        let get = |slot| {
-            *dims
-                .get(&(s.id.clone(), slot))
-                .unwrap_or_else(|| panic!("{} never saw {slot:?}", s.id))
-        };
-        let [orows, ocols] = get(Slot::Output);
-        let out_per_image = (orows * ocols / batch) as u64;
-        let (params, inner) = match s.kind {
-            SiteKind::Linear => {
-                let [i, o] = get(Slot::Weight);
-                ((i * o) as u64, i as u64)
-            }
-            SiteKind::Conv => {
-                let [o, ikk] = get(Slot::Weight);
-                ((o * ikk) as u64, ikk as u64)
-            }
-            SiteKind::MatMulQk | SiteKind::MatMulAv => (0, get(Slot::OperandA)[1] as u64),
-        };
-        assert_eq!(s.params, params, "{} params", s.id);
-        assert_eq!(s.macs, out_per_image * inner, "{} MACs", s.id);
-    }
 }
 
 /// WTPose through the model interface: its output is the heatmaps flattened, declared as such;
