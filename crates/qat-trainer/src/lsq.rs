@@ -191,7 +191,7 @@ impl LsqQuantizers {
     /// `ptq.weights` (linear weights `[in, out]` channel axis 1, conv `[out, in*k*k]` axis 0) and
     /// every activation quantizer of `ptq.state`, steps and zero points as calibrated. Errors
     /// when the plan is empty or a quantizer has a layout QAT does not support.
-    pub fn from_ptq(ptq: &QuantizedModel, device: &burn::tensor::Device) -> Result<Self> {
+    pub fn from_ptq<N>(ptq: &QuantizedModel<N>, device: &burn::tensor::Device) -> Result<Self> {
         if ptq.plan.sites.is_empty() {
             return Err(Error::invalid(
                 "plan",

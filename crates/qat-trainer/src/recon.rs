@@ -25,6 +25,9 @@
 //!   tokens and images (BRECQ's `lp_loss`), plus the rounding term; Adam on `v` and on the steps.
 //!
 //! The patch embedding and the head keep PTQ's rounding (they run at 8 bits in mixq's plans).
+//! Any [`Network`] with blocks is reconstructed (mixq's families, a model of one's own); one
+//! without (WTPose) is refused.
+//!
 //! The result is a plain [`QuantizedModel`], so evaluation, `export` and the integer engine take
 //! it unchanged.
 //!
@@ -50,7 +53,6 @@
 //! # Ok::<(), mixq_core::Error>(())
 //! ```
 
-use mixq_vit_models::Network;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -61,7 +63,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use mixq_core::{BitPlan, Error, Result, SiteId};
 use mixq_ptq::{ActQuantizer, PtqConfig, QuantizedModel, quantize, reparameterize};
 use mixq_quant_kernels::{Granularity, LogQuantizer, MIN_SCALE, UniformQuantizer, host_values};
-use mixq_vit_models::{Model, NoHook, SiteHook, Slot};
+use mixq_vit_models::{Model, Network, NoHook, OutputKind, SiteHook, Slot};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -216,9 +218,9 @@ pub struct ReconProgress {
 
 /// A reconstructed model and each block's figures.
 #[derive(Debug)]
-pub struct Reconstruction {
+pub struct Reconstruction<N = Model> {
     /// The quantized model: PTQ's scales and zero points, learned integer codes and steps.
-    pub quantized: QuantizedModel,
+    pub quantized: QuantizedModel<N>,
     /// One entry per block, in order.
     pub blocks: Vec<BlockRecon>,
 }
@@ -389,10 +391,10 @@ fn block_loss(out: Tensor<3>, target: Tensor<3>, weights: Option<Tensor<3>>) -> 
 /// `g` the gradient of KL(FP ‖ model) at the block's output, with the block as `quantized`
 /// computes it and the blocks after it as `fp_after` (the full-precision model on the autodiff
 /// device).
-fn fisher_weights(
-    quantized: &Model,
+fn fisher_weights<N: Network>(
+    quantized: &N,
     state: &dyn SiteHook,
-    fp_after: &Model,
+    fp_after: &N,
     i: usize,
     input: &Tensor<3>,
     fp_logits: &Tensor<2>,
@@ -432,8 +434,8 @@ fn scalar(t: Tensor<1>) -> Result<f64> {
 }
 
 /// [`block_loss`] of block `i` over every image, in batches of `batch`.
-fn full_loss(
-    model: &Model,
+fn full_loss<N: Network>(
+    model: &N,
     i: usize,
     input: &Tensor<3>,
     target: &Tensor<3>,
@@ -470,16 +472,23 @@ fn act_quantizer(rule: &QuantRule, step: f32) -> Result<ActQuantizer> {
 /// Block reconstruction of `fp` with `plan` (see the module documentation): PTQ on `calib` with
 /// `ptq` first, then every block optimised on `images` (`[n, c, h, w]`, normalised) in forward
 /// order. `progress` gets every step. Deterministic for a given `config.seed`.
-pub fn reconstruct(
-    fp: &Model,
+pub fn reconstruct<N: Network + Module>(
+    fp: &N,
     calib: Tensor<4>,
     images: Tensor<4>,
     plan: &BitPlan,
     ptq: &PtqConfig,
     config: &ReconConfig,
     mut progress: impl FnMut(ReconProgress),
-) -> Result<Reconstruction> {
+) -> Result<Reconstruction<N>> {
     config.validate()?;
+    if fp.num_blocks() == 0 {
+        return Err(Error::invalid(
+            "model",
+            "(no blocks)",
+            "declares no residual-stream blocks (Network::block_sites) to reconstruct one by one",
+        ));
+    }
     let device = images.device();
     let ad: Device = device.clone().autodiff();
     let masks = std::sync::Mutex::new(ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(1)));
@@ -488,11 +497,11 @@ pub fn reconstruct(
     let frozen = student.clone().map(&mut Frozen);
     let n = images.dims()[0];
     let (targets, fp_logits) = fp.boundaries(images.clone(), &NoHook);
-    if config.loss == ReconLoss::Fisher && fp.is_backbone() {
+    if config.loss == ReconLoss::Fisher && fp.output_kind() != OutputKind::Logits {
         return Err(Error::invalid(
             "--recon-loss",
             "fisher",
-            "needs class logits; a backbone reconstructs with mse",
+            "needs class logits; a backbone or pose model reconstructs with mse",
         ));
     }
     let (quantized_bounds, _) = quantized.model.boundaries(images, &quantized.state);

@@ -1070,3 +1070,75 @@ fn fp_training_in_two_parts_is_deterministic_resumes_bitwise_and_learns() {
         ..fp_config(10)
     });
 }
+
+/// Block reconstruction takes any `Network` with blocks: a model of one's own (`RowMlp`, a
+/// residual MLP) gets every block's loss lowered with its weights on their grids; WTPose, which
+/// declares no blocks, is refused with a clear error.
+#[test]
+fn an_own_network_is_reconstructed_and_a_blockless_one_refused() {
+    let device = Device::flex();
+    let mut model = mixq_vit_models::seeded(&device, 4, || {
+        Ok(mixq_vit_models::testing::RowMlp::new(&device))
+    })
+    .unwrap();
+    // Branches as strong as a trained model's (the init's are a few per cent of the stream).
+    for linear in model.linears_mut() {
+        let w = linear.weight.val().mul_scalar(4.0);
+        linear.weight = burn::module::Param::initialized(linear.weight.id, w);
+    }
+    let images =
+        Tensor::<4>::from_data(TensorData::new(pseudo(48 * 64, 7), [48, 1, 8, 8]), &device);
+    let plan = uniform_plan(&model.sites(), 3, 3, 8).unwrap();
+    let config = mixq_qat_trainer::ReconConfig {
+        iters: 150,
+        batch: 16,
+        ..Default::default()
+    };
+    let ptq = PtqConfig::default();
+    let r = mixq_qat_trainer::reconstruct(
+        &model,
+        images.clone().narrow(0, 0, 16),
+        images.clone(),
+        &plan,
+        &ptq,
+        &config,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(r.blocks.len(), model.num_blocks());
+    for b in &r.blocks {
+        println!(
+            "block {}: loss {:.6} -> {:.6}, {} of {} flipped",
+            b.block, b.loss_before, b.loss_after, b.flipped, b.weights
+        );
+        assert!(b.loss_after < b.loss_before, "{b:?}");
+        assert!(b.flipped > 0, "{b:?}");
+    }
+    // The reconstructed weights stay on their PTQ grids.
+    let mut q = r.quantized;
+    let weights = q.weights.clone();
+    for linear in q.model.linears_mut() {
+        let quant = &weights[&linear.site];
+        let cols = linear.weight.val().dims()[1];
+        for (k, w) in host(&linear.weight.val()).into_iter().enumerate() {
+            let code = w / quant.scales()[k % cols] + quant.zero_points()[k % cols];
+            assert!(
+                (code - code.round()).abs() < 1e-3,
+                "{}: off the grid",
+                linear.site
+            );
+        }
+    }
+
+    let wtpose = mixq_vit_models::WtPoseConfig::tiny()
+        .init(&device)
+        .unwrap()
+        .fold_batch_norm();
+    let crops = Tensor::<4>::zeros([2, 3, 128, 96], &device);
+    let plan = uniform_plan(&wtpose.sites(), 4, 4, 8).unwrap();
+    let err =
+        mixq_qat_trainer::reconstruct(&wtpose, crops.clone(), crops, &plan, &ptq, &config, |_| {})
+            .expect_err("WTPose has no blocks")
+            .to_string();
+    assert!(err.contains("no residual-stream blocks"), "{err}");
+}
