@@ -16,9 +16,9 @@ use mixq_ptq::{
 };
 use mixq_sensitivity::{Probe, Shard, SweepCache};
 use mixq_vit_models::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig};
-use mixq_vit_models::testing::{check_sites, max_abs_diff};
+use mixq_vit_models::testing::{check_blocks, check_sites, max_abs_diff};
 use mixq_vit_models::vit::{Block, BlockDims};
-use mixq_vit_models::{ExplainOptions, Network, OutputKind, SiteHook, Target};
+use mixq_vit_models::{Boundary, ExplainOptions, Network, OutputKind, SiteHook, Target};
 
 /// 8x8 grey images: a 3x3 stride-2 conv (16 channels) and ReLU, a 1x1 conv to the token width:
 /// 16 tokens, learned position embeddings, pre-LN blocks, final norm, mean over tokens, classes.
@@ -139,29 +139,31 @@ impl Network for ConvStemVit {
         &self,
         images: Tensor<4>,
         hook: &dyn SiteHook,
-        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+        boundary: &mut dyn FnMut(Boundary) -> Boundary,
     ) -> Tensor<2> {
+        // The state at each boundary is the residual stream alone.
+        let mut stream = |x| boundary(Boundary::new(x)).stream;
         let x = self
             .blocks
             .iter()
             .fold(self.embed(images, hook), |x, block| {
-                block.forward(boundary(x), hook)
+                block.forward(stream(x), hook)
             });
-        self.pool_and_classify(boundary(x), hook)
+        self.pool_and_classify(stream(x), hook)
     }
 
     fn block_sites(&self) -> Vec<Vec<SiteId>> {
         self.blocks.iter().map(Block::site_ids).collect()
     }
 
-    fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
-        self.blocks[i].forward(x, hook)
+    fn forward_block(&self, i: usize, x: Boundary, hook: &dyn SiteHook) -> Boundary {
+        Boundary::new(self.blocks[i].forward(x.stream, hook))
     }
 
-    fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
+    fn forward_from(&self, point: usize, x: Boundary, hook: &dyn SiteHook) -> Tensor<2> {
         let x = self.blocks[point..]
             .iter()
-            .fold(x, |x, block| block.forward(x, hook));
+            .fold(x.stream, |x, block| block.forward(x, hook));
         self.pool_and_classify(x, hook)
     }
 
@@ -216,7 +218,13 @@ fn relative_error(a: Tensor<2>, reference: Tensor<2>) -> f32 {
 #[test]
 fn conv_stem_sites_match_its_forward() {
     let (model, images, _) = setup(0);
-    check_sites(&model, images).unwrap();
+    check_sites(&model, images.clone()).unwrap();
+    // Each block steps to the next boundary, and a change at any site after the stem is seen
+    // from its resume point and missed from the next boundary.
+    assert_eq!(
+        check_blocks(&model, images).unwrap(),
+        model.sites().len() - 2
+    );
     // The derived resume points: a block's sites rerun from its boundary, the head from the
     // last, the stem from the images.
     assert_eq!(

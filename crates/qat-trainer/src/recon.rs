@@ -25,8 +25,8 @@
 //!   tokens and images (BRECQ's `lp_loss`), plus the rounding term; Adam on `v` and on the steps.
 //!
 //! The patch embedding and the head keep PTQ's rounding (they run at 8 bits in mixq's plans).
-//! Any [`Network`] with blocks is reconstructed (mixq's families, a model of one's own); one
-//! without (WTPose) is refused.
+//! Any [`Network`] with blocks is reconstructed (mixq's families, WTPose, a model of one's
+//! own); one without is refused. Linear and conv weights inside a block get learned rounding.
 //!
 //! The result is a plain [`QuantizedModel`], so evaluation, `export` and the integer engine take
 //! it unchanged.
@@ -63,7 +63,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use mixq_core::{BitPlan, Error, Result, SiteId};
 use mixq_ptq::{ActQuantizer, PtqConfig, QuantizedModel, quantize, reparameterize};
 use mixq_quant_kernels::{Granularity, LogQuantizer, MIN_SCALE, UniformQuantizer, host_values};
-use mixq_vit_models::{Model, Network, NoHook, OutputKind, SiteHook, Slot};
+use mixq_vit_models::{Boundary, Model, Network, NoHook, OutputKind, SiteHook, Slot};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -396,19 +396,20 @@ fn fisher_weights<N: Network>(
     state: &dyn SiteHook,
     fp_after: &N,
     i: usize,
-    input: &Tensor<3>,
+    input: &Boundary,
     fp_logits: &Tensor<2>,
     batch: usize,
 ) -> Result<Tensor<3>> {
-    let n = input.dims()[0];
+    let n = input.batch();
     let mut squares = Vec::new();
     for start in (0..n).step_by(batch) {
         let b = batch.min(n - start);
-        let y = quantized
-            .forward_block(i, input.clone().narrow(0, start, b), state)
-            .autodiff()
-            .require_grad();
-        let logits = fp_after.forward_from(i + 1, y.clone(), &NoHook);
+        let mut out = quantized
+            .forward_block(i, input.clone().narrow(start, b), state)
+            .map(|t| t.autodiff());
+        let y = out.stream.require_grad();
+        out.stream = y.clone();
+        let logits = fp_after.forward_from(i + 1, out, &NoHook);
         // Summed over images (alpha 1: the KL term alone), so each image's gradient is its own.
         let kl = crate::loss::distillation_loss(
             logits,
@@ -437,17 +438,18 @@ fn scalar(t: Tensor<1>) -> Result<f64> {
 fn full_loss<N: Network>(
     model: &N,
     i: usize,
-    input: &Tensor<3>,
-    target: &Tensor<3>,
+    input: &Boundary,
+    target: &Boundary,
     hook: &dyn SiteHook,
     batch: usize,
 ) -> Result<f64> {
-    let n = input.dims()[0];
+    let n = input.batch();
     let mut sum = 0.0;
     for start in (0..n).step_by(batch) {
         let b = batch.min(n - start);
-        let out = model.forward_block(i, input.clone().narrow(0, start, b), hook);
-        sum += scalar(block_loss(out, target.clone().narrow(0, start, b), None))? * b as f64;
+        let out = model.forward_block(i, input.clone().narrow(start, b), hook);
+        let target = target.clone().narrow(start, b);
+        sum += scalar(block_loss(out.stream, target.stream, None))? * b as f64;
     }
     Ok(sum / n as f64)
 }
@@ -546,7 +548,7 @@ pub fn reconstruct<N: Network + Module>(
             sites: &block_sites,
             seen: std::sync::Mutex::new(BTreeMap::new()),
         };
-        let _ = student.forward_block(i, input.clone().narrow(0, 0, 1), &taker);
+        let _ = student.forward_block(i, input.clone().narrow(0, 1), &taker);
         let weights = taker.seen.into_inner().expect("weight lock");
         let mut grids = Vec::new();
         let mut v = Vec::new();
@@ -601,8 +603,8 @@ pub fn reconstruct<N: Network + Module>(
                 TensorData::new(picked.clone(), [picked.len()]),
                 &device,
             );
-            let x = input.clone().select(0, idx.clone()).autodiff();
-            let y = target.clone().select(0, idx.clone()).autodiff();
+            let x = input.clone().select(idx.clone()).map(|t| t.autodiff());
+            let y = target.stream.clone().select(0, idx.clone()).autodiff();
             let w = fisher.as_ref().map(|f| f.clone().select(0, idx).autodiff());
             let hook = ReconHook {
                 grids: &grids,
@@ -612,7 +614,7 @@ pub fn reconstruct<N: Network + Module>(
                 drop_prob: config.drop_prob,
                 masks: &masks,
             };
-            let rec = block_loss(frozen.forward_block(i, x, &hook), y, w);
+            let rec = block_loss(frozen.forward_block(i, x, &hook).stream, y, w);
             let rec_value = scalar(rec.clone())?;
             if !rec_value.is_finite() {
                 return Err(Error::invalid(
@@ -683,11 +685,19 @@ pub fn reconstruct<N: Network + Module>(
                 linear.weight = Param::initialized(linear.weight.id, w);
             }
         }
+        for conv in quantized.model.convs_mut() {
+            if let Some(w) = hard.remove(&conv.site) {
+                // The hook's view `[out, in*k*k]` back to the kernel's shape.
+                let w = w.reshape(conv.weight.dims());
+                conv.weight = Param::initialized(conv.weight.id, w);
+            }
+        }
         if let Some((site, _)) = hard.into_iter().next() {
             return Err(Error::invalid(
                 "site",
                 site.as_str(),
-                "is not a linear site; block reconstruction rounds linear weights only",
+                "passed weights through the hook, but the model's linears_mut/convs_mut do not \
+                 hand it over",
             ));
         }
         for (k, spec) in acts.specs.iter().enumerate() {
@@ -716,11 +726,11 @@ pub fn reconstruct<N: Network + Module>(
             let b = config.batch.min(n - start);
             next.push(quantized.model.forward_block(
                 i,
-                input.clone().narrow(0, start, b),
+                input.clone().narrow(start, b),
                 &quantized.state,
             ));
         }
-        input = Tensor::cat(next, 0);
+        input = Boundary::cat(next);
         report.push(BlockRecon {
             block: i,
             sites: grids.iter().map(|g| g.site.clone()).collect(),

@@ -165,7 +165,7 @@ pub fn measure_candidate(
         return Ok(());
     }
     let batches: Vec<Tensor<4>> = probe.batches().collect();
-    let cache: Vec<Vec<Tensor<3>>> = if use_cache {
+    let cache: Vec<Vec<mixq_vit_models::Boundary>> = if use_cache {
         batches
             .iter()
             .map(|x| model.boundaries(x.clone(), baseline).0)

@@ -202,10 +202,13 @@ pub(crate) fn explain<N: Network + ?Sized>(
     };
     let x = images.detach().autodiff().require_grad();
     let mut boundaries = Vec::new();
-    let logits = model.forward_with_boundaries(x.clone(), &hook, &mut |t| {
-        let (t, probe) = RelevanceTap::attach(t);
+    // Relevance is read on the residual stream (tensors a model carries along besides it,
+    // such as WTPose's stage outputs, are not tapped).
+    let logits = model.forward_with_boundaries(x.clone(), &hook, &mut |mut b| {
+        let (t, probe) = RelevanceTap::attach(b.stream);
         boundaries.push(probe);
-        t
+        b.stream = t;
+        b
     });
 
     let num_classes = logits.dims()[1];

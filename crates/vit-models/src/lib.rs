@@ -48,7 +48,7 @@ pub use explain_data::{
 pub use hooks::{NoHook, SiteHook, Slot};
 pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};
 pub use model::{ArchConfig, Model, seeded};
-pub use network::{Network, OutputKind};
+pub use network::{Boundary, Network, OutputKind};
 pub use saliency::{SaliencyDecoder, SaliencyDecoderConfig};
 pub use swin::{SwinConfig, SwinTransformer};
 pub use vit::{VisionTransformer, VitConfig, resample_pos_embed};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hooks::SiteHook;
 use crate::layers::{Conv2d, LayerNorm, Linear};
-use crate::network::{Network, OutputKind};
+use crate::network::{Boundary, Network, OutputKind};
 use crate::swin::{SwinConfig, SwinTransformer};
 use crate::vit::{VisionTransformer, VitConfig};
 
@@ -175,7 +175,7 @@ impl Network for Model {
         &self,
         images: Tensor<4>,
         hook: &dyn SiteHook,
-        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+        boundary: &mut dyn FnMut(Boundary) -> Boundary,
     ) -> Tensor<2> {
         each_family!(self, m => m.forward_with_boundaries(images, hook, boundary))
     }
@@ -188,11 +188,11 @@ impl Network for Model {
         each_family!(self, m => m.num_blocks())
     }
 
-    fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
+    fn forward_block(&self, i: usize, x: Boundary, hook: &dyn SiteHook) -> Boundary {
         each_family!(self, m => m.forward_block(i, x, hook))
     }
 
-    fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
+    fn forward_from(&self, point: usize, x: Boundary, hook: &dyn SiteHook) -> Tensor<2> {
         each_family!(self, m => m.forward_from(point, x, hook))
     }
 

@@ -2,13 +2,75 @@
 //! structure (its sites, its residual-stream blocks and what they contain, the parameters PTQ
 //! rewrites, what it outputs), implemented once per family next to its layers.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 use mixq_core::{Result, SiteId, SiteInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::explain::{ExplainOptions, Explanation, Target};
 use crate::hooks::{NoHook, SiteHook};
 use crate::layers::{Conv2d, LayerNorm, Linear};
+
+/// The state at a block boundary, batch first: the residual stream `[b, tokens, c]`, and for a
+/// model whose later layers read earlier outputs (WTPose: its Swin stages feed the waterfall)
+/// those outputs, carried along unchanged by the blocks that do not make them. A sweep caches
+/// all of it; block reconstruction fits a block's output stream.
+#[derive(Clone, Debug)]
+pub struct Boundary {
+    /// The residual stream the next block reads.
+    pub stream: Tensor<3>,
+    /// Earlier outputs that later layers read, in the model's own layout.
+    pub carried: Vec<Tensor<3>>,
+}
+
+impl Boundary {
+    /// A boundary that is the residual stream alone (ViT, Swin).
+    pub fn new(stream: Tensor<3>) -> Self {
+        Boundary {
+            stream,
+            carried: Vec::new(),
+        }
+    }
+
+    /// Images in the batch.
+    pub fn batch(&self) -> usize {
+        self.stream.dims()[0]
+    }
+
+    /// Every tensor through `f` (which keeps the batch axis first).
+    pub fn map(self, f: impl Fn(Tensor<3>) -> Tensor<3>) -> Self {
+        Boundary {
+            stream: f(self.stream),
+            carried: self.carried.into_iter().map(&f).collect(),
+        }
+    }
+
+    /// Images `start..start + len`.
+    pub fn narrow(self, start: usize, len: usize) -> Self {
+        self.map(|t| t.narrow(0, start, len))
+    }
+
+    /// The images at `indices`.
+    pub fn select(self, indices: Tensor<1, Int>) -> Self {
+        self.map(|t| t.select(0, indices.clone()))
+    }
+
+    /// Batches joined along the batch axis (all with the same layout).
+    pub fn cat(parts: Vec<Boundary>) -> Self {
+        let carried = parts.first().map_or(0, |p| p.carried.len());
+        let mut streams = Vec::with_capacity(parts.len());
+        let mut columns: Vec<Vec<Tensor<3>>> = vec![Vec::with_capacity(parts.len()); carried];
+        for part in parts {
+            streams.push(part.stream);
+            for (column, t) in columns.iter_mut().zip(part.carried) {
+                column.push(t);
+            }
+        }
+        Boundary {
+            stream: Tensor::cat(streams, 0),
+            carried: columns.into_iter().map(|c| Tensor::cat(c, 0)).collect(),
+        }
+    }
+}
 
 /// What a model's forward returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,9 +98,10 @@ pub enum OutputKind {
 /// The residual stream is cut into *blocks*: boundary `i` is block `i`'s input and boundary
 /// [`Network::num_blocks`] the input of what follows the last block (final norm and head). A
 /// block's sites are what [`Network::forward_block`] runs, so a change at one site only needs
-/// the model rerun from its block ([`Network::resume_point`]). A model without one residual
-/// stream declares no blocks (WTPose: its stages feed the head at several scales): it has no
-/// boundaries, none of its sites a resume point, and a sweep reruns it from the images.
+/// the model rerun from its block ([`Network::resume_point`]). The state at a boundary is a
+/// [`Boundary`]: the stream, plus whatever earlier outputs later layers read (WTPose carries its
+/// Swin stages' outputs to the waterfall). A model that declares no blocks has no boundaries,
+/// none of its sites a resume point, and a sweep reruns it from the images.
 ///
 /// A model of one's own built from mixq's layers ([`Linear`](crate::layers::Linear) and
 /// the others take a [`SiteHook`]) implements it to be swept with the block cache
@@ -61,19 +124,19 @@ pub trait Network: Sync {
         self.forward_with(images, &NoHook)
     }
 
-    /// [`Network::forward_with`], passing the residual stream (`[b, tokens, c]`) through
-    /// `boundary` at every block boundary (each block's input, then the input of what
-    /// follows the last block).
+    /// [`Network::forward_with`], passing the state at every block boundary through
+    /// `boundary` (each block's input, then the input of what follows the last block) and
+    /// going on with what it returns.
     fn forward_with_boundaries(
         &self,
         images: Tensor<4>,
         hook: &dyn SiteHook,
-        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+        boundary: &mut dyn FnMut(Boundary) -> Boundary,
     ) -> Tensor<2>;
 
-    /// The residual-stream tensors at every boundary and the output, all through `hook`: what
-    /// a sweep caches so that a change at one site only reruns the model from its block.
-    fn boundaries(&self, images: Tensor<4>, hook: &dyn SiteHook) -> (Vec<Tensor<3>>, Tensor<2>) {
+    /// The state at every boundary and the output, all through `hook`: what a sweep caches so
+    /// that a change at one site only reruns the model from its block.
+    fn boundaries(&self, images: Tensor<4>, hook: &dyn SiteHook) -> (Vec<Boundary>, Tensor<2>) {
         let mut kept = Vec::new();
         let out = self.forward_with_boundaries(images, hook, &mut |x| {
             kept.push(x.clone());
@@ -91,11 +154,11 @@ pub trait Network: Sync {
         self.block_sites().len()
     }
 
-    /// Boundary `i + 1` from boundary `i` (`[b, tokens, c]`): block `i`.
-    fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3>;
+    /// Boundary `i + 1` from boundary `i`: block `i`.
+    fn forward_block(&self, i: usize, x: Boundary, hook: &dyn SiteHook) -> Boundary;
 
-    /// The output from boundary `point` onward, given that boundary's tensor.
-    fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2>;
+    /// The output from boundary `point` onward, given the state there.
+    fn forward_from(&self, point: usize, x: Boundary, hook: &dyn SiteHook) -> Tensor<2>;
 
     /// Every linear site, in forward order.
     fn linears_mut(&mut self) -> Vec<&mut Linear>;

@@ -13,7 +13,7 @@ use crate::hooks::{SiteHook, softmax};
 use crate::layers::{
     Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
-use crate::network::{Network, OutputKind};
+use crate::network::{Boundary, Network, OutputKind};
 use crate::vit::{attention_scores, attention_values, site};
 
 /// Architecture of a Swin Transformer (timm's constructor arguments).
@@ -758,9 +758,10 @@ impl Network for SwinTransformer {
         &self,
         images: Tensor<4>,
         hook: &dyn SiteHook,
-        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+        boundary: &mut dyn FnMut(Boundary) -> Boundary,
     ) -> Tensor<2> {
-        self.forward_head(self.forward_features_with(images, hook, boundary), hook)
+        let mut stream = |x| boundary(Boundary::new(x)).stream;
+        self.forward_head(self.forward_features_with(images, hook, &mut stream), hook)
     }
 
     fn block_sites(&self) -> Vec<Vec<SiteId>> {
@@ -783,8 +784,8 @@ impl Network for SwinTransformer {
         self.layers.iter().map(|l| l.blocks.len()).sum()
     }
 
-    fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
-        let mut y = square_map(x);
+    fn forward_block(&self, i: usize, x: Boundary, hook: &dyn SiteHook) -> Boundary {
+        let mut y = square_map(x.stream);
         let mut start = 0;
         for (s, layer) in self.layers.iter().enumerate() {
             let end = start + layer.blocks.len();
@@ -800,11 +801,11 @@ impl Network for SwinTransformer {
             start = end;
         }
         let [b, h, w, c] = y.dims();
-        y.reshape([b, h * w, c])
+        Boundary::new(y.reshape([b, h * w, c]))
     }
 
-    fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
-        let mut y = square_map(x);
+    fn forward_from(&self, point: usize, x: Boundary, hook: &dyn SiteHook) -> Tensor<2> {
+        let mut y = square_map(x.stream);
         let (mut start, mut entered) = (0, false);
         for layer in &self.layers {
             let end = start + layer.blocks.len();

@@ -11,7 +11,7 @@ use mixq_core::{SiteId, SiteInfo, SiteKind};
 
 use crate::hooks::{SiteHook, Slot};
 use crate::layers::{LayerNorm, Linear, LinearConfig};
-use crate::network::{Network, OutputKind};
+use crate::network::{Boundary, Network, OutputKind};
 use crate::swin::SwinConfig;
 use crate::vit::VitConfig;
 use crate::weights::WeightsSource;
@@ -217,16 +217,17 @@ impl Network for RowMlp {
         &self,
         images: Tensor<4>,
         hook: &dyn SiteHook,
-        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+        boundary: &mut dyn FnMut(Boundary) -> Boundary,
     ) -> Tensor<2> {
         let [b, _, h, w] = images.dims();
+        let mut stream = |x| boundary(Boundary::new(x)).stream;
         let x = self
             .blocks
             .iter()
             .fold(images.reshape([b, h, w]), |x, block| {
-                block.forward(boundary(x), hook)
+                block.forward(stream(x), hook)
             });
-        self.pool_and_classify(boundary(x), hook)
+        self.pool_and_classify(stream(x), hook)
     }
 
     fn block_sites(&self) -> Vec<Vec<SiteId>> {
@@ -236,14 +237,14 @@ impl Network for RowMlp {
             .collect()
     }
 
-    fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
-        self.blocks[i].forward(x, hook)
+    fn forward_block(&self, i: usize, x: Boundary, hook: &dyn SiteHook) -> Boundary {
+        Boundary::new(self.blocks[i].forward(x.stream, hook))
     }
 
-    fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
+    fn forward_from(&self, point: usize, x: Boundary, hook: &dyn SiteHook) -> Tensor<2> {
         let x = self.blocks[point..]
             .iter()
-            .fold(x, |x, block| block.forward(x, hook));
+            .fold(x.stream, |x, block| block.forward(x, hook));
         self.pool_and_classify(x, hook)
     }
 
@@ -347,6 +348,80 @@ pub fn check_sites(model: &dyn Network, images: Tensor<4>) -> std::result::Resul
     }
     if problems.is_empty() {
         Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// Scales the input (or left operand) of one site: what a sweep's candidate does to one site.
+struct Nudge(SiteId);
+
+impl SiteHook for Nudge {
+    fn apply(&self, site: &SiteId, slot: Slot, x: Tensor<2>) -> Tensor<2> {
+        if *site == self.0 && matches!(slot, Slot::Input | Slot::OperandA) {
+            x.mul_scalar(1.5)
+        } else {
+            x
+        }
+    }
+}
+
+/// Checks a model's declared blocks against its forward on `images`: there is one boundary
+/// more than blocks; [`Network::forward_block`] from each boundary reproduces the next one
+/// exactly (stream and carried tensors); and for every site, rerunning from its
+/// [`Network::resume_point`] with only that site changed gives exactly the full forward's
+/// output, while rerunning from the next boundary would miss the change (a site without a
+/// resume point changes the model before boundary 0). Returns how many sites resume from a
+/// boundary; the error lists every mismatch.
+pub fn check_blocks(model: &dyn Network, images: Tensor<4>) -> std::result::Result<usize, String> {
+    let hook = crate::hooks::NoHook;
+    let (bounds, _) = model.boundaries(images.clone(), &hook);
+    let blocks = model.num_blocks();
+    let mut problems = Vec::new();
+    if bounds.len() != blocks + usize::from(blocks > 0) {
+        problems.push(format!("{} boundaries for {blocks} blocks", bounds.len()));
+    }
+    let same = |a: &Boundary, b: &Boundary| {
+        a.carried.len() == b.carried.len()
+            && max_abs_diff(a.stream.clone(), b.stream.clone()) == 0.0
+            && a.carried
+                .iter()
+                .zip(&b.carried)
+                .all(|(x, y)| max_abs_diff(x.clone(), y.clone()) == 0.0)
+    };
+    for i in 0..blocks.min(bounds.len().saturating_sub(1)) {
+        let next = model.forward_block(i, bounds[i].clone(), &hook);
+        if !same(&next, &bounds[i + 1]) {
+            problems.push(format!("block {i} does not reproduce boundary {}", i + 1));
+        }
+    }
+    let mut resumed = 0;
+    for site in model.sites() {
+        let nudge = Nudge(site.id.clone());
+        let full = model.forward_with(images.clone(), &nudge);
+        let from = |k: usize| model.forward_from(k, bounds[k].clone(), &nudge);
+        match model.resume_point(&site.id) {
+            Some(k) => {
+                resumed += 1;
+                let err = max_abs_diff(from(k), full.clone());
+                if err != 0.0 {
+                    problems.push(format!("{}: rerun from {k} differs by {err}", site.id));
+                }
+                if k < blocks && max_abs_diff(from(k + 1), full) == 0.0 {
+                    problems.push(format!("{}: boundary {} already sees it", site.id, k + 1));
+                }
+            }
+            None if blocks > 0 && max_abs_diff(from(0), full) == 0.0 => {
+                problems.push(format!(
+                    "{}: no resume point, yet boundary 0 sees it",
+                    site.id
+                ));
+            }
+            None => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(resumed)
     } else {
         Err(problems.join("\n"))
     }

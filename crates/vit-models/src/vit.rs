@@ -14,7 +14,7 @@ use crate::hooks::{SiteHook, Slot, hook_nd, softmax};
 use crate::layers::{
     Conv2d, Conv2dConfig, LayerNorm, LayerScale, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
-use crate::network::{Network, OutputKind};
+use crate::network::{Boundary, Network, OutputKind};
 use crate::saliency::{SaliencyDecoder, SaliencyDecoderConfig};
 
 /// Architecture of a ViT/DeiT (timm's constructor arguments).
@@ -478,9 +478,10 @@ impl Network for VisionTransformer {
         &self,
         images: Tensor<4>,
         hook: &dyn SiteHook,
-        boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+        boundary: &mut dyn FnMut(Boundary) -> Boundary,
     ) -> Tensor<2> {
-        self.forward_head(self.forward_features_with(images, hook, boundary), hook)
+        let mut stream = |x| boundary(Boundary::new(x)).stream;
+        self.forward_head(self.forward_features_with(images, hook, &mut stream), hook)
     }
 
     fn block_sites(&self) -> Vec<Vec<SiteId>> {
@@ -491,14 +492,14 @@ impl Network for VisionTransformer {
         self.blocks.len()
     }
 
-    fn forward_block(&self, i: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<3> {
-        self.blocks[i].forward(x, hook)
+    fn forward_block(&self, i: usize, x: Boundary, hook: &dyn SiteHook) -> Boundary {
+        Boundary::new(self.blocks[i].forward(x.stream, hook))
     }
 
-    fn forward_from(&self, point: usize, x: Tensor<3>, hook: &dyn SiteHook) -> Tensor<2> {
+    fn forward_from(&self, point: usize, x: Boundary, hook: &dyn SiteHook) -> Tensor<2> {
         let x = self.blocks[point.min(self.blocks.len())..]
             .iter()
-            .fold(x, |x, b| b.forward(x, hook));
+            .fold(x.stream, |x, b| b.forward(x, hook));
         self.forward_head(self.norm.forward(x, hook), hook)
     }
 

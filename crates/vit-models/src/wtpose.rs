@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::hooks::{NoHook, SiteHook};
 use crate::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, Mlp};
 use crate::neighborhood::NeighborhoodAttention;
-use crate::network::{Network, OutputKind};
+use crate::network::{Boundary, Network, OutputKind};
 use crate::swin::{SwinStage, SwinStageDims, padded_len};
 use crate::vit::site;
 
@@ -200,11 +200,12 @@ impl WtPoseConfig {
                 "height and width must be positive multiples of 32 (stride 4, then 3 patch merges)",
             ));
         }
-        if self.depths.len() != 4 || self.num_heads.len() != 4 {
+        if self.depths.len() != 4 || self.num_heads.len() != 4 || self.depths.contains(&0) {
             return Err(Error::invalid(
                 "depths",
                 format!("{:?} / {:?}", self.depths, self.num_heads),
-                "WTPose has four Swin stages: depths and num_heads need four entries",
+                "WTPose has four Swin stages of at least one block: depths and num_heads need \
+                 four entries",
             ));
         }
         for s in 0..4 {
@@ -773,6 +774,19 @@ impl NatLayer {
         }
     }
 
+    /// Its sites in forward order (attention, then MLP).
+    pub fn site_ids(&self) -> Vec<SiteId> {
+        let a = &self.attn;
+        let mut ids = vec![
+            a.qkv.site.clone(),
+            a.matmul_qk.clone(),
+            a.matmul_av.clone(),
+            a.proj.site.clone(),
+        ];
+        ids.extend(self.mlp.site_ids());
+        ids
+    }
+
     /// Its linear sites in forward order.
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         vec![
@@ -877,29 +891,29 @@ fn interpolation_matrix(len_in: usize, len_out: usize, device: &Device) -> Tenso
 }
 
 impl Waterfall {
-    /// `stages`: the four normed Swin outputs (NCHW); `low`: the stride-4 ResNet features.
-    pub fn forward(
-        &self,
-        stages: Vec<Tensor<4>>,
-        low: Tensor<4>,
-        hook: &dyn SiteHook,
-    ) -> Tensor<4> {
-        let [n, _, h, w] = stages[0].dims();
+    /// The four normed Swin stage outputs (NCHW) upsampled to the first one's size,
+    /// concatenated and through `conv1`: the cascade's input (NCHW).
+    pub fn fuse(&self, stages: Vec<Tensor<4>>, hook: &dyn SiteHook) -> Tensor<4> {
+        let [_, _, h, w] = stages[0].dims();
         let ups: Vec<Tensor<4>> = stages
             .into_iter()
             .map(|x| resize_bilinear(x, [h, w]))
             .collect();
-        let x = self.conv1.forward(Tensor::cat(ups, 1), hook);
-        let mut y = x.clone().permute([0, 2, 3, 1]);
-        let mut feats = Vec::with_capacity(self.blocks.len() / 2 + 1);
-        for pair in self.blocks.chunks(2) {
-            for layer in pair {
-                y = layer.forward(y, hook);
-            }
-            feats.push(y.clone());
-        }
-        let c = x.dims()[1];
-        let pooled = x.clone().mean_dim(3).mean_dim(2);
+        self.conv1.forward(Tensor::cat(ups, 1), hook)
+    }
+
+    /// After the cascade: the global branch (`x`, the cascade's input, average-pooled, through
+    /// `pool` and broadcast) joins the cascade's block outputs `feats` (NHWC) through `conv2`;
+    /// the stride-4 ResNet features `low` through their 1x1 conv join that; then `last`.
+    pub fn finish(
+        &self,
+        x: Tensor<4>,
+        mut feats: Vec<Tensor<4>>,
+        low: Tensor<4>,
+        hook: &dyn SiteHook,
+    ) -> Tensor<4> {
+        let [n, c, h, w] = x.dims();
+        let pooled = x.mean_dim(3).mean_dim(2);
         let g = self.pool.forward(pooled, hook).expand([n, c, h, w]);
         feats.push(g.permute([0, 2, 3, 1]));
         let x = self
@@ -940,6 +954,42 @@ impl WtPose {
     /// Heatmaps `[n, K, H/4, W/4]` for normalized images, every site through `hook` (what
     /// [`Network::forward_with`] returns flattened).
     pub fn heatmaps_with(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Tensor<4> {
+        self.heatmaps_with_boundaries(images, hook, &mut |b| b)
+    }
+
+    /// The forward, block by block (see the [`Network`] implementation), the state at every
+    /// boundary through `boundary`.
+    fn heatmaps_with_boundaries(
+        &self,
+        images: Tensor<4>,
+        hook: &dyn SiteHook,
+        boundary: &mut dyn FnMut(Boundary) -> Boundary,
+    ) -> Tensor<4> {
+        let mut x = self.embed(images, hook);
+        for piece in self.pieces() {
+            x = self.run_block(piece, boundary(x), hook);
+        }
+        self.finish(boundary(x), hook)
+    }
+
+    /// The blocks in forward order: every Swin block over the stages, then every
+    /// neighbourhood-attention layer of the waterfall.
+    fn pieces(&self) -> Vec<Piece> {
+        let mut out: Vec<Piece> = self
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(stage, l)| {
+                (0..l.blocks.len()).map(move |block| Piece::Swin { stage, block })
+            })
+            .collect();
+        out.extend((0..self.waterfall.blocks.len()).map(Piece::Na));
+        out
+    }
+
+    /// Boundary 0: the stem, the ResNet stage and `conv3`; the stream is `conv3`'s map as
+    /// tokens, and the ResNet features are carried for the waterfall.
+    fn embed(&self, images: Tensor<4>, hook: &dyn SiteHook) -> Boundary {
         let mut x = images;
         for conv in &self.stem {
             x = conv.forward(x, hook);
@@ -947,15 +997,87 @@ impl WtPose {
         for block in &self.layer1 {
             x = block.forward(x, hook);
         }
-        let low = x.clone();
-        let mut t = self.conv3.forward(x, hook).permute([0, 2, 3, 1]);
-        let mut outs = Vec::with_capacity(4);
-        for (stage, norm) in self.layers.iter().zip(&self.norms) {
-            t = stage.forward(t, hook);
-            outs.push(norm.forward(t.clone(), hook).permute([0, 3, 1, 2]));
+        let low = flat_nchw(x.clone());
+        let t = self.conv3.forward(x, hook).permute([0, 2, 3, 1]);
+        Boundary {
+            stream: tokens(t),
+            carried: vec![low],
         }
-        let x = self.waterfall.forward(outs, low, hook);
-        self.head.forward(x, hook)
+    }
+
+    /// One block (see the [`Network`] implementation for what each carries).
+    fn run_block(&self, piece: Piece, x: Boundary, hook: &dyn SiteHook) -> Boundary {
+        let Boundary {
+            stream,
+            mut carried,
+        } = x;
+        match piece {
+            Piece::Swin { stage, block } => {
+                let layer = &self.layers[stage];
+                // The first block of a stage reads the previous stage's map, before merging.
+                let input = if block == 0 {
+                    stage.saturating_sub(1)
+                } else {
+                    stage
+                };
+                let mut t = token_map(stream, self.config.stage_resolution(input));
+                if block == 0
+                    && let Some(down) = &layer.downsample
+                {
+                    t = down.forward(t, hook);
+                }
+                t = layer.blocks[block].forward(t, hook);
+                if block + 1 == layer.blocks.len() {
+                    let normed = self.norms[stage].forward(t.clone(), hook);
+                    carried.push(flat_nchw(normed.permute([0, 3, 1, 2])));
+                }
+                Boundary {
+                    stream: tokens(t),
+                    carried,
+                }
+            }
+            Piece::Na(j) => {
+                let size = self.config.stage_resolution(0);
+                let y = if j == 0 {
+                    // [low, four stage outputs] -> [low, the cascade's input].
+                    let stages = carried
+                        .split_off(1)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(s, t)| nchw_map(t, self.config.stage_resolution(s)))
+                        .collect();
+                    let x = self.waterfall.fuse(stages, hook);
+                    let y = x.clone().permute([0, 2, 3, 1]);
+                    carried.push(flat_nchw(x));
+                    y
+                } else {
+                    token_map(stream, size)
+                };
+                let y = self.waterfall.blocks[j].forward(y, hook);
+                // Each cascaded block (a dilated and an undilated layer) hands on its output.
+                if j % 2 == 1 {
+                    carried.push(tokens(y.clone()));
+                }
+                Boundary {
+                    stream: tokens(y),
+                    carried,
+                }
+            }
+        }
+    }
+
+    /// After the last block: the rest of the waterfall and the heatmap head.
+    fn finish(&self, x: Boundary, hook: &dyn SiteHook) -> Tensor<4> {
+        let size = self.config.stage_resolution(0);
+        let mut carried = x.carried.into_iter();
+        let (Some(low), Some(input)) = (carried.next(), carried.next()) else {
+            unreachable!("the waterfall's first layer carries the ResNet features and its input")
+        };
+        let feats = carried.map(|t| token_map(t, size)).collect();
+        let out = self
+            .waterfall
+            .finish(nchw_map(input, size), feats, nchw_map(low, size), hook);
+        self.head.forward(out, hook)
     }
 
     /// The plain heatmaps.
@@ -1043,8 +1165,45 @@ impl WtPose {
     }
 }
 
-/// WTPose has no residual-stream blocks (its four stages and the ResNet features all feed the
-/// waterfall), so sweeps rerun it from the images; its output is the flattened heatmaps.
+/// A block of WTPose: a Swin block, or a neighbourhood-attention layer of the waterfall.
+#[derive(Clone, Copy, Debug)]
+enum Piece {
+    Swin { stage: usize, block: usize },
+    Na(usize),
+}
+
+/// NHWC map `[b, h, w, c]` as tokens `[b, h*w, c]`.
+fn tokens(t: Tensor<4>) -> Tensor<3> {
+    let [b, h, w, c] = t.dims();
+    t.reshape([b, h * w, c])
+}
+
+/// Tokens `[b, h*w, c]` as the NHWC map.
+fn token_map(t: Tensor<3>, [h, w]: [usize; 2]) -> Tensor<4> {
+    let [b, _, c] = t.dims();
+    t.reshape([b, h, w, c])
+}
+
+/// NCHW map `[b, c, h, w]` as `[b, c, h*w]`.
+fn flat_nchw(t: Tensor<4>) -> Tensor<3> {
+    let [b, c, h, w] = t.dims();
+    t.reshape([b, c, h * w])
+}
+
+/// `[b, c, h*w]` as the NCHW map.
+fn nchw_map(t: Tensor<3>, [h, w]: [usize; 2]) -> Tensor<4> {
+    let [b, c, _] = t.dims();
+    t.reshape([b, c, h, w])
+}
+
+/// WTPose's blocks are its Swin blocks over the four stages (a stage's patch merging runs at the
+/// start of its first block, its output norm at the end of its last) and then the waterfall's
+/// neighbourhood-attention layers (the first one starts with the fusion conv `wtm.conv1`). The
+/// stream is the current token map (`[b, h*w, c]`); carried along are the stride-4 ResNet
+/// features and each finished stage's normed output (`[b, c, h*w]`), then, in the waterfall,
+/// the ResNet features, the cascade's input and each cascaded block's output, which the
+/// global branch, `conv2` and the last convs read after the last block. The stem, the ResNet
+/// stage and `conv3` come before boundary 0. The output is the heatmaps, flattened.
 impl Network for WtPose {
     fn sites(&self) -> Vec<SiteInfo> {
         self.config.sites()
@@ -1059,32 +1218,52 @@ impl Network for WtPose {
         }
     }
 
-    /// The heatmaps flattened to `[n, K * H/4 * W/4]`; `boundary` is never called.
+    /// The heatmaps flattened to `[n, K * H/4 * W/4]`.
     fn forward_with_boundaries(
         &self,
         images: Tensor<4>,
         hook: &dyn SiteHook,
-        _boundary: &mut dyn FnMut(Tensor<3>) -> Tensor<3>,
+        boundary: &mut dyn FnMut(Boundary) -> Boundary,
     ) -> Tensor<2> {
-        let heatmaps = self.heatmaps_with(images, hook);
-        let [n, k, h, w] = heatmaps.dims();
-        heatmaps.reshape([n, k * h * w])
+        flat_heatmaps(self.heatmaps_with_boundaries(images, hook, boundary))
     }
 
     fn block_sites(&self) -> Vec<Vec<SiteId>> {
-        Vec::new()
+        self.pieces()
+            .into_iter()
+            .map(|piece| match piece {
+                Piece::Swin { stage, block } => {
+                    let layer = &self.layers[stage];
+                    let mut ids = Vec::new();
+                    if block == 0
+                        && let Some(down) = &layer.downsample
+                    {
+                        ids.push(down.reduction.site.clone());
+                    }
+                    ids.extend(layer.blocks[block].site_ids());
+                    ids
+                }
+                Piece::Na(j) => {
+                    let mut ids = Vec::new();
+                    if j == 0 {
+                        ids.push(self.waterfall.conv1.conv.site.clone());
+                    }
+                    ids.extend(self.waterfall.blocks[j].site_ids());
+                    ids
+                }
+            })
+            .collect()
     }
 
-    /// # Panics
-    /// Always: WTPose has no blocks.
-    fn forward_block(&self, i: usize, _x: Tensor<3>, _hook: &dyn SiteHook) -> Tensor<3> {
-        panic!("WTPose has no residual-stream blocks (block {i} asked for)")
+    fn forward_block(&self, i: usize, x: Boundary, hook: &dyn SiteHook) -> Boundary {
+        self.run_block(self.pieces()[i], x, hook)
     }
 
-    /// # Panics
-    /// Always: WTPose has no block boundaries.
-    fn forward_from(&self, point: usize, _x: Tensor<3>, _hook: &dyn SiteHook) -> Tensor<2> {
-        panic!("WTPose has no block boundaries (boundary {point} asked for)")
+    fn forward_from(&self, point: usize, x: Boundary, hook: &dyn SiteHook) -> Tensor<2> {
+        let x = self.pieces()[point..]
+            .iter()
+            .fold(x, |x, &piece| self.run_block(piece, x, hook));
+        flat_heatmaps(self.finish(x, hook))
     }
 
     /// Every conv + BatchNorm unit's conv ([`WtPose::conv_bns_mut`]), then the head.
@@ -1134,6 +1313,12 @@ impl Network for WtPose {
         );
         out
     }
+}
+
+/// Heatmaps `[n, k, h, w]` as `[n, k*h*w]`.
+fn flat_heatmaps(heatmaps: Tensor<4>) -> Tensor<2> {
+    let [n, k, h, w] = heatmaps.dims();
+    heatmaps.reshape([n, k * h * w])
 }
 
 /// The conv + BatchNorm units of WTPose's parts in forward order (the fields it takes, so that

@@ -56,77 +56,19 @@ fn swin_tiny_sites_cover_downsampling_and_head() {
     );
 }
 
-/// `forward_block` steps from one residual-stream boundary to the next: folded over every
-/// block from boundary 0 it reproduces each boundary the full forward records (ViT, distilled
-/// DeiT, Swin with its patch merging, layer-scale) exactly.
+/// The declared blocks agree with the forward (`testing::check_blocks`): `forward_block` steps
+/// exactly from each boundary to the next, and rerunning from a site's `resume_point` with only
+/// that site changed equals the full forward, while the next boundary would miss the change
+/// (checked to fail when Swin's merging is left out of its block). Over every site of ViT,
+/// distilled DeiT (two heads), Swin (patch merging between stages) and a layer-scale ViT: all
+/// but the patch embedding resume from a boundary.
 #[test]
-fn forward_block_steps_between_the_boundaries() {
+fn blocks_and_resume_points_agree_with_the_forward() {
     let device = Device::flex();
     for name in common::FIXTURES {
         let (model, input, _) = common::fixture(name, &device);
-        let hook = mixq_vit_models::NoHook;
-        let (bounds, _) = model.boundaries(input, &hook);
-        assert_eq!(bounds.len(), model.num_blocks() + 1, "{name}");
-        for i in 0..model.num_blocks() {
-            let next = model.forward_block(i, bounds[i].clone(), &hook);
-            let err = common::max_abs_diff(next, bounds[i + 1].clone());
-            assert!(err == 0.0, "{name} block {i}: {err}");
-        }
-    }
-}
-
-/// Scales the input (or left operand) of one site: what a sweep's candidate does to one site.
-struct Nudge(mixq_vit_models::SiteId);
-
-impl mixq_vit_models::SiteHook for Nudge {
-    fn apply(
-        &self,
-        site: &mixq_vit_models::SiteId,
-        slot: mixq_vit_models::Slot,
-        x: burn::tensor::Tensor<2>,
-    ) -> burn::tensor::Tensor<2> {
-        use mixq_vit_models::Slot;
-        if *site == self.0 && matches!(slot, Slot::Input | Slot::OperandA) {
-            x.mul_scalar(1.5)
-        } else {
-            x
-        }
-    }
-}
-
-/// `resume_point` is where a sweep restarts the forward for a change at one site: rerun from
-/// that boundary (computed without the change), the model gives exactly the full forward's
-/// output with the change, and from the next boundary it would miss the change. Sites with no
-/// resume point change the model before its first block. Over every site of ViT, distilled
-/// DeiT (two heads), Swin (patch merging between stages) and a layer-scale ViT.
-#[test]
-fn resume_point_is_the_last_boundary_before_each_site() {
-    let device = Device::flex();
-    for name in common::FIXTURES {
-        let (model, input, _) = common::fixture(name, &device);
-        let (bounds, _) = model.boundaries(input.clone(), &mixq_vit_models::NoHook);
-        let blocks = model.num_blocks();
-        let mut resumed = 0;
-        for site in model.sites() {
-            let hook = Nudge(site.id.clone());
-            let full = model.forward_with(input.clone(), &hook);
-            let from = |k: usize| model.forward_from(k, bounds[k].clone(), &hook);
-            match model.resume_point(&site.id) {
-                Some(k) => {
-                    resumed += 1;
-                    let err = common::max_abs_diff(from(k), full.clone());
-                    assert!(err == 0.0, "{name} {}: from {k} differs by {err}", site.id);
-                    if k < blocks {
-                        let err = common::max_abs_diff(from(k + 1), full);
-                        assert!(err > 0.0, "{name} {}: {} also sees it", site.id, k + 1);
-                    }
-                }
-                None => {
-                    let err = common::max_abs_diff(from(0), full);
-                    assert!(err > 0.0, "{name} {}: resumable from 0", site.id);
-                }
-            }
-        }
+        let resumed = mixq_vit_models::testing::check_blocks(&model, input)
+            .unwrap_or_else(|e| panic!("{name}:\n{e}"));
         assert_eq!(
             resumed,
             model.sites().len() - 1,

@@ -431,12 +431,19 @@ fn every_linear_and_conv_is_a_listed_site() {
 
 /// WTPose through the model interface: its output is the heatmaps flattened, declared as such;
 /// the linears and norm -> linear pairs it hands to PTQ are its Linear sites in forward order;
-/// it has no blocks, so no site resumes from a boundary.
+/// its blocks (Swin blocks, then the waterfall's NA layers, carrying the stage outputs along)
+/// step exactly from boundary to boundary, and every site after the stem resumes from one.
 #[test]
 fn wtpose_is_a_network_with_heatmap_output() {
     let device = Device::flex();
     let cfg = WtPoseConfig::tiny();
-    let mut model = cfg.init(&device).unwrap();
+    // Every BatchNorm scale 1: the init zeroes each bottleneck's last one (mmpose's
+    // zero_init_residual), which would hide the ResNet stage from the output.
+    let mut model = cfg.init(&device).unwrap().map_batch_norms(&mut |mut bn| {
+        let c = bn.gamma.dims()[0];
+        bn.gamma = Param::from_tensor(Tensor::ones([c], &device));
+        bn
+    });
     let x = Tensor::<4>::random([2, 3, 128, 96], Distribution::Normal(0.0, 1.0), &device);
     let heatmaps = model.heatmaps(x.clone());
     let [n, k, h, w] = heatmaps.dims();
@@ -449,12 +456,18 @@ fn wtpose_is_a_network_with_heatmap_output() {
             width: w
         }
     );
-    let (bounds, flat) = model.boundaries(x, &mixq_vit_models::NoHook);
-    assert!(bounds.is_empty());
+    let (bounds, flat) = model.boundaries(x.clone(), &mixq_vit_models::NoHook);
+    let blocks = cfg.depths.iter().sum::<usize>() + 2 * cfg.wtm_dilations.len();
+    assert_eq!(model.num_blocks(), blocks);
+    assert_eq!(bounds.len(), blocks + 1);
     assert_eq!(values(flat), values(heatmaps));
+    // Before the waterfall: the ResNet features and the four normed stage outputs.
+    assert_eq!(bounds[cfg.depths.iter().sum::<usize>()].carried.len(), 5);
+    let resumed = mixq_vit_models::testing::check_blocks(&model, x).unwrap();
 
     let sites = model.sites();
-    assert!(sites.iter().all(|s| model.resume_point(&s.id).is_none()));
+    // All but the stem, the ResNet stage's convs and conv3.
+    assert_eq!(resumed, sites.len() - (2 + 4 * cfg.res_blocks + 1));
     let linear_sites: Vec<SiteId> = sites
         .iter()
         .filter(|s| s.kind == SiteKind::Linear)
@@ -467,7 +480,6 @@ fn wtpose_is_a_network_with_heatmap_output() {
         .iter()
         .map(|(_, l)| l.site.to_string())
         .collect();
-    let blocks: usize = cfg.depths.iter().sum::<usize>() + 2 * cfg.wtm_dilations.len();
     // Every block's norm2 -> fc1 and the 3 patch mergings; norm1 -> qkv only where attention
     // does not pad the normed map (a fold would shift the zero rows): window 4 pads stage 2's
     // 8x6 and stage 3's 4x3 maps; the NA layers' 32x24 map covers kernel 3 x dilation 4.
