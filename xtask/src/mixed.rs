@@ -335,7 +335,7 @@ pub fn run_mixed(
         )
     };
     let progress = |p: &mixq_qat_trainer::ReconProgress| crate::ptq::recon_progress(&bars, p);
-    let reconstruct = recon.reconstruct(&recon_images, &progress);
+    let reconstruct = recon.reconstruct(Some(&recon_images), &progress);
     let quantizer: &dyn mixq_ptq::Quantizer = if recon.recon {
         for (_, plans) in &mut seeded {
             for (name, _, _) in &mut plans.plans {

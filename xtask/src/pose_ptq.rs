@@ -25,6 +25,7 @@ fn plans(args: &PtqArgs) -> Result<PosePlans> {
             probe_batch: args.mixed_args.sweep.sweep_batch,
             candidates: args.mixed_args.sweep.candidates.clone(),
             budget: args.mixed_args.budget.config(),
+            block_cache: !args.mixed_args.sweep.no_block_cache,
         });
     }
     if let Some(path) = &args.plan {
@@ -47,12 +48,15 @@ pub fn run(args: &PtqArgs) -> Result<()> {
         ));
     }
     if args.recon.recon {
-        return Err(Error::invalid(
-            "--recon",
-            &args.model.model,
-            "block reconstruction takes the ViT, DeiT and Swin models; WTPose declares no \
-             residual-stream blocks yet",
-        ));
+        // Fails before the data and the calibration.
+        args.recon.config().validate()?;
+        if args.recon.recon_loss == "fisher" {
+            return Err(Error::invalid(
+                "--recon-loss",
+                "fisher",
+                "needs class logits; a pose model reconstructs with mse",
+            ));
+        }
     }
     if args.mixed && !matches!(args.mixed_args.sweep.baseline.as_str(), "fp" | "fp32") {
         return Err(Error::invalid(
@@ -100,21 +104,41 @@ pub fn run(args: &PtqArgs) -> Result<()> {
         batch: args.eval_data.batch,
         flip: !args.no_flip,
     };
-    let mut bars = StageBars::default();
-    let out = pose_ptq(
+    let bars = std::sync::Mutex::new(StageBars::default());
+    let recon = args.recon.recon;
+    // Pose models are reconstructed on their calibration crops.
+    let progress = |p: &mixq_qat_trainer::ReconProgress| crate::ptq::recon_progress(&bars, p);
+    let reconstruct = args.recon.reconstruct(None, &progress);
+    let quantizer: &dyn mixq_ptq::Quantizer<mixq_vit_models::WtPose> = if recon {
+        &reconstruct
+    } else {
+        &mixq_ptq::Calibrate
+    };
+    let mut out = pose_ptq(
         &model,
         &data,
         data_args.sigma,
         &config,
+        quantizer,
         &device,
         |stage, d, t| {
-            bars.update(stage.name(), d, t);
+            let mut bars = bars.lock().expect("progress bars");
+            let name = match stage {
+                PoseStage::Calibrate if recon => "reconstruct",
+                stage => stage.name(),
+            };
+            bars.update(name, d, t);
             if stage == PoseStage::Eval && d == t {
                 bars.finish();
             }
         },
     )?;
-    bars.finish();
+    bars.lock().expect("progress bars").finish();
+    if recon {
+        for row in out.rows.iter_mut().skip(1) {
+            row.name.push_str(" recon");
+        }
+    }
     print!("\n{}", PosePtqRow::markdown(&out.rows));
     let run = RunDir::create(
         &args.runs,
@@ -131,6 +155,7 @@ pub fn run(args: &PtqArgs) -> Result<()> {
         weights,
         &crate::common::command_line(),
     )?;
+    crate::ptq::write_recon(&reconstruct.into_reports(), &run)?;
     let path = run.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())

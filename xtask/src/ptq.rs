@@ -89,10 +89,10 @@ pub struct ReconArgs {
 
 impl ReconArgs {
     /// Block reconstruction as a PTQ table's quantizer: `images` gives a seed's reconstruction
-    /// images, `progress` every step.
+    /// images (`None`: the calibration images), `progress` every step.
     pub fn reconstruct<'a>(
         &self,
-        images: &'a (dyn Fn(u64) -> Result<burn::tensor::Tensor<4>> + Sync),
+        images: Option<&'a (dyn Fn(u64) -> Result<burn::tensor::Tensor<4>> + Sync)>,
         progress: &'a (dyn Fn(&mixq_qat_trainer::ReconProgress) + Sync),
     ) -> mixq_qat_trainer::Reconstruct<'a> {
         mixq_qat_trainer::Reconstruct {
@@ -285,7 +285,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
         )
     };
     let progress = |p: &mixq_qat_trainer::ReconProgress| recon_progress(&bars, p);
-    let reconstruct = args.recon.reconstruct(&recon_images, &progress);
+    let reconstruct = args.recon.reconstruct(Some(&recon_images), &progress);
     let quantizer: &dyn mixq_ptq::Quantizer = if args.recon.recon {
         &reconstruct
     } else {

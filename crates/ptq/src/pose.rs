@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mixed::{BudgetConfig, budget_plans, plan_averages};
 use crate::sweep::{Baseline, SweepOptions, sensitivity_sweep};
-use crate::{PostLnMode, PtqConfig, quantize, uniform_plan};
+use crate::{PostLnMode, PtqConfig, Quantizer, Variant, uniform_plan};
 use mixq_sensitivity::{Metric, Probe, Shard, SweepCache, to_table};
 
 /// Per crop: its geometry and `[x, y, score]` per keypoint in image pixels.
@@ -149,22 +149,23 @@ pub fn evaluate_pose(
 }
 
 /// Every site alone at every candidate, the others in full precision, through the sweep of
-/// every [`Network`] ([`sensitivity_sweep`], without a cache): damage [`Metric::RelMse`] of the
-/// heatmaps on the probe crops (their labels unused). `progress` gets (points done, points in
-/// all).
+/// every [`Network`] ([`sensitivity_sweep`], in memory; with `use_cache`, each site reruns from
+/// its block): damage [`Metric::RelMse`] of the heatmaps on the probe crops (their labels
+/// unused). `progress` gets (points done, points in all).
 pub fn pose_sensitivity(
     model: &WtPose,
     calib: &Tensor<4>,
     probe: &Probe,
     candidates: &[SiteBits],
     image_bits: u8,
+    use_cache: bool,
     progress: impl FnMut(usize, usize),
 ) -> Result<SensitivityTable> {
     let options = SweepOptions {
         candidates: candidates.to_vec(),
         baseline: Baseline::FullPrecision,
         image_bits,
-        use_cache: false,
+        use_cache,
         shard: Shard::WHOLE,
     };
     let records = sensitivity_sweep(
@@ -231,6 +232,9 @@ pub enum PosePlans {
         candidates: String,
         /// Budgets.
         budget: BudgetConfig,
+        /// Rerun each site from its block with the probe crops' boundaries cached (the same
+        /// numbers; memory: every boundary of every probe crop).
+        block_cache: bool,
     },
 }
 
@@ -338,13 +342,16 @@ pub struct PosePtq {
 }
 
 /// Calibration and probe crops (disjoint, from a seeded order of the training crops), the
-/// plans, PTQ with each, and the OKS AP of full precision and of every plan on the held-out
-/// set. `model` should have BatchNorm folded; `progress` gets (stage, done, total).
+/// plans, each quantized by `quantizer` ([`Calibrate`](crate::Calibrate), or block
+/// reconstruction), and the OKS AP of full precision and of every plan on the held-out set.
+/// `model` should have BatchNorm folded; `progress` gets (stage, done, total).
+#[allow(clippy::too_many_arguments)]
 pub fn pose_ptq(
     model: &WtPose,
     data: &PoseData,
     sigma: f64,
     config: &PosePtqConfig,
+    quantizer: &dyn Quantizer<WtPose>,
     device: &Device,
     mut progress: impl FnMut(PoseStage, usize, usize),
 ) -> Result<PosePtq> {
@@ -393,7 +400,10 @@ pub fn pose_ptq(
             None,
         ),
         PosePlans::Mixed {
-            candidates, budget, ..
+            candidates,
+            budget,
+            block_cache,
+            ..
         } => {
             let candidates = mixq_allocator::parse_candidates(candidates)?;
             let probe_idx = &order[config.calib..config.calib + n_probe];
@@ -408,6 +418,7 @@ pub fn pose_ptq(
                 &probe,
                 &candidates,
                 config.image_bits,
+                *block_cache,
                 |d, t| progress(PoseStage::Sensitivity, d, t),
             )?;
             let budget = BudgetConfig {
@@ -462,7 +473,12 @@ pub fn pose_ptq(
     let ptq = pose_ptq_config();
     // One quantized copy at a time: a plan is calibrated, evaluated and dropped.
     for (done, (name, budget, plan)) in plans.iter().enumerate() {
-        let q = quantize(model.clone(), calib.clone(), plan, &ptq)?;
+        let variant = Variant {
+            label: name.clone(),
+            plan: plan.clone(),
+            config: ptq.clone(),
+        };
+        let q = quantizer.quantize(model, config.seed, calib.clone(), &variant)?;
         progress(PoseStage::Calibrate, done + 1, plans.len());
         let (result, pred) = eval(&q.model, &q.state, &mut progress)?;
         let (w, a) = plan_averages(plan, &sites);

@@ -142,25 +142,25 @@ pub struct QuantizeJob<'a> {
 
 /// How a variant becomes a quantized model. [`Calibrate`] is PTQ's calibration ([`quantize`]);
 /// block reconstruction (mixq-qat-trainer's `Reconstruct`) starts from it and optimises it.
-pub trait Quantizer: Sync {
+pub trait Quantizer<N: Send + Sync = Model>: Sync {
     /// `model` quantized with `variant`, calibrated on `calib`, the images of `seed`.
     fn quantize(
         &self,
-        model: &Model,
+        model: &N,
         seed: u64,
         calib: Tensor<4>,
         variant: &Variant,
-    ) -> Result<QuantizedModel>;
+    ) -> Result<QuantizedModel<N>>;
 
     /// Every job, in order. The jobs are independent, so they run one per rayon thread (one
     /// small model's calibration or reconstruction keeps about one core busy); `done` is
     /// called after each, from the thread that finished it, with the number done so far.
     fn quantize_all(
         &self,
-        model: &Model,
+        model: &N,
         jobs: &[QuantizeJob<'_>],
         done: &(dyn Fn(usize) + Sync),
-    ) -> Result<Vec<QuantizedModel>> {
+    ) -> Result<Vec<QuantizedModel<N>>> {
         run_jobs(jobs, done, |job| {
             self.quantize(model, job.seed, job.calib.clone(), job.variant)
         })
@@ -189,14 +189,14 @@ pub fn run_jobs<T: Send>(
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Calibrate;
 
-impl Quantizer for Calibrate {
+impl<N: Network + Clone + Send> Quantizer<N> for Calibrate {
     fn quantize(
         &self,
-        model: &Model,
+        model: &N,
         _seed: u64,
         calib: Tensor<4>,
         variant: &Variant,
-    ) -> Result<QuantizedModel> {
+    ) -> Result<QuantizedModel<N>> {
         quantize(model.clone(), calib, &variant.plan, &variant.config)
     }
 }

@@ -797,8 +797,8 @@ impl ReconReport {
 pub struct Reconstruct<'a> {
     /// The hyper-parameters (`seed` is replaced by each calibration seed).
     pub config: ReconConfig,
-    /// The reconstruction images of a calibration seed.
-    pub images: &'a (dyn Fn(u64) -> Result<Tensor<4>> + Sync),
+    /// The reconstruction images of a calibration seed; `None`: the calibration images.
+    pub images: Option<&'a (dyn Fn(u64) -> Result<Tensor<4>> + Sync)>,
     /// Every optimisation step (of whichever variant made it).
     pub progress: &'a (dyn Fn(&ReconProgress) + Sync),
     /// What every call reconstructed.
@@ -807,14 +807,17 @@ pub struct Reconstruct<'a> {
 
 impl Reconstruct<'_> {
     /// One variant reconstructed, and its report.
-    fn one(
+    fn one<N: Network + Module>(
         &self,
-        model: &Model,
+        model: &N,
         seed: u64,
         calib: Tensor<4>,
         variant: &mixq_ptq::Variant,
-    ) -> Result<(QuantizedModel, ReconReport)> {
-        let images = (self.images)(seed)?;
+    ) -> Result<(QuantizedModel<N>, ReconReport)> {
+        let images = match self.images {
+            Some(images) => images(seed)?,
+            None => calib.clone(),
+        };
         let n = images.dims()[0];
         let config = ReconConfig {
             seed,
@@ -845,14 +848,14 @@ impl Reconstruct<'_> {
     }
 }
 
-impl mixq_ptq::Quantizer for Reconstruct<'_> {
+impl<N: Network + Module> mixq_ptq::Quantizer<N> for Reconstruct<'_> {
     fn quantize(
         &self,
-        model: &Model,
+        model: &N,
         seed: u64,
         calib: Tensor<4>,
         variant: &mixq_ptq::Variant,
-    ) -> Result<QuantizedModel> {
+    ) -> Result<QuantizedModel<N>> {
         let (q, report) = self.one(model, seed, calib, variant)?;
         self.reports.lock().expect("reports lock").push(report);
         Ok(q)
@@ -860,10 +863,10 @@ impl mixq_ptq::Quantizer for Reconstruct<'_> {
 
     fn quantize_all(
         &self,
-        model: &Model,
+        model: &N,
         jobs: &[mixq_ptq::QuantizeJob<'_>],
         done: &(dyn Fn(usize) + Sync),
-    ) -> Result<Vec<QuantizedModel>> {
+    ) -> Result<Vec<QuantizedModel<N>>> {
         let results = mixq_ptq::run_jobs(jobs, done, |job| {
             self.one(model, job.seed, job.calib.clone(), job.variant)
         })?;

@@ -900,7 +900,7 @@ fn reconstructing_variants_in_parallel_equals_one_after_another() {
                 batch: 16,
                 ..Default::default()
             },
-            images: &images,
+            images: Some(&images),
             progress: &|_| {},
             reports: Default::default(),
         };
