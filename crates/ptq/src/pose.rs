@@ -339,6 +339,8 @@ pub struct PosePtq {
     pub probe_crops: usize,
     /// Held-out person crops scored.
     pub held_out: usize,
+    /// The model's sites, in forward order (the sensitivity map's rows).
+    pub sites: Vec<SiteInfo>,
 }
 
 /// Calibration and probe crops (disjoint, from a seeded order of the training crops), the
@@ -499,6 +501,7 @@ pub fn pose_ptq(
         table,
         probe_crops: n_probe,
         held_out: val_set.len(),
+        sites,
     })
 }
 

@@ -287,11 +287,10 @@ impl crate::pose::PosePtq {
         let mut pictures = String::new();
         if let Some(table) = &self.table {
             table.save(run.file("sensitivity.toml"))?;
-            let sites = mixq_vit_models::WtPoseConfig::variant(model)?.sites();
             sensitivity_heat_map(
                 run.file("sensitivity.png"),
                 table,
-                &site_ids(&sites),
+                &site_ids(&self.sites),
                 &format!("Sensitivity — {model} (relative heatmap MSE, {n_probe} probe crops)"),
             )?;
             pictures += "![sensitivity](sensitivity.png)\n\n";

@@ -275,7 +275,9 @@ pub(crate) fn progress_meta(
     Ok(meta)
 }
 
-impl QatTrainer {
+impl<N: mixq_vit_models::Network + burn::module::Module + burn::module::ModuleDisplay>
+    QatTrainer<N>
+{
     /// Writes the checkpoint to `path` atomically (a crash leaves the previous one).
     pub fn save_checkpoint(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();

@@ -38,8 +38,8 @@ pub trait EpochTrainer {
 }
 
 macro_rules! epoch_trainer {
-    ($t:ty) => {
-        impl EpochTrainer for $t {
+    (impl[$($generics:tt)*] $t:ty) => {
+        impl<$($generics)*> EpochTrainer for $t {
             fn finished(&self) -> bool {
                 <$t>::finished(self)
             }
@@ -78,8 +78,8 @@ macro_rules! epoch_trainer {
     };
 }
 
-epoch_trainer!(FpTrainer);
-epoch_trainer!(QatTrainer);
+epoch_trainer!(impl[] FpTrainer);
+epoch_trainer!(impl[N: mixq_vit_models::Network + burn::module::Module + burn::module::ModuleDisplay] QatTrainer<N>);
 
 /// How [`fit`] runs.
 #[derive(Clone, Debug)]

@@ -5,7 +5,7 @@
 use mixq_vit_models::Network;
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleDisplay, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use mixq_core::{BitPlan, Error, Result};
@@ -104,14 +104,14 @@ impl QatConfig {
 
 /// The trained module: the model and its quantizers (the hook of the model's forward).
 #[derive(Module, Debug)]
-pub struct QatModule {
+pub struct QatModule<N: Module + ModuleDisplay = Model> {
     /// The student model.
-    pub model: Model,
+    pub model: N,
     /// Its learned quantizers.
     pub quant: LsqQuantizers,
 }
 
-impl QatModule {
+impl<N: Network + Module + ModuleDisplay> QatModule<N> {
     /// Fake-quantized logits.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.model.forward_with(images, &self.quant)
@@ -261,13 +261,13 @@ impl EpochStats {
 
 /// A QAT run in progress: the student, the teacher, both optimizers and the position in the
 /// schedule. See the crate docs for an example.
-pub struct QatTrainer {
+pub struct QatTrainer<N: Network + Module + ModuleDisplay = Model> {
     pub(crate) model_name: String,
     pub(crate) plan: BitPlan,
     pub(crate) config: QatConfig,
-    pub(crate) teacher: Model,
-    pub(crate) ptq: QuantizedModel,
-    pub(crate) module: QatModule,
+    pub(crate) teacher: N,
+    pub(crate) ptq: QuantizedModel<N>,
+    pub(crate) module: QatModule<N>,
     pub(crate) weight_optim: ModuleOptimizer,
     pub(crate) step_optim: ModuleOptimizer,
     /// Epochs completed.
@@ -280,14 +280,14 @@ pub struct QatTrainer {
     pub(crate) device: Device,
 }
 
-impl QatTrainer {
+impl<N: Network + Module + ModuleDisplay> QatTrainer<N> {
     /// Sets a run up from the full-precision model `fp` (the teacher), calibration images and a
     /// bit plan: PTQ with `ptq` gives the quantizers' initial steps and zero points; the student
     /// starts from the FP model with the same post-LN reparameterization PTQ applied, so at step
     /// 0 the student computes exactly the PTQ model. Runs on the device of `calib`.
     pub fn new(
         model_name: &str,
-        fp: Model,
+        fp: N,
         calib: Tensor<4>,
         plan: &BitPlan,
         ptq: &PtqConfig,
@@ -363,17 +363,17 @@ impl QatTrainer {
     }
 
     /// The student (on the autodiff device).
-    pub fn module(&self) -> &QatModule {
+    pub fn module(&self) -> &QatModule<N> {
         &self.module
     }
 
     /// The PTQ model the quantizers were initialised from.
-    pub fn ptq(&self) -> &QuantizedModel {
+    pub fn ptq(&self) -> &QuantizedModel<N> {
         &self.ptq
     }
 
     /// The full-precision teacher.
-    pub fn teacher(&self) -> &Model {
+    pub fn teacher(&self) -> &N {
         &self.teacher
     }
 
@@ -537,7 +537,7 @@ pub(crate) fn count_correct(logits: &[f32], labels: &[usize]) -> usize {
 
 /// Top-1/top-5/CE of `model` through `hook` on `data`, in batches of `batch`.
 pub fn evaluate_with(
-    model: &Model,
+    model: &dyn Network,
     hook: &dyn SiteHook,
     data: &ImageSet,
     batch: usize,

@@ -1210,3 +1210,44 @@ fn wtpose_is_reconstructed_block_by_block() {
         on_grid(&conv.site, host(&conv.weight.val()), i * kh * kw, false);
     }
 }
+
+/// QAT takes any `Network`: a model of one's own (`RowMlp` on digits) starts from exactly its
+/// PTQ model, and training updates its weights and steps and lowers the loss (a small model on
+/// 8 row tokens learns slowly: the point is that the whole loop runs on it).
+#[test]
+fn an_own_network_is_trained_with_qat() {
+    let device = Device::flex();
+    let model = mixq_vit_models::seeded(&device, 6, || {
+        Ok(mixq_vit_models::testing::RowMlp::new(&device))
+    })
+    .unwrap();
+    let card = ModelCard::find("digits-deit").unwrap();
+    let (train, test, calib) = digits(&card, 96, 32);
+    let plan = uniform_plan(&model.sites(), 4, 4, 8).unwrap();
+    let mut t = QatTrainer::new(
+        "row-mlp",
+        model,
+        calib,
+        &plan,
+        &PtqConfig::default(),
+        QatConfig {
+            lr: 1e-2,
+            ..tiny_config(3)
+        },
+    )
+    .unwrap();
+    let x = Tensor::<4>::from_data(
+        TensorData::new(test.images.clone(), [test.len(), 1, 8, 8]),
+        &device,
+    );
+    let qat = host(&t.module().valid().forward(x.clone()));
+    assert_eq!(qat, host(&t.ptq().forward(x)));
+    let before = t.params_fingerprint();
+    let mut losses = Vec::new();
+    while !t.finished() {
+        losses.push(t.train_epoch(&train, &mut |_| {}).unwrap().train_loss);
+    }
+    println!("training loss per epoch: {losses:?}");
+    assert_ne!(t.params_fingerprint(), before);
+    assert!(losses.last().unwrap() < &losses[0], "{losses:?}");
+}
