@@ -2,9 +2,9 @@
 //! OKS AP on the held-out set.
 //!
 //! The quantizers are the classification models' (per-output-channel weights, per-tensor
-//! activations, log-sqrt2 attention probabilities), applied through the site hook alone
-//! (`mixq_ptq::quantize_hooked`), after BatchNorm is folded into the convolutions as a deployed
-//! model would have it. `--mixed` measures every site alone at every candidate bit-width on
+//! activations, log-sqrt2 attention probabilities), through WTPose's `Network` implementation
+//! (`mixq_ptq::quantize`, or block reconstruction with `--recon`), after BatchNorm is folded
+//! into the convolutions as a deployed model would have it. `--mixed` measures every site alone at every candidate bit-width on
 //! probe crops (damage: the heatmaps' squared error relative to the full-precision heatmaps'
 //! energy), lets the allocator choose a plan per budget (preset `sensitivity`: WTPose has no LRP
 //! path, so no contribution scores), and compares it with the uniform plan at that budget.
