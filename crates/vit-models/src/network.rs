@@ -204,3 +204,43 @@ pub trait Network: Sync {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    fn ramp(batch: usize, rows: usize, cols: usize, start: f32, device: &Device) -> Tensor<3> {
+        let n = batch * rows * cols;
+        let v: Vec<f32> = (0..n).map(|i| start + i as f32).collect();
+        Tensor::from_data(TensorData::new(v, [batch, rows, cols]), device)
+    }
+
+    fn host(t: &Tensor<3>) -> Vec<f32> {
+        t.clone().into_data().try_into_vec::<f32>().unwrap()
+    }
+
+    /// Batch operations act on the stream and every carried tensor alike, along the batch axis.
+    #[test]
+    fn boundary_batch_operations_keep_stream_and_carried_aligned() {
+        let device = Device::flex();
+        let b = Boundary {
+            stream: ramp(4, 2, 3, 0.0, &device),
+            carried: vec![ramp(4, 5, 1, 100.0, &device)],
+        };
+        assert_eq!(b.batch(), 4);
+        let parts = vec![b.clone().narrow(0, 1), b.clone().narrow(1, 3)];
+        let joined = Boundary::cat(parts);
+        assert_eq!(host(&joined.stream), host(&b.stream));
+        assert_eq!(host(&joined.carried[0]), host(&b.carried[0]));
+        let picked = b.clone().select(Tensor::from_data(
+            TensorData::new(vec![2i64, 0], [2]),
+            &device,
+        ));
+        assert_eq!(host(&picked.stream)[..6], host(&b.stream)[12..18]);
+        assert_eq!(host(&picked.carried[0])[..5], host(&b.carried[0])[10..15]);
+        assert_eq!(host(&picked.carried[0])[5..], host(&b.carried[0])[..5]);
+        let doubled = b.map(|t| t.mul_scalar(2.0));
+        assert_eq!(host(&doubled.carried[0])[0], 200.0);
+    }
+}
