@@ -85,6 +85,10 @@ pub struct ReconArgs {
     /// the KL to the FP logits at the block output; classifiers).
     #[arg(long, default_value = "mse", value_parser = ["mse", "fisher"], requires = "recon")]
     pub recon_loss: String,
+    /// Also reconstruct what follows the last block (head; a pose model's waterfall convs and
+    /// heatmap head) against the full-precision output.
+    #[arg(long, requires = "recon")]
+    pub recon_tail: bool,
 }
 
 impl ReconArgs {
@@ -113,6 +117,7 @@ impl ReconArgs {
             } else {
                 mixq_qat_trainer::ReconLoss::Mse
             },
+            tail: self.recon_tail,
             ..Default::default()
         }
     }

@@ -110,9 +110,9 @@ fn w8a8_pose_model_stays_within_one_ap_point() {
     }
 }
 
-/// `--recon` reconstructs a pose model block by block on its calibration crops: the row is
-/// labelled as reconstructed, every block's loss is recorded in recon.json, and the same seed
-/// gives the same table.
+/// `--recon` reconstructs a pose model block by block on its calibration crops, and with
+/// `--recon-tail` what follows the last block: the row is labelled as reconstructed, every
+/// unit's loss is recorded in recon.json, and the same seed gives the same table.
 #[test]
 fn pose_model_is_reconstructed() {
     let dir = tmpdir("pose-recon");
@@ -127,6 +127,7 @@ fn pose_model_is_reconstructed() {
         "--recon",
         "--recon-iters",
         "4",
+        "--recon-tail",
         "--calib",
         "4",
         "--synthetic",
@@ -143,8 +144,9 @@ fn pose_model_is_reconstructed() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("recon.json")).unwrap()).unwrap();
     let blocks = json[0]["blocks"].as_array().unwrap();
-    // WTPose-tiny: 5 Swin blocks and 4 neighbourhood-attention layers.
-    assert_eq!(blocks.len(), 9, "{json}");
+    // WTPose-tiny: 5 Swin blocks, 4 neighbourhood-attention layers, then the tail.
+    assert_eq!(blocks.len(), 10, "{json}");
+    assert_eq!(blocks[9]["block"], 9);
     assert_eq!(json[0]["config"]["iters"], 4);
     std::fs::remove_dir_all(&run).unwrap();
     assert_eq!(row(&ok(&args), "W4A4 recon"), recon);

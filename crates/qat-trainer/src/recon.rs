@@ -128,6 +128,10 @@ pub struct ReconConfig {
     pub loss: ReconLoss,
     /// Seeds the batch order and the QDrop masks.
     pub seed: u64,
+    /// Also reconstruct what follows the last block (final norm and head; WTPose's waterfall
+    /// convs and heatmap head) against the full-precision output, as one more unit after the
+    /// blocks (off by default: mixq's classifier plans keep the head at 8 bits).
+    pub tail: bool,
 }
 
 impl Default for ReconConfig {
@@ -143,6 +147,7 @@ impl Default for ReconConfig {
             drop_prob: 0.0,
             loss: ReconLoss::Mse,
             seed: 0,
+            tail: false,
         }
     }
 }
@@ -434,10 +439,39 @@ fn scalar(t: Tensor<1>) -> Result<f64> {
     Ok(host_values(&t.inner())?[0] as f64)
 }
 
-/// [`block_loss`] of block `i` over every image, in batches of `batch`.
+/// What one reconstruction unit is: block `i`, fitted on its output stream, or what follows
+/// the last block (boundary `n` onward), fitted on the model's output.
+#[derive(Clone, Copy, Debug)]
+enum Unit {
+    Block(usize),
+    Tail(usize),
+}
+
+impl Unit {
+    /// The index reports use: the block's, or the number of blocks for the tail.
+    fn index(self) -> usize {
+        match self {
+            Unit::Block(i) | Unit::Tail(i) => i,
+        }
+    }
+
+    /// The unit's output (`[b, tokens, c]`; the tail's `[b, 1, outputs]`) from its input.
+    fn run<N: Network>(self, model: &N, x: Boundary, hook: &dyn SiteHook) -> Tensor<3> {
+        match self {
+            Unit::Block(i) => model.forward_block(i, x, hook).stream,
+            Unit::Tail(n) => {
+                let y = model.forward_from(n, x, hook);
+                let [b, k] = y.dims();
+                y.reshape([b, 1, k])
+            }
+        }
+    }
+}
+
+/// [`block_loss`] of `unit` over every image, in batches of `batch`.
 fn full_loss<N: Network>(
     model: &N,
-    i: usize,
+    unit: Unit,
     input: &Boundary,
     target: &Boundary,
     hook: &dyn SiteHook,
@@ -447,9 +481,9 @@ fn full_loss<N: Network>(
     let mut sum = 0.0;
     for start in (0..n).step_by(batch) {
         let b = batch.min(n - start);
-        let out = model.forward_block(i, input.clone().narrow(start, b), hook);
+        let out = unit.run(model, input.clone().narrow(start, b), hook);
         let target = target.clone().narrow(start, b);
-        sum += scalar(block_loss(out.stream, target.stream, None))? * b as f64;
+        sum += scalar(block_loss(out, target.stream, None))? * b as f64;
     }
     Ok(sum / n as f64)
 }
@@ -511,28 +545,39 @@ pub fn reconstruct<N: Network + Module>(
     drop(quantized_bounds);
     let blocks = fp.num_blocks();
     let sites = fp.sites();
-    let mut report = Vec::with_capacity(blocks);
+    let units: Vec<Unit> = (0..blocks)
+        .map(Unit::Block)
+        .chain(config.tail.then_some(Unit::Tail(blocks)))
+        .collect();
+    let mut report = Vec::with_capacity(units.len());
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    for i in 0..blocks {
+    for &unit in &units {
+        let i = unit.index();
         let start = Instant::now();
         let block_sites: Vec<SiteId> = sites
             .iter()
             .map(|s| s.id.clone())
             .filter(|id| plan.sites.contains_key(id) && fp.resume_point(id) == Some(i))
             .collect();
-        let target = targets[i + 1].clone();
+        let target = match unit {
+            Unit::Block(i) => targets[i + 1].clone(),
+            Unit::Tail(_) => {
+                let [n, k] = fp_logits.dims();
+                Boundary::new(fp_logits.clone().reshape([n, 1, k]))
+            }
+        };
         let loss_before = full_loss(
             &quantized.model,
-            i,
+            unit,
             &input,
             &target,
             &quantized.state,
             config.batch,
         )?;
 
-        let fisher = match config.loss {
-            ReconLoss::Mse => None,
-            ReconLoss::Fisher => Some(fisher_weights(
+        let fisher = match (config.loss, unit) {
+            (ReconLoss::Mse, _) | (_, Unit::Tail(_)) => None,
+            (ReconLoss::Fisher, Unit::Block(i)) => Some(fisher_weights(
                 &quantized.model.clone().map(&mut Frozen),
                 &quantized.state,
                 &frozen,
@@ -548,7 +593,7 @@ pub fn reconstruct<N: Network + Module>(
             sites: &block_sites,
             seen: std::sync::Mutex::new(BTreeMap::new()),
         };
-        let _ = student.forward_block(i, input.clone().narrow(0, 1), &taker);
+        let _ = unit.run(&student, input.clone().narrow(0, 1), &taker);
         let weights = taker.seen.into_inner().expect("weight lock");
         let mut grids = Vec::new();
         let mut v = Vec::new();
@@ -614,7 +659,7 @@ pub fn reconstruct<N: Network + Module>(
                 drop_prob: config.drop_prob,
                 masks: &masks,
             };
-            let rec = block_loss(frozen.forward_block(i, x, &hook).stream, y, w);
+            let rec = block_loss(unit.run(&frozen, x, &hook), y, w);
             let rec_value = scalar(rec.clone())?;
             if !rec_value.is_finite() {
                 return Err(Error::invalid(
@@ -648,7 +693,7 @@ pub fn reconstruct<N: Network + Module>(
             acts = step_optim.step(config.step_lr, acts, gs);
             progress(ReconProgress {
                 block: i,
-                blocks,
+                blocks: units.len(),
                 iter: t + 1,
                 iters: config.iters,
                 loss: rec_value,
@@ -714,23 +759,25 @@ pub fn reconstruct<N: Network + Module>(
 
         let loss_after = full_loss(
             &quantized.model,
-            i,
+            unit,
             &input,
             &target,
             &quantized.state,
             config.batch,
         )?;
         // The next block's input: this block, quantized as it now is, on every image.
-        let mut next = Vec::new();
-        for start in (0..n).step_by(config.batch) {
-            let b = config.batch.min(n - start);
-            next.push(quantized.model.forward_block(
-                i,
-                input.clone().narrow(start, b),
-                &quantized.state,
-            ));
+        if let Unit::Block(i) = unit {
+            let mut next = Vec::new();
+            for start in (0..n).step_by(config.batch) {
+                let b = config.batch.min(n - start);
+                next.push(quantized.model.forward_block(
+                    i,
+                    input.clone().narrow(start, b),
+                    &quantized.state,
+                ));
+            }
+            input = Boundary::cat(next);
         }
-        input = Boundary::cat(next);
         report.push(BlockRecon {
             block: i,
             sites: grids.iter().map(|g| g.site.clone()).collect(),

@@ -1131,10 +1131,11 @@ fn an_own_network_is_reconstructed() {
 }
 
 /// WTPose is reconstructed block by block (Swin blocks, then the waterfall's neighbourhood
-/// attention, the fusion conv included) on the shipped checkpoint: no block's loss rises, the
-/// Swin blocks' fall (the waterfall's layers, scaled by a layer scale of 0.1, inherit most of
-/// their error from their input), and every reconstructed weight, linear or conv, stays on its
-/// grid.
+/// attention, the fusion conv included), then its tail (the waterfall's last convs and the
+/// heatmap head, against the full-precision heatmaps) on the shipped checkpoint: no unit's loss
+/// rises, the Swin blocks' and the tail's fall (the waterfall's layers, scaled by a layer scale
+/// of 0.1, inherit most of their error from their input), and every reconstructed weight,
+/// linear or conv, stays on its grid.
 #[test]
 fn wtpose_is_reconstructed_block_by_block() {
     let device = Device::flex();
@@ -1156,6 +1157,7 @@ fn wtpose_is_reconstructed_block_by_block() {
     let config = mixq_qat_trainer::ReconConfig {
         iters: 60,
         batch: 4,
+        tail: true,
         ..Default::default()
     };
     let ptq = PtqConfig {
@@ -1165,10 +1167,10 @@ fn wtpose_is_reconstructed_block_by_block() {
     let r =
         mixq_qat_trainer::reconstruct(&model, crops.clone(), crops, &plan, &ptq, &config, |_| {})
             .unwrap();
-    assert_eq!(r.blocks.len(), model.num_blocks());
+    assert_eq!(r.blocks.len(), model.num_blocks() + 1);
     for b in &r.blocks {
         println!(
-            "block {} ({} sites): loss {:.6} -> {:.6}, {} of {} flipped, {:.1} s",
+            "unit {} ({} sites): loss {:.6} -> {:.6}, {} of {} flipped, {:.1} s",
             b.block,
             b.sites.len(),
             b.loss_before,
@@ -1185,6 +1187,14 @@ fn wtpose_is_reconstructed_block_by_block() {
             .iter()
             .all(|b| b.loss_after < 0.99 * b.loss_before)
     );
+    let tail = r.blocks.last().unwrap();
+    assert_eq!(tail.block, model.num_blocks());
+    assert!(
+        tail.sites
+            .contains(&mixq_core::SiteId::new("head.final_layer")),
+        "{tail:?}"
+    );
+    assert!(tail.loss_after < 0.99 * tail.loss_before, "{tail:?}");
     assert!(
         r.blocks
             .iter()
