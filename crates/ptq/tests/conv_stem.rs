@@ -16,7 +16,7 @@ use mixq_ptq::{
 };
 use mixq_sensitivity::{Probe, Shard, SweepCache};
 use mixq_vit_models::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig};
-use mixq_vit_models::testing::{check_blocks, check_sites, max_abs_diff};
+use mixq_vit_models::testing::{assert_conserved, check_blocks, check_sites, max_abs_diff};
 use mixq_vit_models::vit::{Block, BlockDims};
 use mixq_vit_models::{Boundary, ExplainOptions, Network, OutputKind, SiteHook, Target};
 
@@ -323,19 +323,5 @@ fn conv_stem_is_reparameterized_and_explained() {
         .explain(images.narrow(0, 0, 3), &Target::Predicted, &options)
         .unwrap();
     assert_eq!(e.boundaries.len(), model.num_blocks() + 1);
-    for (i, &logit) in e.target_logits.iter().enumerate() {
-        let totals: Vec<f32> = e
-            .boundaries
-            .iter()
-            .map(|b| b[i])
-            .chain([e.pixel_totals()[i]])
-            .collect();
-        println!("image {i}: logit {logit}, boundaries and pixels {totals:?}");
-        for (k, &r) in totals.iter().enumerate() {
-            assert!(
-                (r - logit).abs() / logit.abs() < 1e-4,
-                "image {i} boundary {k} (the last: pixels): {r} vs logit {logit}"
-            );
-        }
-    }
+    assert_conserved(&e, 1e-4);
 }

@@ -662,6 +662,25 @@ impl mixq_vit_models::SiteHook for InputOf {
     }
 }
 
+/// Each channel's (min, max) at `site`'s input when `model` runs `images` (`channels` wide).
+fn input_extremes(
+    model: &dyn Network,
+    images: &Tensor<4>,
+    site: &SiteId,
+    channels: usize,
+) -> Vec<(f32, f32)> {
+    let hook = InputOf(site.clone(), Default::default());
+    let _ = model.forward_with(images.clone(), &hook);
+    let x = hook.1.into_inner().unwrap();
+    (0..channels)
+        .map(|c| {
+            let column = x.iter().skip(c).step_by(channels);
+            let max = column.clone().fold(f32::MIN, |m, &v| m.max(v));
+            (column.fold(f32::MAX, |m, &v| m.min(v)), max)
+        })
+        .collect()
+}
+
 /// RepQ's reparameterization takes any `Network`: on a model of one's own (not one of mixq's
 /// families) it keeps the function and gives every post-LN input channel the same range.
 #[test]
@@ -683,15 +702,9 @@ fn an_own_network_is_reparameterized() {
     let plan = uniform_plan(&model.sites(), 4, 4, 8).unwrap();
     let site = SiteId::new("blocks.0.fc1");
     let ranges = |model: &dyn Network| {
-        let hook = InputOf(site.clone(), Default::default());
-        let _ = model.forward_with(images.clone(), &hook);
-        let x = hook.1.into_inner().unwrap();
-        (0..8)
-            .map(|c| {
-                let column = x.iter().skip(c).step_by(8);
-                let max = column.clone().fold(f32::MIN, |m, &v| m.max(v));
-                max - column.fold(f32::MAX, |m, &v| m.min(v))
-            })
+        input_extremes(model, &images, &site, 8)
+            .into_iter()
+            .map(|(lo, hi)| hi - lo)
             .collect::<Vec<f32>>()
     };
     let spread = |r: &[f32]| {
@@ -733,19 +746,7 @@ fn wtpose_is_reparameterized() {
     );
     let plan = uniform_plan(&model.sites(), 8, 8, 8).unwrap();
     let site = SiteId::new("wtm.blocks.1.mlp.fc1");
-    // Each channel's (min, max) at the site's input.
-    let extremes = |model: &dyn Network| {
-        let hook = InputOf(site.clone(), Default::default());
-        let _ = model.forward_with(images.clone(), &hook);
-        let x = hook.1.into_inner().unwrap();
-        (0..d)
-            .map(|c| {
-                let column = x.iter().skip(c).step_by(d);
-                let max = column.clone().fold(f32::MIN, |m, &v| m.max(v));
-                (column.fold(f32::MAX, |m, &v| m.min(v)), max)
-            })
-            .collect::<Vec<(f32, f32)>>()
-    };
+    let extremes = |model: &dyn Network| input_extremes(model, &images, &site, d);
     let before = extremes(&model);
     let reference = model.forward(images.clone());
     let scale = reference.clone().abs().max().into_scalar::<f32>();

@@ -426,3 +426,24 @@ pub fn check_blocks(model: &dyn Network, images: Tensor<4>) -> std::result::Resu
         Err(problems.join("\n"))
     }
 }
+
+/// Asserts that each image's target logit reaches every block boundary and the pixels of `e`
+/// within `tolerance` (relative): LRP's conservation, for models explained with conservative
+/// rules and no biases. Prints the totals; panics naming the image and boundary.
+pub fn assert_conserved(e: &crate::explain::Explanation, tolerance: f32) {
+    for (i, &logit) in e.target_logits.iter().enumerate() {
+        let totals: Vec<f32> = e
+            .boundaries
+            .iter()
+            .map(|b| b[i])
+            .chain([e.pixel_totals()[i]])
+            .collect();
+        println!("image {i}: logit {logit}, boundaries and pixels {totals:?}");
+        for (k, &r) in totals.iter().enumerate() {
+            assert!(
+                (r - logit).abs() / logit.abs() < tolerance,
+                "image {i} boundary {k} (the last: pixels): {r} vs logit {logit}"
+            );
+        }
+    }
+}
