@@ -7,8 +7,10 @@
 //! 3. measure every site alone at every candidate bit-width (`sensitivity_hooked`);
 //! 4. let the allocator choose a plan at an average of 3 bits (`budget_plans`);
 //! 5. calibrate that plan and compare all of them on the test split;
-//! 6. run each quantized model on the integer kernels (`IntLinear`: `u8` activations x packed
-//!    2-8-bit weights, exact `i32` sums) and compare it with its fake-quant forward.
+//! 6. export each quantized model's layers to a `.mixq.safetensors` file (`IntSites`: packed
+//!    weights, quantizers, a readable JSON header), load it back and run it on the integer
+//!    kernels (`u8` activations x packed 2-8-bit weights, exact `i32` sums), comparing it with
+//!    its fake-quant forward.
 //!
 //! `cargo run -p mixq-deploy --example own_model`. CI runs it through its test.
 
@@ -19,11 +21,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation::relu};
 use mixq_allocator::{Criterion, parse_candidates};
 use mixq_core::{Result, SiteId, SiteInfo, SiteKind};
 use mixq_datasets::{KnownDataset, LabelledImages};
-use mixq_deploy::IntLinear;
+use mixq_deploy::IntSites;
 use mixq_ptq::mixed::{BudgetConfig, budget_plans};
-use mixq_ptq::{
-    HookQuantizers, PtqConfig, host_logits, quantize_hooked, sensitivity_hooked, uniform_plan,
-};
+use mixq_ptq::{PtqConfig, host_logits, quantize_hooked, sensitivity_hooked, uniform_plan};
 use mixq_quant_kernels::host_values;
 use mixq_vit_models::layers::{Linear, LinearConfig};
 use mixq_vit_models::{NoHook, SiteHook};
@@ -65,32 +65,31 @@ impl Mlp {
     }
 }
 
-/// The MLP on the integer kernels: the same layers, each an [`IntLinear`] built from the
-/// quantizers calibration found; ReLU stays in `f32`.
+/// The MLP on the integer kernels: its layers as exported (each an `IntLinear` built from the
+/// quantizers calibration found); the forward between them is ours, ReLU in `f32`.
 struct IntMlp {
-    fc1: IntLinear,
-    fc2: IntLinear,
-    head: IntLinear,
+    layers: IntSites,
 }
 
 impl IntMlp {
-    fn new(model: &Mlp, q: &HookQuantizers) -> Result<Self> {
-        Ok(Self {
-            fc1: IntLinear::new(&model.fc1, q)?,
-            fc2: IntLinear::new(&model.fc2, q)?,
-            head: IntLinear::new(&model.head, q)?,
-        })
+    /// Checks that the file holds every layer this forward needs.
+    fn new(layers: IntSites) -> Result<Self> {
+        for (name, ..) in LAYERS {
+            layers.get(name)?;
+        }
+        Ok(Self { layers })
     }
 
     /// Logits of `rows` images (`[rows, 64]`, row-major), as `[rows, 10]`.
     fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let layer = |name: &str, x: &[f32]| self.layers.get(name)?.forward(x, rows);
         let relu = |mut v: Vec<f32>| {
             v.iter_mut().for_each(|x| *x = x.max(0.0));
             v
         };
-        let x = relu(self.fc1.forward(x, rows)?);
-        let x = relu(self.fc2.forward(&x, rows)?);
-        self.head.forward(&x, rows)
+        let x = relu(layer("fc1", x)?);
+        let x = relu(layer("fc2", &x)?);
+        layer("head", &x)
     }
 }
 
@@ -197,11 +196,18 @@ fn run() -> Result<Vec<Row>> {
         engine: None,
     }];
     let test_host = host_values(&test)?;
+    let dir = tempfile::tempdir().map_err(|e| mixq_core::Error::io("<temporary folder>", e))?;
     for p in &plans {
         let quantized = quantize_hooked(&sites, &p.plan, &PtqConfig::default(), false, calibrate)?;
         let (avg_w_bits, _) = mixq_ptq::mixed::plan_averages(&p.plan, &sites);
         let fake = predictions(&host_logits(model.forward(test.clone(), &quantized)), n);
-        let int = predictions(&IntMlp::new(&model, &quantized)?.forward(&test_host, n)?, n);
+        // Export the layers, then run what a deployment would load.
+        let file = dir
+            .path()
+            .join(format!("{}.mixq.safetensors", p.name.replace(' ', "-")));
+        IntSites::from_layers([&model.fc1, &model.fc2, &model.head], &quantized)?.save(&file)?;
+        let engine = IntMlp::new(IntSites::load(&file)?)?;
+        let int = predictions(&engine.forward(&test_host, n)?, n);
         let differ = fake.iter().zip(&int).filter(|(a, b)| a != b).count();
         rows.push(Row {
             name: p.name.clone(),

@@ -10,7 +10,8 @@
 //!   - `{site}.bias`, LayerNorm `*.weight`/`*.bias`, `cls_token`, `dist_token`, `pos_embed`
 //!     (`F32`, timm's names and shapes).
 //! * `__metadata__["mixq"]`: a pretty-printed JSON [`Header`]: format name and version, the
-//!   architecture, the bit plan, the weight bits and shape of every integer site and the
+//!   architecture (or, for the layers of a model of one's own, [`crate::IntSites`], the list of
+//!   its sites), the bit plan, the weight bits and shape of every integer site and the
 //!   activation quantizers (scale, zero point, bits; log quantizers' top level) by site and slot.
 //!
 //! Every read is checked: a truncated or corrupt file, a missing tensor, a wrong dtype or shape,
@@ -57,12 +58,18 @@ pub struct Header {
     /// byte anywhere in the header is detected. Filled in when writing.
     #[serde(default)]
     pub header_checksum: String,
-    /// The model's architecture (as its model card gives it).
-    pub arch: ArchConfig,
+    /// The model's architecture (as its model card gives it); absent in a file of a model of
+    /// one's own ([`crate::IntSites`]), whose forward the engine does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<ArchConfig>,
     /// The bits every site was quantized with.
     pub plan: BitPlan,
     /// Integer sites: weight bits and shape.
     pub weights: BTreeMap<SiteId, WeightInfo>,
+    /// Every linear/conv site of a file without an architecture, in the model's order (a
+    /// whole model's file lists none: its architecture names them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<SiteId>,
     /// Activation quantizers used by the engine, by site and slot.
     pub activations: BTreeMap<SiteId, BTreeMap<Slot, ActQuantizer>>,
     /// FNV-1a 64 of every tensor's bytes (hex), filled in when writing: a flipped bit in the
@@ -170,6 +177,14 @@ impl Tensors {
         }
     }
 
+    /// The shape of a stored tensor.
+    pub fn shape(&self, key: &str) -> Result<&[usize]> {
+        self.map
+            .get(key)
+            .map(Stored::shape)
+            .ok_or_else(|| self.error(key, "missing"))
+    }
+
     pub fn u8(&self, key: &str, shape: &[usize]) -> Result<Vec<u8>> {
         match self.get(key, Dtype::U8, shape)? {
             Stored::U8(_, d) => Ok(d.clone()),
@@ -223,6 +238,28 @@ pub(crate) fn to_bytes(header: &Header, tensors: &Tensors) -> Result<Vec<u8>> {
     let meta = HashMap::from([(HEADER_KEY.to_string(), json)]);
     safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::invalid("safetensors", "serialize", e.to_string()))
+}
+
+/// Parses a file's bytes and builds what it holds with `build`; every error names `origin`.
+pub(crate) fn parse_with<T>(
+    bytes: &[u8],
+    origin: &Path,
+    build: impl FnOnce(Header, &Tensors) -> Result<T>,
+) -> Result<T> {
+    let (header, t) = from_bytes(bytes, origin)?;
+    build(header, &t).map_err(|e| match e {
+        Error::Parse { .. } => e,
+        other => Error::parse(origin, other.to_string()),
+    })
+}
+
+/// Reads a file and builds what it holds (see [`parse_with`]).
+pub(crate) fn read_with<T>(
+    path: &Path,
+    build: impl FnOnce(Header, &Tensors) -> Result<T>,
+) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_with(&bytes, path, build)
 }
 
 /// Parses safetensors bytes into a checked header and the tensors.
@@ -387,9 +424,16 @@ fn parse_header(json: &str, path: &Path) -> Result<Header> {
         format: FORMAT_NAME.into(),
         format_version: FORMAT_VERSION,
         header_checksum: field(obj.get("header_checksum"), "header_checksum", &bad)?,
-        arch: field(obj.get("arch"), "arch", &bad)?,
+        arch: obj
+            .get("arch")
+            .map(|v| field(Some(v), "arch", &bad))
+            .transpose()?,
         plan: field(obj.get("plan"), "plan", &bad)?,
         weights,
+        layers: match obj.get("layers") {
+            None => Vec::new(),
+            v => field(v, "layers", &bad)?,
+        },
         activations,
         checksums: field(obj.get("checksums"), "checksums", &bad)?,
     })

@@ -4,11 +4,11 @@
 
 use mixq_core::{Error, Result, SiteId};
 use mixq_ptq::HookQuantizers;
-use mixq_quant_kernels::{ActQuant, IntGemm, host_values};
+use mixq_quant_kernels::IntGemm;
 use mixq_vit_models::layers::Linear;
 
+use crate::IntSites;
 use crate::ops::{LinearKind, LinearOp};
-use crate::{input_quantizer, pack_on_grid, transposed};
 
 /// One linear site on the integer kernels: `u8` activations (quantized by the site's calibrated
 /// input quantizer) × bit-packed weights with exact `i32` accumulation, bias added in `f32` — the
@@ -41,8 +41,7 @@ use crate::{input_quantizer, pack_on_grid, transposed};
 /// # Ok::<(), mixq_core::Error>(())
 /// ```
 pub struct IntLinear {
-    op: LinearOp,
-    bits: Option<u8>,
+    pub(crate) op: LinearOp,
     gemm: IntGemm,
 }
 
@@ -52,7 +51,7 @@ impl std::fmt::Debug for IntLinear {
             .field("site", &self.op.site)
             .field("in_features", &self.op.in_features)
             .field("out_features", &self.op.out_features)
-            .field("weight_bits", &self.bits)
+            .field("weight_bits", &self.weight_bits())
             .finish()
     }
 }
@@ -61,48 +60,12 @@ impl IntLinear {
     /// `layer` as `q` quantized it: integer when `q`'s plan has its site (its weight must lie on
     /// the weight quantizer's grid, its input quantizer must be uniform), else `f32`.
     pub fn new(layer: &Linear, q: &HookQuantizers) -> Result<Self> {
-        let site: &SiteId = &layer.site;
-        let (in_f, out_f) = layer.dims();
-        let bias = layer
-            .bias
-            .as_ref()
-            .map(|b| host_values(&b.val()))
-            .transpose()?;
-        let gemm = IntGemm::new();
-        let Some(bits) = q.plan.sites.get(site) else {
-            let w = host_values(&layer.weight.val())?;
-            let op = LinearOp::float(site.clone(), in_f, out_f, w, bias)?;
-            return Ok(Self {
-                op,
-                bits: None,
-                gemm,
-            });
-        };
-        let missing =
-            |what: &str| Error::invalid("site", site, format!("planned but has no {what}"));
-        let weight = q
-            .weights
-            .get(site)
-            .ok_or_else(|| missing("quantized weight"))?;
-        let wq = q
-            .weight_quantizers
-            .get(site)
-            .ok_or_else(|| missing("weight quantizer"))?;
-        let w_out_in = transposed(&host_values(weight)?, in_f, out_f);
-        let packed = pack_on_grid(site, &w_out_in, (in_f, out_f), wq)?;
-        let act = ActQuant::from_quantizer(input_quantizer(&q.state, site)?)?;
-        let w = gemm.prepare(packed)?;
-        Ok(Self {
-            op: LinearOp {
-                site: site.clone(),
-                in_features: in_f,
-                out_features: out_f,
-                kind: LinearKind::Int { w, act },
-                bias,
-            },
-            bits: Some(bits.w_bits.get()),
-            gemm,
-        })
+        let mut sites = IntSites::from_layers([layer], q)?;
+        Ok(sites.layers.pop().expect("one layer given"))
+    }
+
+    pub(crate) fn from_op(op: LinearOp, gemm: IntGemm) -> Self {
+        Self { op, gemm }
     }
 
     /// `y = x W + b` for `rows` rows of `x` (`[rows, in]`, row-major), as `[rows, out]`.
@@ -123,7 +86,10 @@ impl IntLinear {
 
     /// The weights' bit-width, `None` for a site that runs in `f32`.
     pub fn weight_bits(&self) -> Option<u8> {
-        self.bits
+        match &self.op.kind {
+            LinearKind::Int { w, .. } => Some(w.packed().bits().get()),
+            LinearKind::F32 { .. } => None,
+        }
     }
 
     /// The site this layer computes.
@@ -138,6 +104,7 @@ mod tests {
     use burn::tensor::{Device, Distribution, Tensor};
     use mixq_core::{SiteInfo, SiteKind};
     use mixq_ptq::{PtqConfig, quantize_hooked, uniform_plan};
+    use mixq_quant_kernels::host_values;
     use mixq_vit_models::layers::LinearConfig;
 
     #[test]

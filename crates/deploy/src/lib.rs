@@ -26,6 +26,9 @@
 //!
 //! Sites the plan leaves out run in `f32` with the model's weights.
 //!
+//! A model of one's own (any [`mixq_vit_models::Network`], or layers calibrated through a hook)
+//! exports its layers instead, [`IntSites`], to the same file format; its forward is its own.
+//!
 //! ```
 //! use burn::tensor::{Device, Distribution, Tensor};
 //! use mixq_deploy::IntModel;
@@ -61,6 +64,7 @@ pub mod format;
 mod layer;
 mod ops;
 mod simd;
+mod sites;
 mod verify;
 mod vit;
 
@@ -75,6 +79,7 @@ use mixq_vit_models::{ArchConfig, Model, Slot};
 
 pub use format::{FORMAT_NAME, FORMAT_VERSION, Header, WeightInfo};
 pub use layer::IntLinear;
+pub use sites::IntSites;
 pub use verify::{Agreement, Forward, verify};
 
 use format::{Stored, Tensors};
@@ -120,13 +125,12 @@ impl std::fmt::Display for BuildInfo {
     }
 }
 
-/// A linear site's host weights: `[out, in]` values, `(in, out)`, bias.
-type SiteWeights = (Vec<f32>, (usize, usize), Option<Vec<f32>>);
-
 /// A model on the integer engine. Build one with [`IntModel::from_quantized`] or
 /// [`IntModel::load`].
 pub struct IntModel {
     header: Header,
+    /// The header's architecture (present in every whole model's file).
+    arch: ArchConfig,
     net: Net,
     gemm: IntGemm,
 }
@@ -138,7 +142,7 @@ enum Net {
 impl std::fmt::Debug for IntModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IntModel")
-            .field("arch", &self.header.arch)
+            .field("arch", &self.arch)
             .field("integer_sites", &self.header.weights.len())
             .finish()
     }
@@ -178,97 +182,10 @@ impl IntModel {
             unreachable!("checked above")
         };
         let mut t = Tensors::new("<quantized model>");
-        let mut weights = BTreeMap::new();
-        let mut activations: BTreeMap<SiteId, BTreeMap<Slot, ActQuantizer>> = BTreeMap::new();
+        let exported = sites::export_sites(q, &mut t)?;
         let f32t = |x: &Tensor<1>| -> Result<Stored> {
             Ok(Stored::F32(vec![x.dims()[0]], host_values(x)?))
         };
-
-        let linear = |l: &mixq_vit_models::layers::Linear| -> Result<SiteWeights> {
-            let (in_f, out_f) = l.dims();
-            let t = transposed(&host_values(&l.weight.val())?, in_f, out_f);
-            let bias = l.bias.as_ref().map(|b| host_values(&b.val())).transpose()?;
-            Ok((t, (in_f, out_f), bias))
-        };
-
-        {
-            // A linear/conv site: packed if planned, else f32 `[in, out]`.
-            let mut site = |t: &mut Tensors,
-                            id: &SiteId,
-                            w_out_in: Vec<f32>,
-                            (in_f, out_f): (usize, usize),
-                            bias: Option<Vec<f32>>|
-             -> Result<()> {
-                t.insert(
-                    format!("{id}.bias"),
-                    Stored::F32(vec![out_f], bias.unwrap_or_else(|| vec![0.0; out_f])),
-                );
-                if !q.plan.sites.contains_key(id) {
-                    let w = transposed(&w_out_in, out_f, in_f);
-                    t.insert(format!("{id}.weight"), Stored::F32(vec![in_f, out_f], w));
-                    return Ok(());
-                }
-                let wq = q.weights.get(id).ok_or_else(|| {
-                    Error::invalid("site", id, "planned but has no weight quantizer")
-                })?;
-                let input = ActQuantizer::Uniform(input_quantizer(&q.state, id)?.clone());
-                let packed = pack_on_grid(id, &w_out_in, (in_f, out_f), wq)?;
-                t.insert(
-                    format!("{id}.qweight"),
-                    Stored::U8(vec![out_f, packed.row_bytes()], packed.data().to_vec()),
-                );
-                t.insert(
-                    format!("{id}.scales"),
-                    Stored::F32(vec![out_f], packed.scales().to_vec()),
-                );
-                t.insert(
-                    format!("{id}.zero_points"),
-                    Stored::I32(vec![out_f], packed.zero_points().to_vec()),
-                );
-                weights.insert(id.clone(), vit::weight_info(&packed));
-                activations
-                    .entry(id.clone())
-                    .or_default()
-                    .insert(Slot::Input, input);
-                Ok(())
-            };
-
-            let conv = &m.patch_embed.proj;
-            let (cin, cout, k) = conv.dims();
-            let cw = host_values(&conv.weight.val())?;
-            let cb = conv
-                .bias
-                .as_ref()
-                .map(|b| host_values(&b.val()))
-                .transpose()?;
-            site(&mut t, &conv.site, cw, (cin * k * k, cout), cb)?;
-            for b in &m.blocks {
-                for l in [&b.attn.qkv, &b.attn.proj, &b.mlp.fc1, &b.mlp.fc2] {
-                    let (w, dims, bias) = linear(l)?;
-                    site(&mut t, &l.site, w, dims, bias)?;
-                }
-            }
-            for l in m.head.iter().chain(m.head_dist.as_ref()) {
-                let (w, dims, bias) = linear(l)?;
-                site(&mut t, &l.site, w, dims, bias)?;
-            }
-        }
-
-        for b in &m.blocks {
-            for mm in [&b.attn.matmul_qk, &b.attn.matmul_av] {
-                if !q.plan.sites.contains_key(mm) {
-                    continue;
-                }
-                for slot in [Slot::OperandA, Slot::OperandB] {
-                    if let Some(a) = q.state.get(mm, slot) {
-                        activations
-                            .entry(mm.clone())
-                            .or_default()
-                            .insert(slot, a.clone());
-                    }
-                }
-            }
-        }
         let norm =
             |t: &mut Tensors, path: String, n: &mixq_vit_models::layers::LayerNorm| -> Result<()> {
                 t.insert(format!("{path}.weight"), f32t(&n.gamma.val())?);
@@ -293,24 +210,37 @@ impl IntModel {
             format: FORMAT_NAME.into(),
             format_version: FORMAT_VERSION,
             header_checksum: String::new(),
-            arch,
+            arch: Some(arch),
             plan: q.plan.clone(),
-            weights,
-            activations,
+            weights: exported.weights,
+            // A whole model's architecture names its layers.
+            layers: Vec::new(),
+            activations: exported.activations,
             checksums: BTreeMap::new(),
         };
         Self::from_parts(header, &t, IntGemm::new())
     }
 
     fn from_parts(header: Header, t: &Tensors, gemm: IntGemm) -> Result<Self> {
-        if let Some(e) = unsupported(&header.arch) {
+        let arch = header.arch.clone().ok_or_else(|| {
+            Error::parse(
+                &t.origin,
+                "holds the layers of a model of one's own (no architecture): read it with IntSites::load",
+            )
+        })?;
+        if let Some(e) = unsupported(&arch) {
             return Err(e);
         }
-        let net = match &header.arch {
+        let net = match &arch {
             ArchConfig::Vit(cfg) => Net::Vit(Box::new(VitNet::build(cfg, &header, t, gemm)?)),
             ArchConfig::Swin(_) => unreachable!("checked above"),
         };
-        Ok(IntModel { header, net, gemm })
+        Ok(IntModel {
+            header,
+            arch,
+            net,
+            gemm,
+        })
     }
 
     /// Logits `[batch, num_classes]` (row-major) for normalized images `[batch, c, h, w]`.
@@ -342,7 +272,7 @@ impl IntModel {
 
     /// The model's architecture.
     pub fn arch(&self) -> &ArchConfig {
-        &self.header.arch
+        &self.arch
     }
 
     /// The bits the model was quantized with.
@@ -352,12 +282,12 @@ impl IntModel {
 
     /// Classes of the classifier head.
     pub fn num_classes(&self) -> usize {
-        self.header.arch.num_classes()
+        self.arch.num_classes()
     }
 
     /// `[c, h, w]` of one input image.
     pub fn input_shape(&self) -> [usize; 3] {
-        let a = &self.header.arch;
+        let a = &self.arch;
         [a.in_chans(), a.img_size(), a.img_size()]
     }
 
@@ -401,11 +331,8 @@ impl IntModel {
 
     /// Parses a file's bytes; `origin` names it in errors.
     pub fn from_bytes(bytes: &[u8], origin: impl AsRef<Path>) -> Result<Self> {
-        let origin = origin.as_ref();
-        let (header, t) = format::from_bytes(bytes, origin)?;
-        Self::from_parts(header, &t, IntGemm::new()).map_err(|e| match e {
-            Error::Parse { .. } => e,
-            other => Error::parse(origin, other.to_string()),
+        format::parse_with(bytes, origin.as_ref(), |h, t| {
+            Self::from_parts(h, t, IntGemm::new())
         })
     }
 
@@ -417,9 +344,7 @@ impl IntModel {
     /// Reads a file written by [`IntModel::save`]; every inconsistency is one
     /// [`Error::Parse`] naming the file and the key.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(&bytes, path)
+        format::read_with(path.as_ref(), |h, t| Self::from_parts(h, t, IntGemm::new()))
     }
 }
 
@@ -432,21 +357,6 @@ fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     t
-}
-
-/// A planned site's input quantizer: the integer kernels need a uniform one.
-fn input_quantizer<'a>(
-    state: &'a mixq_ptq::QuantState,
-    id: &SiteId,
-) -> Result<&'a UniformQuantizer> {
-    match state.get(id, Slot::Input) {
-        Some(ActQuantizer::Uniform(q)) => Ok(q),
-        _ => Err(Error::invalid(
-            "site",
-            id,
-            "planned but has no uniform input quantizer",
-        )),
-    }
 }
 
 /// `w_out_in` (`[out, in]`, already fake-quantized) as integer codes of the per-output-channel

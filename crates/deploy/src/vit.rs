@@ -1,17 +1,17 @@
 //! ViT / DeiT (plain and distilled) on the integer engine, mirroring
 //! `mixq_vit_models::VisionTransformer::forward_with` step by step.
 
-use mixq_core::{BitWidth, Error, Result, SiteId};
-use mixq_ptq::ActQuantizer;
-use mixq_quant_kernels::{ActQuant, IntGemm, PackedWeights, RhsLayout};
+use mixq_core::{Error, Result, SiteId};
+use mixq_quant_kernels::{IntGemm, RhsLayout};
 use mixq_vit_models::{Slot, VitConfig};
 use rayon::prelude::*;
 
-use crate::format::{Header, Stored, Tensors, WeightInfo};
+use crate::format::{Header, Stored, Tensors};
 use crate::ops::{
-    LinearKind, LinearOp, Norm, Operand, PARALLEL_FROM, QuantOperand, QuantRef, add_in_place,
-    matmul, pool, quantize_scaled, quantize_u8, softmax_rows_here,
+    LinearOp, Norm, Operand, PARALLEL_FROM, QuantOperand, QuantRef, add_in_place, matmul, pool,
+    quantize_scaled, quantize_u8, softmax_rows_here,
 };
+use crate::sites::Reader;
 
 /// One pre-LN transformer block.
 pub(crate) struct BlockOp {
@@ -36,96 +36,6 @@ pub(crate) struct VitNet {
     norm: Norm,
     head: LinearOp,
     head_dist: Option<LinearOp>,
-}
-
-/// Reads the engine's pieces out of a header and tensors (from a file or a fresh export).
-struct Reader<'a> {
-    header: &'a Header,
-    t: &'a Tensors,
-    gemm: IntGemm,
-}
-
-impl Reader<'_> {
-    fn act(&self, site: &SiteId, slot: Slot) -> Option<&ActQuantizer> {
-        self.header.activations.get(site).and_then(|m| m.get(&slot))
-    }
-
-    fn header_error(&self, key: &str, message: impl std::fmt::Display) -> Error {
-        Error::parse(&self.t.origin, format!("header key '{key}': {message}"))
-    }
-
-    fn uniform(&self, site: &SiteId, slot: Slot) -> Result<Option<ActQuant>> {
-        match self.act(site, slot) {
-            None => Ok(None),
-            Some(ActQuantizer::Uniform(q)) => ActQuant::from_quantizer(q)
-                .map(Some)
-                .map_err(|e| self.header_error(&format!("activations.{site}.{slot:?}"), e)),
-            Some(ActQuantizer::Log(_)) => Err(self.header_error(
-                &format!("activations.{site}.{slot:?}"),
-                "a log quantizer where a uniform one is needed",
-            )),
-        }
-    }
-
-    fn operand(&self, site: &SiteId, slot: Slot) -> Result<Operand> {
-        Ok(match self.act(site, slot) {
-            None => Operand::F32,
-            Some(ActQuantizer::Log(q)) => Operand::Log(crate::ops::FastLog::new(*q)),
-            Some(ActQuantizer::Uniform(_)) => {
-                Operand::Uniform(self.uniform(site, slot)?.expect("present"))
-            }
-        })
-    }
-
-    fn norm(&self, path: &str, dim: usize, eps: f64) -> Result<Norm> {
-        Ok(Norm {
-            gamma: self.t.f32(&format!("{path}.weight"), &[dim])?,
-            beta: self.t.f32(&format!("{path}.bias"), &[dim])?,
-            eps: eps as f32,
-        })
-    }
-
-    fn linear(&self, site: &str, in_f: usize, out_f: usize) -> Result<LinearOp> {
-        let site = SiteId::new(site);
-        let bias = Some(self.t.f32(&format!("{site}.bias"), &[out_f])?);
-        let Some(info) = self.header.weights.get(&site) else {
-            let w = self.t.f32(&format!("{site}.weight"), &[in_f, out_f])?;
-            return LinearOp::float(site, in_f, out_f, w, bias);
-        };
-        if (info.in_features, info.out_features) != (in_f, out_f) {
-            return Err(self.header_error(
-                &format!("weights.{site}"),
-                format!(
-                    "[{}, {}] features, the architecture needs [{in_f}, {out_f}]",
-                    info.in_features, info.out_features
-                ),
-            ));
-        }
-        let bits = BitWidth::new(info.bits)
-            .map_err(|e| self.header_error(&format!("weights.{site}.bits"), e))?;
-        let key = format!("{site}.qweight");
-        let container = mixq_quant_kernels::packing::container_bits(bits) as usize;
-        let row_bytes = (in_f * container).div_ceil(8);
-        let data = self.t.u8(&key, &[out_f, row_bytes])?;
-        let scales = self.t.f32(&format!("{site}.scales"), &[out_f])?;
-        let zps = self.t.i32(&format!("{site}.zero_points"), &[out_f])?;
-        let packed = PackedWeights::from_parts(out_f, in_f, bits, data, scales, zps)
-            .map_err(|e| self.t.error(&key, e))?;
-        let act = self.uniform(&site, Slot::Input)?.ok_or_else(|| {
-            self.header_error(
-                &format!("activations.{site}"),
-                "an integer site needs its Input quantizer",
-            )
-        })?;
-        let w = self.gemm.prepare(packed)?;
-        Ok(LinearOp {
-            site,
-            in_features: in_f,
-            out_features: out_f,
-            kind: LinearKind::Int { w, act },
-            bias,
-        })
-    }
 }
 
 impl VitNet {
@@ -182,35 +92,6 @@ impl VitNet {
     pub fn tensors(&self, t: &mut Tensors) {
         let f32t = |shape: Vec<usize>, v: &[f32]| Stored::F32(shape, v.to_vec());
         let d = self.cfg.embed_dim;
-        let linear = |t: &mut Tensors, op: &LinearOp| {
-            let s = &op.site;
-            if let Some(b) = &op.bias {
-                t.insert(format!("{s}.bias"), f32t(vec![op.out_features], b));
-            }
-            match &op.kind {
-                LinearKind::Int { w, .. } => {
-                    let p = w.packed();
-                    t.insert(
-                        format!("{s}.qweight"),
-                        Stored::U8(vec![p.out_features(), p.row_bytes()], p.data().to_vec()),
-                    );
-                    t.insert(
-                        format!("{s}.scales"),
-                        f32t(vec![p.out_features()], p.scales()),
-                    );
-                    t.insert(
-                        format!("{s}.zero_points"),
-                        Stored::I32(vec![p.out_features()], p.zero_points().to_vec()),
-                    );
-                }
-                LinearKind::F32 { w, .. } => {
-                    t.insert(
-                        format!("{s}.weight"),
-                        f32t(vec![op.in_features, op.out_features], w),
-                    );
-                }
-            }
-        };
         let norm = |t: &mut Tensors, path: &str, n: &Norm| {
             t.insert(
                 format!("{path}.weight"),
@@ -218,7 +99,7 @@ impl VitNet {
             );
             t.insert(format!("{path}.bias"), f32t(vec![n.beta.len()], &n.beta));
         };
-        linear(t, &self.patch);
+        self.patch.store(t);
         t.insert("cls_token", f32t(vec![1, 1, d], &self.cls));
         if let Some(dist) = &self.dist {
             t.insert("dist_token", f32t(vec![1, 1, d], dist));
@@ -231,13 +112,13 @@ impl VitNet {
             norm(t, &format!("blocks.{i}.norm1"), &b.norm1);
             norm(t, &format!("blocks.{i}.norm2"), &b.norm2);
             for op in [&b.qkv, &b.proj, &b.fc1, &b.fc2] {
-                linear(t, op);
+                op.store(t);
             }
         }
         norm(t, "norm", &self.norm);
-        linear(t, &self.head);
+        self.head.store(t);
         if let Some(h) = &self.head_dist {
-            linear(t, h);
+            h.store(t);
         }
     }
 
@@ -426,14 +307,5 @@ impl VitNet {
         }
         pool::give_f32(per_head);
         Ok(merged)
-    }
-}
-
-/// Weight info of a packed site, for the header.
-pub(crate) fn weight_info(p: &PackedWeights) -> WeightInfo {
-    WeightInfo {
-        bits: p.bits().get(),
-        in_features: p.in_features(),
-        out_features: p.out_features(),
     }
 }

@@ -5,7 +5,7 @@
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use mixq_core::{BitPlan, Error};
 use mixq_datasets::Digits;
-use mixq_deploy::IntModel;
+use mixq_deploy::{IntModel, IntSites};
 use mixq_ptq::{PtqConfig, QuantizedModel, SoftmaxMode, quantize, uniform_plan};
 use mixq_quant_kernels::host_values;
 use mixq_sensitivity::argmax;
@@ -197,9 +197,9 @@ fn digits_integer_softmax_and_mixed_bits() {
     check_plan(2, 8, SoftmaxMode::LogSqrt2);
 }
 
-/// A small random distilled DeiT, with the head left out of the plan (f32 site).
-#[test]
-fn distilled_and_float_sites() {
+/// A small random distilled DeiT, quantized at W8A8 with the head and one attention matmul left
+/// out of the plan.
+fn small_distilled() -> (QuantizedModel, Tensor<4>) {
     let device = Device::flex();
     device.seed(3);
     let cfg = VitConfig {
@@ -224,6 +224,13 @@ fn distilled_and_float_sites() {
         .unwrap();
     let calib = Tensor::<4>::random([16, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     let q = quantize(model, calib.clone(), &plan, &PtqConfig::default()).unwrap();
+    (q, calib)
+}
+
+/// A small random distilled DeiT, with the head left out of the plan (f32 site).
+#[test]
+fn distilled_and_float_sites() {
+    let (q, calib) = small_distilled();
     let engine = IntModel::from_quantized(&q).unwrap();
     assert_eq!(engine.num_integer_sites(), 1 + 2 * 4 + 1);
     let fq = host_values(&q.forward(calib.clone())).unwrap();
@@ -235,6 +242,99 @@ fn distilled_and_float_sites() {
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     println!("distilled: max |Δlogits| {max_d:.3e}, max |logit| {max_l:.3}");
     assert!(max_d <= rel_tol(8) * max_l, "{max_d} vs {max_l}");
+}
+
+/// A model's layers on their own (the file of a model whose forward the engine does not know),
+/// read from the model's declaration: every linear/conv site in order, each stored exactly as
+/// the whole model's file stores it (that file's engine follows the fake-quant model, above).
+#[test]
+fn a_models_layers_are_exported_from_its_declaration() {
+    let (q, _) = small_distilled();
+    let layers = IntSites::from_quantized(&q).unwrap();
+    let declared: Vec<String> = q
+        .model
+        .sites()
+        .into_iter()
+        .filter(|s| s.kind.has_weights())
+        .map(|s| s.id.to_string())
+        .collect();
+    let names: Vec<String> = layers.iter().map(|l| l.site().to_string()).collect();
+    assert_eq!(names, declared);
+    assert_eq!(names[0], "patch_embed.proj");
+    for l in layers.iter() {
+        let planned = q.plan.sites.get(l.site()).map(|b| b.w_bits.get());
+        assert_eq!(l.weight_bits(), planned, "{}", l.site());
+    }
+    assert_eq!(layers.get("head").unwrap().weight_bits(), None);
+    assert!(layers.matmul_operands("blocks.0.attn.matmul_qk").is_some());
+    assert!(layers.matmul_operands("blocks.1.attn.matmul_qk").is_none());
+    let err = layers.get("blocks.9.mlp.fc1").unwrap_err().to_string();
+    assert!(
+        err.contains("blocks.9.mlp.fc1") && err.contains("head_dist"),
+        "{err}"
+    );
+
+    // Every tensor and quantizer is the whole model's, bit for bit.
+    let bytes = layers.to_bytes().unwrap();
+    let whole = IntModel::from_quantized(&q).unwrap().to_bytes().unwrap();
+    let (ours, theirs) = (
+        safetensors::SafeTensors::deserialize(&bytes).unwrap(),
+        safetensors::SafeTensors::deserialize(&whole).unwrap(),
+    );
+    assert_eq!(
+        ours.len(),
+        // A bias each; `qweight`, `scales`, `zero_points` per integer site, `weight` per other.
+        2 * names.len() + 2 * layers.header().weights.len()
+    );
+    for (name, t) in ours.tensors() {
+        let w = theirs.tensor(&name).unwrap();
+        assert_eq!((t.shape(), t.data()), (w.shape(), w.data()), "{name}");
+    }
+    let engine = IntModel::from_quantized(&q).unwrap();
+    assert_eq!(layers.header().activations, engine.header().activations);
+    assert_eq!(layers.header().weights, engine.header().weights);
+
+    // Save, load, run: the same layers; each file refuses the other reader by name.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("layers.mixq.safetensors");
+    layers.save(&path).unwrap();
+    let loaded = IntSites::load(&path).unwrap();
+    assert_eq!(loaded.to_bytes().unwrap(), bytes);
+    let x: Vec<f32> = (0..5 * 48)
+        .map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0)
+        .collect();
+    for name in ["blocks.0.attn.qkv", "head"] {
+        assert_eq!(
+            loaded.get(name).unwrap().forward(&x, 5).unwrap(),
+            layers.get(name).unwrap().forward(&x, 5).unwrap()
+        );
+    }
+    let err = IntModel::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("layers.mixq.safetensors") && err.contains("IntSites::load"),
+        "{err}"
+    );
+    let model_path = dir.path().join("model.mixq.safetensors");
+    std::fs::write(&model_path, &whole).unwrap();
+    let err = IntSites::load(&model_path).unwrap_err().to_string();
+    assert!(
+        err.contains("model.mixq.safetensors") && err.contains("IntModel::load"),
+        "{err}"
+    );
+    // A listed layer without its tensors names the tensor.
+    let bad = edit_header(&bytes, |h| {
+        h["layers"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!("ghost"));
+    });
+    let err = IntSites::from_bytes(&bad, "bad.mixq.safetensors")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.mixq.safetensors") && err.contains("tensor 'ghost.weight': missing"),
+        "{err}"
+    );
 }
 
 #[test]
