@@ -2,7 +2,7 @@
 
 use clap::Args;
 use mixq_core::{Result, SiteInfo, summarize_sites};
-use mixq_vit_models::{ModelCard, WtPoseConfig};
+use mixq_vit_models::{ModelRef, WtPoseConfig};
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
@@ -12,10 +12,10 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    if args.model.starts_with("wtpose") {
-        return pose_info(&args.model);
-    }
-    let card = ModelCard::find(&args.model)?;
+    let card = match ModelRef::find(&args.model)? {
+        ModelRef::Card(card) => card,
+        ModelRef::Pose { name, config } => return pose_info(&name, &config),
+    };
     let sites = card.arch.sites();
     println!("{} ({}): {}", card.aliases[0], card.name, card.description);
     println!();
@@ -35,8 +35,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
 }
 
 /// WTPose variants have no model card: the config gives sites, parameters and GFLOPs.
-fn pose_info(name: &str) -> Result<()> {
-    let cfg = WtPoseConfig::variant(name)?;
+fn pose_info(name: &str, cfg: &WtPoseConfig) -> Result<()> {
     let [h, w] = cfg.input_size;
     println!("{name}: WTPose (Swin + waterfall module), {h}x{w} input, 17 heatmaps at stride 4");
     println!();

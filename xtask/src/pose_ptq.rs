@@ -39,7 +39,7 @@ fn plans(args: &PtqArgs) -> Result<PosePlans> {
 }
 
 /// `cargo xtask ptq --model wtpose-*`.
-pub fn run(args: &PtqArgs) -> Result<()> {
+pub fn run(args: &PtqArgs, cfg: WtPoseConfig) -> Result<()> {
     if args.ablation {
         return Err(Error::invalid(
             "--ablation",
@@ -72,7 +72,6 @@ pub fn run(args: &PtqArgs) -> Result<()> {
             "pose models calibrate on crops of --data's training set",
         ));
     }
-    let cfg = WtPoseConfig::variant(&args.model.model)?;
     let weights = args.model.weights.as_ref().ok_or_else(|| {
         Error::invalid(
             "--weights",

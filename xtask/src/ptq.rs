@@ -1,7 +1,7 @@
 //! `cargo xtask ptq`: post-training quantization with a fixed bit plan (or `--plan FILE`),
 //! full precision and quantized side by side, and the run folder with plan, results, report.
 
-use mixq_vit_models::Network;
+use mixq_vit_models::{ModelRef, Network};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -178,7 +178,7 @@ impl PtqArgs {
 }
 
 pub fn run(args: PtqArgs) -> Result<()> {
-    if args.model.model.starts_with("wtpose") {
+    if let ModelRef::Pose { config, .. } = ModelRef::find(&args.model.model)? {
         if args.seeds.len() > 1 {
             return Err(Error::invalid(
                 "--seeds",
@@ -186,7 +186,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
                 "pose models take one calibration seed (--seed)",
             ));
         }
-        return crate::pose_ptq::run(&args);
+        return crate::pose_ptq::run(&args, *config);
     }
     if args.recon.recon {
         // Fails before the minutes of calibration and sweeping.

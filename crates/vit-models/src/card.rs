@@ -9,6 +9,7 @@ use mixq_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ArchConfig;
+use crate::wtpose::{WTPOSE_VARIANTS, WtPoseConfig};
 
 /// Evaluation preprocessing of a model (timm's `pretrained_cfg`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -239,6 +240,52 @@ impl ModelCard {
             .iter()
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
+    }
+}
+
+/// What a `--model` name resolves to where both kinds of model are taken (`ptq`, `info`): a
+/// classifier's or backbone's card, or a WTPose variant, whose configuration is the variant's.
+#[derive(Clone, Debug)]
+pub enum ModelRef {
+    /// A model with a card.
+    Card(Box<ModelCard>),
+    /// A WTPose variant ([`crate::WTPOSE_VARIANTS`]).
+    Pose {
+        /// The variant's name.
+        name: String,
+        /// Its configuration.
+        config: Box<WtPoseConfig>,
+    },
+}
+
+impl ModelRef {
+    /// Resolves `name`: a card's alias or timm name, a `.toml` card file, or a WTPose variant.
+    /// An unknown name is one error listing every name either kind answers to.
+    ///
+    /// ```
+    /// use mixq_vit_models::ModelRef;
+    ///
+    /// assert!(matches!(ModelRef::find("digits-deit")?, ModelRef::Card(_)));
+    /// assert!(matches!(ModelRef::find("wtpose-tiny")?, ModelRef::Pose { .. }));
+    /// let err = ModelRef::find("wtpose-xl").unwrap_err().to_string();
+    /// assert!(err.contains("digits-deit") && err.contains("wtpose-b-384x288"), "{err}");
+    /// # Ok::<(), mixq_core::Error>(())
+    /// ```
+    pub fn find(name: &str) -> Result<Self> {
+        match ModelCard::find(name) {
+            Ok(card) => Ok(ModelRef::Card(Box::new(card))),
+            Err(Error::UnknownModel { name, mut known }) => {
+                if WTPOSE_VARIANTS.iter().any(|(n, _)| *n == name) {
+                    return Ok(ModelRef::Pose {
+                        config: Box::new(WtPoseConfig::variant(&name)?),
+                        name,
+                    });
+                }
+                known.extend(WTPOSE_VARIANTS.iter().map(|(n, _)| n.to_string()));
+                Err(Error::UnknownModel { name, known })
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
