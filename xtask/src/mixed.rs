@@ -335,32 +335,19 @@ pub fn run_mixed(
         )
     };
     let progress = |p: &mixq_qat_trainer::ReconProgress| crate::ptq::recon_progress(&bars, p);
-    let reconstruct = recon.reconstruct(Some(&recon_images), &progress);
-    let quantizer: &dyn mixq_ptq::Quantizer = if recon.recon {
-        for (_, plans) in &mut seeded {
-            for (name, _, _) in &mut plans.plans {
-                name.push_str(" recon");
-            }
+    let method = recon.method(Some(&recon_images), &progress);
+    for (_, plans) in &mut seeded {
+        for (name, _, _) in &mut plans.plans {
+            *name = method.label(name);
         }
-        &reconstruct
-    } else {
-        &mixq_ptq::Calibrate
-    };
+    }
     let describe = eval.describe.clone();
-    let rows = evaluate_plans(
-        &model,
-        &card,
-        &seeded,
-        quantizer,
-        eval,
-        &device,
-        |s, d, t| {
-            bars.lock()
-                .expect("progress bars")
-                .update(crate::ptq::stage_name(s, recon.recon), d, t)
-        },
-    )?;
-    let recon_reports = reconstruct.into_reports();
+    let rows = evaluate_plans(&model, &card, &seeded, &method, eval, &device, |s, d, t| {
+        bars.lock()
+            .expect("progress bars")
+            .update(crate::ptq::stage_name(s, &method), d, t)
+    })?;
+    let recon_reports = method.into_reports();
     let mut bars = bars.into_inner().expect("progress bars");
     bars.finish();
     println!("{}", bars.times_line());

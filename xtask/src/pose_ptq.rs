@@ -104,26 +104,20 @@ pub fn run(args: &PtqArgs, cfg: WtPoseConfig) -> Result<()> {
         flip: !args.no_flip,
     };
     let bars = std::sync::Mutex::new(StageBars::default());
-    let recon = args.recon.recon;
     // Pose models are reconstructed on their calibration crops.
     let progress = |p: &mixq_qat_trainer::ReconProgress| crate::ptq::recon_progress(&bars, p);
-    let reconstruct = args.recon.reconstruct(None, &progress);
-    let quantizer: &dyn mixq_ptq::Quantizer<mixq_vit_models::WtPose> = if recon {
-        &reconstruct
-    } else {
-        &mixq_ptq::Calibrate
-    };
+    let method = args.recon.method(None, &progress);
     let mut out = pose_ptq(
         &model,
         &data,
         data_args.sigma,
         &config,
-        quantizer,
+        &method,
         &device,
         |stage, d, t| {
             let mut bars = bars.lock().expect("progress bars");
             let name = match stage {
-                PoseStage::Calibrate if recon => "reconstruct",
+                PoseStage::Calibrate if method.reconstructs() => "reconstruct",
                 stage => stage.name(),
             };
             bars.update(name, d, t);
@@ -133,10 +127,8 @@ pub fn run(args: &PtqArgs, cfg: WtPoseConfig) -> Result<()> {
         },
     )?;
     bars.lock().expect("progress bars").finish();
-    if recon {
-        for row in out.rows.iter_mut().skip(1) {
-            row.name.push_str(" recon");
-        }
+    for row in out.rows.iter_mut().skip(1) {
+        row.name = method.label(&row.name);
     }
     print!("\n{}", PosePtqRow::markdown(&out.rows));
     let run = RunDir::create(
@@ -154,7 +146,7 @@ pub fn run(args: &PtqArgs, cfg: WtPoseConfig) -> Result<()> {
         weights,
         &crate::common::command_line(),
     )?;
-    crate::ptq::write_recon(&reconstruct.into_reports(), &run)?;
+    crate::ptq::write_recon(&method.into_reports(), &run)?;
     let path = run.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())

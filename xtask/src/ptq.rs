@@ -1,6 +1,7 @@
 //! `cargo xtask ptq`: post-training quantization with a fixed bit plan (or `--plan FILE`),
 //! full precision and quantized side by side, and the run folder with plan, results, report.
 
+use mixq_qat_trainer::PtqMethod;
 use mixq_vit_models::{ModelRef, Network};
 use std::path::{Path, PathBuf};
 
@@ -92,19 +93,23 @@ pub struct ReconArgs {
 }
 
 impl ReconArgs {
-    /// Block reconstruction as a PTQ table's quantizer: `images` gives a seed's reconstruction
-    /// images (`None`: the calibration images), `progress` every step.
-    pub fn reconstruct<'a>(
+    /// How the table's models are made: calibration, or with `--recon` block reconstruction
+    /// (`images` gives a seed's reconstruction images, `None`: the calibration images;
+    /// `progress` every step).
+    pub fn method<'a>(
         &self,
         images: Option<&'a (dyn Fn(u64) -> Result<burn::tensor::Tensor<4>> + Sync)>,
         progress: &'a (dyn Fn(&mixq_qat_trainer::ReconProgress) + Sync),
-    ) -> mixq_qat_trainer::Reconstruct<'a> {
-        mixq_qat_trainer::Reconstruct {
+    ) -> PtqMethod<'a> {
+        if !self.recon {
+            return PtqMethod::Calibrate;
+        }
+        PtqMethod::Reconstruct(mixq_qat_trainer::Reconstruct {
             config: self.config(),
             images,
             progress,
             reports: Default::default(),
-        }
+        })
     }
 
     /// The library's hyper-parameters (`seed` is each calibration seed's).
@@ -238,20 +243,6 @@ pub fn run(args: PtqArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
-    // Reconstructed rows say so.
-    let plans: Vec<(String, BitPlan)> = plans
-        .into_iter()
-        .map(|(l, p)| {
-            (
-                if args.recon.recon {
-                    format!("{l} recon")
-                } else {
-                    l
-                },
-                p,
-            )
-        })
-        .collect();
     let grid = if args.ablation {
         ablation_grid()
     } else {
@@ -268,48 +259,47 @@ pub fn run(args: PtqArgs) -> Result<()> {
             "no --calib-data: calibrating on a seeded sample of --data (evaluation images)"
         );
     }
-    let config = PtqTableConfig {
-        plans,
-        grid,
-        seeds,
-        calib: args.calibration.calib,
-        calib_data: args
-            .calibration
-            .calib_data
-            .clone()
-            .or(args.eval_data.data.clone()),
-    };
+    let calib_data = args
+        .calibration
+        .calib_data
+        .clone()
+        .or(args.eval_data.data.clone());
     let bars = std::sync::Mutex::new(StageBars::default());
     let recon_images = |seed: u64| {
         calibration_images(
             &card.data_spec(),
-            config.calib_data.as_deref(),
+            calib_data.as_deref(),
             args.recon.recon_images,
             seed,
             &device,
         )
     };
     let progress = |p: &mixq_qat_trainer::ReconProgress| recon_progress(&bars, p);
-    let reconstruct = args.recon.reconstruct(Some(&recon_images), &progress);
-    let quantizer: &dyn mixq_ptq::Quantizer = if args.recon.recon {
-        &reconstruct
-    } else {
-        &mixq_ptq::Calibrate
+    let method = args.recon.method(Some(&recon_images), &progress);
+    let config = PtqTableConfig {
+        plans: plans
+            .into_iter()
+            .map(|(label, plan)| (method.label(&label), plan))
+            .collect(),
+        grid,
+        seeds,
+        calib: args.calibration.calib,
+        calib_data: calib_data.clone(),
     };
     let results = ptq_table(
         &model,
         &card,
         &config,
-        quantizer,
+        &method,
         data,
         &device,
         |stage, d, t| {
             bars.lock()
                 .expect("progress bars")
-                .update(stage_name(stage, args.recon.recon), d, t)
+                .update(stage_name(stage, &method), d, t)
         },
     )?;
-    let recon_reports = reconstruct.into_reports();
+    let recon_reports = method.into_reports();
     let mut bars = bars.into_inner().expect("progress bars");
     bars.finish();
     println!("{}", bars.times_line());
@@ -341,9 +331,9 @@ pub fn recon_progress(bars: &std::sync::Mutex<StageBars>, p: &mixq_qat_trainer::
 
 /// How a PTQ table's stage is named on its bar: with `--recon` the quantizing stage is the
 /// reconstruction.
-pub fn stage_name(stage: mixq_ptq::PtqStage, recon: bool) -> &'static str {
+pub fn stage_name(stage: mixq_ptq::PtqStage, method: &PtqMethod) -> &'static str {
     match stage {
-        mixq_ptq::PtqStage::Calibrate if recon => "reconstruct",
+        mixq_ptq::PtqStage::Calibrate if method.reconstructs() => "reconstruct",
         _ => stage.name(),
     }
 }

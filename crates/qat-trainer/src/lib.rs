@@ -74,8 +74,8 @@ pub use lsq::{
 };
 pub use pose::{PoseTrainConfig, PoseTrainHistory, PoseTrainProgress, heatmap_loss, train_pose};
 pub use recon::{
-    BlockRecon, ReconConfig, ReconLoss, ReconProgress, ReconReport, Reconstruct, Reconstruction,
-    reconstruct,
+    BlockRecon, PtqMethod, ReconConfig, ReconLoss, ReconProgress, ReconReport, Reconstruct,
+    Reconstruction, reconstruct,
 };
 pub use report::{PoseTrainResults, QatReportContext, QatResults, TrainResults};
 pub use schedule::{cosine_with_warmup, default_warmup};

@@ -835,6 +835,66 @@ impl ReconReport {
     }
 }
 
+/// How the models of a PTQ table are made: calibration alone, or calibration followed by block
+/// reconstruction. The choice every `ptq` run makes (uniform bits, `--mixed`, pose models), with
+/// what follows from it: the rows' labels and the reconstruction reports.
+pub enum PtqMethod<'a> {
+    /// [`mixq_ptq::Calibrate`].
+    Calibrate,
+    /// [`Reconstruct`].
+    Reconstruct(Reconstruct<'a>),
+}
+
+impl PtqMethod<'_> {
+    /// Whether the models are block-reconstructed.
+    pub fn reconstructs(&self) -> bool {
+        matches!(self, PtqMethod::Reconstruct(_))
+    }
+
+    /// A row's label as this method's rows read: reconstructed rows say so (`W4A4 recon`).
+    pub fn label(&self, base: &str) -> String {
+        match self {
+            PtqMethod::Calibrate => base.to_string(),
+            PtqMethod::Reconstruct(_) => format!("{base} recon"),
+        }
+    }
+
+    /// What every reconstruction reported, in the order of the jobs (none for calibration).
+    pub fn into_reports(self) -> Vec<ReconReport> {
+        match self {
+            PtqMethod::Calibrate => Vec::new(),
+            PtqMethod::Reconstruct(r) => r.into_reports(),
+        }
+    }
+}
+
+impl<N: Network + Module> mixq_ptq::Quantizer<N> for PtqMethod<'_> {
+    fn quantize(
+        &self,
+        model: &N,
+        seed: u64,
+        calib: Tensor<4>,
+        variant: &mixq_ptq::Variant,
+    ) -> Result<QuantizedModel<N>> {
+        match self {
+            PtqMethod::Calibrate => mixq_ptq::Calibrate.quantize(model, seed, calib, variant),
+            PtqMethod::Reconstruct(r) => r.quantize(model, seed, calib, variant),
+        }
+    }
+
+    fn quantize_all(
+        &self,
+        model: &N,
+        jobs: &[mixq_ptq::QuantizeJob<'_>],
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<QuantizedModel<N>>> {
+        match self {
+            PtqMethod::Calibrate => mixq_ptq::Calibrate.quantize_all(model, jobs, done),
+            PtqMethod::Reconstruct(r) => r.quantize_all(model, jobs, done),
+        }
+    }
+}
+
 /// [`reconstruct`] as a [`mixq_ptq::Quantizer`], so PTQ tables (`ptq_table`) can compare
 /// reconstructed variants: PTQ on each seed's calibration images, then block reconstruction on
 /// `images(seed)` with the batch order seeded by the calibration seed. Variants are
