@@ -69,8 +69,18 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The card of a classifier or backbone; a pose model's card is refused by name (only
+    /// `ptq` and `pose` take those, through [`ModelCard::find`]).
     pub fn card(&self) -> Result<ModelCard> {
-        ModelCard::find(&self.model)
+        let card = ModelCard::find(&self.model)?;
+        if card.arch.pose().is_some() {
+            return Err(mixq_core::Error::invalid(
+                "--model",
+                &self.model,
+                "is a pose model: `cargo xtask pose train|eval` and `cargo xtask ptq` take it",
+            ));
+        }
+        Ok(card)
     }
 
     /// Where the weights come from, as the library takes it.

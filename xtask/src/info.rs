@@ -2,7 +2,7 @@
 
 use clap::Args;
 use mixq_core::{Result, SiteInfo, summarize_sites};
-use mixq_vit_models::{ModelRef, WtPoseConfig};
+use mixq_vit_models::{ModelCard, WtPoseConfig};
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
@@ -12,10 +12,10 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    let card = match ModelRef::find(&args.model)? {
-        ModelRef::Card(card) => card,
-        ModelRef::Pose { name, config } => return pose_info(&name, &config),
-    };
+    let card = ModelCard::find(&args.model)?;
+    if let Some(config) = card.arch.pose() {
+        return pose_info(&card.aliases[0], config);
+    }
     let sites = card.arch.sites();
     println!("{} ({}): {}", card.aliases[0], card.name, card.description);
     println!();
@@ -34,7 +34,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     Ok(())
 }
 
-/// WTPose variants have no model card: the config gives sites, parameters and GFLOPs.
+/// A pose model: its config gives sites, parameters and GFLOPs (mmpose's count).
 fn pose_info(name: &str, cfg: &WtPoseConfig) -> Result<()> {
     let [h, w] = cfg.input_size;
     println!("{name}: WTPose (Swin + waterfall module), {h}x{w} input, 17 heatmaps at stride 4");

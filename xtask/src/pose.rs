@@ -12,7 +12,7 @@ use mixq_core::{Error, Result};
 use mixq_datasets::{CocoKeypoints, PoseData, PoseDataConfig, topdown_dataset};
 use mixq_ptq::pose::{PoseEval, evaluate_pose, skeleton_pictures};
 use mixq_qat_trainer::{PoseTrainConfig, PoseTrainProgress, PoseTrainResults, train_pose};
-use mixq_vit_models::{NoHook, WtPoseConfig};
+use mixq_vit_models::{ModelCard, NoHook, WtPoseConfig};
 
 use crate::common::{DeviceName, progress};
 
@@ -62,7 +62,8 @@ impl DataArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// wtpose-tiny, wtpose-t, wtpose-b, wtpose-l (+ -384x288).
+    /// A pose model's card: wtpose-tiny, wtpose-t, wtpose-b, wtpose-l (+ -384x288), or a
+    /// card .toml file.
     #[arg(long, default_value = "wtpose-tiny")]
     pub model: String,
     #[command(flatten)]
@@ -96,9 +97,10 @@ pub struct TrainArgs {
 pub struct EvalArgs {
     #[arg(long, default_value = "wtpose-tiny")]
     pub model: String,
-    /// A checkpoint written by `pose train` (model.safetensors in its run folder).
+    /// A checkpoint written by `pose train` (model.safetensors in its run folder); default: the
+    /// card's shipped checkpoint (wtpose-tiny).
     #[arg(long)]
-    pub checkpoint: PathBuf,
+    pub checkpoint: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Seed of the synthetic set (the held-out set uses seed + 1).
@@ -169,10 +171,11 @@ fn train(args: TrainArgs) -> Result<()> {
         seed: args.seed,
     };
     config.validate()?;
-    let cfg = WtPoseConfig::variant(&args.model)?;
+    let (card, cfg) = pose_card(&args.model)?;
+    let model_name = &card.aliases[0];
     let name = match &args.init {
-        Some(_) => format!("pose-{}-s{}-continued", args.model, args.seed),
-        None => format!("pose-{}-s{}", args.model, args.seed),
+        Some(_) => format!("pose-{model_name}-s{}-continued", args.seed),
+        None => format!("pose-{model_name}-s{}", args.seed),
     };
     let dir = run_dir(&args.runs, name)?;
     let data = open_data(&args.data, args.seed, &args.runs)?;
@@ -217,7 +220,7 @@ fn train(args: TrainArgs) -> Result<()> {
     )?;
     skeleton_pictures(&data.val, &predictions, 8, &dir.join("skeletons.png"))?;
     let report = PoseTrainResults {
-        model: &args.model,
+        model: model_name,
         config: &cfg,
         params: cfg.num_params(),
         gflops: cfg.gflops(),
@@ -243,16 +246,28 @@ fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// A pose model's card and its configuration.
+fn pose_card(model: &str) -> Result<(ModelCard, WtPoseConfig)> {
+    let card = ModelCard::find(model)?;
+    let config = card
+        .arch
+        .pose()
+        .cloned()
+        .ok_or_else(|| Error::invalid("--model", model, "is not a pose model (WTPose)"))?;
+    Ok((card, config))
+}
+
 fn eval(args: EvalArgs) -> Result<()> {
-    let cfg = WtPoseConfig::variant(&args.model)?;
+    let (card, cfg) = pose_card(&args.model)?;
     let dir = run_dir(
         &args.runs,
-        format!("pose-eval-{}-s{}", args.model, args.seed),
+        format!("pose-eval-{}-s{}", card.aliases[0], args.seed),
     )?;
     let data = open_data(&args.data, args.seed, &args.runs)?;
     let val_set = topdown_dataset(&data.val, &cfg.topdown(args.data.sigma))?;
     let device = args.device.device()?;
-    let mut model = cfg.init(&device)?.load_safetensors(&args.checkpoint)?;
+    let mut model = card.load_pose(args.checkpoint.as_deref(), &device)?;
+    let checkpoint = args.checkpoint.clone().or_else(|| card.shipped_path());
     if args.fold_bn {
         model = model.fold_batch_norm();
     }
@@ -272,11 +287,11 @@ fn eval(args: EvalArgs) -> Result<()> {
     )?;
     let md = format!(
         "# pose eval {}\n\n{}; checkpoint {}; {:.1} s\n\n{}",
-        args.model,
+        card.aliases[0],
         data.description,
-        args.checkpoint.display(),
+        checkpoint.unwrap_or_default().display(),
         result.seconds,
-        PoseEval::markdown(&[(args.model.clone(), &result)])
+        PoseEval::markdown(&[(card.aliases[0].clone(), &result)])
     );
     write(&dir.join("results.md"), &md)?;
     println!("{md}");

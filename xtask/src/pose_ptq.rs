@@ -11,7 +11,7 @@
 
 use mixq_core::{BitPlan, Error, Result, RunDir};
 use mixq_ptq::pose::{PosePlans, PosePtqConfig, PosePtqRow, PoseStage, pose_ptq};
-use mixq_vit_models::WtPoseConfig;
+use mixq_vit_models::ModelCard;
 
 use crate::common::StageBars;
 use crate::pose::{DataArgs, open_data};
@@ -39,7 +39,7 @@ fn plans(args: &PtqArgs) -> Result<PosePlans> {
 }
 
 /// `cargo xtask ptq --model wtpose-*`.
-pub fn run(args: &PtqArgs, cfg: WtPoseConfig) -> Result<()> {
+pub fn run(args: &PtqArgs, card: &ModelCard) -> Result<()> {
     if args.ablation {
         return Err(Error::invalid(
             "--ablation",
@@ -72,20 +72,18 @@ pub fn run(args: &PtqArgs, cfg: WtPoseConfig) -> Result<()> {
             "pose models calibrate on crops of --data's training set",
         ));
     }
-    let weights = args.model.weights.as_ref().ok_or_else(|| {
-        Error::invalid(
-            "--weights",
-            "(none)",
-            "pose models need a checkpoint: the model.safetensors of a `pose train` run",
-        )
-    })?;
     let device = args.model.device.device()?;
     let seed = args.model.seed;
     // Deployed pose models run with BatchNorm folded: quantize those weights.
-    let model = cfg
-        .init(&device)?
-        .load_safetensors(weights)?
+    let model = card
+        .load_pose(args.model.weights.as_deref(), &device)?
         .fold_batch_norm();
+    let weights = args
+        .model
+        .weights
+        .clone()
+        .or_else(|| card.shipped_path())
+        .unwrap_or_default();
 
     let data_args = DataArgs {
         data: args.eval_data.data.clone(),
@@ -143,7 +141,7 @@ pub fn run(args: &PtqArgs, cfg: WtPoseConfig) -> Result<()> {
         &run,
         &config,
         &data,
-        weights,
+        &weights,
         &crate::common::command_line(),
     )?;
     crate::ptq::write_recon(&method.into_reports(), &run)?;

@@ -2,7 +2,7 @@
 //! full precision and quantized side by side, and the run folder with plan, results, report.
 
 use mixq_qat_trainer::PtqMethod;
-use mixq_vit_models::{ModelRef, Network};
+use mixq_vit_models::{ModelCard, Network};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -183,7 +183,8 @@ impl PtqArgs {
 }
 
 pub fn run(args: PtqArgs) -> Result<()> {
-    if let ModelRef::Pose { config, .. } = ModelRef::find(&args.model.model)? {
+    let card = ModelCard::find(&args.model.model)?;
+    if card.arch.pose().is_some() {
         if args.seeds.len() > 1 {
             return Err(Error::invalid(
                 "--seeds",
@@ -191,7 +192,7 @@ pub fn run(args: PtqArgs) -> Result<()> {
                 "pose models take one calibration seed (--seed)",
             ));
         }
-        return crate::pose_ptq::run(&args, *config);
+        return crate::pose_ptq::run(&args, &card);
     }
     if args.recon.recon {
         // Fails before the minutes of calibration and sweeping.
@@ -222,7 +223,6 @@ pub fn run(args: PtqArgs) -> Result<()> {
             &args.runs,
         );
     }
-    let card = args.model.card()?;
     // Bad evaluation data fails before the minutes of calibration.
     let data = args.eval_data.open(&card)?;
     let device = args.model.device.device()?;

@@ -166,6 +166,11 @@ fn unsupported(arch: &ArchConfig) -> Option<Error> {
             "swin",
             "the integer engine runs ViT/DeiT models; Swin is not supported yet",
         )),
+        ArchConfig::WtPose(_) => Some(Error::invalid(
+            "arch",
+            "wtpose",
+            "the integer engine runs ViT/DeiT models; WTPose is not supported yet",
+        )),
     }
 }
 
@@ -233,7 +238,7 @@ impl IntModel {
         }
         let net = match &arch {
             ArchConfig::Vit(cfg) => Net::Vit(Box::new(VitNet::build(cfg, &header, t, gemm)?)),
-            ArchConfig::Swin(_) => unreachable!("checked above"),
+            ArchConfig::Swin(_) | ArchConfig::WtPose(_) => unreachable!("checked above"),
         };
         Ok(IntModel {
             header,

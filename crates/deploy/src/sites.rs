@@ -442,6 +442,7 @@ impl IntSites {
                     match arch {
                         ArchConfig::Vit(_) => "ViT/DeiT",
                         ArchConfig::Swin(_) => "Swin",
+                        ArchConfig::WtPose(_) => "WTPose",
                     }
                 ),
             ));

@@ -9,7 +9,6 @@ use mixq_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ArchConfig;
-use crate::wtpose::{WTPOSE_VARIANTS, WtPoseConfig};
 
 /// Evaluation preprocessing of a model (timm's `pretrained_cfg`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -160,6 +159,34 @@ const BUILTIN: &[(&str, &str)] = &[
         "mnist-deit.toml",
         include_str!("../../../models/mnist-deit.toml"),
     ),
+    (
+        "wtpose-tiny.toml",
+        include_str!("../../../models/wtpose-tiny.toml"),
+    ),
+    (
+        "wtpose-t.toml",
+        include_str!("../../../models/wtpose-t.toml"),
+    ),
+    (
+        "wtpose-b.toml",
+        include_str!("../../../models/wtpose-b.toml"),
+    ),
+    (
+        "wtpose-l.toml",
+        include_str!("../../../models/wtpose-l.toml"),
+    ),
+    (
+        "wtpose-t-384x288.toml",
+        include_str!("../../../models/wtpose-t-384x288.toml"),
+    ),
+    (
+        "wtpose-b-384x288.toml",
+        include_str!("../../../models/wtpose-b-384x288.toml"),
+    ),
+    (
+        "wtpose-l-384x288.toml",
+        include_str!("../../../models/wtpose-l-384x288.toml"),
+    ),
 ];
 
 impl ModelCard {
@@ -191,6 +218,22 @@ impl ModelCard {
                 origin.as_ref(),
                 format!("preprocess mean/std need {channels} values (one per input channel)"),
             ));
+        }
+        if let Some(pose) = card.arch.pose() {
+            // The top-down crops are normalised as mmpose does; the card records it.
+            let crops = mixq_datasets::pose_transform::Normalize::default();
+            let pre = &card.preprocess;
+            if pre.img_size != pose.input_size[0] || pre.mean != crops.mean || pre.std != crops.std
+            {
+                return Err(Error::parse(
+                    origin.as_ref(),
+                    format!(
+                        "a pose card's preprocess is its crops': img_size = {} (the input \
+                         height), mean = {:?}, std = {:?}",
+                        pose.input_size[0], crops.mean, crops.std
+                    ),
+                ));
+            }
         }
         Ok(card)
     }
@@ -234,58 +277,42 @@ impl ModelCard {
         self.shipped.as_ref().map(|f| models_dir().join(f))
     }
 
+    /// A pose model with its checkpoint (`weights`, else the card's shipped one) on `device`.
+    /// Errors name the card when it is not a pose model, and `--weights` when there is no
+    /// checkpoint.
+    pub fn load_pose(
+        &self,
+        weights: Option<&Path>,
+        device: &burn::tensor::Device,
+    ) -> Result<crate::WtPose> {
+        let name = &self.aliases[0];
+        let config = self
+            .arch
+            .pose()
+            .ok_or_else(|| Error::invalid("--model", name, "is not a pose model (WTPose)"))?;
+        let path = match (weights, self.shipped_path()) {
+            (Some(path), _) => path.to_path_buf(),
+            (None, Some(path)) if path.exists() => path,
+            _ => {
+                return Err(Error::invalid(
+                    "--weights",
+                    "(none)",
+                    format!(
+                        "pose model '{name}' has no shipped checkpoint: pass the \
+                         model.safetensors of a `pose train` run"
+                    ),
+                ));
+            }
+        };
+        config.init(device)?.load_safetensors(path)
+    }
+
     /// A weights file inside a folder, trying `weight_files` in order.
     pub fn weights_in_folder(&self, dir: &Path) -> Option<PathBuf> {
         self.weight_files
             .iter()
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
-    }
-}
-
-/// What a `--model` name resolves to where both kinds of model are taken (`ptq`, `info`): a
-/// classifier's or backbone's card, or a WTPose variant, whose configuration is the variant's.
-#[derive(Clone, Debug)]
-pub enum ModelRef {
-    /// A model with a card.
-    Card(Box<ModelCard>),
-    /// A WTPose variant ([`crate::WTPOSE_VARIANTS`]).
-    Pose {
-        /// The variant's name.
-        name: String,
-        /// Its configuration.
-        config: Box<WtPoseConfig>,
-    },
-}
-
-impl ModelRef {
-    /// Resolves `name`: a card's alias or timm name, a `.toml` card file, or a WTPose variant.
-    /// An unknown name is one error listing every name either kind answers to.
-    ///
-    /// ```
-    /// use mixq_vit_models::ModelRef;
-    ///
-    /// assert!(matches!(ModelRef::find("digits-deit")?, ModelRef::Card(_)));
-    /// assert!(matches!(ModelRef::find("wtpose-tiny")?, ModelRef::Pose { .. }));
-    /// let err = ModelRef::find("wtpose-xl").unwrap_err().to_string();
-    /// assert!(err.contains("digits-deit") && err.contains("wtpose-b-384x288"), "{err}");
-    /// # Ok::<(), mixq_core::Error>(())
-    /// ```
-    pub fn find(name: &str) -> Result<Self> {
-        match ModelCard::find(name) {
-            Ok(card) => Ok(ModelRef::Card(Box::new(card))),
-            Err(Error::UnknownModel { name, mut known }) => {
-                if WTPOSE_VARIANTS.iter().any(|(n, _)| *n == name) {
-                    return Ok(ModelRef::Pose {
-                        config: Box::new(WtPoseConfig::variant(&name)?),
-                        name,
-                    });
-                }
-                known.extend(WTPOSE_VARIANTS.iter().map(|(n, _)| n.to_string()));
-                Err(Error::UnknownModel { name, known })
-            }
-            Err(e) => Err(e),
-        }
     }
 }
 
@@ -330,5 +357,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("mine.toml"), "{err}");
+    }
+
+    /// Pose models have cards like every model: the small one is the code's `tiny()` (the
+    /// shipped checkpoint's config), the paper's variants are checked against the paper's
+    /// parameter counts and GFLOPs in tests/wtpose.rs.
+    #[test]
+    fn pose_models_have_cards() {
+        let tiny = ModelCard::find("wtpose-tiny").unwrap();
+        assert_eq!(tiny.arch.pose(), Some(&crate::WtPoseConfig::tiny()));
+        assert!(tiny.shipped_path().unwrap().is_file());
+        assert_eq!(tiny.arch.num_classes(), 0);
+        for (name, _) in crate::WTPOSE_VARIANTS {
+            let card = ModelCard::find(name).unwrap();
+            let pose = card.arch.pose().unwrap();
+            assert_eq!(card.preprocess.img_size, pose.input_size[0], "{name}");
+            // A pose card is not a classifier: building it as one is one clear error.
+            let err = card
+                .arch
+                .init(&burn::tensor::Device::flex())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("WtPose"), "{err}");
+        }
+        assert_eq!(
+            ModelCard::find("wtpose-b-384x288")
+                .unwrap()
+                .arch
+                .pose()
+                .unwrap()
+                .input_size,
+            [384, 288]
+        );
+        // Its preprocess must be what the crops get.
+        let text = include_str!("../../../models/wtpose-t.toml").replace("0.485,", "0.5,");
+        let err = ModelCard::from_toml(&text, "mine.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mine.toml") && err.contains("mean"), "{err}");
+        // A classifier's card is not a pose model.
+        let err = ModelCard::find("digits-deit")
+            .unwrap()
+            .load_pose(None, &burn::tensor::Device::flex())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("digits-deit") && err.contains("not a pose model"),
+            "{err}"
+        );
     }
 }

@@ -37,7 +37,7 @@ pub mod vit;
 pub mod weights;
 pub mod wtpose;
 
-pub use card::{ModelCard, ModelRef, Preprocess, TrainRecipe, models_dir};
+pub use card::{ModelCard, Preprocess, TrainRecipe, models_dir};
 pub use explain::{
     ExplainOptions, Explanation, SiteRelevance, Target, contribution_scores,
     contribution_scores_with, object_shares,

@@ -10,6 +10,7 @@ use crate::layers::{Conv2d, LayerNorm, Linear};
 use crate::network::{Boundary, Network, OutputKind};
 use crate::swin::{SwinConfig, SwinTransformer};
 use crate::vit::{VisionTransformer, VitConfig};
+use crate::wtpose::WtPoseConfig;
 
 /// Architecture of any supported model, tagged by family in TOML (`family = "vit"`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,6 +20,11 @@ pub enum ArchConfig {
     Vit(VitConfig),
     /// Swin.
     Swin(SwinConfig),
+    /// WTPose (pose estimation: heatmaps, not classes). Its card resolves it like any model's;
+    /// it is built as a [`WtPose`](crate::WtPose) ([`ModelCard::load_pose`](crate::ModelCard::load_pose)), not
+    /// as a [`Model`].
+    #[serde(rename = "wtpose")]
+    WtPose(WtPoseConfig),
 }
 
 /// Runs `init` right after seeding `device`'s generator with `seed` and draws every parameter
@@ -52,6 +58,7 @@ impl ArchConfig {
         match self {
             ArchConfig::Vit(c) => c.validate(),
             ArchConfig::Swin(c) => c.validate(),
+            ArchConfig::WtPose(c) => c.validate(),
         }
     }
 
@@ -66,6 +73,7 @@ impl ArchConfig {
         Ok(match self {
             ArchConfig::Vit(c) => Model::Vit(c.init(device)?),
             ArchConfig::Swin(c) => Model::Swin(c.init(device)?),
+            ArchConfig::WtPose(_) => return Err(not_a_classifier()),
         })
     }
 
@@ -74,14 +82,17 @@ impl ArchConfig {
         match self {
             ArchConfig::Vit(c) => c.sites(),
             ArchConfig::Swin(c) => c.sites(),
+            ArchConfig::WtPose(c) => c.sites(),
         }
     }
 
-    /// Side of the square input.
+    /// Side of the square input (a pose model's input height; its width:
+    /// [`WtPoseConfig::input_size`]).
     pub fn img_size(&self) -> usize {
         match self {
             ArchConfig::Vit(c) => c.img_size,
             ArchConfig::Swin(c) => c.img_size,
+            ArchConfig::WtPose(c) => c.input_size[0],
         }
     }
 
@@ -90,16 +101,36 @@ impl ArchConfig {
         match self {
             ArchConfig::Vit(c) => c.in_chans,
             ArchConfig::Swin(c) => c.in_chans,
+            ArchConfig::WtPose(c) => c.in_chans,
         }
     }
 
-    /// Classes of the classifier head.
+    /// Classes of the classifier head (0: a backbone or a pose model).
     pub fn num_classes(&self) -> usize {
         match self {
             ArchConfig::Vit(c) => c.num_classes,
             ArchConfig::Swin(c) => c.num_classes,
+            ArchConfig::WtPose(_) => 0,
         }
     }
+
+    /// The configuration of a pose model (`None` for classifiers and backbones).
+    pub fn pose(&self) -> Option<&WtPoseConfig> {
+        match self {
+            ArchConfig::WtPose(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// Why a pose architecture is not built as a [`Model`].
+fn not_a_classifier() -> mixq_core::Error {
+    mixq_core::Error::invalid(
+        "arch.family",
+        "wtpose",
+        "a pose model is built as a WtPose (ModelCard::load_pose); `cargo xtask pose` and \
+         `cargo xtask ptq` take it",
+    )
 }
 
 /// `$body` with `$m` bound to the family's model, whichever family `$model` holds.

@@ -113,53 +113,22 @@ pub const WTPOSE_VARIANTS: [(&str, Option<(f64, f64)>); 7] = [
 ];
 
 impl WtPoseConfig {
-    /// A named variant: `wtpose-tiny`, `wtpose-{t,b,l}` (256x192) and `wtpose-{t,b,l}-384x288`.
-    /// T/B/L follow the authors' configs: Swin-T/B/L widths and depths with heads (4, 8, 16, 32)
-    /// and window 7, waterfall 128 wide with 8 heads, kernel 7, dilations (2, 4, 6, 8).
+    /// A named variant, from its model card (models/wtpose-*.toml): `wtpose-tiny`,
+    /// `wtpose-{t,b,l}` (256x192) and `wtpose-{t,b,l}-384x288`. T/B/L follow the authors'
+    /// configs: Swin-T/B/L widths and depths with heads (4, 8, 16, 32) and window 7, waterfall
+    /// 128 wide with 8 heads, kernel 7, dilations (2, 4, 6, 8).
     pub fn variant(name: &str) -> Result<Self> {
-        let (base, size) = match name.strip_suffix("-384x288") {
-            Some(base) => (base, [384, 288]),
-            None => (name, [256, 192]),
-        };
-        let paper = |embed_dim: usize, depths: Vec<usize>| WtPoseConfig {
-            input_size: size,
-            in_chans: 3,
-            stem_channels: 64,
-            res_blocks: 3,
-            res_planes: 64,
-            embed_dim,
-            depths,
-            num_heads: vec![4, 8, 16, 32],
-            window_size: 7,
-            mlp_ratio: 4.0,
-            wtm_dim: 128,
-            wtm_out_dim: 128,
-            wtm_heads: 8,
-            wtm_kernel: 7,
-            wtm_dilations: vec![2, 4, 6, 8],
-            wtm_low_dim: 32,
-            layer_scale: Some(1e-5),
-            num_keypoints: 17,
-            norm_eps: 1e-5,
-        };
-        let cfg = match base {
-            "wtpose-t" => paper(96, vec![2, 2, 6, 2]),
-            "wtpose-b" => paper(128, vec![2, 2, 18, 2]),
-            "wtpose-l" => paper(192, vec![2, 2, 18, 2]),
-            "wtpose-tiny" if name == base => WtPoseConfig::tiny(),
-            _ => {
-                return Err(Error::invalid(
-                    "model",
-                    name,
-                    format!(
-                        "known WTPose variants: {}",
-                        WTPOSE_VARIANTS.map(|(n, _)| n).join(", ")
-                    ),
-                ));
-            }
-        };
-        cfg.validate()?;
-        Ok(cfg)
+        let card = crate::ModelCard::find(name)?;
+        card.arch.pose().cloned().ok_or_else(|| {
+            Error::invalid(
+                "model",
+                name,
+                format!(
+                    "is not a pose model; known WTPose variants: {}",
+                    WTPOSE_VARIANTS.map(|(n, _)| n).join(", ")
+                ),
+            )
+        })
     }
 
     /// A small WTPose for CPU training on the synthetic set: 128x96 input, every stage of
