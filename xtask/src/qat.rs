@@ -77,7 +77,6 @@ pub struct QatArgs {
 pub fn run(args: QatArgs) -> Result<()> {
     let card = args.model.card()?;
     let data = classification_data(&card.data_spec(), args.data.as_deref(), "qat")?;
-    let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
     let config = QatConfig {
         epochs: args.epochs,
         batch: args.batch,
@@ -88,7 +87,7 @@ pub fn run(args: QatArgs) -> Result<()> {
         kd_temperature: args.kd_temperature,
         seed: args.model.seed,
         shift: args.shift,
-        shift_fill: (0.0 - mean) / std,
+        shift_fill: card.preprocess.black_level(),
     };
     config.validate()?;
     let splits = TrainingSplits::new(&data, &card, args.limit, args.eval)?;

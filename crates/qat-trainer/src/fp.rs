@@ -122,7 +122,6 @@ impl FpConfig {
         overrides: &RecipeOverrides,
     ) -> Result<Self> {
         let recipe = train_recipe(card)?;
-        let (mean, std) = (card.preprocess.mean[0], card.preprocess.std[0]);
         let flips_ok = data.dataset.is_some_and(|d| d.flips_keep_class());
         let config = FpConfig {
             epochs: overrides.epochs.unwrap_or(recipe.epochs),
@@ -131,7 +130,7 @@ impl FpConfig {
             weight_decay: overrides.weight_decay.unwrap_or(recipe.weight_decay),
             seed,
             shift: overrides.pad.unwrap_or(recipe.pad),
-            shift_fill: (0.0 - mean) / std,
+            shift_fill: card.preprocess.black_level(),
             hflip: recipe.hflip && flips_ok && !overrides.no_flip,
             label_smoothing: overrides.label_smoothing.unwrap_or(recipe.label_smoothing),
             workers: overrides.workers.unwrap_or(recipe.workers),

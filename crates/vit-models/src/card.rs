@@ -25,6 +25,12 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
+    /// A black pixel after normalisation (first channel): what a shifted image's uncovered
+    /// border is filled with, as torchvision's `RandomCrop(padding)` pads before normalising.
+    pub fn black_level(&self) -> f32 {
+        (0.0 - self.mean[0]) / self.std[0]
+    }
+
     /// One normalised `[c, h, w]` image back to `[0, 1]` intensities, averaged over the
     /// channels: `[h * w]` (what relevance maps are drawn over and compared with).
     pub fn intensities(&self, normalised: &[f32], channels: usize) -> Vec<f32> {
