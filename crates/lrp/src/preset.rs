@@ -122,22 +122,36 @@ impl Rules {
         }
     }
 
-    /// A linear layer `x @ W + b` (`W` as `[in, out]`).
+    /// A linear layer `x @ W + b` (`W` as `[in, out]`), on the last axis of an input of any
+    /// rank (tokens `[b, n, c]`, maps `[b, h, w, c]`).
     pub fn linear<const D: usize>(
         &self,
         x: Tensor<D>,
         weight: Tensor<2>,
         bias: Option<Tensor<1>>,
     ) -> Tensor<D> {
-        self.affine(x, weight, bias, |x, w| {
+        self.affine_on(D - 1, x, weight, bias, |x, w| {
             burn::tensor::module::linear(x, w, None)
         })
     }
 
-    /// Any affine layer given its bias-free map `op` (e.g. a convolution); `bias` is added
-    /// with `shape`-compatible broadcasting by `op_bias`.
+    /// Any affine layer given its bias-free map `op` (e.g. a convolution); `bias` is added on
+    /// the channel axis: axis 1 of a 4-D (NCHW) output, else the last.
     pub fn affine<const DI: usize, const DW: usize, const DO: usize>(
         &self,
+        x: Tensor<DI>,
+        weight: Tensor<DW>,
+        bias: Option<Tensor<1>>,
+        op: impl Fn(Tensor<DI>, Tensor<DW>) -> Tensor<DO>,
+    ) -> Tensor<DO> {
+        let channel = if DO == 4 { 1 } else { DO - 1 };
+        self.affine_on(channel, x, weight, bias, op)
+    }
+
+    /// [`Rules::affine`] with the bias on output axis `channel`.
+    fn affine_on<const DI: usize, const DW: usize, const DO: usize>(
+        &self,
+        channel: usize,
         x: Tensor<DI>,
         weight: Tensor<DW>,
         bias: Option<Tensor<1>>,
@@ -146,7 +160,6 @@ impl Rules {
         let add_bias = |z: Tensor<DO>| match &bias {
             Some(b) => {
                 let mut shape = [1usize; DO];
-                let channel = if DO == 4 { 1 } else { DO - 1 };
                 shape[channel] = b.dims()[0];
                 z + b.clone().reshape(shape)
             }

@@ -12,7 +12,7 @@ use mixq_lrp::{
     per_image_sums,
 };
 
-use crate::hooks::{SiteHook, Slot};
+use crate::hooks::{Ops, SiteHook, Slot};
 
 /// Which class relevance starts from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,8 +152,8 @@ impl SiteHook for LrpHook {
         x
     }
 
-    fn rules(&self) -> Option<&Rules> {
-        Some(&self.rules)
+    fn ops(&self) -> Ops<'_> {
+        Ops::Lrp(&self.rules)
     }
 }
 

@@ -5,8 +5,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::activation;
-use burn::tensor::module::{conv2d, layer_norm, linear};
+use burn::tensor::module::linear;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 use mixq_core::SiteId;
@@ -80,10 +79,7 @@ impl Linear {
         }
         let x = hook_nd(hook, &self.site, Slot::Input, x);
         let w = hook.apply(&self.site, Slot::Weight, self.weight.val());
-        let y = match hook.rules() {
-            Some(rules) => rules.linear(x, w, bias),
-            None => linear(x, w, bias),
-        };
+        let y = hook.ops().linear(x, w, bias);
         hook_nd(hook, &self.site, Slot::Output, y)
     }
 
@@ -179,12 +175,7 @@ impl Conv2d {
             1,
         );
         let bias = self.bias.as_ref().map(|b| b.val());
-        let y = match hook.rules() {
-            Some(rules) => rules.pixel_or_affine(&self.site, x, weight, bias, |x, w| {
-                conv2d(x, w, None, options.clone())
-            }),
-            None => conv2d(x, weight, bias, options),
-        };
+        let y = hook.ops().conv2d(&self.site, x, weight, bias, options);
         hook_nd(hook, &self.site, Slot::Output, y)
     }
 
@@ -220,10 +211,8 @@ impl LayerNorm {
 
     /// LayerNorm, or its LRP rule when `hook` is in LRP mode.
     pub fn forward<const D: usize>(&self, x: Tensor<D>, hook: &dyn SiteHook) -> Tensor<D> {
-        match hook.rules() {
-            Some(rules) => rules.layer_norm(x, self.gamma.val(), self.beta.val(), self.eps),
-            None => layer_norm(x, self.gamma.val(), Some(self.beta.val()), self.eps),
-        }
+        hook.ops()
+            .layer_norm(x, self.gamma.val(), self.beta.val(), self.eps)
     }
 }
 
@@ -275,10 +264,7 @@ impl Mlp {
     /// `fc2(gelu(fc1(x)))`, every linear through the site hook.
     pub fn forward<const D: usize>(&self, x: Tensor<D>, hook: &dyn SiteHook) -> Tensor<D> {
         let h = self.fc1.forward(x, hook);
-        let h = match hook.rules() {
-            Some(rules) => rules.gelu(h),
-            None => activation::gelu(h),
-        };
+        let h = hook.ops().gelu(h);
         self.fc2.forward(h, hook)
     }
 }

@@ -45,7 +45,7 @@ pub use explain::{
 pub use explain_data::{
     DataExplanation, ExplainDataConfig, ImageRelevance, InputMap, TargetRule, explain_data,
 };
-pub use hooks::{NoHook, SiteHook, Slot};
+pub use hooks::{NoHook, Ops, SiteHook, Slot};
 pub use mixq_core::{SiteId, SiteInfo, SiteKind, summarize_sites};
 pub use model::{ArchConfig, Model, seeded};
 pub use network::{Boundary, Network, OutputKind};

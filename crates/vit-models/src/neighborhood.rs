@@ -27,9 +27,8 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mixq_core::SiteId;
 
-use crate::hooks::{SiteHook, Slot, hook_nd, softmax};
+use crate::hooks::{SiteHook, Slot, hook_nd};
 use crate::layers::{Linear, LinearConfig, merge_heads, split_qkv};
-use crate::vit::{attention_scores, attention_values};
 
 /// NATTEN's window along one axis: for each position `i < len`, the first key position and the
 /// first bias offset (both for neighbour `j = 0`; neighbour `j` is at `start + j * dilation`
@@ -86,13 +85,9 @@ pub fn neighbour_scores(
     site: &SiteId,
     hook: &dyn SiteHook,
 ) -> Tensor<4> {
-    if hook.rules().is_some() {
-        return attention_scores(q, k, site, hook);
-    }
-    let [b, n, kk, _] = k.dims();
     let q = hook_nd(hook, site, Slot::OperandA, q);
     let k = hook_nd(hook, site, Slot::OperandB, k);
-    let scores = (q * k).sum_dim(3).reshape([b, n, 1, kk]);
+    let scores = hook.ops().neighbour_scores(q, k);
     hook_nd(hook, site, Slot::Output, scores)
 }
 
@@ -104,13 +99,9 @@ pub fn neighbour_values(
     site: &SiteId,
     hook: &dyn SiteHook,
 ) -> Tensor<4> {
-    if hook.rules().is_some() {
-        return attention_values(p, v, site, hook);
-    }
-    let [b, n, kk, _] = v.dims();
     let p = hook_nd(hook, site, Slot::OperandA, p);
     let v = hook_nd(hook, site, Slot::OperandB, v);
-    let out = (p.reshape([b, n, kk, 1]) * v).sum_dim(2);
+    let out = hook.ops().neighbour_values(p, v);
     hook_nd(hook, site, Slot::Output, out)
 }
 
@@ -214,7 +205,7 @@ impl NeighborhoodAttention {
             .select(1, bias)
             .reshape([1, heads, n, kk]);
         let scores = scores.reshape([b, heads, n, kk]) + rpb;
-        let probs = softmax(scores, 3, hook).reshape([b * heads, n, 1, kk]);
+        let probs = hook.ops().softmax(scores, 3).reshape([b * heads, n, 1, kk]);
         let out = neighbour_values(probs, gather(v), &self.matmul_av, hook);
         let out = merge_heads(out.reshape([b, heads, n, d])).reshape([b, hp, wp, c]);
         let out = if (hp, wp) != (h, w) {

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::{SiteHook, softmax};
+use crate::hooks::SiteHook;
 use crate::layers::{
     Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
@@ -369,7 +369,7 @@ impl WindowAttention {
             attn = (attn.reshape([bw / nw, nw, h, n, n]) + mask.clone().reshape([1, nw, 1, n, n]))
                 .reshape([bw, h, n, n]);
         }
-        let out = attention_values(softmax(attn, 3, hook), v, &self.matmul_av, hook);
+        let out = attention_values(hook.ops().softmax(attn, 3), v, &self.matmul_av, hook);
         self.proj.forward(merge_heads(out), hook)
     }
 }

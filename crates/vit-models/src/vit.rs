@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::{SiteHook, Slot, hook_nd, softmax};
+use crate::hooks::{SiteHook, Slot, hook_nd};
 use crate::layers::{
     Conv2d, Conv2dConfig, LayerNorm, LayerScale, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
 };
@@ -256,7 +256,9 @@ impl Attention {
         let [q, k, v] = split_qkv(self.qkv.forward(x, hook), self.num_heads);
         let head_dim = q.dims()[3];
         let q = q.mul_scalar((head_dim as f64).powf(-0.5));
-        let attn = softmax(attention_scores(q, k, &self.matmul_qk, hook), 3, hook);
+        let attn = hook
+            .ops()
+            .softmax(attention_scores(q, k, &self.matmul_qk, hook), 3);
         self.proj.forward(
             merge_heads(attention_values(attn, v, &self.matmul_av, hook)),
             hook,
@@ -274,10 +276,7 @@ pub fn attention_scores(
     let q = hook_nd(hook, site, Slot::OperandA, q);
     let k = hook_nd(hook, site, Slot::OperandB, k);
     let k_t = k.swap_dims(2, 3);
-    let scores = match hook.rules() {
-        Some(rules) => rules.matmul_qk(q, k_t),
-        None => q.matmul(k_t),
-    };
+    let scores = hook.ops().matmul_qk(q, k_t);
     hook_nd(hook, site, Slot::Output, scores)
 }
 
@@ -290,10 +289,7 @@ pub fn attention_values(
 ) -> Tensor<4> {
     let attn = hook_nd(hook, site, Slot::OperandA, attn);
     let v = hook_nd(hook, site, Slot::OperandB, v);
-    let out = match hook.rules() {
-        Some(rules) => rules.matmul_av(attn, v),
-        None => attn.matmul(v),
-    };
+    let out = hook.ops().matmul_av(attn, v);
     hook_nd(hook, site, Slot::Output, out)
 }
 
