@@ -4,18 +4,20 @@
 //! pipeline's model-agnostic stages: site check, PTQ, the sensitivity sweep with the block
 //! cache, RepQ-ViT's reparameterization and LRP.
 
+use std::cell::RefCell;
+
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
-use mixq_core::{SiteBits, SiteId, SiteInfo, SiteKind};
+use mixq_core::{SiteBits, SiteId, SiteInfo};
 use mixq_lrp::{AttentionRule, Preset};
 use mixq_ptq::{
     Baseline, PostLnMode, PtqConfig, SweepOptions, quantize, reparameterize, sensitivity_sweep,
     uniform_plan,
 };
 use mixq_sensitivity::{Probe, Shard, SweepCache};
-use mixq_vit_models::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig};
+use mixq_vit_models::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, SiteBuilder};
 use mixq_vit_models::testing::{assert_conserved, check_blocks, check_sites, max_abs_diff};
 use mixq_vit_models::vit::{Block, BlockDims};
 use mixq_vit_models::{Boundary, ExplainOptions, Network, OutputKind, SiteHook, Target};
@@ -34,6 +36,9 @@ pub struct ConvStemVit {
     pub norm: LayerNorm,
     /// `head`.
     pub head: Linear,
+    /// Its sites, recorded while it was built.
+    #[module(skip)]
+    pub sites: Vec<SiteInfo>,
 }
 
 const DIM: usize = 32;
@@ -44,14 +49,28 @@ const TOKENS: usize = 16;
 const CLASSES: usize = 10;
 
 impl ConvStemVit {
-    /// Two blocks, random weights (seed with `mixq_vit_models::seeded`).
+    /// Two blocks, random weights (seed with `mixq_vit_models::seeded`). Built in forward
+    /// order through a `SiteBuilder`, which records the sites as the layers are made.
     pub fn new(device: &Device) -> Self {
+        let sites = RefCell::new(Vec::new());
+        let b = SiteBuilder::new(&sites, device);
+        let tokens = b.rows(TOKENS);
+        let dims = BlockDims {
+            dim: DIM,
+            heads: HEADS,
+            mlp_hidden: HIDDEN,
+            norm_eps: 1e-6,
+            layer_scale: None,
+        };
         ConvStemVit {
+            // Both stem convs output the 4x4 token grid.
             stem: vec![
-                Conv2dConfig::new(1, STEM, 3, 2)
-                    .with_padding(1)
-                    .init(SiteId::new("stem.0"), device),
-                Conv2dConfig::new(STEM, DIM, 1, 1).init(SiteId::new("stem.1"), device),
+                tokens
+                    .pp("stem.0")
+                    .conv(&Conv2dConfig::new(1, STEM, 3, 2).with_padding(1)),
+                tokens
+                    .pp("stem.1")
+                    .conv(&Conv2dConfig::new(STEM, DIM, 1, 1)),
             ],
             pos_embed: Initializer::Normal {
                 mean: 0.0,
@@ -59,19 +78,11 @@ impl ConvStemVit {
             }
             .init([1, TOKENS, DIM], device),
             blocks: (0..2)
-                .map(|i| {
-                    let dims = BlockDims {
-                        dim: DIM,
-                        heads: HEADS,
-                        mlp_hidden: HIDDEN,
-                        norm_eps: 1e-6,
-                        layer_scale: None,
-                    };
-                    Block::new(&SiteId::new(format!("blocks.{i}")), dims, device)
-                })
+                .map(|i| Block::build(&tokens.pp(&format!("blocks.{i}")), dims))
                 .collect(),
             norm: LayerNorm::new(DIM, 1e-6, device),
-            head: LinearConfig::new(DIM, CLASSES).init(SiteId::new("head"), device),
+            head: b.pp("head").linear(&LinearConfig::new(DIM, CLASSES)),
+            sites: sites.into_inner(),
         }
     }
 
@@ -90,45 +101,10 @@ impl ConvStemVit {
     }
 }
 
-fn linear(id: String, inputs: usize, outputs: usize, rows: usize) -> SiteInfo {
-    let params = (inputs * outputs) as u64;
-    SiteInfo {
-        id: SiteId::new(id),
-        kind: SiteKind::Linear,
-        params,
-        macs: rows as u64 * params,
-    }
-}
-
 impl Network for ConvStemVit {
-    /// Declared by hand; `check_sites` compares it with a forward.
+    /// Recorded while it was built; `check_sites` compares them with a forward.
     fn sites(&self) -> Vec<SiteInfo> {
-        let conv = |id: &str, params: usize| SiteInfo {
-            id: SiteId::new(id),
-            kind: SiteKind::Conv,
-            params: params as u64,
-            macs: (TOKENS * params) as u64,
-        };
-        let mut sites = vec![conv("stem.0", STEM * 9), conv("stem.1", DIM * STEM)];
-        let attention = (HEADS * TOKENS * TOKENS * (DIM / HEADS)) as u64;
-        for b in &self.blocks {
-            let [qkv, qk, av, proj] = b.attn.site_ids();
-            let [fc1, fc2] = b.mlp.site_ids();
-            sites.push(linear(qkv.to_string(), DIM, 3 * DIM, TOKENS));
-            for (id, kind) in [(qk, SiteKind::MatMulQk), (av, SiteKind::MatMulAv)] {
-                sites.push(SiteInfo {
-                    id,
-                    kind,
-                    params: 0,
-                    macs: attention,
-                });
-            }
-            sites.push(linear(proj.to_string(), DIM, DIM, TOKENS));
-            sites.push(linear(fc1.to_string(), DIM, HIDDEN, TOKENS));
-            sites.push(linear(fc2.to_string(), HIDDEN, DIM, TOKENS));
-        }
-        sites.push(linear("head".into(), DIM, CLASSES, 1));
-        sites
+        self.sites.clone()
     }
 
     fn output_kind(&self) -> OutputKind {

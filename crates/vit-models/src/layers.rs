@@ -8,7 +8,9 @@ use burn::nn::Initializer;
 use burn::tensor::module::linear;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
-use mixq_core::SiteId;
+use std::cell::RefCell;
+
+use mixq_core::{SiteId, SiteInfo, SiteKind};
 
 use crate::hooks::{SiteHook, Slot, hook_nd};
 
@@ -20,6 +22,107 @@ pub(crate) fn rgb() -> usize {
 /// Serde default of `mlp_ratio`, as in timm.
 pub(crate) fn mlp_ratio_4() -> f64 {
     4.0
+}
+
+/// Builds a model's layers under module paths (`pp`, as candle's `VarBuilder`) and records each
+/// site, with its parameters and MACs per image, as it is built. A family that builds its layers
+/// in forward order gets its [`Network::sites`](crate::Network::sites) from the code that makes
+/// them: the structure is spelled once.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use burn::tensor::Device;
+/// use mixq_vit_models::layers::{LinearConfig, SiteBuilder};
+///
+/// let device = Device::flex();
+/// let sites = RefCell::new(Vec::new());
+/// let b = SiteBuilder::new(&sites, &device);
+/// // 16 tokens per image through a 32 -> 64 linear at `blocks.0.mlp.fc1`.
+/// let fc1 = b.pp("blocks.0").rows(16).pp("mlp.fc1").linear(&LinearConfig::new(32, 64));
+/// assert_eq!(fc1.site.as_str(), "blocks.0.mlp.fc1");
+/// let site = &sites.borrow()[0];
+/// assert_eq!((site.params, site.macs), (32 * 64, 16 * 32 * 64));
+/// ```
+#[derive(Clone)]
+pub struct SiteBuilder<'a> {
+    path: SiteId,
+    rows: usize,
+    sites: &'a RefCell<Vec<SiteInfo>>,
+    device: &'a Device,
+}
+
+impl<'a> SiteBuilder<'a> {
+    /// A builder at the model's root that records into `sites`; one row per image until
+    /// [`SiteBuilder::rows`] says otherwise.
+    pub fn new(sites: &'a RefCell<Vec<SiteInfo>>, device: &'a Device) -> Self {
+        SiteBuilder {
+            path: SiteId::new(""),
+            rows: 1,
+            sites,
+            device,
+        }
+    }
+
+    /// The builder of a child module (`pp("attn")` under `blocks.0` builds `blocks.0.attn`).
+    pub fn pp(&self, name: &str) -> Self {
+        SiteBuilder {
+            path: self.path.join(name),
+            ..self.clone()
+        }
+    }
+
+    /// The same path, for layers that see `rows` rows (tokens, pixels) per image.
+    pub fn rows(&self, rows: usize) -> Self {
+        SiteBuilder {
+            rows,
+            ..self.clone()
+        }
+    }
+
+    /// This module's path.
+    pub fn path(&self) -> &SiteId {
+        &self.path
+    }
+
+    /// Rows per image of the layers built here.
+    pub fn rows_per_image(&self) -> usize {
+        self.rows
+    }
+
+    /// The device parameters are made on.
+    pub fn device(&self) -> &'a Device {
+        self.device
+    }
+
+    fn record(&self, kind: SiteKind, params: usize, macs: usize) {
+        self.sites.borrow_mut().push(SiteInfo {
+            id: self.path.clone(),
+            kind,
+            params: params as u64,
+            macs: macs as u64,
+        });
+    }
+
+    /// The linear site at this path.
+    pub fn linear(&self, config: &LinearConfig) -> Linear {
+        let weights = config.d_input * config.d_output;
+        self.record(SiteKind::Linear, weights, self.rows * weights);
+        config.init(self.path.clone(), self.device)
+    }
+
+    /// The convolution site at this path, whose output has [`SiteBuilder::rows`] pixels per
+    /// image.
+    pub fn conv(&self, config: &Conv2dConfig) -> Conv2d {
+        let weights = config.out_channels * config.in_channels * config.kernel * config.kernel;
+        self.record(SiteKind::Conv, weights, self.rows * weights);
+        config.init(self.path.clone(), self.device)
+    }
+
+    /// The matmul site at this path (`MatMulQk` or `MatMulAv`), `macs` per image.
+    pub fn matmul(&self, kind: SiteKind, macs: usize) -> SiteId {
+        self.record(kind, 0, macs);
+        self.path.clone()
+    }
 }
 
 /// A linear site: `y = x W + b`, with `W` stored `[in, out]` (burn's layout; timm's `[out, in]`
@@ -255,9 +358,19 @@ impl Mlp {
 
     /// `path` is the MLP's module path (`blocks.0.mlp`).
     pub fn new(path: &SiteId, dim: usize, hidden: usize, device: &Device) -> Self {
+        let unrecorded = RefCell::default();
+        Self::build(
+            &SiteBuilder::new(&unrecorded, device).pp(path.as_str()),
+            dim,
+            hidden,
+        )
+    }
+
+    /// The MLP at `b`'s path, its two sites recorded.
+    pub fn build(b: &SiteBuilder, dim: usize, hidden: usize) -> Self {
         Mlp {
-            fc1: LinearConfig::new(dim, hidden).init(path.join("fc1"), device),
-            fc2: LinearConfig::new(hidden, dim).init(path.join("fc2"), device),
+            fc1: b.pp("fc1").linear(&LinearConfig::new(dim, hidden)),
+            fc2: b.pp("fc2").linear(&LinearConfig::new(hidden, dim)),
         }
     }
 

@@ -2,6 +2,8 @@
 //! embedding, class (and distillation) token, learned position embedding, pre-LN blocks, final
 //! norm, token-pool head. Field names are timm's, so a timm state dict loads by path.
 
+use std::cell::RefCell;
+
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::module::interpolate;
@@ -12,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::hooks::{SiteHook, Slot, hook_nd};
 use crate::layers::{
-    Conv2d, Conv2dConfig, LayerNorm, LayerScale, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
+    Conv2d, Conv2dConfig, LayerNorm, LayerScale, Linear, LinearConfig, Mlp, SiteBuilder,
+    merge_heads, split_qkv,
 };
 use crate::network::{Boundary, Network, OutputKind};
 use crate::saliency::{SaliencyDecoder, SaliencyDecoderConfig};
@@ -112,18 +115,33 @@ impl VitConfig {
             }
             .init([1, n, d], device)
         };
+        // Built in forward order: the sites are recorded as they are made.
+        let sites = RefCell::new(Vec::new());
+        let b = SiteBuilder::new(&sites, device);
+        let tokens = b.rows(self.num_tokens());
+        let head = |name: &str| {
+            (self.num_classes > 0)
+                .then(|| b.pp(name).linear(&LinearConfig::new(d, self.num_classes)))
+        };
         Ok(VisionTransformer {
             patch_embed: PatchEmbed {
-                proj: Conv2dConfig::new(self.in_chans, d, self.patch_size, self.patch_size)
-                    .init(SiteId::new("patch_embed.proj"), device),
+                proj: b
+                    .pp("patch_embed.proj")
+                    .rows(self.grid() * self.grid())
+                    .conv(&Conv2dConfig::new(
+                        self.in_chans,
+                        d,
+                        self.patch_size,
+                        self.patch_size,
+                    )),
             },
             cls_token: token(1),
             dist_token: self.distilled.then(|| token(1)),
             pos_embed: token(self.num_tokens()),
             blocks: (0..self.depth)
                 .map(|i| {
-                    Block::new(
-                        &SiteId::new(format!("blocks.{i}")),
+                    Block::build(
+                        &tokens.pp(&format!("blocks.{i}")),
                         BlockDims {
                             dim: d,
                             heads: self.num_heads,
@@ -131,66 +149,28 @@ impl VitConfig {
                             norm_eps: self.norm_eps,
                             layer_scale: self.layer_scale,
                         },
-                        device,
                     )
                 })
                 .collect(),
             norm: LayerNorm::new(d, self.norm_eps, device),
-            head: (self.num_classes > 0)
-                .then(|| LinearConfig::new(d, self.num_classes).init(SiteId::new("head"), device)),
-            head_dist: (self.distilled && self.num_classes > 0).then(|| {
-                LinearConfig::new(d, self.num_classes).init(SiteId::new("head_dist"), device)
-            }),
+            head: head("head"),
+            head_dist: if self.distilled {
+                head("head_dist")
+            } else {
+                None
+            },
             decoder: self.saliency_decoder.as_ref().map(|c| c.init(d, device)),
             config: self.clone(),
+            sites: sites.into_inner(),
         })
     }
 
-    /// Every quantizable site in forward order, with parameters and MACs per image.
+    /// Every quantizable site in forward order, with parameters and MACs per image: those the
+    /// model records as it is built (its parameters are drawn lazily, so nothing is allocated).
     pub fn sites(&self) -> Vec<SiteInfo> {
-        let d = self.embed_dim as u64;
-        let n = self.num_tokens() as u64;
-        let patches = (self.grid() * self.grid()) as u64;
-        let hidden = self.mlp_hidden() as u64;
-        let head_dim = d / self.num_heads as u64;
-        let heads = self.num_heads as u64;
-        let k2c = (self.patch_size * self.patch_size * self.in_chans) as u64;
-        let mut sites = vec![site(
-            "patch_embed.proj",
-            SiteKind::Conv,
-            k2c * d,
-            patches * k2c * d,
-        )];
-        for i in 0..self.depth {
-            let b = SiteId::new(format!("blocks.{i}"));
-            let lin = |name: &str, i: u64, o: u64| {
-                site(b.join(name).as_str(), SiteKind::Linear, i * o, n * i * o)
-            };
-            sites.push(lin("attn.qkv", d, 3 * d));
-            sites.push(site(
-                b.join("attn.matmul_qk").as_str(),
-                SiteKind::MatMulQk,
-                0,
-                heads * n * n * head_dim,
-            ));
-            sites.push(site(
-                b.join("attn.matmul_av").as_str(),
-                SiteKind::MatMulAv,
-                0,
-                heads * n * n * head_dim,
-            ));
-            sites.push(lin("attn.proj", d, d));
-            sites.push(lin("mlp.fc1", d, hidden));
-            sites.push(lin("mlp.fc2", hidden, d));
-        }
-        let c = self.num_classes as u64;
-        if c > 0 {
-            sites.push(site("head", SiteKind::Linear, d * c, d * c));
-        }
-        if self.distilled && c > 0 {
-            sites.push(site("head_dist", SiteKind::Linear, d * c, d * c));
-        }
-        sites
+        self.init(&Device::flex())
+            .map(|m| m.sites)
+            .unwrap_or_default()
     }
 }
 
@@ -230,14 +210,17 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `path` is the attention's module path (`blocks.0.attn`).
-    pub fn new(path: &SiteId, dim: usize, num_heads: usize, device: &Device) -> Self {
+    /// The attention at `b`'s path (`blocks.0.attn`) over `b`'s rows (tokens per image).
+    pub fn build(b: &SiteBuilder, dim: usize, num_heads: usize) -> Self {
+        let n = b.rows_per_image();
+        // Each of the two matmuls: heads x n x n x head_dim = n x n x dim.
+        let matmul_macs = n * n * dim;
         Attention {
-            qkv: LinearConfig::new(dim, 3 * dim).init(path.join("qkv"), device),
-            proj: LinearConfig::new(dim, dim).init(path.join("proj"), device),
+            qkv: b.pp("qkv").linear(&LinearConfig::new(dim, 3 * dim)),
+            matmul_qk: b.pp("matmul_qk").matmul(SiteKind::MatMulQk, matmul_macs),
+            matmul_av: b.pp("matmul_av").matmul(SiteKind::MatMulAv, matmul_macs),
+            proj: b.pp("proj").linear(&LinearConfig::new(dim, dim)),
             num_heads,
-            matmul_qk: path.join("matmul_qk"),
-            matmul_av: path.join("matmul_av"),
         }
     }
 
@@ -327,16 +310,17 @@ pub struct BlockDims {
 }
 
 impl Block {
-    /// A block at `path` (`blocks.3`): its sites are `path.attn.*` and `path.mlp.*`.
-    pub fn new(path: &SiteId, dims: BlockDims, device: &Device) -> Self {
-        let d = dims.dim;
+    /// A block at `b`'s path (`blocks.3`) over `b`'s rows (tokens per image): its sites are
+    /// `path.attn.*` and `path.mlp.*`, recorded in forward order.
+    pub fn build(b: &SiteBuilder, dims: BlockDims) -> Self {
+        let (d, device) = (dims.dim, b.device());
         let scale = || dims.layer_scale.map(|v| LayerScale::new(d, v, device));
         Block {
             norm1: LayerNorm::new(d, dims.norm_eps, device),
-            attn: Attention::new(&path.join("attn"), d, dims.heads, device),
+            attn: Attention::build(&b.pp("attn"), d, dims.heads),
             ls1: scale(),
             norm2: LayerNorm::new(d, dims.norm_eps, device),
-            mlp: Mlp::new(&path.join("mlp"), d, dims.mlp_hidden, device),
+            mlp: Mlp::build(&b.pp("mlp"), d, dims.mlp_hidden),
             ls2: scale(),
         }
     }
@@ -391,6 +375,9 @@ pub struct VisionTransformer {
     #[module(skip)]
     /// The configuration the model was built from.
     pub config: VitConfig,
+    #[module(skip)]
+    /// Its sites, recorded while it was built.
+    pub sites: Vec<SiteInfo>,
 }
 
 impl VisionTransformer {
@@ -460,7 +447,7 @@ impl VisionTransformer {
 /// ViT's blocks are the residual-stream blocks; the final norm and the head(s) follow them.
 impl Network for VisionTransformer {
     fn sites(&self) -> Vec<SiteInfo> {
-        self.config.sites()
+        self.sites.clone()
     }
 
     fn output_kind(&self) -> OutputKind {
