@@ -21,14 +21,16 @@
 //! `qkv` (so padded positions are real keys whose `q/k/v` equal the `qkv` bias), and the output
 //! is cropped back.
 
+use std::cell::RefCell;
+
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use mixq_core::SiteId;
+use mixq_core::{SiteId, SiteKind};
 
 use crate::hooks::{SiteHook, Slot, hook_nd};
-use crate::layers::{Linear, LinearConfig, merge_heads, split_qkv};
+use crate::layers::{Linear, LinearConfig, SiteBuilder, merge_heads, split_qkv};
 
 /// NATTEN's window along one axis: for each position `i < len`, the first key position and the
 /// first bias offset (both for neighbour `j = 0`; neighbour `j` is at `start + j * dilation`
@@ -143,24 +145,45 @@ impl NeighborhoodAttention {
         dilation: usize,
         device: &Device,
     ) -> Self {
+        let unrecorded = RefCell::default();
+        let b = SiteBuilder::new(&unrecorded, device).pp(path.as_str());
+        Self::build(&b, 1, dim, heads, kernel, dilation)
+    }
+
+    /// The attention at `b`'s path, its sites recorded: `qkv` and the matmuls on `padded` rows
+    /// per image (the map padded to the neighbourhood span), `proj` on `b`'s rows.
+    pub fn build(
+        b: &SiteBuilder,
+        padded: usize,
+        dim: usize,
+        heads: usize,
+        kernel: usize,
+        dilation: usize,
+    ) -> Self {
         assert!(
             dim.is_multiple_of(heads),
             "heads {heads} must divide dim {dim}"
         );
         let t = 2 * kernel - 1;
+        let wide = b.rows(padded);
+        // Each query against its k x k keys: heads x k*k x head_dim = k*k x dim.
+        let matmul_macs = padded * kernel * kernel * dim;
+        let qkv = wide.pp("qkv").linear(&LinearConfig::new(dim, 3 * dim));
+        let matmul_qk = wide.pp("matmul_qk").matmul(SiteKind::MatMulQk, matmul_macs);
+        let matmul_av = wide.pp("matmul_av").matmul(SiteKind::MatMulAv, matmul_macs);
         NeighborhoodAttention {
-            qkv: LinearConfig::new(dim, 3 * dim).init(path.join("qkv"), device),
-            proj: LinearConfig::new(dim, dim).init(path.join("proj"), device),
+            qkv,
+            proj: b.pp("proj").linear(&LinearConfig::new(dim, dim)),
             rpb: Initializer::Normal {
                 mean: 0.0,
                 std: 0.02,
             }
-            .init([heads, t, t], device),
+            .init([heads, t, t], b.device()),
             num_heads: heads,
             kernel,
             dilation,
-            matmul_qk: path.join("matmul_qk"),
-            matmul_av: path.join("matmul_av"),
+            matmul_qk,
+            matmul_av,
         }
     }
 

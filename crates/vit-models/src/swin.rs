@@ -2,6 +2,8 @@
 //! stages 1..n, `head.fc`). Tokens stay NHWC `[b, h, w, c]` between blocks, as in timm.
 //! The relative-position index and the shifted-window mask are recomputed, never loaded.
 
+use std::cell::RefCell;
+
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::ops::PadMode;
@@ -11,10 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::hooks::SiteHook;
 use crate::layers::{
-    Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, merge_heads, split_qkv,
+    Conv2d, Conv2dConfig, LayerNorm, Linear, LinearConfig, Mlp, SiteBuilder, merge_heads, split_qkv,
 };
 use crate::network::{Boundary, Network, OutputKind};
-use crate::vit::{attention_scores, attention_values, site};
+use crate::vit::{attention_scores, attention_values};
 
 /// Architecture of a Swin Transformer (timm's constructor arguments).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -141,9 +143,26 @@ impl SwinConfig {
         }
     }
 
-    /// A model with timm-like random init.
+    /// A model with timm-like random init, its sites recorded as it is built (in forward
+    /// order).
     pub fn init(&self, device: &Device) -> Result<SwinTransformer> {
         self.validate()?;
+        let sites = RefCell::new(Vec::new());
+        let b = SiteBuilder::new(&sites, device);
+        let e = self.embed_dim;
+        let r0 = self.stage_resolution(0);
+        let patch_embed = SwinPatchEmbed {
+            proj: b
+                .pp("patch_embed.proj")
+                .rows(r0 * r0)
+                .conv(&Conv2dConfig::new(
+                    self.in_chans,
+                    e,
+                    self.patch_size,
+                    self.patch_size,
+                )),
+            norm: LayerNorm::new(e, self.norm_eps, device),
+        };
         let layers = (0..self.depths.len())
             .map(|s| {
                 let r = self.stage_resolution(s);
@@ -153,8 +172,8 @@ impl SwinConfig {
                         (g.window, g.shift)
                     })
                     .collect();
-                SwinStage::new(
-                    &SiteId::new(format!("layers.{s}")),
+                SwinStage::build(
+                    &b.pp(&format!("layers.{s}")),
                     SwinStageDims {
                         dim: self.stage_dim(s),
                         heads: self.num_heads[s],
@@ -164,88 +183,30 @@ impl SwinConfig {
                         norm_eps: self.norm_eps,
                     },
                     &geometry,
-                    device,
                 )
             })
             .collect();
-        let e = self.embed_dim;
+        let head = ClassifierHead {
+            fc: b
+                .pp("head.fc")
+                .linear(&LinearConfig::new(self.num_features(), self.num_classes)),
+        };
         Ok(SwinTransformer {
-            patch_embed: SwinPatchEmbed {
-                proj: Conv2dConfig::new(self.in_chans, e, self.patch_size, self.patch_size)
-                    .init(SiteId::new("patch_embed.proj"), device),
-                norm: LayerNorm::new(e, self.norm_eps, device),
-            },
+            patch_embed,
             layers,
             norm: LayerNorm::new(self.num_features(), self.norm_eps, device),
-            head: ClassifierHead {
-                fc: LinearConfig::new(self.num_features(), self.num_classes)
-                    .init(SiteId::new("head.fc"), device),
-            },
+            head,
             config: self.clone(),
+            sites: sites.into_inner(),
         })
     }
 
-    /// Every quantizable site in forward order, with parameters and MACs per image.
+    /// Every quantizable site in forward order, with parameters and MACs per image: those the
+    /// model records as it is built (its parameters are drawn lazily, so nothing is allocated).
     pub fn sites(&self) -> Vec<SiteInfo> {
-        let p = self.patch_size as u64;
-        let k2c = p * p * self.in_chans as u64;
-        let e = self.embed_dim as u64;
-        let r0 = self.stage_resolution(0) as u64;
-        let mut sites = vec![site(
-            "patch_embed.proj",
-            SiteKind::Conv,
-            k2c * e,
-            r0 * r0 * k2c * e,
-        )];
-        for s in 0..self.depths.len() {
-            let stage = SiteId::new(format!("layers.{s}"));
-            let dim = self.stage_dim(s) as u64;
-            let r = self.stage_resolution(s) as u64;
-            let tokens = r * r;
-            if s > 0 {
-                let (i, o) = (2 * dim, dim);
-                sites.push(site(
-                    stage.join("downsample.reduction").as_str(),
-                    SiteKind::Linear,
-                    i * o,
-                    tokens * i * o,
-                ));
-            }
-            let hidden = (dim as f64 * self.mlp_ratio) as u64;
-            for b in 0..self.depths[s] {
-                let g = self.geometry(s, b);
-                let n = (g.window * g.window) as u64;
-                let blk = stage.join(&format!("blocks.{b}"));
-                let lin = |name: &str, i: u64, o: u64| {
-                    site(
-                        blk.join(name).as_str(),
-                        SiteKind::Linear,
-                        i * o,
-                        tokens * i * o,
-                    )
-                };
-                sites.push(lin("attn.qkv", dim, 3 * dim));
-                sites.push(site(
-                    blk.join("attn.matmul_qk").as_str(),
-                    SiteKind::MatMulQk,
-                    0,
-                    tokens * n * dim,
-                ));
-                sites.push(site(
-                    blk.join("attn.matmul_av").as_str(),
-                    SiteKind::MatMulAv,
-                    0,
-                    tokens * n * dim,
-                ));
-                sites.push(lin("attn.proj", dim, dim));
-                sites.push(lin("mlp.fc1", dim, hidden));
-                sites.push(lin("mlp.fc2", hidden, dim));
-            }
-        }
-        let f = self.num_features() as u64;
-        let c = self.num_classes as u64;
-        sites.push(site("head.fc", SiteKind::Linear, f * c, f * c));
-        sites
+        self.init(&Device::flex())
+            .map(|m| m.sites)
+            .unwrap_or_default()
     }
 }
 
@@ -426,10 +387,12 @@ pub fn padded_len(h: usize, window: usize) -> usize {
 }
 
 impl SwinBlock {
-    /// A block for an `[h, w]` map with the given (effective) window and shift.
+    /// A block at `b`'s path for an `[h, w]` map with the given (effective) window and shift.
+    /// Its attention runs on the map padded to whole windows, its MLP on the map's tokens: the
+    /// sites are recorded with those rows.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        path: &SiteId,
+    pub fn build(
+        b: &SiteBuilder,
         dim: usize,
         heads: usize,
         window: usize,
@@ -437,19 +400,30 @@ impl SwinBlock {
         resolution: [usize; 2],
         mlp_ratio: f64,
         norm_eps: f64,
-        device: &Device,
     ) -> Self {
-        let attn = path.join("attn");
+        let device = b.device();
         let n = window * window;
         let table = (2 * window - 1) * (2 * window - 1);
         let index = relative_position_index(window);
         let mask_size = resolution.map(|r| padded_len(r, window));
         let attn_mask = (shift > 0).then(|| block_mask(mask_size, window, shift, device));
+        let padded = b.pp("attn").rows(mask_size[0] * mask_size[1]);
+        // Each window's matmuls: heads x n x n x head_dim = n x n x dim, over padded / n windows.
+        let matmul_macs = padded.rows_per_image() * n * dim;
+        let qkv = padded.pp("qkv").linear(&LinearConfig::new(dim, 3 * dim));
+        let matmul_qk = padded
+            .pp("matmul_qk")
+            .matmul(SiteKind::MatMulQk, matmul_macs);
+        let matmul_av = padded
+            .pp("matmul_av")
+            .matmul(SiteKind::MatMulAv, matmul_macs);
+        let proj = padded.pp("proj").linear(&LinearConfig::new(dim, dim));
+        let tokens = b.rows(resolution[0] * resolution[1]);
         SwinBlock {
             norm1: LayerNorm::new(dim, norm_eps, device),
             attn: WindowAttention {
-                qkv: LinearConfig::new(dim, 3 * dim).init(attn.join("qkv"), device),
-                proj: LinearConfig::new(dim, dim).init(attn.join("proj"), device),
+                qkv,
+                proj,
                 relative_position_bias_table: Initializer::Normal {
                     mean: 0.0,
                     std: 0.02,
@@ -458,16 +432,11 @@ impl SwinBlock {
                 relative_position_index: Tensor::from_data(TensorData::new(index, [n * n]), device),
                 num_heads: heads,
                 window,
-                matmul_qk: attn.join("matmul_qk"),
-                matmul_av: attn.join("matmul_av"),
+                matmul_qk,
+                matmul_av,
             },
             norm2: LayerNorm::new(dim, norm_eps, device),
-            mlp: Mlp::new(
-                &path.join("mlp"),
-                dim,
-                (dim as f64 * mlp_ratio) as usize,
-                device,
-            ),
+            mlp: Mlp::build(&tokens.pp("mlp"), dim, (dim as f64 * mlp_ratio) as usize),
             attn_mask,
             shift,
             mask_size,
@@ -583,27 +552,24 @@ pub struct SwinStageDims {
 }
 
 impl SwinStage {
-    /// A stage at `path` (`layers.2`); `geometry` holds each block's `(window, shift)`.
-    pub fn new(
-        path: &SiteId,
-        dims: SwinStageDims,
-        geometry: &[(usize, usize)],
-        device: &Device,
-    ) -> Self {
-        let dim = dims.dim;
+    /// A stage at `b`'s path (`layers.2`); `geometry` holds each block's `(window, shift)`.
+    pub fn build(b: &SiteBuilder, dims: SwinStageDims, geometry: &[(usize, usize)]) -> Self {
+        let (dim, device) = (dims.dim, b.device());
+        let [rh, rw] = dims.resolution;
         SwinStage {
             downsample: dims.downsample.then(|| PatchMerging {
                 norm: LayerNorm::new(2 * dim, dims.norm_eps, device),
-                reduction: LinearConfig::new(2 * dim, dim)
-                    .with_bias(false)
-                    .init(path.join("downsample.reduction"), device),
+                reduction: b
+                    .pp("downsample.reduction")
+                    .rows(rh * rw)
+                    .linear(&LinearConfig::new(2 * dim, dim).with_bias(false)),
             }),
             blocks: geometry
                 .iter()
                 .enumerate()
-                .map(|(b, &(window, shift))| {
-                    SwinBlock::new(
-                        &path.join(&format!("blocks.{b}")),
+                .map(|(i, &(window, shift))| {
+                    SwinBlock::build(
+                        &b.pp(&format!("blocks.{i}")),
                         dim,
                         dims.heads,
                         window,
@@ -611,7 +577,6 @@ impl SwinStage {
                         dims.resolution,
                         dims.mlp_ratio,
                         dims.norm_eps,
-                        device,
                     )
                 })
                 .collect(),
@@ -684,6 +649,9 @@ pub struct SwinTransformer {
     #[module(skip)]
     /// The configuration the model was built from.
     pub config: SwinConfig,
+    #[module(skip)]
+    /// Its sites, recorded while it was built.
+    pub sites: Vec<SiteInfo>,
 }
 
 impl SwinTransformer {
@@ -747,7 +715,7 @@ fn square_map(x: Tensor<3>) -> Tensor<4> {
 /// block, so a change there reruns from the previous stage's last block.
 impl Network for SwinTransformer {
     fn sites(&self) -> Vec<SiteInfo> {
-        self.config.sites()
+        self.sites.clone()
     }
 
     fn output_kind(&self) -> OutputKind {

@@ -174,15 +174,6 @@ impl VitConfig {
     }
 }
 
-pub(crate) fn site(id: &str, kind: SiteKind, params: u64, macs: u64) -> SiteInfo {
-    SiteInfo {
-        id: SiteId::new(id),
-        kind,
-        params,
-        macs,
-    }
-}
-
 /// timm's `PatchEmbed` (only `proj`; ViT has no norm here).
 #[derive(Module, Debug)]
 pub struct PatchEmbed {

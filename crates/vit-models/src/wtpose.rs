@@ -18,6 +18,7 @@
 //! `matmul_qk`/`matmul_av` sites. [`WtPose::fold_batch_norm`] merges every BatchNorm into its
 //! conv for inference.
 
+use std::cell::RefCell;
 use std::path::Path;
 
 use burn::module::{Module, Param, RunningState};
@@ -25,15 +26,14 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation;
 use burn::tensor::{Device, Tensor, TensorData};
-use mixq_core::{Error, Result, SiteId, SiteInfo, SiteKind};
+use mixq_core::{Error, Result, SiteId, SiteInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{NoHook, SiteHook};
-use crate::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, Mlp};
+use crate::layers::{Conv2d, Conv2dConfig, LayerNorm, Linear, Mlp, SiteBuilder};
 use crate::neighborhood::NeighborhoodAttention;
 use crate::network::{Boundary, Network, OutputKind};
-use crate::swin::{SwinStage, SwinStageDims, padded_len};
-use crate::vit::site;
+use crate::swin::{SwinStage, SwinStageDims};
 
 /// Which multiply-accumulates [`WtPoseConfig::macs`] counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,59 +258,51 @@ impl WtPoseConfig {
     /// which starts at 0 as in mmpose's `zero_init_residual`).
     pub fn init(&self, device: &Device) -> Result<WtPose> {
         self.validate()?;
+        // Built in forward order: the sites are recorded as they are made, each conv with its
+        // output pixels, each attention with the padded map it computes on.
+        let sites = RefCell::new(Vec::new());
+        let b = SiteBuilder::new(&sites, device);
+        let [h, w] = self.input_size;
+        let half = b.rows(h.div_ceil(2) * w.div_ceil(2));
+        let [rh, rw] = self.stage_resolution(0);
+        let r0 = b.rows(rh * rw);
         let st = self.stem_channels;
         let stem = vec![
-            ConvBn::new(
-                SiteId::new("resnet.stem.0.conv"),
+            ConvBn::build(
+                &half.pp("resnet.stem.0.conv"),
                 self.in_chans,
                 st,
                 3,
                 2,
                 true,
-                device,
             ),
-            ConvBn::new(
-                SiteId::new("resnet.stem.1.conv"),
-                st,
-                st,
-                3,
-                2,
-                true,
-                device,
-            ),
+            ConvBn::build(&r0.pp("resnet.stem.1.conv"), st, st, 3, 2, true),
         ];
         let (planes, out) = (self.res_planes, self.res_out());
         let layer1 = (0..self.res_blocks)
             .map(|i| {
-                let p = SiteId::new(format!("resnet.layer1.{i}"));
+                let p = r0.pp(&format!("resnet.layer1.{i}"));
                 let cin = if i == 0 { st } else { out };
-                let mut conv3 = ConvBn::new(p.join("conv3"), planes, out, 1, 1, false, device);
+                let conv1 = ConvBn::build(&p.pp("conv1"), cin, planes, 1, 1, true);
+                let conv2 = ConvBn::build(&p.pp("conv2"), planes, planes, 3, 1, true);
+                let mut conv3 = ConvBn::build(&p.pp("conv3"), planes, out, 1, 1, false);
                 if let Some(bn) = &mut conv3.bn {
                     bn.gamma = Initializer::Zeros.init([out], device);
                 }
                 Bottleneck {
-                    conv1: ConvBn::new(p.join("conv1"), cin, planes, 1, 1, true, device),
-                    conv2: ConvBn::new(p.join("conv2"), planes, planes, 3, 1, true, device),
+                    conv1,
+                    conv2,
                     conv3,
-                    downsample: (cin != out).then(|| {
-                        ConvBn::new(p.join("downsample.0"), cin, out, 1, 1, false, device)
-                    }),
+                    downsample: (cin != out)
+                        .then(|| ConvBn::build(&p.pp("downsample.0"), cin, out, 1, 1, false)),
                 }
             })
             .collect();
-        let conv3 = ConvBn::new(
-            SiteId::new("conv3"),
-            out,
-            self.embed_dim,
-            1,
-            1,
-            true,
-            device,
-        );
+        let conv3 = ConvBn::build(&r0.pp("conv3"), out, self.embed_dim, 1, 1, true);
         let layers = (0..4)
             .map(|s| {
-                SwinStage::new(
-                    &SiteId::new(format!("layers.{s}")),
+                SwinStage::build(
+                    &b.pp(&format!("layers.{s}")),
                     SwinStageDims {
                         dim: self.stage_dim(s),
                         heads: self.num_heads[s],
@@ -320,7 +312,6 @@ impl WtPoseConfig {
                         norm_eps: self.norm_eps,
                     },
                     &self.geometry(s),
-                    device,
                 )
             })
             .collect();
@@ -328,44 +319,34 @@ impl WtPoseConfig {
             .map(|s| LayerNorm::new(self.stage_dim(s), self.norm_eps, device))
             .collect();
         let d = self.wtm_dim;
-        let wtm = SiteId::new("wtm");
+        let wtm = r0.pp("wtm");
+        let in_dim: usize = (0..4).map(|s| self.stage_dim(s)).sum();
+        let conv1 = ConvBn::build(&wtm.pp("conv1"), in_dim, d, 1, 1, true);
         let blocks = self
             .wtm_layer_dilations()
             .iter()
             .enumerate()
-            .map(|(i, &dil)| NatLayer::new(&wtm.join(&format!("blocks.{i}")), self, dil, device))
+            .map(|(i, &dil)| NatLayer::build(&wtm.pp(&format!("blocks.{i}")), self, dil))
             .collect();
         let cascades = self.wtm_dilations.len();
-        let in_dim: usize = (0..4).map(|s| self.stage_dim(s)).sum();
         let waterfall = Waterfall {
-            conv1: ConvBn::new(wtm.join("conv1"), in_dim, d, 1, 1, true, device),
+            conv1,
             blocks,
-            pool: ConvBn::new(wtm.join("global_avg_pool.1"), d, d, 1, 1, true, device),
-            conv2: ConvBn::new(wtm.join("conv2"), (cascades + 1) * d, d, 1, 1, true, device),
-            low: ConvBn::new(wtm.join("low"), out, self.wtm_low_dim, 1, 1, true, device),
+            // Global pooling: one pixel per image.
+            pool: ConvBn::build(&wtm.pp("global_avg_pool.1").rows(1), d, d, 1, 1, true),
+            conv2: ConvBn::build(&wtm.pp("conv2"), (cascades + 1) * d, d, 1, 1, true),
+            low: ConvBn::build(&wtm.pp("low"), out, self.wtm_low_dim, 1, 1, true),
             last: vec![
-                ConvBn::new(
-                    wtm.join("last_conv.0"),
-                    d + self.wtm_low_dim,
-                    d,
-                    3,
-                    1,
-                    true,
-                    device,
-                ),
-                ConvBn::new(
-                    wtm.join("last_conv.3"),
-                    d,
-                    self.wtm_out_dim,
-                    3,
-                    1,
-                    true,
-                    device,
-                ),
+                ConvBn::build(&wtm.pp("last_conv.0"), d + self.wtm_low_dim, d, 3, 1, true),
+                ConvBn::build(&wtm.pp("last_conv.3"), d, self.wtm_out_dim, 3, 1, true),
             ],
         };
-        let head = Conv2dConfig::new(self.wtm_out_dim, self.num_keypoints, 1, 1)
-            .init(SiteId::new("head.final_layer"), device);
+        let head = r0.pp("head.final_layer").conv(&Conv2dConfig::new(
+            self.wtm_out_dim,
+            self.num_keypoints,
+            1,
+            1,
+        ));
         Ok(WtPose {
             stem,
             layer1,
@@ -375,103 +356,17 @@ impl WtPoseConfig {
             waterfall,
             head,
             config: self.clone(),
+            sites: sites.into_inner(),
         })
     }
 
-    /// Every quantizable site in forward order, with parameters and MACs per image. Token
-    /// counts include the padding the Swin windows (to a multiple of the window) and the NA
-    /// layers (to `kernel * dilation`) compute on.
+    /// Every quantizable site in forward order, with parameters and MACs per image: those the
+    /// model records as it is built (token counts include the padding the Swin windows and the
+    /// NA layers compute on; parameters are drawn lazily, so nothing large is allocated).
     pub fn sites(&self) -> Vec<SiteInfo> {
-        let mut sites = Vec::new();
-        let [h, w] = self.input_size;
-        let half = [h.div_ceil(2), w.div_ceil(2)];
-        let r0 = self.stage_resolution(0);
-        let st = self.stem_channels;
-        conv_site(&mut sites, "resnet.stem.0.conv", self.in_chans, st, 3, half);
-        conv_site(&mut sites, "resnet.stem.1.conv", st, st, 3, r0);
-        let (planes, out) = (self.res_planes, self.res_out());
-        for i in 0..self.res_blocks {
-            let p = format!("resnet.layer1.{i}");
-            let cin = if i == 0 { st } else { out };
-            conv_site(&mut sites, &format!("{p}.conv1"), cin, planes, 1, r0);
-            conv_site(&mut sites, &format!("{p}.conv2"), planes, planes, 3, r0);
-            conv_site(&mut sites, &format!("{p}.conv3"), planes, out, 1, r0);
-            if cin != out {
-                conv_site(&mut sites, &format!("{p}.downsample.0"), cin, out, 1, r0);
-            }
-        }
-        conv_site(&mut sites, "conv3", out, self.embed_dim, 1, r0);
-        for s in 0..4 {
-            let dim = self.stage_dim(s) as u64;
-            let [rh, rw] = self.stage_resolution(s);
-            let tokens = (rh * rw) as u64;
-            let stage = SiteId::new(format!("layers.{s}"));
-            if s > 0 {
-                sites.push(site(
-                    stage.join("downsample.reduction").as_str(),
-                    SiteKind::Linear,
-                    2 * dim * dim,
-                    tokens * 2 * dim * dim,
-                ));
-            }
-            let win = self.window_size;
-            let padded = (padded_len(rh, win) * padded_len(rw, win)) as u64;
-            let hidden = (dim as f64 * self.mlp_ratio) as u64;
-            for b in 0..self.depths[s] {
-                let blk = stage.join(&format!("blocks.{b}"));
-                attention_sites(
-                    &mut sites,
-                    &blk.join("attn"),
-                    dim,
-                    padded,
-                    padded,
-                    (win * win) as u64,
-                );
-                mlp_sites(&mut sites, &blk.join("mlp"), dim, hidden, tokens);
-            }
-        }
-        let d = self.wtm_dim;
-        let in_dim: usize = (0..4).map(|s| self.stage_dim(s)).sum();
-        conv_site(&mut sites, "wtm.conv1", in_dim, d, 1, r0);
-        let k = self.wtm_kernel;
-        let hidden = (d as f64 * self.mlp_ratio) as u64;
-        let tokens = (r0[0] * r0[1]) as u64;
-        for (i, dil) in self.wtm_layer_dilations().into_iter().enumerate() {
-            let blk = SiteId::new(format!("wtm.blocks.{i}"));
-            let span = k * dil;
-            let padded = (r0[0].max(span) * r0[1].max(span)) as u64;
-            attention_sites(
-                &mut sites,
-                &blk.join("attn"),
-                d as u64,
-                padded,
-                tokens,
-                (k * k) as u64,
-            );
-            mlp_sites(&mut sites, &blk.join("mlp"), d as u64, hidden, tokens);
-        }
-        conv_site(&mut sites, "wtm.global_avg_pool.1", d, d, 1, [1, 1]);
-        let cascades = self.wtm_dilations.len();
-        conv_site(&mut sites, "wtm.conv2", (cascades + 1) * d, d, 1, r0);
-        conv_site(&mut sites, "wtm.low", out, self.wtm_low_dim, 1, r0);
-        conv_site(
-            &mut sites,
-            "wtm.last_conv.0",
-            d + self.wtm_low_dim,
-            d,
-            3,
-            r0,
-        );
-        conv_site(&mut sites, "wtm.last_conv.3", d, self.wtm_out_dim, 3, r0);
-        conv_site(
-            &mut sites,
-            "head.final_layer",
-            self.wtm_out_dim,
-            self.num_keypoints,
-            1,
-            r0,
-        );
-        sites
+        self.init(&Device::flex())
+            .map(|m| m.sites)
+            .unwrap_or_default()
     }
 
     /// Multiply-accumulates per image, counted as `count` says.
@@ -544,68 +439,6 @@ impl WtPoseConfig {
     }
 }
 
-fn conv_site(
-    sites: &mut Vec<SiteInfo>,
-    id: &str,
-    cin: usize,
-    cout: usize,
-    k: usize,
-    hw: [usize; 2],
-) {
-    let params = (cin * cout * k * k) as u64;
-    sites.push(site(
-        id,
-        SiteKind::Conv,
-        params,
-        (hw[0] * hw[1]) as u64 * params,
-    ));
-}
-
-fn attention_sites(
-    sites: &mut Vec<SiteInfo>,
-    attn: &SiteId,
-    dim: u64,
-    qkv_tokens: u64,
-    proj_tokens: u64,
-    keys: u64,
-) {
-    sites.push(site(
-        attn.join("qkv").as_str(),
-        SiteKind::Linear,
-        3 * dim * dim,
-        qkv_tokens * 3 * dim * dim,
-    ));
-    sites.push(site(
-        attn.join("matmul_qk").as_str(),
-        SiteKind::MatMulQk,
-        0,
-        qkv_tokens * keys * dim,
-    ));
-    sites.push(site(
-        attn.join("matmul_av").as_str(),
-        SiteKind::MatMulAv,
-        0,
-        qkv_tokens * keys * dim,
-    ));
-    sites.push(site(
-        attn.join("proj").as_str(),
-        SiteKind::Linear,
-        dim * dim,
-        proj_tokens * dim * dim,
-    ));
-}
-
-fn mlp_sites(sites: &mut Vec<SiteInfo>, mlp: &SiteId, dim: u64, hidden: u64, tokens: u64) {
-    for (name, i, o) in [("fc1", dim, hidden), ("fc2", hidden, dim)] {
-        sites.push(site(
-            mlp.join(name).as_str(),
-            SiteKind::Linear,
-            i * o,
-            tokens * i * o,
-        ));
-    }
-}
-
 /// A conv site followed by an optional BatchNorm (absent once folded) and ReLU.
 #[derive(Module, Debug)]
 pub struct ConvBn {
@@ -619,22 +452,23 @@ pub struct ConvBn {
 }
 
 impl ConvBn {
-    /// `k x k` conv with padding `k / 2`, no bias, then BatchNorm (and ReLU if `relu`).
-    pub fn new(
-        site: SiteId,
+    /// `k x k` conv with padding `k / 2`, no bias, at `b`'s path (its output has `b`'s rows
+    /// of pixels per image), then BatchNorm (and ReLU if `relu`).
+    pub fn build(
+        b: &SiteBuilder,
         cin: usize,
         cout: usize,
         k: usize,
         stride: usize,
         relu: bool,
-        device: &Device,
     ) -> Self {
         ConvBn {
-            conv: Conv2dConfig::new(cin, cout, k, stride)
-                .with_padding(k / 2)
-                .with_bias(false)
-                .init(site, device),
-            bn: Some(BatchNormConfig::new(cout).init(device)),
+            conv: b.conv(
+                &Conv2dConfig::new(cin, cout, k, stride)
+                    .with_padding(k / 2)
+                    .with_bias(false),
+            ),
+            bn: Some(BatchNormConfig::new(cout).init(b.device())),
             relu,
         }
     }
@@ -714,32 +548,31 @@ pub struct NatLayer {
 }
 
 impl NatLayer {
-    fn new(path: &SiteId, cfg: &WtPoseConfig, dilation: usize, device: &Device) -> Self {
-        let d = cfg.wtm_dim;
+    /// A layer at `b`'s path over `b`'s rows (the stride-4 map's tokens); its attention's
+    /// `qkv` and matmuls run on the map padded to at least `kernel * dilation` each way.
+    fn build(b: &SiteBuilder, cfg: &WtPoseConfig, dilation: usize) -> Self {
+        let (d, device) = (cfg.wtm_dim, b.device());
         let scale = || {
             cfg.layer_scale
                 .map(|v| Initializer::Constant { value: v }.init([d], device))
         };
+        let [h, w] = cfg.stage_resolution(0);
+        let span = cfg.wtm_kernel * dilation;
         NatLayer {
             norm1: LayerNorm::new(d, cfg.norm_eps, device),
-            attn: NeighborhoodAttention::new(
-                &path.join("attn"),
+            attn: NeighborhoodAttention::build(
+                &b.pp("attn"),
+                h.max(span) * w.max(span),
                 d,
                 cfg.wtm_heads,
                 cfg.wtm_kernel,
                 dilation,
-                device,
             ),
             norm2: LayerNorm::new(d, cfg.norm_eps, device),
-            mlp: Mlp::new(
-                &path.join("mlp"),
-                d,
-                (d as f64 * cfg.mlp_ratio) as usize,
-                device,
-            ),
+            mlp: Mlp::build(&b.pp("mlp"), d, (d as f64 * cfg.mlp_ratio) as usize),
             gamma1: scale(),
             gamma2: scale(),
-            resolution: cfg.stage_resolution(0),
+            resolution: [h, w],
         }
     }
 
@@ -917,6 +750,9 @@ pub struct WtPose {
     #[module(skip)]
     /// The configuration the model was built from.
     pub config: WtPoseConfig,
+    #[module(skip)]
+    /// Its sites, recorded while it was built.
+    pub sites: Vec<SiteInfo>,
 }
 
 impl WtPose {
@@ -1175,7 +1011,7 @@ fn nchw_map(t: Tensor<3>, [h, w]: [usize; 2]) -> Tensor<4> {
 /// stage and `conv3` come before boundary 0. The output is the heatmaps, flattened.
 impl Network for WtPose {
     fn sites(&self) -> Vec<SiteInfo> {
-        self.config.sites()
+        self.sites.clone()
     }
 
     fn output_kind(&self) -> OutputKind {
