@@ -80,6 +80,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Piped into `head` and the like, a closed stdout ends the command quietly, as it does for
+    // other command-line tools, instead of panicking in `println!`: restore the default
+    // SIGPIPE action that Rust's runtime replaces with "ignore".
+    #[cfg(unix)]
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid action for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // A user's own MIMALLOC_PURGE_DELAY wins (and gives the A/B comparison).
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         keep_freed_memory();

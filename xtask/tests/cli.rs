@@ -189,6 +189,28 @@ fn info_reports_deit_small_figures() {
     assert!(stdout.contains("4.599 GMACs"), "{stdout}");
 }
 
+/// `cargo xtask info | head -1`: a reader that closes the pipe before the command writes ends
+/// it quietly (SIGPIPE, as other command-line tools), with no panic on stderr.
+#[test]
+fn a_closed_stdout_ends_the_command_without_a_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["info", "--model", "deit-b"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end at once: the command starts writing milliseconds later.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "wrote to a closed pipe and succeeded"
+    );
+}
+
 #[test]
 fn ptq_rejects_bits_out_of_range_and_bad_plans() {
     for bits in ["0", "1", "9"] {
