@@ -574,3 +574,52 @@ fn topdown_geometry_follows_the_model() {
     assert_eq!((td.heatmap_w, td.heatmap_h), (24, 32));
     assert_eq!(td.sigma, 2.0);
 }
+
+/// LRP through WTPose (the shipped checkpoint, BatchNorm folded): the explainer's rules reach
+/// every layer, the NHWC linears of the Swin and neighbourhood-attention blocks included (their
+/// bias sits on the last axis; the rules once added it on axis 1 and failed on these shapes),
+/// and relevance of the explained heatmap pixel reaches every site and the image pixels. The
+/// folded BatchNorms' biases absorb part of it, so the pixel total is not the heatmap value as
+/// it is through the classifiers.
+#[test]
+fn wtpose_is_explained_down_to_the_pixels() {
+    let device = Device::flex();
+    let model = mixq_vit_models::ModelCard::find("wtpose-tiny")
+        .unwrap()
+        .load_pose(None, &device)
+        .unwrap()
+        .fold_batch_norm();
+    device.seed(5);
+    let x = Tensor::<4>::random([2, 3, 128, 96], Distribution::Normal(0.0, 1.0), &device);
+    let options = mixq_vit_models::ExplainOptions::new(
+        mixq_lrp::Preset::Attnlrp,
+        &[0.485, 0.456, 0.406],
+        &[0.229, 0.224, 0.225],
+    );
+    let e = model
+        .explain(x, &mixq_vit_models::Target::Predicted, &options)
+        .unwrap();
+    let totals = e.pixel_totals();
+    println!(
+        "targets {:?} values {:?} pixels {totals:?}",
+        e.targets, e.target_logits
+    );
+    assert_eq!(e.pixel_shape, [2, 3, 128, 96]);
+    assert!(e.pixels.iter().all(|r| r.is_finite()));
+    assert_eq!(e.sites.len(), model.sites().len());
+    for s in &e.sites {
+        assert!(
+            s.output_abs.iter().all(|&r| r.is_finite() && r > 0.0),
+            "{}: {:?}",
+            s.site,
+            s.output_abs
+        );
+    }
+    // Positive evidence for the brightest heatmap pixel reaches the image.
+    for (t, p) in e.target_logits.iter().zip(&totals) {
+        assert!(
+            *p > 0.1 * t && *p < 1.5 * t,
+            "pixels {p} vs heatmap value {t}"
+        );
+    }
+}
