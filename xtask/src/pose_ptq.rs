@@ -25,6 +25,7 @@ fn plans(args: &PtqArgs) -> Result<PosePlans> {
             probe_batch: args.mixed_args.sweep.sweep_batch,
             candidates: args.mixed_args.sweep.candidates.clone(),
             budget: args.mixed_args.budget.config(),
+            lrp_preset: args.mixed_args.lrp_preset,
             block_cache: !args.mixed_args.sweep.no_block_cache,
         });
     }

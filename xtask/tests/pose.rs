@@ -190,13 +190,23 @@ fn mixed_pose_plan_meets_its_budget_and_is_reproducible() {
     // The image input stays at 8 bits: the MAC-weighted activation average is a bit above 3.
     assert_eq!(uniform[1], 3.0);
     assert!(uniform[2] > 3.0 && uniform[2] < 3.2, "{first}");
+    // The LRP criterion's plan (contribution scores on the calibration crops) keeps the budget.
+    let lrp = row(&first, "mixed lrp");
+    assert!(lrp[1] <= 5.0 + 1e-9 && lrp[2] <= 5.0 + 1e-9, "{first}");
     let run = only_run(&dir, "ptq-pose-mixed");
     let table = std::fs::read_to_string(run.join("sensitivity.toml")).unwrap();
     assert!(table.contains("metric = \"rel-mse\""), "{table}");
     assert!(run.join("sensitivity.png").is_file());
+    let scores = std::fs::read_to_string(run.join("scores.toml")).unwrap();
+    assert!(
+        scores.contains("\"wtm.blocks.0.attn.qkv\"") && scores.contains("images = \"8\""),
+        "{scores}"
+    );
     // Same seed, same plan and numbers.
     std::fs::remove_dir_all(&run).unwrap();
-    assert_eq!(row(&ok(&args), "mixed sensitivity"), mixed);
+    let again = ok(&args);
+    assert_eq!(row(&again, "mixed sensitivity"), mixed);
+    assert_eq!(row(&again, "mixed lrp"), lrp);
 }
 
 #[test]

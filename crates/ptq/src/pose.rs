@@ -13,13 +13,15 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
-use mixq_allocator::Criterion;
-use mixq_core::{BitPlan, Error, Result, SensitivityTable, SiteBits, SiteInfo};
+use mixq_core::{BitPlan, ContributionScores, Error, Result, SensitivityTable, SiteBits, SiteInfo};
 use mixq_datasets::pose_transform::{decode_heatmaps, flip_heatmaps_back};
 use mixq_datasets::{
     CocoKeypoints, PoseData, PoseMeta, TopDownDataset, evaluate_keypoints, keypoint_results,
 };
-use mixq_vit_models::{Network, NoHook, SiteHook, WtPose, pose_batch_tensor};
+use mixq_vit_models::{
+    ExplainOptions, Network, NoHook, SiteHook, Target, WtPose, contribution_scores,
+    pose_batch_tensor,
+};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -220,9 +222,10 @@ pub enum PosePlans {
         /// Activation bits.
         a_bits: u8,
     },
-    /// Every site measured alone at every candidate on probe crops, then, at every budget, the
-    /// uniform plan within it and the allocator's plan (criterion `sensitivity`, whatever
-    /// `budget.criteria` says: WTPose has no LRP path, so no contribution scores).
+    /// Every site measured alone at every candidate on probe crops and, for the `lrp` and
+    /// `mix` criteria, LRP contribution scores on the calibration crops (each crop's brightest
+    /// heatmap pixel explained); then, at every budget, the uniform plan within it and the
+    /// allocator's plan for each of `budget.criteria`.
     Mixed {
         /// Probe crops, disjoint from the calibration crops.
         probe: usize,
@@ -232,6 +235,9 @@ pub enum PosePlans {
         candidates: String,
         /// Budgets.
         budget: BudgetConfig,
+        /// LRP rules for the contribution scores.
+        #[serde(default)]
+        lrp_preset: mixq_lrp::Preset,
         /// Rerun each site from its block with the probe crops' boundaries cached (the same
         /// numbers; memory: every boundary of every probe crop).
         block_cache: bool,
@@ -260,6 +266,8 @@ pub struct PosePtqConfig {
 /// Which step a progress report is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoseStage {
+    /// LRP contribution scores (calibration crops).
+    Lrp,
     /// The sensitivity sweep (points).
     Sensitivity,
     /// Calibration of each plan (plans).
@@ -272,6 +280,7 @@ impl PoseStage {
     /// How progress bars name the stage.
     pub fn name(self) -> &'static str {
         match self {
+            PoseStage::Lrp => "lrp",
             PoseStage::Sensitivity => "sensitivity",
             PoseStage::Calibrate => "calibrate",
             PoseStage::Eval => "eval",
@@ -335,6 +344,8 @@ pub struct PosePtq {
     pub predictions: Vec<PosePredictions>,
     /// The sensitivity table (mixed plans only).
     pub table: Option<SensitivityTable>,
+    /// LRP contribution scores (mixed plans with the `lrp` or `mix` criterion only).
+    pub scores: Option<ContributionScores>,
     /// Probe crops used (0 without a sweep).
     pub probe_crops: usize,
     /// Held-out person crops scored.
@@ -388,10 +399,10 @@ pub fn pose_ptq(
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
     let calib = crops(&train_set, &order[..config.calib], device)?;
 
-    let (mut plans, table) = match &config.plans {
+    let (mut plans, table, scores) = match &config.plans {
         PosePlans::Given { name, plan } => {
             plan.check_sites(sites.iter().map(|s| &s.id))?;
-            (vec![(name.clone(), None, plan.clone())], None)
+            (vec![(name.clone(), None, plan.clone())], None, None)
         }
         PosePlans::Uniform { w_bits, a_bits } => (
             vec![(
@@ -400,14 +411,27 @@ pub fn pose_ptq(
                 uniform_plan(&sites, *w_bits, *a_bits, config.image_bits)?,
             )],
             None,
+            None,
         ),
         PosePlans::Mixed {
             candidates,
             budget,
             block_cache,
+            lrp_preset,
             ..
         } => {
             let candidates = mixq_allocator::parse_candidates(candidates)?;
+            let scores = if budget.criteria.iter().any(|c| c.needs_scores()) {
+                Some(pose_contribution_scores(
+                    model,
+                    &calib,
+                    *lrp_preset,
+                    &config.model,
+                    |d, t| progress(PoseStage::Lrp, d, t),
+                )?)
+            } else {
+                None
+            };
             let probe_idx = &order[config.calib..config.calib + n_probe];
             let probe = Probe::new(
                 crops(&train_set, probe_idx, device)?,
@@ -423,16 +447,12 @@ pub fn pose_ptq(
                 *block_cache,
                 |d, t| progress(PoseStage::Sensitivity, d, t),
             )?;
-            let budget = BudgetConfig {
-                criteria: vec![Criterion::Sensitivity],
-                ..budget.clone()
-            };
             let plans = budget_plans(
                 &sites,
-                None,
+                scores.as_ref(),
                 &table,
                 &candidates,
-                &budget,
+                budget,
                 config.image_bits,
                 None,
                 true,
@@ -440,7 +460,7 @@ pub fn pose_ptq(
             .into_iter()
             .map(|p| (p.name, Some(p.avg_bits), p.plan))
             .collect();
-            (plans, Some(table))
+            (plans, Some(table), scores)
         }
     };
     for (_, _, plan) in &mut plans {
@@ -499,10 +519,34 @@ pub fn pose_ptq(
         rows,
         predictions,
         table,
+        scores,
         probe_crops: n_probe,
         held_out: val_set.len(),
         sites,
     })
+}
+
+/// LRP contribution scores of a pose model's sites on `crops` (16 at a time): each crop's
+/// brightest heatmap pixel is explained (`Target::Predicted` over the flattened heatmaps), with
+/// the pixel rule bounded by the crops' normalisation.
+pub fn pose_contribution_scores(
+    model: &WtPose,
+    crops: &Tensor<4>,
+    preset: mixq_lrp::Preset,
+    model_name: &str,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<ContributionScores> {
+    let n = crops.dims()[0];
+    let norm = mixq_datasets::pose_transform::Normalize::default();
+    let options = ExplainOptions::new(preset, &norm.mean, &norm.std);
+    let batches: Vec<(Tensor<4>, Target)> = (0..n)
+        .step_by(16)
+        .map(|s| (crops.clone().narrow(0, s, 16.min(n - s)), Target::Predicted))
+        .collect();
+    let mut scores =
+        contribution_scores(model, batches, &options, false, |done| progress(done, n))?;
+    scores.meta.insert("model".into(), model_name.to_string());
+    Ok(scores)
 }
 
 /// Skeletons of the predictions (instance score >= 0.3, keypoints >= 0.2) over the first

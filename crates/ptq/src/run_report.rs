@@ -285,6 +285,9 @@ impl crate::pose::PosePtq {
             run.write(&file, plan.to_toml()?.as_bytes())?;
         }
         let mut pictures = String::new();
+        if let Some(scores) = &self.scores {
+            scores.save(run.file("scores.toml"))?;
+        }
         if let Some(table) = &self.table {
             table.save(run.file("sensitivity.toml"))?;
             sensitivity_heat_map(
