@@ -94,7 +94,7 @@ pub struct BudgetConfig {
 
 impl BudgetConfig {
     /// The allocation problem at average bits `avg`; `scores` may be missing for the
-    /// `sensitivity` criterion (pose models have no LRP path).
+    /// `sensitivity` criterion (a backbone without classes has no LRP scores).
     pub fn problem(
         &self,
         sites: &[SiteInfo],
