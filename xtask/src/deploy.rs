@@ -7,11 +7,11 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use clap::Args;
-use mixq_core::{BitPlan, Error, Result};
+use mixq_core::{BitPlan, Result};
 use mixq_deploy::bench::{EngineBenchConfig, EngineBenchRow, bench_engine, gemm_speeds};
-use mixq_deploy::{Export, IntModel};
+use mixq_deploy::{Export, ExportConfig, ExportPlan, IntModel, export_model};
 use mixq_ptq::mixed::plan_averages;
-use mixq_ptq::{PtqConfig, PtqRun, SoftmaxMode, calibration_images, evaluate_data, uniform_plan};
+use mixq_ptq::{PtqConfig, PtqRun, SoftmaxMode, evaluate_data};
 use mixq_vit_models::{ModelCard, SiteInfo};
 
 use crate::common::{BitArgs, CalibArgs, EvalDataArgs, ModelArgs, QuantizerArgs, progress};
@@ -110,41 +110,33 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
     let device = args.model.device.device()?;
     let model = args.model.load(&card, &device)?;
     let fp_model = data.is_some().then(|| model.clone());
-    let sites = model.sites();
     let bits = args.bits.unwrap_or(8);
-    let mut plan = match (run, &args.plan) {
-        (Some(plan), _) => plan,
-        (None, Some(path)) => BitPlan::load(path)?,
-        (None, None) => uniform_plan(
-            &sites,
-            args.bit_args.w_bits.unwrap_or(bits),
-            args.bit_args.a_bits.unwrap_or(bits),
-            args.bit_args.image_bits,
-        )?,
+    let config = ExportConfig {
+        plan: match (run, &args.plan) {
+            (Some(plan), _) => ExportPlan::Given(plan),
+            (None, Some(path)) => ExportPlan::Given(BitPlan::load(path)?),
+            (None, None) => ExportPlan::Uniform {
+                w_bits: args.bit_args.w_bits.unwrap_or(bits),
+                a_bits: args.bit_args.a_bits.unwrap_or(bits),
+                image_bits: args.bit_args.image_bits,
+            },
+        },
+        seed: args.model.seed,
+        calib: args.calibration.calib,
+        calib_data: args.calibration.calib_data.clone(),
+        ptq: PtqConfig {
+            post_ln,
+            softmax,
+            ..PtqConfig::default()
+        },
     };
-    plan.check_sites(sites.iter().map(|s| &s.id))?;
-    plan.meta.insert("model".into(), card.name.clone());
-    plan.meta.insert("seed".into(), args.model.seed.to_string());
-    plan.meta.insert("post_ln".into(), post_ln.to_string());
-    plan.meta.insert("softmax".into(), softmax.to_string());
-
-    let calib = calibration_images(
-        &card.data_spec(),
-        args.calibration.calib_data.as_deref(),
-        args.calibration.calib,
-        args.model.seed,
-        &device,
-    )?;
-    let config = PtqConfig {
-        post_ln,
-        softmax,
-        ..PtqConfig::default()
-    };
+    let sites = model.sites();
     let Export {
         engine,
         quantized,
         max_abs_diff: max_d,
-    } = mixq_deploy::export(model, &plan, &config, calib)?;
+    } = export_model(&card, model, &config, &device)?;
+    let plan = engine.plan();
     let bytes = engine.to_bytes()?;
     mixq_core::write_atomic(&args.out, &bytes)?;
     println!("| model | plan | integer sites | file bytes | max |Δlogits| vs fake-quant (calib) |");
@@ -152,7 +144,7 @@ pub fn export(mut args: ExportArgs) -> Result<()> {
     println!(
         "| {} | {} | {} | {} | {max_d:.2e} |",
         card.aliases[0],
-        describe_plan(&plan, &sites),
+        describe_plan(plan, &sites),
         engine.num_integer_sites(),
         bytes.len(),
     );
@@ -180,19 +172,7 @@ fn describe_plan(plan: &BitPlan, sites: &[SiteInfo]) -> String {
 
 pub fn run_int(args: RunIntArgs) -> Result<()> {
     let engine = IntModel::load(&args.model)?;
-    let name = engine.plan().meta.get("model").cloned().ok_or_else(|| {
-        Error::parse(
-            &args.model,
-            "header key 'plan.meta.model' missing: cannot tell which data set the model expects",
-        )
-    })?;
-    let card = ModelCard::find(&name)?;
-    if card.arch != *engine.arch() {
-        return Err(Error::parse(
-            &args.model,
-            format!("header key 'arch' differs from model card '{name}'"),
-        ));
-    }
+    let card = engine.card()?;
     let data = args.eval_data.open(&card)?;
     let describe = data.describe.clone();
     let bar = progress(data.len, "run-int");

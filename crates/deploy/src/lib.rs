@@ -75,7 +75,7 @@ use burn::tensor::{Tensor, TensorData};
 use mixq_core::{BitPlan, Error, Result, SiteId};
 use mixq_ptq::{ActQuantizer, QuantizedModel};
 use mixq_quant_kernels::{Granularity, IntGemm, PackedWeights, UniformQuantizer, host_values};
-use mixq_vit_models::{ArchConfig, Model, Slot};
+use mixq_vit_models::{ArchConfig, Model, ModelCard, Network, Slot};
 
 pub use format::{FORMAT_NAME, FORMAT_VERSION, Header, WeightInfo};
 pub use layer::IntLinear;
@@ -133,6 +133,8 @@ pub struct IntModel {
     arch: ArchConfig,
     net: Net,
     gemm: IntGemm,
+    /// The file it was read from (`<quantized model>` for a fresh export), for errors.
+    origin: std::path::PathBuf,
 }
 
 enum Net {
@@ -245,6 +247,7 @@ impl IntModel {
             arch,
             net,
             gemm,
+            origin: t.origin.clone(),
         })
     }
 
@@ -283,6 +286,26 @@ impl IntModel {
     /// The bits the model was quantized with.
     pub fn plan(&self) -> &BitPlan {
         &self.header.plan
+    }
+
+    /// The model card the file was exported from (the plan's `meta.model`, as
+    /// [`export_model`] records it), checked against the file's architecture: what says which
+    /// data set and preprocessing the model expects.
+    pub fn card(&self) -> Result<ModelCard> {
+        let name = self.header.plan.meta.get("model").ok_or_else(|| {
+            Error::parse(
+                &self.origin,
+                "header key 'plan.meta.model' missing: cannot tell which data set the model expects",
+            )
+        })?;
+        let card = ModelCard::find(name)?;
+        if card.arch != self.arch {
+            return Err(Error::parse(
+                &self.origin,
+                format!("header key 'arch' differs from model card '{name}'"),
+            ));
+        }
+        Ok(card)
     }
 
     /// Classes of the classifier head.
@@ -403,6 +426,73 @@ fn pack_on_grid(
         ));
     }
     Ok(packed)
+}
+
+/// Where an export's bits come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExportPlan {
+    /// A given plan (a plan file, a `ptq` run's plan).
+    Given(BitPlan),
+    /// The same bits at every site; the image input at `image_bits`.
+    Uniform {
+        /// Weight bits.
+        w_bits: u8,
+        /// Activation bits.
+        a_bits: u8,
+        /// Bits of the image input (the first site's input).
+        image_bits: u8,
+    },
+}
+
+/// An export of a model card's model, as `cargo xtask export` resolves it from its flags.
+#[derive(Clone, Debug)]
+pub struct ExportConfig {
+    /// The bits.
+    pub plan: ExportPlan,
+    /// Seed of the calibration sample (recorded in the file).
+    pub seed: u64,
+    /// Calibration images.
+    pub calib: usize,
+    /// Where they come from (`None`: the card's data set).
+    pub calib_data: Option<std::path::PathBuf>,
+    /// Quantizer modes (post-LN, softmax).
+    pub ptq: mixq_ptq::PtqConfig,
+}
+
+/// `model`, the model of `card`, exported as `config` says: the plan checked against the
+/// model's sites and stamped with where the file comes from (card name, seed, quantizer modes:
+/// what [`IntModel::card`] reads back), calibration images drawn from `config.calib_data` (else
+/// the card's data set) with `config.seed`, then [`export`].
+pub fn export_model(
+    card: &ModelCard,
+    model: Model,
+    config: &ExportConfig,
+    device: &burn::tensor::Device,
+) -> Result<Export> {
+    let sites = model.sites();
+    let mut plan = match &config.plan {
+        ExportPlan::Given(plan) => plan.clone(),
+        ExportPlan::Uniform {
+            w_bits,
+            a_bits,
+            image_bits,
+        } => mixq_ptq::uniform_plan(&sites, *w_bits, *a_bits, *image_bits)?,
+    };
+    plan.check_sites(sites.iter().map(|s| &s.id))?;
+    plan.meta.insert("model".into(), card.name.clone());
+    plan.meta.insert("seed".into(), config.seed.to_string());
+    plan.meta
+        .insert("post_ln".into(), config.ptq.post_ln.to_string());
+    plan.meta
+        .insert("softmax".into(), config.ptq.softmax.to_string());
+    let calib = mixq_ptq::calibration_images(
+        &card.data_spec(),
+        config.calib_data.as_deref(),
+        config.calib,
+        config.seed,
+        device,
+    )?;
+    export(model, &plan, &config.ptq, calib)
 }
 
 /// An exported model and how closely it follows the fake-quant model it came from.

@@ -337,6 +337,48 @@ fn a_models_layers_are_exported_from_its_declaration() {
     );
 }
 
+/// `export_model` records where the file comes from; `IntModel::card` reads it back (after a
+/// save and load too), and a file without it says which header key is missing.
+#[test]
+fn an_export_knows_its_model_card() {
+    let device = Device::flex();
+    let card = ModelCard::find("digits-deit").unwrap();
+    let config = mixq_deploy::ExportConfig {
+        plan: mixq_deploy::ExportPlan::Uniform {
+            w_bits: 4,
+            a_bits: 8,
+            image_bits: 8,
+        },
+        seed: 3,
+        calib: 16,
+        calib_data: None,
+        ptq: PtqConfig::default(),
+    };
+    let export = mixq_deploy::export_model(&card, digits_model(&device), &config, &device).unwrap();
+    let meta = &export.engine.plan().meta;
+    assert_eq!(meta["model"], card.name);
+    assert_eq!(meta["seed"], "3");
+    assert_eq!(export.engine.card().unwrap(), card);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("digits.mixq.safetensors");
+    export.engine.save(&path).unwrap();
+    assert_eq!(IntModel::load(&path).unwrap().card().unwrap(), card);
+    // A model built without a card's provenance cannot tell its data set.
+    let (engine, bytes) = small_file();
+    let err = engine.card().unwrap_err().to_string();
+    assert!(err.contains("plan.meta.model"), "{err}");
+    std::fs::write(&path, bytes).unwrap();
+    let err = IntModel::load(&path)
+        .unwrap()
+        .card()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("digits.mixq.safetensors") && err.contains("plan.meta.model"),
+        "{err}"
+    );
+}
+
 #[test]
 fn swin_is_a_clear_error() {
     let device = Device::flex();
