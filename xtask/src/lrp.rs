@@ -4,13 +4,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use image::GrayImage;
 use mixq_core::{Error, Result, RunDir};
 use mixq_datasets::{Batch, sample_batch};
 use mixq_lrp::Preset;
-use mixq_report::{contribution_chart, image_grid, overlay_heatmap_gray, save_png};
-use mixq_vit_models::{ExplainDataConfig, ImageRelevance, TargetRule, explain_data};
-use serde::Serialize;
+use mixq_ptq::LrpRun;
+use mixq_vit_models::{ExplainDataConfig, TargetRule, explain_data};
 
 use crate::common::{ModelArgs, progress};
 
@@ -49,18 +47,6 @@ pub struct LrpArgs {
     pub runs: PathBuf,
 }
 
-#[derive(Serialize)]
-struct Results<'a> {
-    model: &'a str,
-    preset: String,
-    seed: u64,
-    images: usize,
-    read_at: &'a str,
-    mean_ink_relevance_share: Option<f64>,
-    mean_ink_area_share: Option<f64>,
-    per_image: &'a [ImageRelevance],
-}
-
 pub fn run(args: LrpArgs) -> Result<()> {
     let card = args.model.card()?;
     let device = args.model.device.device()?;
@@ -89,99 +75,23 @@ pub fn run(args: LrpArgs) -> Result<()> {
     let model = args.model.load(&card, &device)?;
     let n = data.len();
     let bar = progress(n, "explain");
-    let mut explained = explain_data(&model, &card, &data, &config, &device, |done| {
+    let explained = explain_data(&model, &card, &data, &config, &device, |done| {
         bar.set_position(done as u64)
     })?;
     bar.finish_and_clear();
-    explained
-        .scores
-        .meta
-        .insert("seed".into(), args.model.seed.to_string());
-    let (ink_rel, ink_area) = explained.mean_ink_shares();
-    let table = explained.top_sites_markdown(10);
-    let mut summary = format!(
-        "{} images of {}, preset {}, relevance read at site {}s; {} sites.\n",
-        n,
-        card.aliases[0],
-        args.preset,
-        if args.at_inputs { "input" } else { "output" },
-        explained.scores.scores.len()
-    );
-    if let (Some(r), Some(a)) = (ink_rel, ink_area) {
-        summary += &format!(
-            "Input relevance on ink pixels (intensity >= {}): {:.1} % of |relevance| on {:.1} % of the area.\n",
-            args.ink_threshold,
-            100.0 * r,
-            100.0 * a
-        );
-    }
-    print!("\n{summary}\n{table}");
-
+    let lrp = LrpRun {
+        card: &card,
+        explained: &explained,
+        image_shape: data.shape,
+        preset: args.preset,
+        seed: args.model.seed,
+        at_inputs: args.at_inputs,
+        ink_threshold: args.ink_threshold,
+    };
+    print!("\n{}\n{}", lrp.summary(), explained.top_sites_markdown(10));
     let run = RunDir::create(&args.runs, "lrp")?;
-    explained.scores.save(run.file("scores.toml"))?;
-    explained.scores.save(run.file("scores.json"))?;
-    contribution_chart(
-        run.file("contribution.png"),
-        &explained.scores,
-        &explained.site_order,
-        &format!(
-            "LRP contribution per site — {} ({}, {} images)",
-            card.aliases[0], args.preset, n
-        ),
-    )?;
-    if !explained.maps.is_empty() {
-        let [_, _, h, w] = data.shape;
-        let scale = (160 / w.max(h)).max(1) as u32;
-        let mut tiles = Vec::new();
-        let mut captions = Vec::new();
-        for m in &explained.maps {
-            let gray = to_gray(&m.intensities, w, h, scale);
-            tiles.push(overlay_heatmap_gray(
-                &gray,
-                &m.relevance,
-                w as u32,
-                h as u32,
-            )?);
-            let target = m.target;
-            captions.push(match m.label {
-                Some(l) => format!("label {l}, target {target}"),
-                None => format!("target {target}"),
-            });
-        }
-        save_png(
-            run.file("heatmaps.png"),
-            &image_grid(&tiles, tiles.len().min(4), &captions)?,
-        )?;
-    }
-    let json = mixq_core::to_json(
-        &Results {
-            model: &card.name,
-            preset: args.preset.to_string(),
-            seed: args.model.seed,
-            images: n,
-            read_at: if args.at_inputs { "input" } else { "output" },
-            mean_ink_relevance_share: ink_rel,
-            mean_ink_area_share: ink_area,
-            per_image: &explained.images,
-        },
-        "results",
-    )?;
-    run.write("results.json", json.as_bytes())?;
-    let report = format!(
-        "# LRP: {}\n\n{summary}\n{table}\n![contribution per site](contribution.png)\n\n\
-         ![input relevance (red positive, blue negative)](heatmaps.png)\n\nReproduce:\n\n```\ncargo xtask lrp {}\n```\n",
-        card.aliases[0],
-        crate::common::command_line(),
-    );
-    run.write("report.md", report.as_bytes())?;
+    lrp.write(&run, &crate::common::command_line())?;
     let path = run.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())
-}
-
-fn to_gray(raw: &[f32], w: usize, h: usize, scale: u32) -> GrayImage {
-    GrayImage::from_fn(w as u32 * scale, h as u32 * scale, |x, y| {
-        let v = raw[(y / scale) as usize * w + (x / scale) as usize];
-        image::Luma([(v * 255.0).round() as u8])
-    })
 }

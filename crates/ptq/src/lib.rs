@@ -47,7 +47,7 @@ pub use eval::{
 pub use hooked::sensitivity_hooked;
 pub use mixq_sensitivity::relative_mse;
 pub use record::{PtqResults, PtqRow, PtqRun, ablation_grid};
-pub use run_report::{MixedReport, RankAgreement};
+pub use run_report::{LrpRun, MixedReport, RankAgreement};
 pub use state::{ActQuantizer, QuantState};
 pub use sweep::{Baseline, SweepOptions, sensitivity_sweep, sweep_fingerprint};
 pub use table::{

@@ -3,7 +3,10 @@
 //! scores, the sensitivity tables and the pictures.
 
 use mixq_core::{BitPlan, Result, RunDir, SiteBits, site_ids};
-use mixq_report::{bits_chart, contribution_chart, sensitivity_heat_map};
+use mixq_report::{
+    bits_chart, contribution_chart, gray_image, image_grid, overlay_heatmap_gray, save_png,
+    sensitivity_heat_map,
+};
 use mixq_vit_models::ModelCard;
 use serde::Serialize;
 
@@ -328,6 +331,133 @@ impl crate::pose::PosePtq {
             self.held_out,
             if config.flip { "on" } else { "off" },
             crate::pose::PosePtqRow::markdown(&self.rows),
+        );
+        run.write("report.md", report.as_bytes())
+    }
+}
+
+/// What an LRP run over a sample leaves in its run folder (`cargo xtask lrp`): the explanation
+/// and what it was made with.
+pub struct LrpRun<'a> {
+    /// The explained model's card.
+    pub card: &'a ModelCard,
+    /// What [`mixq_vit_models::explain_data`] found.
+    pub explained: &'a mixq_vit_models::DataExplanation,
+    /// `[n, c, h, w]` of the explained images.
+    pub image_shape: [usize; 4],
+    /// The rules.
+    pub preset: mixq_lrp::Preset,
+    /// The sample's seed (recorded in the scores).
+    pub seed: u64,
+    /// Whether relevance was read at the sites' inputs.
+    pub at_inputs: bool,
+    /// Intensity from which a pixel counts as ink (the ink-share figure).
+    pub ink_threshold: f32,
+}
+
+#[derive(Serialize)]
+struct LrpResults<'a> {
+    model: &'a str,
+    preset: String,
+    seed: u64,
+    images: usize,
+    read_at: &'a str,
+    mean_ink_relevance_share: Option<f64>,
+    mean_ink_area_share: Option<f64>,
+    per_image: &'a [mixq_vit_models::ImageRelevance],
+}
+
+impl LrpRun<'_> {
+    fn read_at(&self) -> &'static str {
+        if self.at_inputs { "input" } else { "output" }
+    }
+
+    /// The run's summary lines: sample, rules, where relevance is read and (grey data sets)
+    /// the share of input relevance on ink pixels.
+    pub fn summary(&self) -> String {
+        let n = self.image_shape[0];
+        let mut summary = format!(
+            "{} images of {}, preset {}, relevance read at site {}s; {} sites.\n",
+            n,
+            self.card.aliases[0],
+            self.preset,
+            self.read_at(),
+            self.explained.scores.scores.len()
+        );
+        if let (Some(r), Some(a)) = self.explained.mean_ink_shares() {
+            summary += &format!(
+                "Input relevance on ink pixels (intensity >= {}): {:.1} % of |relevance| on {:.1} % of the area.\n",
+                self.ink_threshold,
+                100.0 * r,
+                100.0 * a
+            );
+        }
+        summary
+    }
+
+    /// Writes `scores.toml/json` (the seed in their meta), the contribution chart, the input
+    /// heatmaps, `results.json` and `report.md` (reproduce line: `command`, the
+    /// `cargo xtask lrp` arguments).
+    pub fn write(&self, run: &RunDir, command: &str) -> Result<()> {
+        let (card, n) = (self.card, self.image_shape[0]);
+        let mut scores = self.explained.scores.clone();
+        scores.meta.insert("seed".into(), self.seed.to_string());
+        scores.save(run.file("scores.toml"))?;
+        scores.save(run.file("scores.json"))?;
+        contribution_chart(
+            run.file("contribution.png"),
+            &scores,
+            &self.explained.site_order,
+            &format!(
+                "LRP contribution per site — {} ({}, {} images)",
+                card.aliases[0], self.preset, n
+            ),
+        )?;
+        if !self.explained.maps.is_empty() {
+            let [_, _, h, w] = self.image_shape;
+            let scale = (160 / w.max(h)).max(1) as u32;
+            let mut tiles = Vec::new();
+            let mut captions = Vec::new();
+            for m in &self.explained.maps {
+                let gray = gray_image(&m.intensities, w, h, scale);
+                tiles.push(overlay_heatmap_gray(
+                    &gray,
+                    &m.relevance,
+                    w as u32,
+                    h as u32,
+                )?);
+                let target = m.target;
+                captions.push(match m.label {
+                    Some(l) => format!("label {l}, target {target}"),
+                    None => format!("target {target}"),
+                });
+            }
+            save_png(
+                run.file("heatmaps.png"),
+                &image_grid(&tiles, tiles.len().min(4), &captions)?,
+            )?;
+        }
+        let (ink_rel, ink_area) = self.explained.mean_ink_shares();
+        let json = mixq_core::to_json(
+            &LrpResults {
+                model: &card.name,
+                preset: self.preset.to_string(),
+                seed: self.seed,
+                images: n,
+                read_at: self.read_at(),
+                mean_ink_relevance_share: ink_rel,
+                mean_ink_area_share: ink_area,
+                per_image: &self.explained.images,
+            },
+            "results",
+        )?;
+        run.write("results.json", json.as_bytes())?;
+        let report = format!(
+            "# LRP: {}\n\n{}\n{}\n![contribution per site](contribution.png)\n\n\
+             ![input relevance (red positive, blue negative)](heatmaps.png)\n\nReproduce:\n\n```\ncargo xtask lrp {command}\n```\n",
+            card.aliases[0],
+            self.summary(),
+            self.explained.top_sites_markdown(10),
         );
         run.write("report.md", report.as_bytes())
     }

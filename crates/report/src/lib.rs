@@ -64,7 +64,7 @@ pub use line::{Axis, LineChart, Series, SeriesStyle, line_chart, render_line_cha
 pub use pipeline::{bits_chart, channel_outlier_chart, contribution_chart, sensitivity_heat_map};
 pub use pose::{COCO_SKELETON, draw_skeleton};
 pub use relevance::{
-    OVERLAY_ALPHA, image_grid, overlay_heatmap, overlay_heatmap_gray, relevance_image,
+    OVERLAY_ALPHA, gray_image, image_grid, overlay_heatmap, overlay_heatmap_gray, relevance_image,
     write_overlay,
 };
 

@@ -209,3 +209,12 @@ pub fn image_grid(images: &[RgbImage], columns: usize, captions: &[String]) -> R
     }
     Ok(c.img)
 }
+
+/// Grey intensities `[h * w]` in `[0, 1]` as an image, each pixel a `scale` x `scale` block (what
+/// relevance is overlaid on).
+pub fn gray_image(intensities: &[f32], w: usize, h: usize, scale: u32) -> GrayImage {
+    GrayImage::from_fn(w as u32 * scale, h as u32 * scale, |x, y| {
+        let v = intensities[(y / scale) as usize * w + (x / scale) as usize];
+        image::Luma([(v * 255.0).round() as u8])
+    })
+}
