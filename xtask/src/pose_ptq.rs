@@ -10,6 +10,7 @@
 //! path, so no contribution scores), and compares it with the uniform plan at that budget.
 
 use mixq_core::{BitPlan, Error, Result, RunDir};
+use mixq_ptq::RankAgreement;
 use mixq_ptq::pose::{PosePlans, PosePtqConfig, PosePtqRow, PoseStage, pose_ptq};
 use mixq_vit_models::ModelCard;
 
@@ -130,6 +131,10 @@ pub fn run(args: &PtqArgs, card: &ModelCard) -> Result<()> {
         row.name = method.label(&row.name);
     }
     print!("\n{}", PosePtqRow::markdown(&out.rows));
+    let (agreement, candidates) = out.rank_agreement(seed);
+    if !agreement.is_empty() {
+        print!("\n{}", RankAgreement::markdown(&agreement, &candidates));
+    }
     let run = RunDir::create(
         &args.runs,
         if args.mixed {

@@ -192,6 +192,11 @@ fn mixed_pose_plan_meets_its_budget_and_is_reproducible() {
     assert!(uniform[2] > 3.0 && uniform[2] < 3.2, "{first}");
     // The LRP criterion's plan (contribution scores on the calibration crops) keeps the budget.
     let lrp = row(&first, "mixed lrp");
+    // How LRP's ranking of the sites agrees with the measured damage, at each candidate.
+    assert!(
+        first.contains("| W3A3 |") && first.contains("Spearman ρ"),
+        "{first}"
+    );
     assert!(lrp[1] <= 5.0 + 1e-9 && lrp[2] <= 5.0 + 1e-9, "{first}");
     let run = only_run(&dir, "ptq-pose-mixed");
     let table = std::fs::read_to_string(run.join("sensitivity.toml")).unwrap();

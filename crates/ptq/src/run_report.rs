@@ -267,6 +267,33 @@ impl MixedReport<'_> {
 }
 
 impl crate::pose::PosePtq {
+    /// Spearman's ρ between the LRP contribution scores and the measured heatmap damage over
+    /// the sites, at every candidate the sweep measured (nothing without scores); `seed` labels
+    /// the rows. With [`RankAgreement::markdown`] the table the classifiers' mixed runs print.
+    pub fn rank_agreement(&self, seed: u64) -> (Vec<RankAgreement>, Vec<SiteBits>) {
+        let (Some(table), Some(scores)) = (&self.table, &self.scores) else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut candidates: Vec<SiteBits> = table
+            .sites
+            .values()
+            .flat_map(|points| points.iter().map(|p| p.bits))
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        let rows = candidates
+            .iter()
+            .map(|&bits| RankAgreement {
+                seed,
+                bits: bits_label(bits),
+                spearman: table.rank_agreement(scores, bits),
+            })
+            .collect();
+        (rows, candidates)
+    }
+}
+
+impl crate::pose::PosePtq {
     /// Writes every plan, the sensitivity table and heat map (mixed plans), each row's skeleton
     /// pictures, `results.json` and `report.md` (reproduce line: `command`) of a pose PTQ run
     /// on `data` with the checkpoint `weights`.
@@ -279,6 +306,10 @@ impl crate::pose::PosePtq {
         command: &str,
     ) -> Result<()> {
         let (model, seed, n_probe) = (&config.model, config.seed, self.probe_crops);
+        let agreement = match self.rank_agreement(seed) {
+            (rows, _) if rows.is_empty() => String::new(),
+            (rows, candidates) => format!("\n{}", RankAgreement::markdown(&rows, &candidates)),
+        };
         for (i, (name, budget, plan)) in self.plans.iter().enumerate() {
             let file = format!(
                 "plan-{i}-{}{}.toml",
@@ -330,7 +361,7 @@ impl crate::pose::PosePtq {
             config.calib,
             self.held_out,
             if config.flip { "on" } else { "off" },
-            crate::pose::PosePtqRow::markdown(&self.rows),
+            crate::pose::PosePtqRow::markdown(&self.rows) + &agreement,
         );
         run.write("report.md", report.as_bytes())
     }
