@@ -203,6 +203,7 @@ impl SwinConfig {
 
     /// Every quantizable site in forward order, with parameters and MACs per image: those the
     /// model records as it is built (its parameters are drawn lazily, so nothing is allocated).
+    /// Empty for a configuration [`Self::validate`] rejects.
     pub fn sites(&self) -> Vec<SiteInfo> {
         self.init(&Device::flex())
             .map(|m| m.sites)

@@ -363,6 +363,7 @@ impl WtPoseConfig {
     /// Every quantizable site in forward order, with parameters and MACs per image: those the
     /// model records as it is built (token counts include the padding the Swin windows and the
     /// NA layers compute on; parameters are drawn lazily, so nothing large is allocated).
+    /// Empty for a configuration [`Self::validate`] rejects.
     pub fn sites(&self) -> Vec<SiteInfo> {
         self.init(&Device::flex())
             .map(|m| m.sites)
