@@ -177,11 +177,19 @@ fn train(args: TrainArgs) -> Result<()> {
         Some(_) => format!("pose-{model_name}-s{}-continued", args.seed),
         None => format!("pose-{model_name}-s{}", args.seed),
     };
-    let dir = run_dir(&args.runs, name)?;
+    if let Some(init) = args.init.as_deref().filter(|p| !p.is_file()) {
+        return Err(Error::invalid(
+            "--init",
+            init.display(),
+            "no such checkpoint (a model.safetensors of a `pose train` run)",
+        ));
+    }
     let data = open_data(&args.data, args.seed, &args.runs)?;
     let td = cfg.topdown(args.data.sigma);
     let train_set = topdown_dataset(&data.train, &td)?;
     let val_set = topdown_dataset(&data.val, &td)?;
+    // The run folder once every input has been read: bad input leaves no empty folder behind.
+    let dir = run_dir(&args.runs, name)?;
     tracing::info!(
         train = train_set.len(),
         val = val_set.len(),
@@ -259,14 +267,15 @@ fn pose_card(model: &str) -> Result<(ModelCard, WtPoseConfig)> {
 
 fn eval(args: EvalArgs) -> Result<()> {
     let (card, cfg) = pose_card(&args.model)?;
-    let dir = run_dir(
-        &args.runs,
-        format!("pose-eval-{}-s{}", card.aliases[0], args.seed),
-    )?;
     let data = open_data(&args.data, args.seed, &args.runs)?;
     let val_set = topdown_dataset(&data.val, &cfg.topdown(args.data.sigma))?;
     let device = args.device.device()?;
     let mut model = card.load_pose(args.checkpoint.as_deref(), &device)?;
+    // The run folder once every input has been read: bad input leaves no empty folder behind.
+    let dir = run_dir(
+        &args.runs,
+        format!("pose-eval-{}-s{}", card.aliases[0], args.seed),
+    )?;
     let checkpoint = args.checkpoint.clone().or_else(|| card.shipped_path());
     if args.fold_bn {
         model = model.fold_batch_norm();

@@ -274,3 +274,43 @@ fn pose_ptq_bad_input_gets_one_clear_error() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// `pose train|eval` with a bad input: one error naming it, and no run folder left behind (the
+/// folder is made once every input has been read).
+#[test]
+fn pose_train_and_eval_bad_input_leave_no_run_folder() {
+    let dir = tmpdir("pose-train-bad");
+    let runs = dir.to_str().unwrap();
+    let err = fails(&["pose", "train", "--data", "/nonexistent", "--runs", runs]);
+    assert!(err.contains("/nonexistent"), "{err}");
+    let err = fails(&[
+        "pose",
+        "train",
+        "--init",
+        "/nonexistent/model.safetensors",
+        "--synthetic",
+        "8",
+        "--runs",
+        runs,
+    ]);
+    assert!(err.contains("--init"), "{err}");
+    let err = fails(&[
+        "pose",
+        "eval",
+        "--checkpoint",
+        "/nonexistent/model.safetensors",
+        "--synthetic",
+        "8",
+        "--runs",
+        runs,
+    ]);
+    assert!(err.contains("/nonexistent/model.safetensors"), "{err}");
+    // Only the synthetic set's cache may be there.
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "pose-data")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
