@@ -54,7 +54,7 @@ pub struct ModelArgs {
     /// Weights: a timm .safetensors or .pth file, or a folder holding one.
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// A Hugging Face hub cache folder (models--timm--<name>/snapshots/*/model.safetensors).
+    /// A Hugging Face hub cache folder (`models--timm--NAME/snapshots/*/model.safetensors`).
     #[arg(long)]
     pub hf_cache: Option<PathBuf>,
     /// Use random weights (seeded by --seed); for speed measurements only.
@@ -198,7 +198,7 @@ pub fn resume_trainer<T: EpochTrainer>(trainer: &mut T, checkpoint: Option<&Path
     Ok(())
 }
 
-/// [`fit`] with a progress bar per epoch (loss, running train top-1, images/s); `on_epoch` sees
+/// [`fit()`] with a progress bar per epoch (loss, running train top-1, images/s); `on_epoch` sees
 /// every finished epoch and the history. A run stopped by `--stop-after` prints where it
 /// continues from and gives `false`.
 pub fn fit_with_bars<T: EpochTrainer>(

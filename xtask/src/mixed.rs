@@ -38,7 +38,7 @@ pub struct SweepArgs {
     /// Rerun every site from the images instead of from its block's cached input.
     #[arg(long)]
     pub no_block_cache: bool,
-    /// Where measured points are kept so that a rerun resumes (default: <runs>/.sensitivity-cache).
+    /// Where measured points are kept so that a rerun resumes (default: `RUNS/.sensitivity-cache`).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Batch size of the sweep's forward passes.

@@ -7,7 +7,7 @@
 //! left/right swapped, shifted one pixel), instance rescoring, OKS-NMS at 0.9, and pycocotools'
 //! OKS AP. The quantizers are the classification models' (per-output-channel weights,
 //! per-tensor activations, log-sqrt2 attention probabilities) through WTPose's
-//! [`Network`] implementation ([`quantize`]); quantize a model with BatchNorm folded, as it is
+//! [`Network`] implementation ([`quantize`](crate::quantize())); quantize a model with BatchNorm folded, as it is
 //! deployed.
 
 use std::time::Instant;

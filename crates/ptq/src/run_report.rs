@@ -372,7 +372,7 @@ impl crate::pose::PosePtq {
 pub struct LrpRun<'a> {
     /// The explained model's card.
     pub card: &'a ModelCard,
-    /// What [`mixq_vit_models::explain_data`] found.
+    /// What `mixq_vit_models::explain_data` found.
     pub explained: &'a mixq_vit_models::DataExplanation,
     /// `[n, c, h, w]` of the explained images.
     pub image_shape: [usize; 4],

@@ -2,7 +2,7 @@
 //! full-precision block's output on a few hundred calibration images (BRECQ, QDrop, and the
 //! ViT methods built on them), instead of rounding to nearest with calibrated ranges alone.
 //!
-//! For block `i` (the unit between two residual-stream boundaries, [`Network::forward_block`](mixq_vit_models::Network::forward_block)):
+//! For block `i` (the unit between two residual-stream boundaries, [`Network::forward_block`]):
 //!
 //! * **input**: boundary `i` computed by the already-quantized (and already reconstructed)
 //!   blocks before it; **target**: boundary `i + 1` of the full-precision model;

@@ -3,7 +3,7 @@
 //! Mix-QViT's second criterion: how much the model's output changes when one site alone is
 //! quantized at a candidate bit-width while every other site stays at the baseline. The sweep
 //! runs the probe images once per candidate up to every block boundary, caches those tensors,
-//! and reruns only from the site's block onward ([`Network::resume_point`](mixq_vit_models::Network::resume_point)); results go to an
+//! and reruns only from the site's block onward ([`Network::resume_point`]); results go to an
 //! append-only [`SweepCache`] so a rerun or a crash resumes, and a [`Shard`] of the grid can run
 //! in another process.
 //!

@@ -103,7 +103,7 @@ pub enum OutputKind {
 /// Swin stages' outputs to the waterfall). A model that declares no blocks has no boundaries,
 /// none of its sites a resume point, and a sweep reruns it from the images.
 ///
-/// A model of one's own built from mixq's layers ([`Linear`](crate::layers::Linear) and
+/// A model of one's own built from mixq's layers ([`Linear`] and
 /// the others take a [`SiteHook`]) implements it to be swept with the block cache
 /// (`mixq_sensitivity::measure_candidate`); `Sync` because sweeps measure sites in parallel.
 pub trait Network: Sync {
