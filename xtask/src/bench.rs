@@ -207,7 +207,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         weight_decay: recipe.weight_decay,
                         seed: args.seed,
                         shift: recipe.pad,
-                        shift_fill: -1.0,
+                        shift_fill: card.preprocess.black_level(),
                         hflip: recipe.hflip,
                         label_smoothing: recipe.label_smoothing,
                         workers: args.workers,
