@@ -257,11 +257,7 @@ fn train(args: TrainArgs) -> Result<()> {
 /// A pose model's card and its configuration.
 fn pose_card(model: &str) -> Result<(ModelCard, WtPoseConfig)> {
     let card = ModelCard::find(model)?;
-    let config = card
-        .arch
-        .pose()
-        .cloned()
-        .ok_or_else(|| Error::invalid("--model", model, "is not a pose model (WTPose)"))?;
+    let config = card.pose_config()?.clone();
     Ok((card, config))
 }
 

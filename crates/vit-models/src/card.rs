@@ -283,6 +283,21 @@ impl ModelCard {
         self.shipped.as_ref().map(|f| models_dir().join(f))
     }
 
+    /// The configuration of a pose model's card; an error naming the card (and the pose
+    /// models there are) for any other.
+    pub fn pose_config(&self) -> Result<&crate::WtPoseConfig> {
+        self.arch.pose().ok_or_else(|| {
+            Error::invalid(
+                "--model",
+                &self.aliases[0],
+                format!(
+                    "is not a pose model; the WTPose variants: {}",
+                    crate::WTPOSE_VARIANTS.map(|(n, _)| n).join(", ")
+                ),
+            )
+        })
+    }
+
     /// A pose model with its checkpoint (`weights`, else the card's shipped one) on `device`.
     /// Errors name the card when it is not a pose model, and `--weights` when there is no
     /// checkpoint.
@@ -292,10 +307,7 @@ impl ModelCard {
         device: &burn::tensor::Device,
     ) -> Result<crate::WtPose> {
         let name = &self.aliases[0];
-        let config = self
-            .arch
-            .pose()
-            .ok_or_else(|| Error::invalid("--model", name, "is not a pose model (WTPose)"))?;
+        let config = self.pose_config()?;
         let path = match (weights, self.shipped_path()) {
             (Some(path), _) => path.to_path_buf(),
             (None, Some(path)) if path.exists() => path,

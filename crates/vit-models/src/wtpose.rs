@@ -118,17 +118,7 @@ impl WtPoseConfig {
     /// configs: Swin-T/B/L widths and depths with heads (4, 8, 16, 32) and window 7, waterfall
     /// 128 wide with 8 heads, kernel 7, dilations (2, 4, 6, 8).
     pub fn variant(name: &str) -> Result<Self> {
-        let card = crate::ModelCard::find(name)?;
-        card.arch.pose().cloned().ok_or_else(|| {
-            Error::invalid(
-                "model",
-                name,
-                format!(
-                    "is not a pose model; known WTPose variants: {}",
-                    WTPOSE_VARIANTS.map(|(n, _)| n).join(", ")
-                ),
-            )
-        })
+        crate::ModelCard::find(name)?.pose_config().cloned()
     }
 
     /// A small WTPose for CPU training on the synthetic set: 128x96 input, every stage of
