@@ -8,7 +8,9 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mixq_core::Result;
 use mixq_ptq::{PostLnMode, SoftmaxMode};
-use mixq_qat_trainer::{EpochStats, EpochTrainer, FitConfig, FitEvent, FitOutcome, ImageSet, fit};
+use mixq_qat_trainer::{
+    EpochStats, EpochTrainer, FitConfig, FitEvent, FitOutcome, ImageSet, TrainingRun, fit,
+};
 use mixq_vit_models::{Model, ModelCard, WeightsChoice};
 
 /// The compute backend, chosen at the command line only.
@@ -184,20 +186,6 @@ pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Restores `trainer` from the `--resume` checkpoint, if there is one, and says where it goes on.
-pub fn resume_trainer<T: EpochTrainer>(trainer: &mut T, checkpoint: Option<&Path>) -> Result<()> {
-    if let Some(file) = checkpoint {
-        trainer.load_checkpoint(file)?;
-        eprintln!(
-            "resumed {} at epoch {}/{}",
-            file.display(),
-            trainer.epochs_done(),
-            trainer.epochs()
-        );
-    }
-    Ok(())
-}
-
 /// [`fit()`] with a progress bar per epoch (loss, running train top-1, images/s); `on_epoch` sees
 /// every finished epoch and the history. A run stopped by `--stop-after` prints where it
 /// continues from and gives `false`.
@@ -309,24 +297,27 @@ pub struct ResumeArgs {
 impl ResumeArgs {
     /// The checkpoint `--resume` points at (a run folder holding `file`, or the file itself).
     pub fn checkpoint(&self, file: &str, command: &str) -> Result<Option<PathBuf>> {
-        let Some(dir) = &self.resume else {
-            return Ok(None);
-        };
-        let path = if dir.is_file() {
-            dir.clone()
-        } else {
-            dir.join(file)
-        };
-        if !path.is_file() {
-            return Err(mixq_core::Error::invalid(
-                "--resume",
-                dir.display(),
-                format!(
-                    "holds no {file} (pass the folder of a {command} run, finished or .partial)"
-                ),
-            ));
+        TrainingRun::resume_checkpoint(self.resume.as_deref(), file, command)
+    }
+
+    /// Restores `trainer` from `resume` and creates the run folder; says where it goes on.
+    pub fn start<T: EpochTrainer>(
+        &self,
+        trainer: &mut T,
+        command: &str,
+        file: &str,
+        resume: Option<PathBuf>,
+    ) -> Result<TrainingRun> {
+        let run = TrainingRun::start(trainer, &self.runs, command, file, resume)?;
+        if let Some(from) = &run.resumed_from {
+            eprintln!(
+                "resumed {} at epoch {}/{}",
+                from.display(),
+                trainer.epochs_done(),
+                trainer.epochs()
+            );
         }
-        Ok(Some(path))
+        Ok(run)
     }
 }
 

@@ -2,20 +2,19 @@
 //! `--plan FILE`, or `--mixed` from the same allocator as `ptq --mixed`), resumable from the
 //! checkpoint every epoch writes, and a run folder with learning curves and the final table.
 
-use mixq_vit_models::Network;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
-use mixq_core::{BitPlan, Result, RunDir};
+use mixq_core::{BitPlan, Result};
 use mixq_ptq::PtqConfig;
 use mixq_qat_trainer::{
-    CHECKPOINT_FILE, FitConfig, QatConfig, QatReportContext, QatResults, QatTrainer, TrainingSplits,
+    CHECKPOINT_FILE, QatConfig, QatReportContext, QatResults, QatScores, QatTrainer, TrainingSplits,
 };
 
-use crate::common::{BitArgs, ModelArgs, ResumeArgs, StageBars, fit_with_bars, resume_trainer};
+use crate::common::{BitArgs, ModelArgs, ResumeArgs, StageBars, fit_with_bars};
 use crate::mixed::MixedArgs;
 use mixq_datasets::classification_data;
-use mixq_ptq::mixed::{CalibrationConfig, ChosenPlan, PlanChoice, choose_plan, plan_averages};
+use mixq_ptq::mixed::{CalibrationConfig, ChosenPlan, PlanChoice, choose_plan};
 
 #[derive(Args, Debug)]
 pub struct QatArgs {
@@ -95,7 +94,6 @@ pub fn run(args: QatArgs) -> Result<()> {
 
     let device = args.model.device.device()?;
     let fp = args.model.load(&card, &device)?;
-    let sites = fp.sites();
     let seed = args.model.seed;
     let choice = if let Some(path) = &args.plan {
         PlanChoice::Given {
@@ -132,7 +130,6 @@ pub fn run(args: QatArgs) -> Result<()> {
 
     // Per-epoch curves on the validation split where there is one (the test set is for the
     // final figure only); digits has none and monitors its test split.
-    let (train, test) = (&splits.train, &splits.test);
     let (monitor, monitor_name) = splits.monitor();
 
     let mut trainer = QatTrainer::new(
@@ -143,55 +140,36 @@ pub fn run(args: QatArgs) -> Result<()> {
         &PtqConfig::default(),
         config.clone(),
     )?;
-    resume_trainer(&mut trainer, resume.as_deref())?;
-    let run = RunDir::create(&args.run.runs, "qat")?;
-    let checkpoint = run.file(CHECKPOINT_FILE);
-    run.write("plan.toml", plan.to_toml()?.as_bytes())?;
+    let run = args
+        .run
+        .start(&mut trainer, "qat", CHECKPOINT_FILE, resume)?;
+    run.dir.write("plan.toml", plan.to_toml()?.as_bytes())?;
     eprintln!(
         "checkpoints: {} (continue an interrupted run with --resume {})",
-        checkpoint.display(),
-        checkpoint.parent().unwrap_or(Path::new(".")).display()
+        run.checkpoint.display(),
+        run.partial_dir().display()
     );
-    if resume.is_some() {
-        // The resumed run folder starts with the checkpoint it continues from.
-        trainer.save_checkpoint(&checkpoint)?;
-    }
 
     let eval_batch = 256;
-    let fp_metrics = trainer.evaluate_fp(test, eval_batch)?;
-    let ptq_metrics = trainer.evaluate_ptq(test, eval_batch)?;
-    let fit_config = FitConfig {
-        monitor: Some(monitor),
-        eval_batch,
-        checkpoint: &checkpoint,
-        stop_after: args.run.stop_after,
-    };
-    if !fit_with_bars(&mut trainer, train, &fit_config, |_, _| Ok(()))? {
+    let fp_metrics = trainer.evaluate_fp(&splits.test, eval_batch)?;
+    let ptq_metrics = trainer.evaluate_ptq(&splits.test, eval_batch)?;
+    let fit_config = run.fit_config(Some(monitor), eval_batch, args.run.stop_after);
+    if !fit_with_bars(&mut trainer, &splits.train, &fit_config, |_, _| Ok(()))? {
         return Ok(());
     }
-
-    let qat = trainer.evaluate(test, eval_batch)?;
-    let history = trainer.history().to_vec();
-    let (avg_w, avg_a) = plan_averages(&plan, &sites);
-    let results = QatResults {
-        model: card.name.clone(),
-        plan: label.clone(),
-        seed,
-        avg_w_bits: avg_w,
-        avg_a_bits: avg_a,
-        train_images: train.len(),
-        test_images: test.len(),
-        fp_top1: fp_metrics.top1_pct(),
-        ptq_top1: ptq_metrics.top1_pct(),
-        qat_top1: qat.top1_pct(),
-        qat_top5: qat.top5_pct(),
-        qat_loss: qat.loss(),
-        mean_epoch_seconds: QatResults::mean_seconds(&history),
-        epochs: history,
-        config: config.clone(),
-        params_fingerprint: trainer.params_fingerprint(),
-        resumed_from: resume.as_ref().map(|p| p.display().to_string()),
+    let scores = QatScores {
+        fp: fp_metrics,
+        ptq: ptq_metrics,
+        qat: trainer.evaluate(&splits.test, eval_batch)?,
     };
+    let results = QatResults::new(
+        &card.name,
+        &label,
+        &trainer,
+        &splits,
+        &scores,
+        run.resumed_from.as_deref(),
+    );
     let alias = &card.aliases[0];
     print!("{}", results.markdown(alias));
     let ctx = QatReportContext {
@@ -200,8 +178,8 @@ pub fn run(args: QatArgs) -> Result<()> {
         data: &data.name,
         monitor: monitor_name,
     };
-    results.write_run(&run, &ctx, &crate::common::command_line())?;
-    let path = run.finish()?;
+    results.write_run(&run.dir, &ctx, &crate::common::command_line())?;
+    let path = run.dir.finish()?;
     println!("\nwrote {}", path.display());
     Ok(())
 }

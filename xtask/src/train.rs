@@ -3,16 +3,15 @@
 //! epoch into a run folder; `--resume DIR` continues an interrupted run bitwise. Deterministic
 //! for a given `--seed` on the flex backend.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
-use mixq_core::{Error, Result, RunDir};
+use mixq_core::{Error, Result};
 use mixq_qat_trainer::{
-    EpochStats, FitConfig, FpConfig, FpTrainer, RecipeOverrides, TrainResults, TrainingSplits,
-    train_recipe,
+    EpochStats, FpConfig, FpTrainer, RecipeOverrides, TrainResults, TrainingSplits, train_recipe,
 };
 
-use crate::common::{DeviceName, ResumeArgs, fit_with_bars, resume_trainer};
+use crate::common::{DeviceName, ResumeArgs, fit_with_bars};
 use mixq_datasets::classification_data;
 
 /// The checkpoint file inside a train run folder.
@@ -98,70 +97,60 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     // Per-epoch monitoring on the validation split; the test set is for the final figure only
     // (digits, which has no validation split, monitors nothing).
-    let TrainingSplits { train, val, test } = TrainingSplits::new(&data, &card, args.limit, None)?;
+    let splits = TrainingSplits::new(&data, &card, args.limit, None)?;
 
     let device = args.device.device()?;
     let mut trainer = FpTrainer::new(&card.name, &card.arch, &device, config.clone())?;
-    resume_trainer(&mut trainer, resume.as_deref())?;
-    let run = RunDir::create(&args.run.runs, "train")?;
-    let checkpoint = run.file(TRAIN_CHECKPOINT);
+    let run = args
+        .run
+        .start(&mut trainer, "train", TRAIN_CHECKPOINT, resume)?;
     eprintln!(
         "training {} on {} ({} images, {} epochs); checkpoints: {} (continue an interrupted \
          run with --resume {})",
         card.aliases[0],
         data.name,
-        train.len(),
+        splits.train.len(),
         config.epochs,
-        checkpoint.display(),
-        checkpoint.parent().unwrap_or(Path::new(".")).display()
+        run.checkpoint.display(),
+        run.partial_dir().display()
     );
-    if resume.is_some() {
-        trainer.save_checkpoint(&checkpoint)?;
-    }
     let eval_batch = 256;
-    let fit_config = FitConfig {
-        monitor: val.as_ref(),
-        eval_batch,
-        checkpoint: &checkpoint,
-        stop_after: args.run.stop_after,
-    };
-    let finished = fit_with_bars(&mut trainer, &train, &fit_config, |stats, history| {
-        run.write(TRAIN_LOG, EpochStats::tsv(history).as_bytes())?;
-        if let Some(val_top1) = stats.monitor_top1 {
-            eprintln!(
-                "epoch {}/{}: loss {:.4}, train top-1 {:.2} %, val top-1 {val_top1:.2} %, {:.0} s",
-                stats.epoch, config.epochs, stats.train_loss, stats.train_top1, stats.seconds
-            );
-        }
-        Ok(())
-    })?;
+    let fit_config = run.fit_config(splits.val.as_ref(), eval_batch, args.run.stop_after);
+    let finished = fit_with_bars(
+        &mut trainer,
+        &splits.train,
+        &fit_config,
+        |stats, history| {
+            run.dir
+                .write(TRAIN_LOG, EpochStats::tsv(history).as_bytes())?;
+            if let Some(val_top1) = stats.monitor_top1 {
+                eprintln!(
+                    "epoch {}/{}: loss {:.4}, train top-1 {:.2} %, val top-1 {val_top1:.2} %, {:.0} s",
+                    stats.epoch, config.epochs, stats.train_loss, stats.train_top1, stats.seconds
+                );
+            }
+            Ok(())
+        },
+    )?;
     if !finished {
         return Ok(());
     }
 
-    let metrics = trainer.evaluate(&test, eval_batch)?;
-    let model = trainer.model();
-    model.save_safetensors(&out)?;
-    let secs: f64 = trainer.history().iter().map(|e| e.seconds).sum();
-    let results = TrainResults {
-        model: card.name.clone(),
-        data: data.name.clone(),
-        seed: args.seed,
-        config: config.clone(),
-        train_images: train.len(),
-        val_images: val.as_ref().map_or(0, |v| v.len()),
-        test_images: metrics.images,
-        test_top1: metrics.top1_pct(),
-        test_top5: metrics.top5_pct(),
-        test_loss: metrics.loss(),
-        train_seconds: secs,
-        device: format!("{:?}", args.device).to_lowercase(),
-        epochs: trainer.history().to_vec(),
-        checkpoint: out.display().to_string(),
-    };
+    let metrics = trainer.evaluate(&splits.test, eval_batch)?;
+    trainer.model().save_safetensors(&out)?;
+    let device_name = format!("{:?}", args.device).to_lowercase();
+    let results = TrainResults::new(
+        &card.name,
+        &data.name,
+        &trainer,
+        &splits,
+        &metrics,
+        &device_name,
+        &out,
+    );
     let json = mixq_core::to_json(&results, "results")?;
-    run.write("results.json", json.as_bytes())?;
-    let path = run.finish()?;
+    run.dir.write("results.json", json.as_bytes())?;
+    let path = run.dir.finish()?;
     print!("{}", results.markdown(&card.aliases[0]));
     println!("\nwrote {}", path.display());
     Ok(())

@@ -2,9 +2,9 @@
 //! write the checkpoint; until the schedule ends or a given number of epochs has run (a run
 //! stopped that way continues with `load_checkpoint`, bit-identically).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use mixq_core::Result;
+use mixq_core::{Error, Result, RunDir};
 use mixq_ptq::Metrics;
 
 use crate::{EpochStats, FpTrainer, ImageSet, QatTrainer, StepStats};
@@ -176,6 +176,92 @@ pub fn fit<T: EpochTrainer + ?Sized>(
     Ok(FitOutcome::Finished)
 }
 
+/// A training run's folder and the checkpoint written into it every epoch (`train`, `qat`).
+/// Made once the trainer is set up, so that bad input leaves no folder behind; a resumed run's
+/// folder starts with the checkpoint it continues from.
+#[derive(Debug)]
+pub struct TrainingRun {
+    /// The run folder (`.partial` until finished).
+    pub dir: RunDir,
+    /// Written after every epoch.
+    pub checkpoint: PathBuf,
+    /// The checkpoint this run continued from.
+    pub resumed_from: Option<PathBuf>,
+}
+
+impl TrainingRun {
+    /// The checkpoint `resume` points at: a run folder holding `file` (finished or `.partial`),
+    /// or the file itself. Errors name `--resume` and the `command` whose runs hold `file`.
+    pub fn resume_checkpoint(
+        resume: Option<&Path>,
+        file: &str,
+        command: &str,
+    ) -> Result<Option<PathBuf>> {
+        let Some(dir) = resume else {
+            return Ok(None);
+        };
+        let path = if dir.is_file() {
+            dir.to_path_buf()
+        } else {
+            dir.join(file)
+        };
+        if !path.is_file() {
+            return Err(Error::invalid(
+                "--resume",
+                dir.display(),
+                format!(
+                    "holds no {file} (pass the folder of a {command} run, finished or .partial)"
+                ),
+            ));
+        }
+        Ok(Some(path))
+    }
+
+    /// Restores `trainer` from `resumed_from` (a checkpoint of this very run), then creates a
+    /// `command` run folder under `runs` whose checkpoint is `file`.
+    pub fn start<T: EpochTrainer + ?Sized>(
+        trainer: &mut T,
+        runs: &Path,
+        command: &str,
+        file: &str,
+        resumed_from: Option<PathBuf>,
+    ) -> Result<Self> {
+        if let Some(from) = &resumed_from {
+            trainer.load_checkpoint(from)?;
+        }
+        let dir = RunDir::create(runs, command)?;
+        let checkpoint = dir.file(file);
+        if resumed_from.is_some() {
+            trainer.save_checkpoint(&checkpoint)?;
+        }
+        Ok(Self {
+            dir,
+            checkpoint,
+            resumed_from,
+        })
+    }
+
+    /// The unfinished run's folder, which `--resume` takes to continue it.
+    pub fn partial_dir(&self) -> &Path {
+        self.checkpoint.parent().unwrap_or(Path::new("."))
+    }
+
+    /// How [`fit`] trains into this run's checkpoint.
+    pub fn fit_config<'a>(
+        &'a self,
+        monitor: Option<&'a ImageSet>,
+        eval_batch: usize,
+        stop_after: Option<usize>,
+    ) -> FitConfig<'a> {
+        FitConfig {
+            monitor,
+            eval_batch,
+            checkpoint: &self.checkpoint,
+            stop_after,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +338,42 @@ mod tests {
         .unwrap();
         assert_eq!((outcome, left), (FitOutcome::Finished, 1));
         assert_eq!(resumed.history().len(), 3);
+    }
+
+    #[test]
+    fn a_training_run_continues_from_the_checkpoint_of_an_unfinished_one() {
+        let runs = tempfile::tempdir().unwrap();
+        let data = ImageSet::new(vec![0.5; 4 * 64], [1, 8, 8], vec![1; 4]).unwrap();
+        let file = "ckpt.safetensors";
+        let mut first = trainer(2);
+        let run = TrainingRun::start(&mut first, runs.path(), "train", file, None).unwrap();
+        assert!(run.resumed_from.is_none() && !run.checkpoint.exists());
+        let config = run.fit_config(None, 8, Some(1));
+        assert_eq!(
+            fit(&mut first, &data, &config, |_| Ok(())).unwrap(),
+            FitOutcome::Stopped
+        );
+
+        // `--resume` takes the unfinished folder (or the file); anything else is named.
+        let folder = run.partial_dir();
+        let from = TrainingRun::resume_checkpoint(Some(folder), file, "train").unwrap();
+        assert_eq!(from.as_deref(), Some(run.checkpoint.as_path()));
+        let e = TrainingRun::resume_checkpoint(Some(runs.path()), file, "train").unwrap_err();
+        assert!(e.to_string().contains("--resume") && e.to_string().contains(file));
+        assert_eq!(
+            TrainingRun::resume_checkpoint(None, file, "train").unwrap(),
+            None
+        );
+
+        let mut second = trainer(2);
+        let resumed = TrainingRun::start(&mut second, runs.path(), "train", file, from).unwrap();
+        assert_eq!(second.epochs_done(), 1);
+        assert_ne!(resumed.checkpoint, run.checkpoint);
+        // The new folder starts with the state it continues from.
+        let mut third = trainer(2);
+        third.load_checkpoint(&resumed.checkpoint).unwrap();
+        assert_eq!(third.epochs_done(), 1);
+        assert!(third.param_values() == first.param_values());
     }
 
     #[test]

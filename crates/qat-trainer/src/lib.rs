@@ -65,7 +65,7 @@ pub mod trainer;
 
 pub use checkpoint::{CHECKPOINT_FILE, CHECKPOINT_FORMAT, plan_fingerprint};
 pub use data::{Augment, ImageSet, TrainBatch, TrainingSplits, flip_horizontal, shift_image};
-pub use fit::{EpochTrainer, FitConfig, FitEvent, FitOutcome, fit};
+pub use fit::{EpochTrainer, FitConfig, FitEvent, FitOutcome, TrainingRun, fit};
 pub use fp::{FP_CHECKPOINT_FORMAT, FpConfig, FpTrainer, RecipeOverrides, train_recipe};
 pub use loss::distillation_loss;
 pub use lsq::{
@@ -77,6 +77,6 @@ pub use recon::{
     BlockRecon, PtqMethod, ReconConfig, ReconLoss, ReconProgress, ReconReport, Reconstruct,
     Reconstruction, reconstruct,
 };
-pub use report::{PoseTrainResults, QatReportContext, QatResults, TrainResults};
+pub use report::{PoseTrainResults, QatReportContext, QatResults, QatScores, TrainResults};
 pub use schedule::{cosine_with_warmup, default_warmup};
 pub use trainer::{EpochStats, QatConfig, QatModule, QatTrainer, StepStats, evaluate_with};

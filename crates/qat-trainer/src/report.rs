@@ -2,11 +2,17 @@
 //! `report.md`, an FP run's `results.json`; written by the library so that a user driving
 //! [`crate::QatTrainer`] or [`crate::FpTrainer`] gets the same files as `cargo xtask qat|train`.
 
+use std::path::Path;
+
+use burn::module::{Module, ModuleDisplay};
 use mixq_core::{Result, RunDir};
+use mixq_ptq::Metrics;
+use mixq_ptq::mixed::plan_averages;
 use mixq_report::{LineChart, Series, line_chart};
+use mixq_vit_models::Network;
 use serde::Serialize;
 
-use crate::{EpochStats, FpConfig, QatConfig};
+use crate::{EpochStats, FpConfig, FpTrainer, QatConfig, QatTrainer, TrainingSplits};
 
 /// A finished QAT run: `results.json` is its serialised form.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -60,7 +66,51 @@ pub struct QatReportContext<'a> {
     pub monitor: &'a str,
 }
 
+/// A QAT run's test-set figures: its two starting points and the trained model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QatScores {
+    /// The full-precision teacher ([`QatTrainer::evaluate_fp`]).
+    pub fp: Metrics,
+    /// PTQ with the run's plan, before training ([`QatTrainer::evaluate_ptq`]).
+    pub ptq: Metrics,
+    /// The trained model ([`QatTrainer::evaluate`]).
+    pub qat: Metrics,
+}
+
 impl QatResults {
+    /// The results of `trainer`'s finished run on `splits` under the plan labelled `plan`;
+    /// `resumed_from`: the checkpoint the run continued from.
+    pub fn new<N: Network + Module + ModuleDisplay>(
+        model: &str,
+        plan: &str,
+        trainer: &QatTrainer<N>,
+        splits: &TrainingSplits,
+        scores: &QatScores,
+        resumed_from: Option<&Path>,
+    ) -> Self {
+        let (avg_w_bits, avg_a_bits) = plan_averages(trainer.plan(), &trainer.teacher().sites());
+        let history = trainer.history().to_vec();
+        Self {
+            model: model.to_string(),
+            plan: plan.to_string(),
+            seed: trainer.config().seed,
+            avg_w_bits,
+            avg_a_bits,
+            train_images: splits.train.len(),
+            test_images: splits.test.len(),
+            fp_top1: scores.fp.top1_pct(),
+            ptq_top1: scores.ptq.top1_pct(),
+            qat_top1: scores.qat.top1_pct(),
+            qat_top5: scores.qat.top5_pct(),
+            qat_loss: scores.qat.loss(),
+            mean_epoch_seconds: Self::mean_seconds(&history),
+            epochs: history,
+            config: trainer.config().clone(),
+            params_fingerprint: trainer.params_fingerprint(),
+            resumed_from: resumed_from.map(|p| p.display().to_string()),
+        }
+    }
+
     /// The mean of the epochs' training seconds (0 without epochs).
     pub fn mean_seconds(epochs: &[EpochStats]) -> f64 {
         if epochs.is_empty() {
@@ -178,6 +228,37 @@ pub struct TrainResults {
 }
 
 impl TrainResults {
+    /// The results of `trainer`'s finished run on `data` (the set's name) and `splits`: `test`
+    /// scores the test split, `device` names the burn device, `checkpoint` is where the weights
+    /// went.
+    pub fn new(
+        model: &str,
+        data: &str,
+        trainer: &FpTrainer,
+        splits: &TrainingSplits,
+        test: &Metrics,
+        device: &str,
+        checkpoint: &Path,
+    ) -> Self {
+        let history = trainer.history().to_vec();
+        Self {
+            model: model.to_string(),
+            data: data.to_string(),
+            seed: trainer.config().seed,
+            config: trainer.config().clone(),
+            train_images: splits.train.len(),
+            val_images: splits.val.as_ref().map_or(0, |v| v.len()),
+            test_images: test.images,
+            test_top1: test.top1_pct(),
+            test_top5: test.top5_pct(),
+            test_loss: test.loss(),
+            train_seconds: history.iter().map(|e| e.seconds).sum(),
+            device: device.to_string(),
+            epochs: history,
+            checkpoint: checkpoint.display().to_string(),
+        }
+    }
+
     /// The one-row summary table.
     pub fn markdown(&self, alias: &str) -> String {
         format!(
