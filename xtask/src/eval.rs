@@ -1,10 +1,10 @@
 //! `cargo xtask eval`: accuracy, loss and throughput of a model on a data set.
 
 use mixq_vit_models::Network;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
-use mixq_core::{Error, Result, write_atomic};
+use mixq_core::Result;
 use mixq_ptq::{evaluate_data, host_logits};
 
 use crate::common::{EvalDataArgs, ModelArgs, progress};
@@ -51,8 +51,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     if let Some(path) = &args.logits {
-        let labels: Vec<i64> = result.labels.iter().map(|&l| l as i64).collect();
-        write_logits(path, &result.logits, &labels)?;
+        result.save_logits(path)?;
     }
     let metrics = &result.metrics;
 
@@ -71,26 +70,4 @@ pub fn run(args: EvalArgs) -> Result<()> {
         result.images_per_second(),
     );
     Ok(())
-}
-
-fn write_logits(path: &Path, logits: &[f32], labels: &[i64]) -> Result<()> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let n = labels.len().max(1);
-    let (lb, yb): (Vec<u8>, Vec<u8>) = (
-        logits.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        labels.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    );
-    let bad = |e: safetensors::SafeTensorError| Error::parse(path, e.to_string());
-    let views = vec![
-        (
-            "logits",
-            TensorView::new(Dtype::F32, vec![labels.len(), logits.len() / n], &lb).map_err(bad)?,
-        ),
-        (
-            "labels",
-            TensorView::new(Dtype::I64, vec![labels.len()], &yb).map_err(bad)?,
-        ),
-    ];
-    let bytes = safetensors::serialize(views, None).map_err(bad)?;
-    write_atomic(path, &bytes)
 }

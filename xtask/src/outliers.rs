@@ -58,7 +58,7 @@ pub fn run(args: OutliersArgs) -> Result<()> {
             s.abs_max.len(),
             s.median(),
             s.max(),
-            s.max() / s.median().max(f32::MIN_POSITIVE),
+            s.outlier_ratio(),
             if shown.is_empty() {
                 "-".into()
             } else {
@@ -72,12 +72,7 @@ pub fn run(args: OutliersArgs) -> Result<()> {
     run.write("post-ln-channels.json", json.as_bytes())?;
     let ratios: Vec<_> = stats
         .iter()
-        .map(|s| {
-            (
-                s.site.clone(),
-                (s.max() / s.median().max(f32::MIN_POSITIVE)) as f64,
-            )
-        })
+        .map(|s| (s.site.clone(), s.outlier_ratio() as f64))
         .collect();
     mixq_report::channel_outlier_chart(
         run.file("post-ln-channels.png"),

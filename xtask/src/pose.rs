@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use mixq_core::{Error, Result};
 use mixq_datasets::{CocoKeypoints, PoseData, PoseDataConfig, topdown_dataset};
-use mixq_ptq::pose::{PoseEval, evaluate_pose, skeleton_pictures};
+use mixq_ptq::pose::{PoseEval, evaluate_pose, write_pose_run};
 use mixq_qat_trainer::{PoseTrainConfig, PoseTrainProgress, PoseTrainResults, train_pose};
 use mixq_vit_models::{ModelCard, NoHook, WtPoseConfig};
 
@@ -158,10 +158,6 @@ fn run_dir(runs: &Path, name: String) -> Result<PathBuf> {
     Ok(dir)
 }
 
-pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
-    mixq_core::write_atomic(path, text.as_bytes())
-}
-
 fn train(args: TrainArgs) -> Result<()> {
     let config = PoseTrainConfig {
         epochs: args.epochs,
@@ -226,7 +222,6 @@ fn train(args: TrainArgs) -> Result<()> {
         !args.no_flip,
         &eval_device,
     )?;
-    skeleton_pictures(&data.val, &predictions, 8, &dir.join("skeletons.png"))?;
     let report = PoseTrainResults {
         model: model_name,
         config: &cfg,
@@ -243,12 +238,8 @@ fn train(args: TrainArgs) -> Result<()> {
         epoch_loss,
         eval: &result,
     };
-    write(
-        &dir.join("results.json"),
-        &mixq_core::to_json(&report, "report")?,
-    )?;
     let md = report.markdown(val_set.len());
-    write(&dir.join("results.md"), &md)?;
+    write_pose_run(&dir, &report, &md, &data.val, &predictions)?;
     println!("{md}");
     println!("run folder: {}", dir.display());
     Ok(())
@@ -285,20 +276,12 @@ fn eval(args: EvalArgs) -> Result<()> {
         !args.no_flip,
         &device,
     )?;
-    skeleton_pictures(&data.val, &predictions, 8, &dir.join("skeletons.png"))?;
-    write(
-        &dir.join("results.json"),
-        &mixq_core::to_json(&result, "report")?,
-    )?;
-    let md = format!(
-        "# pose eval {}\n\n{}; checkpoint {}; {:.1} s\n\n{}",
-        card.aliases[0],
-        data.description,
-        checkpoint.unwrap_or_default().display(),
-        result.seconds,
-        PoseEval::markdown(&[(card.aliases[0].clone(), &result)])
+    let md = result.report_markdown(
+        &card.aliases[0],
+        &data.description,
+        &checkpoint.unwrap_or_default(),
     );
-    write(&dir.join("results.md"), &md)?;
+    write_pose_run(&dir, &result, &md, &data.val, &predictions)?;
     println!("{md}");
     println!("run folder: {}", dir.display());
     Ok(())

@@ -193,6 +193,12 @@ impl PostLnChannels {
         self.abs_max.iter().copied().fold(0.0, f32::max)
     }
 
+    /// How many times the median channel's max |x| the largest channel's is (the outlier
+    /// figure; a zero median counts as the smallest positive float).
+    pub fn outlier_ratio(&self) -> f32 {
+        self.max() / self.median().max(f32::MIN_POSITIVE)
+    }
+
     /// Channels whose max |x| is at least `factor` times the median channel's, largest first.
     pub fn outliers(&self, factor: f32) -> Vec<(usize, f32)> {
         let bound = factor * self.median();

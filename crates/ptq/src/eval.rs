@@ -488,6 +488,33 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
+    /// Writes the kept logits and labels as safetensors (`logits` F32 `[images, classes]`,
+    /// `labels` I64 `[images]`), the layout peer checks such as `tools/timm_peer_check.py` read.
+    pub fn save_logits(&self, path: &std::path::Path) -> mixq_core::Result<()> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let images = self.labels.len();
+        let classes = self.logits.len() / images.max(1);
+        let logits: Vec<u8> = self.logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let labels: Vec<u8> = self
+            .labels
+            .iter()
+            .flat_map(|&l| (l as i64).to_le_bytes())
+            .collect();
+        let bad = |e: safetensors::SafeTensorError| mixq_core::Error::parse(path, e.to_string());
+        let views = vec![
+            (
+                "logits",
+                TensorView::new(Dtype::F32, vec![images, classes], &logits).map_err(bad)?,
+            ),
+            (
+                "labels",
+                TensorView::new(Dtype::I64, vec![images], &labels).map_err(bad)?,
+            ),
+        ];
+        let bytes = safetensors::serialize(views, None).map_err(bad)?;
+        mixq_core::write_atomic(path, &bytes)
+    }
+
     /// Images per second of `forward`.
     pub fn images_per_second(&self) -> f64 {
         self.metrics.images as f64 / self.forward_seconds.max(1e-9)
@@ -530,6 +557,42 @@ pub fn evaluate_data(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_logits_are_written_as_the_peer_checks_read_them() {
+        let eval = Evaluation {
+            logits: vec![0.5, -1.0, 2.0, 3.25, 0.0, -7.5],
+            labels: vec![2, 0],
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logits.safetensors");
+        eval.save_logits(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let logits = file.tensor("logits").unwrap();
+        assert_eq!(
+            (logits.dtype(), logits.shape()),
+            (safetensors::Dtype::F32, &[2, 3][..])
+        );
+        let values: Vec<f32> = logits
+            .data()
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(values, eval.logits);
+        let labels = file.tensor("labels").unwrap();
+        assert_eq!(
+            (labels.dtype(), labels.shape()),
+            (safetensors::Dtype::I64, &[2][..])
+        );
+        let labels: Vec<i64> = labels
+            .data()
+            .chunks(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(labels, [2, 0]);
+    }
 
     #[test]
     fn feature_agreement_is_the_mean_token_cosine_and_keeps_the_worst_image() {

@@ -70,6 +70,32 @@ impl PoseEval {
         }
         s
     }
+
+    /// `results.md` of a scored checkpoint: model, data, checkpoint and time, then the table.
+    pub fn report_markdown(&self, model: &str, data: &str, checkpoint: &std::path::Path) -> String {
+        format!(
+            "# pose eval {model}\n\n{data}; checkpoint {}; {:.1} s\n\n{}",
+            checkpoint.display(),
+            self.seconds,
+            Self::markdown(&[(model.to_string(), self)])
+        )
+    }
+}
+
+/// Writes a scored pose model's run folder `dir` (`pose train`, `pose eval`): `results.json`
+/// (`results`), `results.md` (`markdown`) and `skeletons.png`, the first eight held-out crops
+/// of `val` with their predicted skeletons.
+pub fn write_pose_run(
+    dir: &std::path::Path,
+    results: &impl Serialize,
+    markdown: &str,
+    val: &(CocoKeypoints, std::path::PathBuf),
+    predictions: &PosePredictions,
+) -> Result<()> {
+    skeleton_pictures(val, predictions, 8, &dir.join("skeletons.png"))?;
+    let json = mixq_core::to_json(results, "report")?;
+    mixq_core::write_atomic(dir.join("results.json"), json.as_bytes())?;
+    mixq_core::write_atomic(dir.join("results.md"), markdown.as_bytes())
 }
 
 fn host_heatmaps(x: Tensor<4>) -> Result<Vec<f32>> {
