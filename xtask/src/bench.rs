@@ -1,20 +1,13 @@
 //! `cargo xtask bench`: whole-model timings measured side by side in one process (the machine
 //! is shared and noisy; ratios from one run are what we report). Random weights, random images.
 
-use mixq_vit_models::Network;
-use std::time::Instant;
-
-use burn::tensor::{Device, Distribution, Tensor};
 use clap::{Args, ValueEnum};
 use mixq_core::{Error, Result};
-use mixq_ptq::{PtqConfig, quantize, uniform_plan};
-use mixq_qat_trainer::{FpConfig, FpTrainer, ImageSet};
-use mixq_vit_models::{ExplainOptions, Model, ModelCard, SiteHook, Target};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use mixq_ptq::bench::{BenchConfig, bench_forward, bench_lrp, bench_ptq};
+use mixq_qat_trainer::{TrainingBench, bench_training};
+use mixq_vit_models::ModelCard;
 
 use crate::common::DeviceName;
-use mixq_deploy::bench::median;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Suite {
@@ -69,71 +62,35 @@ pub struct BenchArgs {
     pub workers: usize,
 }
 
-/// Seconds to run `images` images through `model` in batches of `batch`.
-fn time_forward(
-    model: &Model,
-    hook: &dyn SiteHook,
-    input: &Tensor<4>,
-    images: usize,
-    batch: usize,
-) -> f64 {
-    let start = Instant::now();
-    let mut done = 0;
-    while done < images {
-        let b = batch.min(images - done);
-        let x = input.clone().narrow(0, 0, b);
-        let _ = model.forward_with(x, hook).into_data();
-        done += b;
-    }
-    start.elapsed().as_secs_f64()
-}
-
-fn random_images(card: &ModelCard, n: usize, device: &Device) -> Tensor<4> {
-    let s = card.arch.img_size();
-    Tensor::random(
-        [n, card.arch.in_chans(), s, s],
-        Distribution::Normal(0.0, 1.0),
-        device,
-    )
-}
-
 pub fn run(args: BenchArgs) -> Result<()> {
-    if args.repeat == 0 || args.images == 0 || args.batches.contains(&0) {
-        return Err(Error::invalid(
-            "--repeat/--images/--batches",
-            0,
-            "must be at least 1",
-        ));
+    let config = BenchConfig {
+        images: args.images,
+        repeat: args.repeat,
+    };
+    config.validate()?;
+    if args.batches.contains(&0) {
+        return Err(Error::invalid("--batches", 0, "must be at least 1"));
     }
     let card = ModelCard::find(&args.model)?;
     crate::common::print_build();
+    let model_on = |name: DeviceName| -> Result<_> {
+        let device = name.device()?;
+        device.seed(args.seed);
+        let model = card.arch.init(&device)?;
+        Ok((model, device))
+    };
+    let largest = *args.batches.iter().max().unwrap_or(&1);
+    let alias = &card.aliases[0];
     match args.suite {
         Suite::Forward => {
             println!("| model | device | batch | images/s | ms per batch |");
             println!("|---|---|---:|---:|---:|");
             for &name in &args.devices {
-                let device = name.device()?;
-                device.seed(args.seed);
-                let model = card.arch.init(&device)?;
-                let input = random_images(&card, *args.batches.iter().max().unwrap(), &device);
-                for &batch in &args.batches {
-                    let _ = time_forward(&model, &mixq_vit_models::NoHook, &input, batch, batch); // warm-up
-                    let secs = median(
-                        (0..args.repeat)
-                            .map(|_| {
-                                time_forward(
-                                    &model,
-                                    &mixq_vit_models::NoHook,
-                                    &input,
-                                    args.images,
-                                    batch,
-                                )
-                            })
-                            .collect(),
-                    );
+                let (model, device) = model_on(name)?;
+                for (batch, secs) in bench_forward(&model, &card, &args.batches, &config, &device)?
+                {
                     println!(
-                        "| {} | {name:?} | {batch} | {:.2} | {:.1} |",
-                        card.aliases[0],
+                        "| {alias} | {name:?} | {batch} | {:.2} | {:.1} |",
                         args.images as f64 / secs,
                         1000.0 * secs * batch as f64 / args.images as f64
                     );
@@ -141,42 +98,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
         Suite::Lrp => {
-            let device = args.devices[0].device()?;
-            device.seed(args.seed);
-            let model = card.arch.init(&device)?;
-            let batch = *args.batches.iter().max().unwrap();
-            let input = random_images(&card, batch, &device);
-            let pre = &card.preprocess;
-            let options = ExplainOptions::new(args.preset, &pre.mean, &pre.std);
-            let explain = |images: usize| -> Result<f64> {
-                let start = Instant::now();
-                let mut done = 0;
-                while done < images {
-                    let b = batch.min(images - done);
-                    model.explain(input.clone().narrow(0, 0, b), &Target::Predicted, &options)?;
-                    done += b;
-                }
-                Ok(start.elapsed().as_secs_f64())
-            };
-            explain(batch)?; // warm-up
-            let (mut fp, mut lrp) = (Vec::new(), Vec::new());
-            for _ in 0..args.repeat {
-                // Interleaved so that machine noise hits both alike.
-                fp.push(time_forward(
-                    &model,
-                    &mixq_vit_models::NoHook,
-                    &input,
-                    args.images,
-                    batch,
-                ));
-                lrp.push(explain(args.images)?);
-            }
-            let (fp, lrp) = (median(fp), median(lrp));
+            let (model, device) = model_on(args.devices[0])?;
+            let t = bench_lrp(&model, &card, args.preset, largest, &config, &device)?;
+            let (fp, lrp) = (t.forward_seconds, t.lrp_seconds);
             println!("| model | preset | images | batch | forward s | LRP s | LRP / forward |");
             println!("|---|---|---:|---:|---:|---:|---:|");
             println!(
-                "| {} | {} | {} | {batch} | {fp:.2} | {lrp:.2} | {:.2}x |",
-                card.aliases[0],
+                "| {alias} | {} | {} | {largest} | {fp:.2} | {lrp:.2} | {:.2}x |",
                 args.preset,
                 args.images,
                 lrp / fp
@@ -185,87 +113,50 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Suite::Train => {
             println!("| model | device | batch | train images/s | ms per step |");
             println!("|---|---|---:|---:|---:|");
-            let recipe = card.train.clone().unwrap_or_default();
-            let [c, s] = [card.arch.in_chans(), card.arch.img_size()];
             for &name in &args.devices {
                 let device = name.device()?;
                 for &batch in &args.batches {
-                    let n = args.images.max(batch);
-                    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
-                    let classes = card.arch.num_classes();
-                    let data = ImageSet::new(
-                        (0..n * c * s * s)
-                            .map(|_| rng.random_range(-1.0..1.0))
-                            .collect(),
-                        [c, s, s],
-                        (0..n).map(|_| rng.random_range(0..classes)).collect(),
-                    )?;
-                    let config = FpConfig {
-                        epochs: args.repeat + 1,
+                    let bench = TrainingBench {
                         batch,
-                        lr: recipe.lr,
-                        weight_decay: recipe.weight_decay,
-                        seed: args.seed,
-                        shift: recipe.pad,
-                        shift_fill: card.preprocess.black_level(),
-                        hflip: recipe.hflip,
-                        label_smoothing: recipe.label_smoothing,
+                        images: args.images,
+                        repeat: args.repeat,
                         workers: args.workers,
+                        seed: args.seed,
                     };
-                    let mut trainer = FpTrainer::new(&card.name, &card.arch, &device, config)?;
-                    trainer.train_epoch(&data, &mut |_| {})?; // warm-up
-                    let secs = median(
-                        (0..args.repeat)
-                            .map(|_| trainer.train_epoch(&data, &mut |_| {}).map(|e| e.seconds))
-                            .collect::<Result<Vec<_>>>()?,
-                    );
-                    let steps = n.div_ceil(batch) as f64;
+                    let (n, secs) = bench_training(&card, &bench, &device)?;
                     println!(
-                        "| {} | {name:?} | {batch} | {:.0} | {:.1} |",
-                        card.aliases[0],
+                        "| {alias} | {name:?} | {batch} | {:.0} | {:.1} |",
                         n as f64 / secs,
-                        1e3 * secs / steps
+                        1e3 * secs / n.div_ceil(batch) as f64
                     );
                 }
             }
         }
         Suite::Ptq => {
-            let device = args.devices[0].device()?;
-            device.seed(args.seed);
-            let model = card.arch.init(&device)?;
-            let calib = random_images(&card, args.calib, &device);
-            let input = random_images(&card, 8, &device);
-            let plan = uniform_plan(&model.sites(), args.bits, args.bits, 8)?;
-            let start = Instant::now();
-            let config = PtqConfig {
-                softmax: args.softmax,
-                ..PtqConfig::default()
-            };
-            let q = quantize(model.clone(), calib, &plan, &config)?;
-            let calib_secs = start.elapsed().as_secs_f64();
-            let (mut fp, mut fq) = (Vec::new(), Vec::new());
-            for _ in 0..args.repeat {
-                // Interleaved so that machine noise hits both alike.
-                fp.push(time_forward(
-                    &model,
-                    &mixq_vit_models::NoHook,
-                    &input,
-                    args.eval,
-                    8,
-                ));
-                fq.push(time_forward(&q.model, &q.state, &input, args.eval, 8));
-            }
-            let (fp, fq) = (median(fp), median(fq));
+            let (model, device) = model_on(args.devices[0])?;
+            let t = bench_ptq(
+                &model,
+                &card,
+                args.bits,
+                args.softmax,
+                args.calib,
+                &BenchConfig {
+                    images: args.eval,
+                    ..config
+                },
+                &device,
+            )?;
+            let (fp, fq) = (t.forward_seconds, t.quantized_seconds);
             println!(
                 "| model | softmax | calib images | calibration s | eval images | FP32 eval s | W{b}A{b} eval s | fake-quant overhead |",
                 b = args.bits
             );
             println!("|---|---|---:|---:|---:|---:|---:|---:|");
             println!(
-                "| {} | {} | {} | {calib_secs:.1} | {} | {fp:.2} | {fq:.2} | {:+.1} % |",
-                card.aliases[0],
+                "| {alias} | {} | {} | {:.1} | {} | {fp:.2} | {fq:.2} | {:+.1} % |",
                 args.softmax,
                 args.calib,
+                t.calibration_seconds,
                 args.eval,
                 100.0 * (fq / fp - 1.0)
             );

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use mixq_core::{BitPlan, BitWidth, Error, Result, SiteBits, SiteInfo};
+use mixq_ptq::bench::median;
 use mixq_ptq::mixed::plan_averages;
 use mixq_ptq::{PtqConfig, SoftmaxMode, host_logits, quantize, uniform_plan};
 use mixq_vit_models::Model;
@@ -87,12 +88,6 @@ impl EngineBenchRow {
         }
         s
     }
-}
-
-/// The median of timings (the upper one of an even count); `v` must not be empty.
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Seconds per image of `run(batch)` over `images` images (median of `repeat`, after a warm-up).
@@ -295,6 +290,5 @@ mod tests {
         let (w, a) = plan_averages(&plan, &blocks);
         assert!((w - 4.0).abs() < 1e-12, "{w}");
         assert_eq!(a, 8.0);
-        assert_eq!(median(vec![3.0, 1.0, 2.0, 4.0]), 3.0);
     }
 }

@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod calibrate;
 pub mod config;
 pub mod eval;

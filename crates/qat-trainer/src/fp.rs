@@ -444,6 +444,69 @@ impl FpTrainer {
     }
 }
 
+/// What [`bench_training`] measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrainingBench {
+    /// Images per step.
+    pub batch: usize,
+    /// Random images per epoch (at least one batch).
+    pub images: usize,
+    /// Epochs timed after a warm-up one; the median is reported.
+    pub repeat: usize,
+    /// Data-parallel parts of each batch ([`FpConfig::workers`]).
+    pub workers: usize,
+    /// Seed of the weights, the random images and their order.
+    pub seed: u64,
+}
+
+/// Median seconds of a training epoch (forward, backward, AdamW, augmentation) of a fresh
+/// `card` model with the card's recipe on random images, and the images of that epoch
+/// (`cargo xtask bench train`; the time does not depend on the values).
+pub fn bench_training(
+    card: &ModelCard,
+    bench: &TrainingBench,
+    device: &Device,
+) -> Result<(usize, f64)> {
+    use rand::Rng;
+    if bench.repeat == 0 || bench.images == 0 || bench.batch == 0 {
+        return Err(Error::invalid(
+            "--repeat/--images/--batches",
+            0,
+            "must be at least 1",
+        ));
+    }
+    let recipe = card.train.clone().unwrap_or_default();
+    let [c, s] = [card.arch.in_chans(), card.arch.img_size()];
+    let n = bench.images.max(bench.batch);
+    let mut rng = ChaCha8Rng::seed_from_u64(bench.seed);
+    let classes = card.arch.num_classes();
+    let data = ImageSet::new(
+        (0..n * c * s * s)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect(),
+        [c, s, s],
+        (0..n).map(|_| rng.random_range(0..classes)).collect(),
+    )?;
+    let config = FpConfig {
+        epochs: bench.repeat + 1,
+        batch: bench.batch,
+        lr: recipe.lr,
+        weight_decay: recipe.weight_decay,
+        seed: bench.seed,
+        shift: recipe.pad,
+        shift_fill: card.preprocess.black_level(),
+        hflip: recipe.hflip,
+        label_smoothing: recipe.label_smoothing,
+        workers: bench.workers,
+    };
+    let mut trainer = FpTrainer::new(&card.name, &card.arch, device, config)?;
+    trainer.train_epoch(&data, &mut |_| {})?; // warm-up
+    let times = (0..bench.repeat)
+        .map(|_| trainer.train_epoch(&data, &mut |_| {}).map(|e| e.seconds))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((n, mixq_ptq::bench::median(times)))
+}
+
 /// The same parameters (ids and values) as new autodiff leaves.
 struct OwnLeaves;
 

@@ -66,7 +66,10 @@ pub mod trainer;
 pub use checkpoint::{CHECKPOINT_FILE, CHECKPOINT_FORMAT, plan_fingerprint};
 pub use data::{Augment, ImageSet, TrainBatch, TrainingSplits, flip_horizontal, shift_image};
 pub use fit::{EpochTrainer, FitConfig, FitEvent, FitOutcome, TrainingRun, fit};
-pub use fp::{FP_CHECKPOINT_FORMAT, FpConfig, FpTrainer, RecipeOverrides, train_recipe};
+pub use fp::{
+    FP_CHECKPOINT_FORMAT, FpConfig, FpTrainer, RecipeOverrides, TrainingBench, bench_training,
+    train_recipe,
+};
 pub use loss::distillation_loss;
 pub use lsq::{
     LsqQuantizers, QuantRule, QuantSpec, grad_scale, log_fake_quant, lsq_fake_quant,
