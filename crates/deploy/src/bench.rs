@@ -7,7 +7,7 @@ use mixq_vit_models::Network;
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use mixq_core::{BitPlan, BitWidth, Error, Result, SiteBits, SiteInfo};
+use mixq_core::{BitPlan, BitWidth, Error, Result, SiteBits, SiteId};
 use mixq_ptq::bench::median;
 use mixq_ptq::mixed::plan_averages;
 use mixq_ptq::{PtqConfig, SoftmaxMode, host_logits, quantize, uniform_plan};
@@ -148,7 +148,7 @@ pub fn bench_engine(
     let plans: Vec<(&str, BitPlan)> = vec![
         ("W8A8", uniform_plan(&sites, 8, 8, 8)?),
         ("W4A8", uniform_plan(&sites, 4, 8, 8)?),
-        ("mixed 2/4/8 A8", mixed_248_plan(&sites)?),
+        ("mixed 2/4/8 A8", mixed_248_plan(model)?),
     ];
     let ptq = PtqConfig {
         softmax: config.softmax,
@@ -177,25 +177,28 @@ pub fn bench_engine(
     Ok(rows)
 }
 
-/// The mixed plan of [`bench_engine`]: activations at 8 bits; in even blocks qkv 4, proj 8,
-/// fc1 2, fc2 4 weight bits, in odd blocks qkv 8, proj 4, fc1 4, fc2 2 — a 2/4/8 mix whose
-/// parameter-weighted average over the blocks is exactly 4 bits; patch embedding and head at 8.
-pub fn mixed_248_plan(sites: &[SiteInfo]) -> Result<BitPlan> {
-    let mut plan = uniform_plan(sites, 8, 8, 8)?;
-    for s in sites {
-        let id = s.id.as_str();
-        let Some(rest) = id.strip_prefix("blocks.") else {
-            continue;
+/// The mixed plan of [`bench_engine`]: activations at 8 bits; in even blocks the weighted sites
+/// (a ViT's qkv, proj, fc1, fc2) at 4, 8, 2, 4 weight bits, in odd blocks at 8, 4, 4, 2 — a
+/// 2/4/8 mix whose parameter-weighted average over a ViT's blocks is exactly 4 bits; the sites
+/// outside the blocks (patch embedding, head) at 8.
+pub fn mixed_248_plan<N: Network>(model: &N) -> Result<BitPlan> {
+    let sites = model.sites();
+    let mut plan = uniform_plan(&sites, 8, 8, 8)?;
+    let weighted: std::collections::HashSet<&SiteId> = sites
+        .iter()
+        .filter(|s| s.kind.has_weights())
+        .map(|s| &s.id)
+        .collect();
+    for (i, block) in model.block_sites().iter().enumerate() {
+        let pattern = if i % 2 == 0 {
+            [4, 8, 2, 4]
+        } else {
+            [8, 4, 4, 2]
         };
-        let (block, layer) = rest.split_once('.').unwrap_or((rest, ""));
-        let even = block.parse::<usize>().map_or(true, |b| b % 2 == 0);
-        let w = match (layer, even) {
-            ("attn.qkv", true) | ("mlp.fc2", true) | ("attn.proj", false) | ("mlp.fc1", false) => 4,
-            ("attn.proj", true) | ("attn.qkv", false) => 8,
-            ("mlp.fc1", true) | ("mlp.fc2", false) => 2,
-            _ => continue,
-        };
-        plan.sites.insert(s.id.clone(), SiteBits::new(w, 8)?);
+        let block = block.iter().filter(|id| weighted.contains(id));
+        for (id, w) in block.zip(pattern) {
+            plan.sites.insert(id.clone(), SiteBits::new(w, 8)?);
+        }
     }
     plan.meta.insert("name".into(), "mixed-2/4/8".into());
     Ok(plan)
@@ -276,19 +279,33 @@ pub fn gemm_speeds(device: &Device, repeat: usize) -> Result<Vec<GemmSpeed>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mixq_core::SiteInfo;
     use mixq_vit_models::ModelCard;
 
     #[test]
     fn the_mixed_plan_averages_exactly_four_weight_bits_over_the_blocks() {
-        let sites = ModelCard::find("deit-s").unwrap().arch.sites();
-        let plan = mixed_248_plan(&sites).unwrap();
-        let blocks: Vec<SiteInfo> = sites
-            .iter()
-            .filter(|s| s.id.as_str().starts_with("blocks.") && s.kind.has_weights())
-            .cloned()
-            .collect();
+        let card = ModelCard::find("deit-s").unwrap();
+        let model = card.arch.init(&Device::flex()).unwrap();
+        let plan = mixed_248_plan(&model).unwrap();
+        let sites = card.arch.sites();
+        let in_blocks: std::collections::HashSet<SiteId> =
+            model.block_sites().into_iter().flatten().collect();
+        let (blocks, outside): (Vec<SiteInfo>, Vec<SiteInfo>) =
+            sites.into_iter().partition(|s| in_blocks.contains(&s.id));
         let (w, a) = plan_averages(&plan, &blocks);
         assert!((w - 4.0).abs() < 1e-12, "{w}");
         assert_eq!(a, 8.0);
+        // Block 1's qkv is at 8 bits, its fc2 at 2; the patch embedding and head stay at 8.
+        let bits = |id: &str| plan.sites[&SiteId::new(id)].w_bits.get();
+        assert_eq!(
+            (bits("blocks.1.attn.qkv"), bits("blocks.1.mlp.fc2")),
+            (8, 2)
+        );
+        assert!(
+            outside
+                .iter()
+                .filter(|s| s.kind.has_weights())
+                .all(|s| bits(s.id.as_str()) == 8)
+        );
     }
 }

@@ -82,7 +82,7 @@ pub use layer::IntLinear;
 pub use sites::IntSites;
 pub use verify::{Agreement, Forward, verify};
 
-use format::{Stored, Tensors};
+use format::Tensors;
 use vit::VitNet;
 
 /// How the engine was compiled. Its kernels are only fast when optimised without debug
@@ -190,28 +190,7 @@ impl IntModel {
         };
         let mut t = Tensors::new("<quantized model>");
         let exported = sites::export_sites(q, &mut t)?;
-        let f32t = |x: &Tensor<1>| -> Result<Stored> {
-            Ok(Stored::F32(vec![x.dims()[0]], host_values(x)?))
-        };
-        let norm =
-            |t: &mut Tensors, path: String, n: &mixq_vit_models::layers::LayerNorm| -> Result<()> {
-                t.insert(format!("{path}.weight"), f32t(&n.gamma.val())?);
-                t.insert(format!("{path}.bias"), f32t(&n.beta.val())?);
-                Ok(())
-            };
-        for (i, b) in m.blocks.iter().enumerate() {
-            norm(&mut t, format!("blocks.{i}.norm1"), &b.norm1)?;
-            norm(&mut t, format!("blocks.{i}.norm2"), &b.norm2)?;
-        }
-        norm(&mut t, "norm".into(), &m.norm)?;
-        let tok = |x: &Tensor<3>| -> Result<Stored> {
-            Ok(Stored::F32(x.dims().to_vec(), host_values(x)?))
-        };
-        t.insert("cls_token", tok(&m.cls_token.val())?);
-        if let Some(d) = &m.dist_token {
-            t.insert("dist_token", tok(&d.val())?);
-        }
-        t.insert("pos_embed", tok(&m.pos_embed.val())?);
+        sites::write_floats(m, &m.sites, &mut t)?;
 
         let header = Header {
             format: FORMAT_NAME.into(),

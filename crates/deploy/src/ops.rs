@@ -793,6 +793,15 @@ pub(crate) struct Norm {
 }
 
 impl Norm {
+    /// The engine's copy of a model's LayerNorm.
+    pub fn of(n: &mixq_vit_models::layers::LayerNorm) -> mixq_core::Result<Self> {
+        Ok(Norm {
+            gamma: mixq_quant_kernels::host_values(&n.gamma.val())?,
+            beta: mixq_quant_kernels::host_values(&n.beta.val())?,
+            eps: n.eps as f32,
+        })
+    }
+
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         let d = self.gamma.len();
         let mut out = pool::f32s(x.len());

@@ -12,8 +12,165 @@ use mixq_vit_models::layers::Linear;
 use mixq_vit_models::{ArchConfig, Network, Slot};
 
 use crate::format::{self, FORMAT_NAME, FORMAT_VERSION, Header, Stored, Tensors, WeightInfo};
-use crate::ops::{LinearKind, LinearOp, Norm, Operand};
+use crate::ops::{LinearKind, LinearOp, Operand};
 use crate::{IntLinear, pack_on_grid, transposed};
+
+/// Where a walk over a model's module tree is. Its float parameters outside the sites (norms,
+/// tokens, position embeddings) are stored in a file under the module paths burn derives from
+/// the model's own declaration, spelled as timm does (a LayerNorm's `gamma`/`beta` are its
+/// `weight`/`bias`); the sites' parameters are packed per site instead and left alone, never
+/// even initialised.
+struct ParamWalk {
+    path: Vec<String>,
+    containers: Vec<String>,
+    sites: std::collections::HashSet<String>,
+}
+
+impl ParamWalk {
+    fn new(sites: &[mixq_vit_models::SiteInfo]) -> Self {
+        ParamWalk {
+            path: Vec::new(),
+            containers: Vec::new(),
+            sites: sites.iter().map(|s| s.id.to_string()).collect(),
+        }
+    }
+
+    fn enter(&mut self, name: &str, container: &str) {
+        self.path.push(name.to_string());
+        self.containers.push(container.to_string());
+    }
+
+    fn exit(&mut self) {
+        self.path.pop();
+        self.containers.pop();
+    }
+
+    /// The file key of the parameter being visited; `None` for a site's.
+    fn key(&self) -> Option<String> {
+        let (name, owner) = self.path.split_last()?;
+        let owner = owner.join(".");
+        if self.sites.contains(&owner) {
+            return None;
+        }
+        let name = match (self.containers.last().map(String::as_str), name.as_str()) {
+            (Some("Struct:LayerNorm"), "gamma") => "weight",
+            (Some("Struct:LayerNorm"), "beta") => "bias",
+            (_, name) => name,
+        };
+        Some(if owner.is_empty() {
+            name.to_string()
+        } else {
+            format!("{owner}.{name}")
+        })
+    }
+}
+
+/// Reads a model's float parameters outside its sites from a file's tensors (each of the shape
+/// the model declares, every value finite); the first problem is kept.
+struct ReadFloats<'a> {
+    walk: ParamWalk,
+    t: &'a Tensors,
+    error: Option<Error>,
+}
+
+impl burn::module::ModuleMapper for ReadFloats<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.walk.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.walk.exit();
+    }
+
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::tensor::Tensor<D>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+        let Some(key) = self.walk.key().filter(|_| self.error.is_none()) else {
+            return param;
+        };
+        let shape = param.lazy_shape();
+        match self.t.f32(&key, &shape.dims::<D>()) {
+            Ok(values) => {
+                let data = burn::tensor::TensorData::new(values, shape);
+                let value = burn::tensor::Tensor::from_data(data, &param.lazy_device());
+                burn::module::Param::initialized(param.id, value)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                param
+            }
+        }
+    }
+}
+
+/// Writes a model's float parameters outside its sites into `t`.
+struct WriteFloats<'a> {
+    walk: ParamWalk,
+    t: &'a mut Tensors,
+    error: Option<Error>,
+}
+
+impl burn::module::ModuleVisitor for WriteFloats<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.walk.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.walk.exit();
+    }
+
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<D>>,
+    ) {
+        let Some(key) = self.walk.key() else {
+            return;
+        };
+        let value = param.val();
+        match host_values(&value) {
+            Ok(values) => self
+                .t
+                .insert(key, Stored::F32(value.dims().to_vec(), values)),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// `model`'s float parameters outside its `sites`, read from `t` (see [`ParamWalk`]).
+pub(crate) fn read_floats<M: Module>(
+    model: M,
+    sites: &[mixq_vit_models::SiteInfo],
+    t: &Tensors,
+) -> Result<M> {
+    let mut reader = ReadFloats {
+        walk: ParamWalk::new(sites),
+        t,
+        error: None,
+    };
+    let model = model.map(&mut reader);
+    match reader.error {
+        Some(e) => Err(e),
+        None => Ok(model),
+    }
+}
+
+/// Stores `model`'s float parameters outside its `sites` in `t` (see [`ParamWalk`]).
+pub(crate) fn write_floats<M: Module>(
+    model: &M,
+    sites: &[mixq_vit_models::SiteInfo],
+    t: &mut Tensors,
+) -> Result<()> {
+    let mut writer = WriteFloats {
+        walk: ParamWalk::new(sites),
+        t,
+        error: None,
+    };
+    model.visit(&mut writer);
+    writer.error.map_or(Ok(()), Err)
+}
 
 /// Reads the engine's pieces out of a header and tensors (from a file or a fresh export).
 pub(crate) struct Reader<'a> {
@@ -54,16 +211,16 @@ impl Reader<'_> {
         })
     }
 
-    pub(crate) fn norm(&self, path: &str, dim: usize, eps: f64) -> Result<Norm> {
-        Ok(Norm {
-            gamma: self.t.f32(&format!("{path}.weight"), &[dim])?,
-            beta: self.t.f32(&format!("{path}.bias"), &[dim])?,
-            eps: eps as f32,
-        })
+    /// A matmul site's two operands.
+    pub(crate) fn operands(&self, site: &SiteId) -> Result<[Operand; 2]> {
+        Ok([
+            self.operand(site, Slot::OperandA)?,
+            self.operand(site, Slot::OperandB)?,
+        ])
     }
 
-    pub(crate) fn linear(&self, site: &str, in_f: usize, out_f: usize) -> Result<LinearOp> {
-        let site = SiteId::new(site);
+    pub(crate) fn linear(&self, site: &SiteId, in_f: usize, out_f: usize) -> Result<LinearOp> {
+        let site = site.clone();
         let bias = Some(self.t.f32(&format!("{site}.bias"), &[out_f])?);
         let Some(info) = self.header.weights.get(&site) else {
             let w = self.t.f32(&format!("{site}.weight"), &[in_f, out_f])?;
@@ -132,7 +289,7 @@ impl Reader<'_> {
                 }
             }
         };
-        self.linear(site.as_str(), in_f, out_f)
+        self.linear(site, in_f, out_f)
     }
 }
 
@@ -526,5 +683,54 @@ impl IntSites {
     /// naming the file and the key.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         format::read_with(path.as_ref(), Self::from_parts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+    use mixq_vit_models::ModelCard;
+
+    #[test]
+    fn a_models_float_tensors_outside_its_sites_are_found_by_its_module_paths() {
+        let card = ModelCard::find("digits-deit").unwrap();
+        let ArchConfig::Vit(cfg) = &card.arch else {
+            panic!("a ViT card")
+        };
+        let device = Device::flex();
+        let model = cfg.init(&device).unwrap();
+        let sites = model.sites.clone();
+        let mut t = Tensors::new("<test>");
+        write_floats(&model, &sites, &mut t).unwrap();
+        let mut expected = vec!["cls_token".to_string(), "pos_embed".into()];
+        for i in 0..cfg.depth {
+            for n in ["norm1", "norm2"] {
+                expected.extend([
+                    format!("blocks.{i}.{n}.weight"),
+                    format!("blocks.{i}.{n}.bias"),
+                ]);
+            }
+        }
+        expected.extend(["norm.weight".into(), "norm.bias".into()]);
+        expected.sort();
+        assert_eq!(t.map.keys().cloned().collect::<Vec<_>>(), expected);
+
+        // Read back into a fresh model: every float outside the sites is the stored one, and
+        // the sites' parameters are never even initialised.
+        let fresh = read_floats(cfg.init(&device).unwrap(), &sites, &t).unwrap();
+        assert!(fresh.blocks[1].norm2.beta.is_initialized());
+        assert!(!fresh.blocks[1].attn.qkv.weight.is_initialized());
+        let mut again = Tensors::new("<test>");
+        write_floats(&fresh, &sites, &mut again).unwrap();
+        assert!(again.map == t.map);
+
+        // A missing one is named.
+        t.map.remove("blocks.1.norm2.bias");
+        let e = read_floats(cfg.init(&device).unwrap(), &sites, &t).unwrap_err();
+        assert!(
+            e.to_string().contains("'blocks.1.norm2.bias': missing"),
+            "{e}"
+        );
     }
 }

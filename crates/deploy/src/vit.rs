@@ -1,17 +1,18 @@
 //! ViT / DeiT (plain and distilled) on the integer engine, mirroring
 //! `mixq_vit_models::VisionTransformer::forward_with` step by step.
 
-use mixq_core::{Error, Result, SiteId};
-use mixq_quant_kernels::{IntGemm, RhsLayout};
-use mixq_vit_models::{Slot, VitConfig};
+use mixq_core::{Error, Result};
+use mixq_quant_kernels::{IntGemm, RhsLayout, host_values};
+use mixq_vit_models::VitConfig;
+use mixq_vit_models::layers::Linear;
 use rayon::prelude::*;
 
-use crate::format::{Header, Stored, Tensors};
+use crate::format::{Header, Tensors};
 use crate::ops::{
     LinearOp, Norm, Operand, PARALLEL_FROM, QuantOperand, QuantRef, add_in_place, matmul, pool,
     quantize_scaled, quantize_u8, softmax_rows_here,
 };
-use crate::sites::Reader;
+use crate::sites::{Reader, read_floats, write_floats};
 
 /// One pre-LN transformer block.
 pub(crate) struct BlockOp {
@@ -36,86 +37,84 @@ pub(crate) struct VitNet {
     norm: Norm,
     head: LinearOp,
     head_dist: Option<LinearOp>,
+    /// The float tensors outside the sites as the file holds them (norms, tokens, position
+    /// embedding), written back unchanged when the model is saved.
+    floats: Tensors,
 }
 
 impl VitNet {
+    /// The engine for `cfg` from a file's header and tensors. The model is built as burn
+    /// declares it (its parameters left uninitialised), its float parameters outside the sites
+    /// read into it by module path, and each engine piece taken from its typed layer: the file
+    /// is read by the model's own declaration, not by names spelled out here.
     pub fn build(cfg: &VitConfig, header: &Header, t: &Tensors, gemm: IntGemm) -> Result<Self> {
-        cfg.validate()?;
+        let device = burn::tensor::Device::flex();
+        let model = cfg.init(&device)?;
+        let sites = model.sites.clone();
+        let model = read_floats(model, &sites, t)?;
+        let mut floats = Tensors::new(t.origin.clone());
+        write_floats(&model, &sites, &mut floats)?;
         let r = Reader { header, t, gemm };
         let d = cfg.embed_dim;
-        let k_patch = cfg.in_chans * cfg.patch_size * cfg.patch_size;
         let hidden = cfg.mlp_hidden();
-        let blocks = (0..cfg.depth)
-            .map(|i| {
-                let b = format!("blocks.{i}");
-                let mm = |name: &str| -> Result<[Operand; 2]> {
-                    let site = SiteId::new(format!("{b}.attn.{name}"));
-                    Ok([
-                        r.operand(&site, Slot::OperandA)?,
-                        r.operand(&site, Slot::OperandB)?,
-                    ])
-                };
+        let host = |x: burn::tensor::Tensor<3>| host_values(&x);
+        let classifier = |head: &Option<Linear>| -> Result<Option<LinearOp>> {
+            head.as_ref()
+                .map(|h| r.linear(&h.site, d, cfg.num_classes))
+                .transpose()
+        };
+        let blocks = model
+            .blocks
+            .iter()
+            .map(|b| {
                 Ok(BlockOp {
-                    norm1: r.norm(&format!("{b}.norm1"), d, cfg.norm_eps)?,
-                    qkv: r.linear(&format!("{b}.attn.qkv"), d, 3 * d)?,
-                    qk: mm("matmul_qk")?,
-                    av: mm("matmul_av")?,
-                    proj: r.linear(&format!("{b}.attn.proj"), d, d)?,
-                    norm2: r.norm(&format!("{b}.norm2"), d, cfg.norm_eps)?,
-                    fc1: r.linear(&format!("{b}.mlp.fc1"), d, hidden)?,
-                    fc2: r.linear(&format!("{b}.mlp.fc2"), hidden, d)?,
+                    norm1: Norm::of(&b.norm1)?,
+                    qkv: r.linear(&b.attn.qkv.site, d, 3 * d)?,
+                    qk: r.operands(&b.attn.matmul_qk)?,
+                    av: r.operands(&b.attn.matmul_av)?,
+                    proj: r.linear(&b.attn.proj.site, d, d)?,
+                    norm2: Norm::of(&b.norm2)?,
+                    fc1: r.linear(&b.mlp.fc1.site, d, hidden)?,
+                    fc2: r.linear(&b.mlp.fc2.site, hidden, d)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let patch = &model.patch_embed.proj;
         Ok(VitNet {
-            patch: r.linear("patch_embed.proj", k_patch, d)?,
-            cls: t.f32("cls_token", &[1, 1, d])?,
-            dist: if cfg.distilled {
-                Some(t.f32("dist_token", &[1, 1, d])?)
-            } else {
-                None
-            },
-            pos: t.f32("pos_embed", &[1, cfg.num_tokens(), d])?,
+            patch: r.linear(
+                &patch.site,
+                cfg.in_chans * cfg.patch_size * cfg.patch_size,
+                d,
+            )?,
+            cls: host(model.cls_token.val())?,
+            dist: model
+                .dist_token
+                .as_ref()
+                .map(|t| host(t.val()))
+                .transpose()?,
+            pos: host(model.pos_embed.val())?,
             blocks,
-            norm: r.norm("norm", d, cfg.norm_eps)?,
-            head: r.linear("head", d, cfg.num_classes)?,
-            head_dist: if cfg.distilled {
-                Some(r.linear("head_dist", d, cfg.num_classes)?)
-            } else {
-                None
-            },
+            norm: Norm::of(&model.norm)?,
+            head: classifier(&model.head)?.ok_or_else(|| {
+                Error::invalid("arch.num_classes", 0, "the integer engine runs classifiers")
+            })?,
+            head_dist: classifier(&model.head_dist)?,
+            floats,
             cfg: cfg.clone(),
         })
     }
 
     /// The tensors of a file, regenerated from the engine (packed weights as they are).
     pub fn tensors(&self, t: &mut Tensors) {
-        let f32t = |shape: Vec<usize>, v: &[f32]| Stored::F32(shape, v.to_vec());
-        let d = self.cfg.embed_dim;
-        let norm = |t: &mut Tensors, path: &str, n: &Norm| {
-            t.insert(
-                format!("{path}.weight"),
-                f32t(vec![n.gamma.len()], &n.gamma),
-            );
-            t.insert(format!("{path}.bias"), f32t(vec![n.beta.len()], &n.beta));
-        };
-        self.patch.store(t);
-        t.insert("cls_token", f32t(vec![1, 1, d], &self.cls));
-        if let Some(dist) = &self.dist {
-            t.insert("dist_token", f32t(vec![1, 1, d], dist));
+        for (key, value) in &self.floats.map {
+            t.insert(key.clone(), value.clone());
         }
-        t.insert(
-            "pos_embed",
-            f32t(vec![1, self.cfg.num_tokens(), d], &self.pos),
-        );
-        for (i, b) in self.blocks.iter().enumerate() {
-            norm(t, &format!("blocks.{i}.norm1"), &b.norm1);
-            norm(t, &format!("blocks.{i}.norm2"), &b.norm2);
+        self.patch.store(t);
+        for b in &self.blocks {
             for op in [&b.qkv, &b.proj, &b.fc1, &b.fc2] {
                 op.store(t);
             }
         }
-        norm(t, "norm", &self.norm);
         self.head.store(t);
         if let Some(h) = &self.head_dist {
             h.store(t);
