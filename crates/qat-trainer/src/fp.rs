@@ -121,9 +121,21 @@ impl FpConfig {
         seed: u64,
         overrides: &RecipeOverrides,
     ) -> Result<Self> {
-        let recipe = train_recipe(card)?;
         let flips_ok = data.dataset.is_some_and(|d| d.flips_keep_class());
-        let config = FpConfig {
+        let config = Self::from_recipe(card, &train_recipe(card)?, seed, overrides, flips_ok);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// `recipe` for a model of `card` with `overrides` applied; flips only if `flips_ok`.
+    fn from_recipe(
+        card: &ModelCard,
+        recipe: &TrainRecipe,
+        seed: u64,
+        overrides: &RecipeOverrides,
+        flips_ok: bool,
+    ) -> Self {
+        FpConfig {
             epochs: overrides.epochs.unwrap_or(recipe.epochs),
             batch: overrides.batch.unwrap_or(recipe.batch),
             lr: overrides.lr.unwrap_or(recipe.lr),
@@ -134,9 +146,7 @@ impl FpConfig {
             hflip: recipe.hflip && flips_ok && !overrides.no_flip,
             label_smoothing: overrides.label_smoothing.unwrap_or(recipe.label_smoothing),
             workers: overrides.workers.unwrap_or(recipe.workers),
-        };
-        config.validate()?;
-        Ok(config)
+        }
     }
 
     /// Errors name the CLI flag of the bad value.
@@ -475,7 +485,6 @@ pub fn bench_training(
             "must be at least 1",
         ));
     }
-    let recipe = card.train.clone().unwrap_or_default();
     let [c, s] = [card.arch.in_chans(), card.arch.img_size()];
     let n = bench.images.max(bench.batch);
     let mut rng = ChaCha8Rng::seed_from_u64(bench.seed);
@@ -487,18 +496,15 @@ pub fn bench_training(
         [c, s, s],
         (0..n).map(|_| rng.random_range(0..classes)).collect(),
     )?;
-    let config = FpConfig {
-        epochs: bench.repeat + 1,
-        batch: bench.batch,
-        lr: recipe.lr,
-        weight_decay: recipe.weight_decay,
-        seed: bench.seed,
-        shift: recipe.pad,
-        shift_fill: card.preprocess.black_level(),
-        hflip: recipe.hflip,
-        label_smoothing: recipe.label_smoothing,
-        workers: bench.workers,
+    // Any card's speed can be measured: one without a recipe trains with the default one.
+    let overrides = RecipeOverrides {
+        epochs: Some(bench.repeat + 1),
+        batch: Some(bench.batch),
+        workers: Some(bench.workers),
+        ..RecipeOverrides::default()
     };
+    let recipe = card.train.clone().unwrap_or_default();
+    let config = FpConfig::from_recipe(card, &recipe, bench.seed, &overrides, true);
     let mut trainer = FpTrainer::new(&card.name, &card.arch, device, config)?;
     trainer.train_epoch(&data, &mut |_| {})?; // warm-up
     let times = (0..bench.repeat)
